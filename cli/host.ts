@@ -1,0 +1,100 @@
+import { collectProcessMetrics, registry } from '../common/metrics';
+import { createJsonApp, finish, listen, type Listening } from '../common/http';
+import { createLogger, type Logger } from '../common/log';
+import { createReporter, type Reporter } from '../common/report';
+import type { CommonOptions, RoleContext, RunningRole } from '../common/role';
+
+export type RoleStarter = (ctx: RoleContext) => Promise<RunningRole>;
+
+export interface Host {
+  readonly control: Listening;
+  readonly roles: RunningRole[];
+  readonly reporter: Reporter;
+  readonly log: Logger;
+  close(): Promise<void>;
+}
+
+/**
+ * Hosts one or more roles in this process behind one control API: `custody up` passes them all,
+ * `custody collector` (and the other single-role commands) one. Roles start in order, so the
+ * collector is there before the roles that report to it.
+ */
+export async function startHost(options: CommonOptions, starters: RoleStarter[], log = createLogger('custody')): Promise<Host> {
+  collectProcessMetrics();
+  const app = createJsonApp();
+  const checks = new Map<string, () => Promise<boolean> | boolean>();
+  const reporter = createReporter({ serviceName: 'custody', endpoint: options.otlpUrl });
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    const results: Record<string, boolean> = {};
+    await Promise.all(
+      [...checks].map(async ([name, check]) => {
+        try {
+          results[name] = await check();
+        } catch {
+          results[name] = false;
+        }
+      }),
+    );
+    const ready = Object.values(results).every(Boolean);
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks: results });
+  });
+  app.get('/metrics', async (_req, res) => {
+    res.set('Content-Type', registry.contentType).send(await registry.metrics());
+  });
+
+  const roles: RunningRole[] = [];
+  const ctx: RoleContext = {
+    control: app,
+    log,
+    reporter,
+    options,
+    addReadinessCheck: (name, check) => void checks.set(name, check),
+  };
+  try {
+    for (const start of starters) roles.push(await start(ctx));
+  } catch (err) {
+    for (const role of roles.reverse()) await role.close().catch(() => undefined);
+    await reporter.shutdown().catch(() => undefined);
+    throw err;
+  }
+  finish(app, log);
+  const control = await listen(app, options.host, options.port);
+
+  let closing: Promise<void> | undefined;
+  return {
+    control,
+    roles,
+    reporter,
+    log,
+    close() {
+      closing ??= (async () => {
+        await control.close();
+        for (const role of [...roles].reverse()) {
+          await role.close().catch((err) => log.error({ err, role: role.name }, 'error while stopping'));
+        }
+        await reporter.shutdown().catch(() => undefined);
+      })();
+      return closing;
+    },
+  };
+}
+
+/** Stops the host on SIGINT/SIGTERM, once; a second signal exits at once. */
+export function closeOnSignals(host: Host): void {
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    host.log.info({ signal }, 'stopping');
+    host.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { CustodyError } from '../common/errors';
+import { registerServerCommands } from './commands/servers';
+
+// Each command module registers its own subcommands on the program.
+const program = new Command('custody')
+  .description('OpenTelemetry-native audit and enforcement for AI agents\' tool calls')
+  .showHelpAfterError()
+  .exitOverride();
+
+registerServerCommands(program);
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
+  if (err instanceof CustodyError) {
+    process.stderr.write(`custody: ${err.message}\n`);
+    process.exit(2);
+  }
+  process.stderr.write(`custody: ${(err as Error)?.stack ?? String(err)}\n`);
+  process.exit(2);
+});

@@ -1,0 +1,57 @@
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULTS, ENV } from '../common/names';
+import type { CommonOptions } from '../common/role';
+
+export function portOption(flag: string, description: string, fallback: number): Option {
+  return new Option(flag, description).default(fallback).argParser((v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n > 65535) throw new InvalidArgumentError(`'${v}' is not a port number (0-65535)`);
+    return n;
+  });
+}
+
+/** The flags every server command shares (CONTRACT.md, "Common flags"). */
+export function withServerOptions(cmd: Command): Command {
+  return cmd
+    .option('--host <host>', 'address to listen on', DEFAULTS.HOST)
+    .addOption(portOption('--port <port>', 'control API port', DEFAULTS.CONTROL_PORT))
+    .addOption(portOption('--otlp-port <port>', 'OTLP/HTTP receiver port', DEFAULTS.OTLP_PORT))
+    .option('--data-dir <dir>', 'embedded store and state directory', DEFAULTS.DATA_DIR)
+    .option('--clickhouse-url <url>', `ClickHouse server URL instead of the embedded store (or $${ENV.CLICKHOUSE_URL})`)
+    .option('--policy <file>', 'policy-config.yaml')
+    .option('--token-config <file>', 'token-service-config.yml')
+    .option('--otlp-url <url>', 'where roles report their events (default: this process\'s OTLP receiver)');
+}
+
+export interface ServerFlags {
+  host: string;
+  port: number;
+  otlpPort: number;
+  dataDir: string;
+  clickhouseUrl?: string;
+  policy?: string;
+  tokenConfig?: string;
+  otlpUrl?: string;
+}
+
+export function commonOptions(flags: ServerFlags): CommonOptions {
+  const shownHost = flags.host.includes(':') ? `[${flags.host}]` : flags.host === '0.0.0.0' ? '127.0.0.1' : flags.host;
+  const clickhouseUrl = flags.clickhouseUrl ?? process.env[ENV.CLICKHOUSE_URL];
+  return {
+    host: flags.host,
+    port: flags.port,
+    otlpPort: flags.otlpPort,
+    dataDir: path.resolve(flags.dataDir),
+    ...(clickhouseUrl ? { clickhouseUrl } : {}),
+    ...(flags.policy ? { policyFile: path.resolve(flags.policy) } : {}),
+    ...(flags.tokenConfig ? { tokenConfigFile: path.resolve(flags.tokenConfig) } : {}),
+    publicUrl: `http://${shownHost}:${flags.port}`,
+    otlpUrl: flags.otlpUrl ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? `http://${shownHost}:${flags.otlpPort}`,
+  };
+}
+
+/** Client commands (rollback, audit, token) talk to the control API at --url. */
+export function withClientOptions(cmd: Command): Command {
+  return cmd.option('--url <url>', `control API (default $${ENV.URL} or ${DEFAULTS.URL})`, process.env[ENV.URL] ?? DEFAULTS.URL);
+}

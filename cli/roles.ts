@@ -1,0 +1,10 @@
+import { startCollectorRole } from '../collector/role';
+import type { RoleStarter } from './host';
+
+/**
+ * The roles `custody up` hosts, in start order: the collector first, so that the roles that
+ * report to it find it listening.
+ */
+export const ROLES: Record<string, RoleStarter> = {
+  collector: startCollectorRole,
+};

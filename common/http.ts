@@ -1,0 +1,99 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
+import { HttpError, badRequest, unauthorized } from './errors';
+import type { Logger } from './log';
+
+/** An express app with a JSON body parser and nothing else; call `finish` after mounting routes. */
+export function createJsonApp(): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('query parser', 'simple');
+  app.use(express.json({ limit: '1mb' }));
+  return app;
+}
+
+/** The one error boundary of a server: known errors keep their status and code, anything else is a logged 500. */
+export function errorBoundary(log: Logger): ErrorRequestHandler {
+  return function custodyErrorBoundary(err, _req, res, _next) {
+    if (err instanceof HttpError) {
+      res.set(err.headers).status(err.status).json({ error: { code: err.code, message: err.message } });
+      return;
+    }
+    // body-parser errors carry a status and a type
+    const status = typeof err?.status === 'number' ? err.status : typeof err?.statusCode === 'number' ? err.statusCode : 0;
+    if (status >= 400 && status < 500) {
+      const code = err.type === 'entity.too.large' ? 'payload_too_large' : 'invalid_request';
+      res.status(status).json({ error: { code, message: String(err.message ?? 'bad request') } });
+      return;
+    }
+    log.error({ err }, 'unhandled error');
+    res.status(500).json({ error: { code: 'internal', message: 'internal error' } });
+  };
+}
+
+/** Mounts a 404 for unknown routes and the error boundary. */
+export function finish(app: Express, log: Logger): Express {
+  app.use((req, _res, next) => next(new HttpError(404, 'not_found', `no route for ${req.method} ${req.path}`)));
+  app.use(errorBoundary(log));
+  return app;
+}
+
+/** Requires `Authorization: Bearer <token>` when a token is configured. */
+export function bearerAuth(token: string | undefined): RequestHandler {
+  return function requireBearer(req, _res, next) {
+    if (!token) return next();
+    const header = req.get('authorization') ?? '';
+    if (header !== `Bearer ${token}`) return next(unauthorized());
+    next();
+  };
+}
+
+export interface Listening {
+  server: http.Server;
+  port: number;
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function listen(handler: http.RequestListener, host: string, port: number): Promise<Listening> {
+  const server = http.createServer(handler);
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const actual = (server.address() as AddressInfo).port;
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  return {
+    server,
+    port: actual,
+    url: `http://${shownHost}:${actual}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections?.();
+      }),
+  };
+}
+
+/** Query parameter helpers: a bad value is a 400 naming the parameter. */
+export function queryString(q: Record<string, unknown>, name: string): string | undefined {
+  const v = q[name];
+  if (v === undefined || v === '') return undefined;
+  if (typeof v !== 'string') throw badRequest('invalid_parameter', `query parameter '${name}' must be given once, as a string`);
+  return v;
+}
+
+export function queryInt(q: Record<string, unknown>, name: string, min: number, max: number): number | undefined {
+  const s = queryString(q, name);
+  if (s === undefined) return undefined;
+  const n = Number(s);
+  if (!/^-?\d+$/.test(s) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw badRequest('invalid_parameter', `query parameter '${name}' must be an integer from ${min} to ${max}, got '${s}'`);
+  }
+  return n;
+}

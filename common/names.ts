@@ -1,0 +1,146 @@
+// Every public name custody emits or reads: span attributes, baggage keys, span names,
+// environment variables, table and metric names. One place each, as in CONTRACT.md.
+
+export const ATTR = {
+  // GenAI semantic conventions
+  GEN_AI_OPERATION_NAME: 'gen_ai.operation.name',
+  GEN_AI_TOOL_NAME: 'gen_ai.tool.name',
+  GEN_AI_TOOL_CALL_ID: 'gen_ai.tool.call.id',
+  GEN_AI_AGENT_ID: 'gen_ai.agent.id',
+  GEN_AI_AGENT_NAME: 'gen_ai.agent.name',
+  ERROR_TYPE: 'error.type',
+  SERVICE_NAME: 'service.name',
+
+  // custody
+  SPONSOR_ID: 'custody.sponsor_id',
+  AGENT_INSTANCE_ID: 'custody.agent_instance_id',
+  PARENT_AGENT_ID: 'custody.parent_agent_id',
+  ROLE: 'custody.role',
+  TOOL_ID: 'custody.tool_id',
+  ACTION: 'custody.action',
+  PURPOSE: 'custody.purpose',
+  REQUEST_HASH: 'custody.request_hash',
+  RESPONSE_HASH: 'custody.response_hash',
+  POLICY_DECISION_ID: 'custody.policy_decision_id',
+  POLICY_DECISION: 'custody.policy.decision',
+  POLICY_LATENCY_MS: 'custody.policy.latency_ms',
+  POLICY_CACHED: 'custody.policy.cached',
+  POLICY_RULE_ID: 'custody.policy.rule_id',
+  POLICY_REASON: 'custody.policy.reason',
+  ENFORCED: 'custody.enforced',
+  ROLLOUT_COHORT: 'custody.rollout.cohort',
+  TOKEN_JTI: 'custody.token.jti',
+  AUDIT_SEQ: 'custody.audit.seq',
+  AUDIT_PREV_HASH: 'custody.audit.prev_hash',
+  REQUEST_CONTENT: 'custody.request',
+  RESPONSE_CONTENT: 'custody.response',
+
+  // token service events
+  TOKEN_RESULT: 'custody.token.result',
+  TOKEN_KIND: 'custody.token.kind',
+  TOKEN_REFUSAL_CODE: 'custody.token.refusal_code',
+  TOKEN_TTL_SECONDS: 'custody.token.ttl_seconds',
+  TOKEN_EXPIRES_AT: 'custody.token.expires_at',
+
+  // rollout events
+  ROLLOUT_FROM_PERCENT: 'custody.rollout.from_percent',
+  ROLLOUT_TO_PERCENT: 'custody.rollout.to_percent',
+  ROLLOUT_REASON: 'custody.rollout.reason',
+  ROLLOUT_ACTOR: 'custody.rollout.actor',
+} as const;
+
+export const BAGGAGE = {
+  SPONSOR_ID: 'custody.sponsor_id',
+  AGENT_INSTANCE_ID: 'custody.agent_instance_id',
+  PARENT_AGENT_ID: 'custody.parent_agent_id',
+} as const;
+
+/** Span names the collector classifies on. */
+export const SPAN = {
+  /** Tool-call spans are named `execute_tool {tool}` and carry gen_ai.operation.name=execute_tool. */
+  TOOL_CALL_PREFIX: 'execute_tool',
+  TOOL_CALL_OPERATION: 'execute_tool',
+  /** One per policy decision (the decision log). */
+  POLICY_DECISION: 'custody.policy.decision',
+  /** One per token issuance or refusal. */
+  TOKEN_ISSUE: 'custody.token.issue',
+  /** One per rollout percent change. */
+  ROLLOUT_CHANGE: 'custody.rollout.change',
+} as const;
+
+export const ENV = {
+  SPONSOR_ID: 'CUSTODY_SPONSOR_ID',
+  AGENT_INSTANCE_ID: 'CUSTODY_AGENT_INSTANCE_ID',
+  PARENT_AGENT_ID: 'CUSTODY_PARENT_AGENT_ID',
+  ROLE: 'CUSTODY_ROLE',
+  AGENT_CREDENTIAL: 'CUSTODY_AGENT_CREDENTIAL',
+  AGENT_NAME: 'CUSTODY_AGENT_NAME',
+  URL: 'CUSTODY_URL',
+  POLICY_TIMEOUT_MS: 'CUSTODY_POLICY_TIMEOUT_MS',
+  DECISION_CACHE_TTL_S: 'CUSTODY_DECISION_CACHE_TTL_S',
+  CAPTURE_CONTENT: 'CUSTODY_CAPTURE_CONTENT',
+  ADMIN_TOKEN: 'CUSTODY_ADMIN_TOKEN',
+  INGEST_TOKEN: 'CUSTODY_INGEST_TOKEN',
+  CLICKHOUSE_URL: 'CLICKHOUSE_URL',
+  LOG_LEVEL: 'CUSTODY_LOG_LEVEL',
+} as const;
+
+export const DEFAULTS = {
+  HOST: '127.0.0.1',
+  CONTROL_PORT: 8080,
+  OTLP_PORT: 4318,
+  URL: 'http://127.0.0.1:8080',
+  OTLP_ENDPOINT: 'http://127.0.0.1:4318',
+  DATA_DIR: './.custody',
+  POLICY_TIMEOUT_MS: 200,
+  DECISION_CACHE_TTL_S: 30,
+  TOKEN_TTL_S: 300,
+  TOKEN_MAX_TTL_S: 900,
+  AUDIT_RETENTION_DAYS: 90,
+  RULE_WINDOW_S: 15 * 60,
+  ROLLOUT_STAGES: [10, 30, 60, 100] as readonly number[],
+} as const;
+
+/** Rollback and alert thresholds: a rule breaches when value > threshold (strictly). */
+export const THRESHOLDS = {
+  missing_sponsor_ratio: 0.001,
+  policy_error_rate: 0.01,
+  policy_latency_p95_ms: 300,
+  token_issue_failure_ratio: 0.005,
+  alert_policy_latency_p95_ms: 200,
+} as const;
+
+export const RULES = ['missing_sponsor_ratio', 'policy_error_rate', 'policy_latency_p95_ms'] as const;
+export type RuleName = (typeof RULES)[number];
+
+export const COHORT = { CANARY: 'canary', BASELINE: 'baseline' } as const;
+export type Cohort = (typeof COHORT)[keyof typeof COHORT];
+
+export const DECISION = { ALLOW: 'allow', DENY: 'deny', ERROR: 'error' } as const;
+export type DecisionResult = (typeof DECISION)[keyof typeof DECISION];
+
+export const DATABASE = 'custody';
+export const TABLE = {
+  OTEL_TRACES: 'otel_traces',
+  AUDIT_EVENTS: 'audit_events',
+  POLICY_DECISIONS: 'policy_decisions',
+  TOKEN_EVENTS: 'token_events',
+  ROLLOUT_EVENTS: 'rollout_events',
+  AUDIT_ROLLUP_1M: 'audit_rollup_1m',
+  TOKEN_ROLLUP_1M: 'token_rollup_1m',
+  MIGRATIONS: 'schema_migrations',
+} as const;
+
+export const METRIC = {
+  MISSING_SPONSOR_RATIO: 'custody_missing_sponsor_ratio',
+  POLICY_ERROR_RATE: 'custody_policy_error_rate',
+  POLICY_LATENCY_P95_SECONDS: 'custody_policy_latency_p95_seconds',
+  TOKEN_ISSUE_FAILURE_RATIO: 'custody_token_issue_failure_ratio',
+  ROLLBACK_RULE_BREACHED: 'custody_rollback_rule_breached',
+  ROLLOUT_PERCENT: 'custody_rollout_percent',
+  TOOL_CALLS_TOTAL: 'custody_tool_calls_total',
+  SPANS_INGESTED_TOTAL: 'custody_spans_ingested_total',
+  SPANS_REJECTED_TOTAL: 'custody_spans_rejected_total',
+  TOKENS_ISSUED_TOTAL: 'custody_tokens_issued_total',
+  POLICY_DECISION_DURATION_SECONDS: 'custody_policy_decision_duration_seconds',
+} as const;
