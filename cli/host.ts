@@ -23,7 +23,10 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   collectProcessMetrics();
   const app = createJsonApp();
   const checks = new Map<string, () => Promise<boolean> | boolean>();
-  const reporter = createReporter({ serviceName: 'custody', endpoint: options.otlpUrl });
+  // Created on first use, after the collector (if hosted here) has bound its port.
+  let reporter: Reporter | undefined;
+  const getReporter = () => (reporter ??= createReporter({ serviceName: 'custody', endpoint: options.otlpUrl }));
+  const services = new Map<string, unknown>();
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -50,15 +53,24 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   const ctx: RoleContext = {
     control: app,
     log,
-    reporter,
+    get reporter() {
+      return getReporter();
+    },
     options,
+    services: {
+      provide: (name, value) => void services.set(name, value),
+      lookup: <T>(name: string) => services.get(name) as T | undefined,
+    },
+    setOtlpUrl: (url) => {
+      options.otlpUrl = url;
+    },
     addReadinessCheck: (name, check) => void checks.set(name, check),
   };
   try {
     for (const start of starters) roles.push(await start(ctx));
   } catch (err) {
     for (const role of roles.reverse()) await role.close().catch(() => undefined);
-    await reporter.shutdown().catch(() => undefined);
+    await reporter?.shutdown().catch(() => undefined);
     throw err;
   }
   finish(app, log);
@@ -68,7 +80,9 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   return {
     control,
     roles,
-    reporter,
+    get reporter() {
+      return getReporter();
+    },
     log,
     close() {
       closing ??= (async () => {
@@ -76,7 +90,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
         for (const role of [...roles].reverse()) {
           await role.close().catch((err) => log.error({ err, role: role.name }, 'error while stopping'));
         }
-        await reporter.shutdown().catch(() => undefined);
+        await reporter?.shutdown().catch(() => undefined);
       })();
       return closing;
     },

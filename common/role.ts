@@ -17,7 +17,28 @@ export interface RoleContext {
   addReadinessCheck(name: string, check: () => Promise<boolean> | boolean): void;
   /** Shared flags from the command line. */
   readonly options: CommonOptions;
+  /**
+   * In-process services one role offers another when `custody up` hosts both (the token service's
+   * key set for the policy plane, the policy plane's rollout state for the collector). A role that
+   * finds none falls back to HTTP against the configured URL.
+   */
+  readonly services: Services;
+  /** The collector calls this once its OTLP receiver is bound (the port may have been 0). */
+  setOtlpUrl(url: string): void;
 }
+
+export interface Services {
+  provide<T>(name: string, value: T): void;
+  lookup<T>(name: string): T | undefined;
+}
+
+/** Names of in-process services. */
+export const SERVICE = {
+  /** `() => JSONWebKeySet` and `issuer`: the token service's public keys. */
+  TOKEN_KEYS: 'token-keys',
+  /** `{ get(): Promise<{ percent: number }> }`: the policy plane's rollout state. */
+  ROLLOUT: 'rollout',
+} as const;
 
 export interface CommonOptions {
   host: string;

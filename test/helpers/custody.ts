@@ -1,0 +1,92 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '../..');
+export const CLI = path.join(ROOT, 'dist/cli/main.js');
+
+export interface RunningCustody {
+  proc: ChildProcess;
+  /** control API base URL */
+  url: string;
+  /** OTLP base URL */
+  otlpUrl: string;
+  dataDir: string;
+  output(): string;
+  /** SIGTERM and wait; resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export function tempDir(prefix = 'custody-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/**
+ * Starts `custody <command>` (default `up`) as a real child process on ephemeral loopback ports
+ * and waits until /readyz answers 200. Extra args are passed through.
+ */
+export async function startCustody(
+  opts: { command?: string; args?: string[]; dataDir?: string; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {},
+): Promise<RunningCustody> {
+  const dataDir = opts.dataDir ?? tempDir();
+  const args = [CLI, opts.command ?? 'up', '--port', '0', '--otlp-port', '0', '--data-dir', dataDir, ...(opts.args ?? [])];
+  const proc = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, CUSTODY_LOG_LEVEL: process.env.CUSTODY_LOG_LEVEL ?? 'warn', ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (out += d));
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? 60_000);
+  let url: string | undefined;
+  let otlpUrl: string | undefined;
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`custody exited with ${proc.exitCode}:\n${out}`);
+    url ??= /control API\s+(http:\/\/\S+)/.exec(out)?.[1];
+    otlpUrl ??= /OTLP\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
+    if (url) {
+      try {
+        const r = await fetch(`${url}/readyz`);
+        if (r.status === 200) break;
+      } catch {
+        /* not yet */
+      }
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  if (!url) {
+    proc.kill('SIGKILL');
+    throw new Error(`custody did not become ready:\n${out}`);
+  }
+  return {
+    proc,
+    url,
+    otlpUrl: otlpUrl ?? '',
+    dataDir,
+    output: () => out,
+    stop: (signal = 'SIGTERM') =>
+      new Promise((resolve) => {
+        if (proc.exitCode !== null) return resolve(proc.exitCode);
+        proc.once('exit', (code) => resolve(code));
+        proc.kill(signal);
+      }),
+  };
+}
+
+/** Polls `fn` until it returns a truthy value or the time runs out. */
+export async function eventually<T>(fn: () => Promise<T | undefined | null | false>, timeoutMs = 15_000, stepMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  throw new Error(`condition not met within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
+}
