@@ -37,7 +37,8 @@ describe('embedded store', () => {
   });
 
   it('fills the per-minute rollup from audit rows through the materialized view', async () => {
-    const base = Date.UTC(2026, 0, 1, 12, 0, 0);
+    // recent rows: older ones would fall to the 90-day TTL
+    const base = Math.floor(Date.now() / 60_000) * 60_000 - 5 * 60_000;
     const rows = Array.from({ length: 100 }, (_, i) => ({
       timestamp: new Date(base + i * 100).toISOString(),
       end_timestamp: new Date(base + i * 100 + 5).toISOString(),
