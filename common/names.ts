@@ -144,4 +144,5 @@ export const METRIC = {
   SPANS_REJECTED_TOTAL: 'custody_spans_rejected_total',
   TOKENS_ISSUED_TOTAL: 'custody_tokens_issued_total',
   POLICY_DECISION_DURATION_SECONDS: 'custody_policy_decision_duration_seconds',
+  AUDIT_SCHEMA_VIOLATIONS_TOTAL: 'custody_audit_schema_violations_total',
 } as const;
