@@ -234,7 +234,9 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         ORDER BY (cohort, minute, tool_id)
         TTL minute + toIntervalDay(${days})`,
         // Latency is rounded up to whole ms: ceil is monotonic, so the rounded p95 exceeds 300
-        // exactly when the true p95 does. Cached decisions asked no plane and are left out.
+        // exactly when the true p95 does. Cached decisions asked no plane and are left out;
+        // an error always counts as a plane call (errors are never served from the cache), so
+        // policy_errors <= policy_checks and the error rate cannot exceed 1.
         `CREATE MATERIALIZED VIEW IF NOT EXISTS ${t(TABLE.AUDIT_ROLLUP_1M + '_mv')}${onCluster}
         TO ${t(TABLE.AUDIT_ROLLUP_1M)}
         AS SELECT
@@ -247,8 +249,8 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
           countIf(decision = 'error') AS policy_errors,
           countIf(decision = 'deny') AS denies,
           countIf(decision = 'allow') AS allows,
-          countIf(decision != '' AND NOT policy_cached) AS policy_checks,
-          quantilesTimingStateIf(0.5, 0.95, 0.99)(toUInt32(ceil(policy_latency_ms)), decision != '' AND NOT policy_cached) AS latency_ms
+          countIf(decision = 'error' OR (decision != '' AND NOT policy_cached)) AS policy_checks,
+          quantilesTimingStateIf(0.5, 0.95, 0.99)(toUInt32(ceil(policy_latency_ms)), decision = 'error' OR (decision != '' AND NOT policy_cached)) AS latency_ms
         FROM ${t(TABLE.AUDIT_EVENTS)}
         GROUP BY minute, cohort, tool_id`,
         `CREATE TABLE IF NOT EXISTS ${t(TABLE.TOKEN_ROLLUP_1M)}${onCluster} (
