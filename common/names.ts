@@ -47,6 +47,12 @@ export const ATTR = {
   ROLLOUT_TO_PERCENT: 'custody.rollout.to_percent',
   ROLLOUT_REASON: 'custody.rollout.reason',
   ROLLOUT_ACTOR: 'custody.rollout.actor',
+
+  // policy plane / enforcer
+  POLICY_VERSION: 'custody.policy.version',
+  TOOL_RISK: 'custody.tool.risk',
+  POLICY_INCIDENT_MODE: 'custody.policy.incident_mode',
+  POLICY_CACHE_TTL_S: 'custody.policy.cache_ttl_s',
 } as const;
 
 export const BAGGAGE = {
@@ -84,6 +90,11 @@ export const ENV = {
   INGEST_TOKEN: 'CUSTODY_INGEST_TOKEN',
   CLICKHOUSE_URL: 'CLICKHOUSE_URL',
   LOG_LEVEL: 'CUSTODY_LOG_LEVEL',
+  // policy plane / enforcer
+  POLICY_URL: 'CUSTODY_POLICY_URL',
+  TOKEN_URL: 'CUSTODY_TOKEN_URL',
+  TOKEN_ISSUER: 'CUSTODY_TOKEN_ISSUER',
+  INCIDENT_CACHE_TTL_S: 'CUSTODY_INCIDENT_CACHE_TTL_S',
 } as const;
 
 export const DEFAULTS = {
@@ -145,4 +156,7 @@ export const METRIC = {
   TOKENS_ISSUED_TOTAL: 'custody_tokens_issued_total',
   POLICY_DECISION_DURATION_SECONDS: 'custody_policy_decision_duration_seconds',
   AUDIT_SCHEMA_VIOLATIONS_TOTAL: 'custody_audit_schema_violations_total',
+  POLICY_DECISIONS_TOTAL: 'custody_policy_decisions_total',
+  POLICY_RELOAD_ERRORS_TOTAL: 'custody_policy_reload_errors_total',
+  POLICY_VERSION: 'custody_policy_version',
 } as const;
