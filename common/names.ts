@@ -95,6 +95,7 @@ export const ENV = {
   TOKEN_URL: 'CUSTODY_TOKEN_URL',
   TOKEN_ISSUER: 'CUSTODY_TOKEN_ISSUER',
   INCIDENT_CACHE_TTL_S: 'CUSTODY_INCIDENT_CACHE_TTL_S',
+  RULE_MIN_SAMPLE: 'CUSTODY_RULE_MIN_SAMPLE',
 } as const;
 
 export const DEFAULTS = {
@@ -110,6 +111,8 @@ export const DEFAULTS = {
   TOKEN_MAX_TTL_S: 900,
   AUDIT_RETENTION_DAYS: 90,
   RULE_WINDOW_S: 15 * 60,
+  /** Fewer tool calls than this in the window: the rules answer insufficient_data. */
+  RULE_MIN_SAMPLE: 100,
   ROLLOUT_STAGES: [10, 30, 60, 100] as readonly number[],
 } as const;
 
