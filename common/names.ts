@@ -88,6 +88,8 @@ export const ENV = {
   CAPTURE_CONTENT: 'CUSTODY_CAPTURE_CONTENT',
   ADMIN_TOKEN: 'CUSTODY_ADMIN_TOKEN',
   INGEST_TOKEN: 'CUSTODY_INGEST_TOKEN',
+  /** The token service's private signing key (PKCS8 PEM or JWK JSON), when not in a key file. */
+  TOKEN_SIGNING_KEY: 'CUSTODY_TOKEN_SIGNING_KEY',
   CLICKHOUSE_URL: 'CLICKHOUSE_URL',
   LOG_LEVEL: 'CUSTODY_LOG_LEVEL',
   // policy plane / enforcer
