@@ -74,6 +74,16 @@ export const SPAN = {
   ROLLOUT_CHANGE: 'custody.rollout.change',
 } as const;
 
+/** Custody's entries in an MCP request's `params._meta` and in HTTP headers (remote sub-agents). */
+export const PROPAGATION = {
+  TRACEPARENT: 'traceparent',
+  TRACESTATE: 'tracestate',
+  BAGGAGE: 'baggage',
+  /** The caller's delegation token: the callee exchanges it for its own per-tool tokens. */
+  MCP_DELEGATION_TOKEN: 'dev.custody/delegation_token',
+  HTTP_DELEGATION_TOKEN: 'x-custody-delegation-token',
+} as const;
+
 export const ENV = {
   SPONSOR_ID: 'CUSTODY_SPONSOR_ID',
   AGENT_INSTANCE_ID: 'CUSTODY_AGENT_INSTANCE_ID',
@@ -92,6 +102,17 @@ export const ENV = {
   TOKEN_SIGNING_KEY: 'CUSTODY_TOKEN_SIGNING_KEY',
   CLICKHOUSE_URL: 'CLICKHOUSE_URL',
   LOG_LEVEL: 'CUSTODY_LOG_LEVEL',
+  // agent side (custody/register)
+  /** Tool-name → {tool, action} table: inline JSON or a path to a JSON/YAML file. */
+  TOOL_MAP: 'CUSTODY_TOOL_MAP',
+  /** Tools a root agent delegates to its sub-agents (comma-separated); default: every tool it may call. */
+  DELEGATE_TOOLS: 'CUSTODY_DELEGATE_TOOLS',
+  /** `0`/`false` stops child node processes from being started with custody/register preloaded. */
+  PROPAGATE_REGISTER: 'CUSTODY_PROPAGATE_REGISTER',
+  /** W3C context handed to child processes (the OTel env-carrier convention). */
+  TRACEPARENT: 'TRACEPARENT',
+  TRACESTATE: 'TRACESTATE',
+  BAGGAGE: 'BAGGAGE',
   // the rollback watch inside `custody up` (the standalone command takes flags)
   ROLLBACK_WATCH: 'CUSTODY_ROLLBACK_WATCH',
   ROLLBACK_INTERVAL: 'CUSTODY_ROLLBACK_INTERVAL',
