@@ -1,0 +1,220 @@
+import os from 'node:os';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { parseDuration } from '../../common/duration';
+import { CustodyError } from '../../common/errors';
+import { createLogger } from '../../common/log';
+import { ENV } from '../../common/names';
+import { parseMinSample } from '../../enforcer/rollback/config';
+import { nextAction, nextStage, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
+import { httpPlane, RolloutConflictError } from '../../enforcer/rollback/plane';
+import { createRollbackWatcher, defaultActor, WATCH_DEFAULTS, type TickResult } from '../../enforcer/rollback/watch';
+import { withClientOptions } from '../options';
+
+/**
+ * `custody rollback watch` (the auto-rollback job alone, against a control API) and
+ * `custody rollback approve` (a person's gate between two stages), added to the `rollback` group.
+ */
+
+function durationOption(flag: string, description: string, fallback: string): Option {
+  return new Option(flag, description).default(parseDuration(fallback), fallback).argParser((v) => {
+    try {
+      return parseDuration(v, flag.split(' ')[0]);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+  });
+}
+
+function adminTokenOption(): Option {
+  return new Option('--admin-token <token>', `bearer token for PUT /v1/rollout (default $${ENV.ADMIN_TOKEN})`).default(
+    process.env[ENV.ADMIN_TOKEN],
+    `$${ENV.ADMIN_TOKEN}`,
+  );
+}
+
+/** The `rollback` group if another module registered it, else a new one. */
+export function rollbackGroup(program: Command): Command {
+  return (
+    program.commands.find((c) => c.name() === 'rollback') ??
+    program.command('rollback').description('rollback rules and the auto-rollback job')
+  );
+}
+
+interface WatchFlags {
+  url: string;
+  adminToken?: string;
+  interval: number;
+  window: number;
+  healthyPeriod: number;
+  minSample: number;
+  manualGates?: boolean;
+  dryRun?: boolean;
+  once?: boolean;
+  timeout: number;
+}
+
+function describe(result: TickResult): string {
+  if (result.error) return `error: ${result.error.message}`;
+  const a = result.action;
+  if (!a) return 'no decision';
+  switch (a.kind) {
+    case 'rollback':
+    case 'advance':
+      if (result.applied) return `${a.kind === 'rollback' ? 'rolled back' : 'advanced'} ${a.from}% → ${a.to}%: ${a.reason}`;
+      return `${result.skipped === 'dry run' ? 'would' : 'did not'} ${a.kind === 'rollback' ? 'roll back' : 'advance'} ${a.from}% → ${a.to}%${result.skipped && result.skipped !== 'dry run' ? ` (${result.skipped})` : ''}: ${a.reason}`;
+    case 'await_approval':
+      return `waiting for approval ${a.from}% → ${a.to}% (custody rollback approve): ${a.reason}`;
+    case 'hold':
+      return `hold at ${a.percent}%: ${a.reason}`;
+  }
+}
+
+async function watch(flags: WatchFlags): Promise<void> {
+  const log = createLogger('custody-rollback-watch');
+  const watcher = createRollbackWatcher({
+    plane: httpPlane({ url: flags.url, ...(flags.adminToken ? { adminToken: flags.adminToken } : {}), timeoutMs: flags.timeout * 1000 }),
+    intervalS: flags.interval,
+    windowS: flags.window,
+    healthyPeriodS: flags.healthyPeriod,
+    minSample: flags.minSample,
+    manualGates: Boolean(flags.manualGates),
+    dryRun: Boolean(flags.dryRun),
+    actor: defaultActor(),
+    log,
+  });
+  if (flags.once) {
+    const result = await watcher.tick();
+    process.stdout.write(describe(result) + '\n');
+    process.exitCode = result.error ? 2 : 0;
+    return;
+  }
+  process.stdout.write(
+    `custody rollback watch: ${flags.url} every ${flags.interval}s, window ${flags.window}s, healthy period ${flags.healthyPeriod}s, ` +
+      `min sample ${flags.minSample}${flags.manualGates ? ', manual gates' : ''}${flags.dryRun ? ', dry run' : ''}\n`,
+  );
+  // Print what changes (or would); routine holds go to the debug log only.
+  let last = '';
+  const loop = async (): Promise<void> => {
+    while (!stopping) {
+      const result = await watcher.tick();
+      const line = describe(result);
+      const notable = result.error || result.applied || result.action?.kind !== 'hold';
+      if (notable && line !== last) process.stdout.write(`${new Date().toISOString()} ${line}\n`);
+      last = notable ? line : '';
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, flags.interval * 1000);
+      });
+    }
+  };
+  let stopping = false;
+  let wake: () => void = () => undefined;
+  const stop = () => {
+    stopping = true;
+    wake();
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  await loop();
+  await watcher.stop();
+}
+
+interface ApproveFlags {
+  url: string;
+  adminToken?: string;
+  to?: number;
+  reason?: string;
+  force?: boolean;
+  window: number;
+  healthyPeriod: number;
+  minSample: number;
+  timeout: number;
+}
+
+async function approve(flags: ApproveFlags): Promise<void> {
+  const plane = httpPlane({ url: flags.url, ...(flags.adminToken ? { adminToken: flags.adminToken } : {}), timeoutMs: flags.timeout * 1000 });
+  const state = await plane.getRollout();
+  const to = flags.to ?? nextStage(state.percent, state.stages);
+  if (to === undefined) {
+    process.stdout.write(`nothing to approve: the rollout is at ${state.percent}%, its last stage\n`);
+    process.exitCode = 1;
+    return;
+  }
+  if (to <= state.percent) {
+    throw new CustodyError('ERR_USAGE', `--to ${to} is not above the current ${state.percent}%; use PUT /v1/rollout to go down`);
+  }
+  const cohort = statusCohort(state.percent);
+  const recent = await plane.status({ windowS: flags.window, cohort });
+  const age = stageAgeS(state, systemClock);
+  const sinceChange = age !== undefined ? await plane.status({ windowS: Math.max(1, age), cohort }) : undefined;
+  const view = nextAction(state, { recent, ...(sinceChange ? { sinceChange } : {}) }, systemClock, {
+    healthyPeriodS: flags.healthyPeriod,
+    minSample: flags.minSample,
+    manualGates: true,
+  });
+  if (view.kind !== 'await_approval' && !flags.force) {
+    process.stdout.write(`not approved: ${view.reason}\n(--force approves anyway)\n`);
+    process.exitCode = 1;
+    return;
+  }
+  const actor = `${os.userInfo().username}@${os.hostname()}`;
+  const reason = `approved ${state.percent}% → ${to}% by ${actor}${flags.force && view.kind !== 'await_approval' ? ' (forced)' : ''}${flags.reason ? `: ${flags.reason}` : ''}`;
+  try {
+    const next = await plane.setRollout({ percent: to, reason, actor, expected: state });
+    process.stdout.write(`rollout ${state.percent}% → ${next.percent}%: ${reason}\n`);
+  } catch (err) {
+    if (err instanceof RolloutConflictError) {
+      process.stdout.write(`not approved: the rollout changed meanwhile (${err.message}); look again\n`);
+      process.exitCode = 1;
+      return;
+    }
+    throw err;
+  }
+}
+
+function stageOption(): Option {
+  return new Option('--to <percent>', 'the stage to approve (default: the next one)').argParser((v) => {
+    const n = Number(v);
+    if (!/^\d+(\.\d+)?$/.test(v) || n <= 0 || n > 100) throw new InvalidArgumentError(`'${v}' is not a percent from 1 to 100`);
+    return n;
+  });
+}
+
+function minSampleOption(): Option {
+  return new Option('--min-sample <calls>', 'canary calls needed since the stage began before it may advance')
+    .default(WATCH_DEFAULTS.minSample)
+    .argParser((v) => {
+      try {
+        return parseMinSample(v);
+      } catch (err) {
+        throw new InvalidArgumentError((err as Error).message);
+      }
+    });
+}
+
+export function registerRollbackWatchCommands(program: Command): void {
+  const group = rollbackGroup(program);
+
+  withClientOptions(group.command('watch').description('the auto-rollback job: roll back on a breach, advance after a healthy period'))
+    .addOption(adminTokenOption())
+    .addOption(durationOption('--interval <duration>', 'time between two evaluations', '60s'))
+    .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
+    .addOption(durationOption('--healthy-period <duration>', 'how long a stage stays healthy before the next', '24h'))
+    .addOption(minSampleOption())
+    .option('--manual-gates', 'never advance alone: wait for `custody rollback approve` at each stage')
+    .option('--dry-run', 'say what would be done; change nothing')
+    .option('--once', 'evaluate once and exit (0 evaluated, 2 the plane could not be read)')
+    .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
+    .action((flags: WatchFlags) => watch(flags));
+
+  withClientOptions(group.command('approve').description('approve the next rollout stage (with --manual-gates)'))
+    .addOption(adminTokenOption())
+    .addOption(stageOption())
+    .option('--reason <text>', 'why, for the audit trail')
+    .option('--force', 'approve even if the stage has not earned it (rules breached, period not over)')
+    .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
+    .addOption(durationOption('--healthy-period <duration>', 'the healthy period the stage must have lasted', '24h'))
+    .addOption(minSampleOption())
+    .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
+    .action((flags: ApproveFlags) => approve(flags));
+}

@@ -1,0 +1,172 @@
+import { z } from 'zod';
+import { CustodyError } from '../../common/errors';
+import { DEFAULTS } from '../../common/names';
+import type { RollbackStatus, RolloutState } from './decide';
+
+/**
+ * What the rollback controller reads and writes: the rollout on the policy plane and the rule
+ * status on the collector. Over HTTP when the watcher runs alone; `custody up` hands the role the
+ * same interface backed by the control API it hosts.
+ */
+export interface RolloutPlane {
+  getRollout(): Promise<RolloutState>;
+  /**
+   * Sets the percent. `expected` is the state the decision was taken on: when it no longer holds
+   * (another watcher or a person changed the rollout meanwhile) the change is refused with
+   * RolloutConflictError instead of undoing theirs.
+   */
+  setRollout(change: { percent: number; reason: string; actor: string; expected: RolloutState }): Promise<RolloutState>;
+  status(query: { windowS: number; cohort: string }): Promise<RollbackStatus>;
+}
+
+/** The plane or the collector could not be asked: no change is made. */
+export class PlaneUnreachableError extends CustodyError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_PLANE_UNREACHABLE', message, options);
+  }
+}
+
+/** The plane answered, but not with what the contract promises (or refused the request). */
+export class PlaneResponseError extends CustodyError {
+  readonly status: number;
+  constructor(status: number, code: string, message: string) {
+    super(code, message);
+    this.status = status;
+  }
+}
+
+/** Someone else changed the rollout between our read and our write. */
+export class RolloutConflictError extends CustodyError {
+  constructor(message: string) {
+    super('ERR_ROLLOUT_CONFLICT', message);
+  }
+}
+
+const timeValue = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = typeof v === 'number' ? (v < 1e12 ? v * 1000 : v) : Date.parse(v);
+  if (!Number.isFinite(ms)) {
+    ctx.addIssue({ code: 'custom', message: `'${v}' is not a time` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const rolloutSchema = z
+  .object({
+    percent: z.number().min(0).max(100),
+    stages: z.array(z.number().min(0).max(100)).optional(),
+    updated_at: timeValue.optional(),
+    revision: z.union([z.string(), z.number()]).optional(),
+  })
+  .loose();
+
+const statusSchema = z
+  .object({
+    action: z.enum(['rollback', 'hold', 'advance', 'insufficient_data']),
+    window_s: z.number(),
+    sample_size: z.number(),
+    rules: z.array(
+      z.object({ rule: z.string(), value: z.number().nullable(), threshold: z.number(), breached: z.boolean() }).loose(),
+    ),
+    rollout: z.object({ percent: z.number() }).loose().optional(),
+    cohort: z.string().optional(),
+  })
+  .loose();
+
+/** Turns a GET /v1/rollout body into the controller's state; a missing stage list means the contract's default. */
+export function parseRollout(body: unknown): RolloutState {
+  const r = rolloutSchema.safeParse(body);
+  if (!r.success) {
+    throw new PlaneResponseError(200, 'ERR_PLANE_RESPONSE', `GET /v1/rollout answered an unexpected body: ${r.error.issues[0]?.message ?? ''}`);
+  }
+  const { percent, stages, updated_at, revision } = r.data;
+  return {
+    percent,
+    stages: stages && stages.length > 0 ? stages : DEFAULTS.ROLLOUT_STAGES,
+    ...(updated_at !== undefined ? { updatedAt: updated_at } : {}),
+    ...(revision !== undefined ? { revision: String(revision) } : {}),
+  };
+}
+
+export function parseStatus(body: unknown): RollbackStatus {
+  const r = statusSchema.safeParse(body);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new PlaneResponseError(
+      200,
+      'ERR_PLANE_RESPONSE',
+      `GET /v1/rollback/status answered an unexpected body: ${issue ? `${issue.path.join('.')}: ${issue.message}` : ''}`,
+    );
+  }
+  return r.data as RollbackStatus;
+}
+
+export interface HttpPlaneOptions {
+  /** Control API base URL. */
+  url: string;
+  /** CUSTODY_ADMIN_TOKEN, for PUT /v1/rollout. */
+  adminToken?: string;
+  timeoutMs?: number;
+  /** Tests inject a fetch; production uses the global one. */
+  fetch?: typeof fetch;
+}
+
+/** The control API over HTTP, every call bounded by a timeout. */
+export function httpPlane(options: HttpPlaneOptions): RolloutPlane {
+  const base = options.url.replace(/\/+$/, '');
+  const timeoutMs = options.timeoutMs ?? 5_000;
+  const doFetch = options.fetch ?? fetch;
+
+  async function call(method: string, path: string, init: { body?: unknown; headers?: Record<string, string> } = {}): Promise<unknown> {
+    let res: Response;
+    try {
+      res = await doFetch(`${base}${path}`, {
+        method,
+        headers: { accept: 'application/json', ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
+        ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (err) {
+      const why = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : describeFetchError(err);
+      throw new PlaneUnreachableError(`${method} ${base}${path}: ${why}`, { cause: err });
+    }
+    const text = await res.text();
+    let body: unknown;
+    try {
+      body = text ? JSON.parse(text) : undefined;
+    } catch {
+      body = undefined;
+    }
+    if (!res.ok) {
+      const e = (body as { error?: { code?: string; message?: string } } | undefined)?.error;
+      const code = e?.code ?? `http_${res.status}`;
+      const message = `${method} ${base}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`;
+      if (res.status === 409 || res.status === 412) throw new RolloutConflictError(message);
+      if (res.status >= 500) throw new PlaneUnreachableError(message);
+      throw new PlaneResponseError(res.status, code, message);
+    }
+    return body;
+  }
+
+  return {
+    async getRollout() {
+      return parseRollout(await call('GET', '/v1/rollout'));
+    },
+    async setRollout({ percent, reason, actor, expected }) {
+      const headers: Record<string, string> = {};
+      if (options.adminToken) headers.authorization = `Bearer ${options.adminToken}`;
+      if (expected.revision !== undefined) headers['if-match'] = `"${expected.revision}"`;
+      const body = { percent, reason, actor, expected_percent: expected.percent };
+      return parseRollout(await call('PUT', '/v1/rollout', { body, headers }));
+    },
+    async status({ windowS, cohort }) {
+      const q = new URLSearchParams({ window: `${Math.max(1, Math.ceil(windowS))}s`, cohort });
+      return parseStatus(await call('GET', `/v1/rollback/status?${q}`));
+    },
+  };
+}
+
+function describeFetchError(err: unknown): string {
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? (err as Error).message;
+}
