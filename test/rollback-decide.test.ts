@@ -54,6 +54,17 @@ describe('nextAction', () => {
     expect(bad.reason).toMatch(/policy_latency_p95_ms/);
   });
 
+  it('does not advance while an alert holds the stage (p95 over 200 ms), now or since the last change', () => {
+    const alerts = [{ alert: 'policy_latency_p95_ms', value: 250, threshold: 200, firing: true }];
+    const now = nextAction(state(10), { recent: status({ action: 'hold', alerts }), sinceChange: status() }, at(150), opts);
+    expect(now).toMatchObject({ kind: 'hold' });
+    expect(now.reason).toMatch(/policy_latency_p95_ms 250 > 200 now/);
+    const since = nextAction(state(10), { recent: status(), sinceChange: status({ action: 'hold', alerts }) }, at(150), opts);
+    expect(since.reason).toMatch(/since the last change/);
+    const thin = nextAction(state(10), { recent: status(), sinceChange: status({ action: 'insufficient_data', sample_size: 80 }) }, at(150), opts);
+    expect(thin).toMatchObject({ kind: 'hold' });
+  });
+
   it('waits for approval with manual gates', () => {
     const a = nextAction(state(60), { recent: status(), sinceChange: status() }, at(150), { ...opts, manualGates: true });
     expect(a).toMatchObject({ kind: 'await_approval', from: 60, to: 100 });

@@ -146,7 +146,7 @@ async function approve(flags: ApproveFlags): Promise<void> {
   const cohort = statusCohort(state.percent);
   const recent = await plane.status({ windowS: flags.window, cohort });
   const age = stageAgeS(state, systemClock);
-  const sinceChange = age !== undefined ? await plane.status({ windowS: Math.max(1, age), cohort }) : undefined;
+  const sinceChange = age !== undefined ? await plane.status({ windowS: age + 60, cohort }) : undefined;
   const view = nextAction(state, { recent, ...(sinceChange ? { sinceChange } : {}) }, systemClock, {
     healthyPeriodS: flags.healthyPeriod,
     minSample: flags.minSample,

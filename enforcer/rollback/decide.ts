@@ -24,6 +24,8 @@ export interface RollbackStatus {
   window_s: number;
   sample_size: number;
   rules: RuleResult[];
+  /** Alert-level signals (p95 over 200 ms, token failures): they do not roll back, they hold the stage. */
+  alerts?: { alert: string; value: number | null; threshold: number; firing: boolean }[];
   rollout?: { percent: number };
   cohort?: string;
 }
@@ -98,6 +100,12 @@ function describeBreach(status: RollbackStatus): { names: string[]; text: string
   return { names: breached.map((r) => r.rule), text };
 }
 
+function describeAlerts(status: RollbackStatus): string {
+  const firing = (status.alerts ?? []).filter((a) => a.firing);
+  if (firing.length === 0) return 'the collector says hold';
+  return firing.map((a) => `${a.alert} ${formatValue(a.value)} > ${a.threshold}`).join(', ');
+}
+
 function formatValue(v: number | null): string {
   if (v === null) return 'n/a';
   return Number.isInteger(v) ? String(v) : v.toPrecision(4);
@@ -136,17 +144,22 @@ export function nextAction(state: RolloutState, observed: Observed, clock: Clock
     };
   }
 
+  if (recent.action === 'hold') return { kind: 'hold', percent, reason: `not advancing: ${describeAlerts(recent)} now` };
+
   const since = observed.sinceChange;
   if (!since) return { kind: 'hold', percent, need: 'since_change', reason: 'healthy period over; reading the rules since the last change' };
   if (isBreached(since)) {
     const { text } = describeBreach(since);
     return { kind: 'hold', percent, reason: `not advancing: ${text || 'rules breached'} since the last change (${since.window_s}s)` };
   }
-  if (since.sample_size < options.minSample) {
+  if (since.action === 'hold') {
+    return { kind: 'hold', percent, reason: `not advancing: ${describeAlerts(since)} since the last change (${since.window_s}s)` };
+  }
+  if (since.action === 'insufficient_data' || since.sample_size < options.minSample) {
     return {
       kind: 'hold',
       percent,
-      reason: `not advancing: ${since.sample_size} calls since the last change, fewer than the minimum ${options.minSample}`,
+      reason: `not advancing: ${since.sample_size} calls since the last change, too few (minimum ${options.minSample}${since.action === 'insufficient_data' ? ' here, and the collector\'s own' : ''})`,
     };
   }
   const reason = `advance ${percent}% → ${to}%: healthy for ${Math.floor(age)}s (≥ ${options.healthyPeriodS}s) over ${since.sample_size} calls`;

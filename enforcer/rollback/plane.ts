@@ -160,10 +160,17 @@ export function httpPlane(options: HttpPlaneOptions): RolloutPlane {
       return parseRollout(await call('PUT', '/v1/rollout', { body, headers }));
     },
     async status({ windowS, cohort }) {
-      const q = new URLSearchParams({ window: `${Math.max(1, Math.ceil(windowS))}s`, cohort });
+      const q = new URLSearchParams({ window: `${statusWindowS(windowS)}s`, cohort });
       return parseStatus(await call('GET', `/v1/rollback/status?${q}`));
     },
   };
+}
+
+/** The collector evaluates whole minutes, from one minute to a week. */
+export const STATUS_WINDOW = { MIN_S: 60, MAX_S: 7 * 86_400 } as const;
+
+export function statusWindowS(windowS: number): number {
+  return Math.min(STATUS_WINDOW.MAX_S, Math.max(STATUS_WINDOW.MIN_S, Math.ceil(windowS / 60) * 60));
 }
 
 function describeFetchError(err: unknown): string {

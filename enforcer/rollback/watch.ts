@@ -102,7 +102,8 @@ export function createRollbackWatcher(options: WatcherOptions): RollbackWatcher 
     const recent = await plane.status({ windowS: options.windowS, cohort });
     let action = nextAction(state, { recent }, clock, options);
     if (action.kind === 'hold' && action.need === 'since_change') {
-      const sinceChange = await plane.status({ windowS: stageAgeS(state, clock) ?? options.healthyPeriodS, cohort });
+      // One extra minute so that the minute bucket in which the stage began is read too.
+      const sinceChange = await plane.status({ windowS: (stageAgeS(state, clock) ?? options.healthyPeriodS) + 60, cohort });
       action = nextAction(state, { recent, sinceChange }, clock, options);
     }
     return action;
