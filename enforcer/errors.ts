@@ -1,0 +1,50 @@
+import { CustodyError } from '../common/errors';
+
+/** What a refused tool call was refused by: enough to find the decision in the decision log. */
+export interface RefusalDetails {
+  tool: string;
+  action: string;
+  /** '' when no policy plane decided (a refusal made before or without asking it). */
+  policyDecisionId: string;
+  ruleId: string;
+  reason: string;
+}
+
+/** The policy plane (or a check made before asking it, such as a missing sponsor) said no. */
+export class PolicyDeniedError extends CustodyError implements RefusalDetails {
+  static readonly code = 'ERR_POLICY_DENIED';
+  /** The span's `error.type`. */
+  readonly type = 'policy_denied';
+  readonly tool: string;
+  readonly action: string;
+  readonly policyDecisionId: string;
+  readonly ruleId: string;
+  readonly reason: string;
+
+  constructor(details: RefusalDetails) {
+    const ref = details.policyDecisionId ? `, decision ${details.policyDecisionId}` : '';
+    super(PolicyDeniedError.code, `policy denied ${details.tool}.${details.action}: ${details.reason} (rule ${details.ruleId}${ref})`);
+    this.tool = details.tool;
+    this.action = details.action;
+    this.policyDecisionId = details.policyDecisionId;
+    this.ruleId = details.ruleId;
+    this.reason = details.reason;
+  }
+}
+
+/**
+ * No usable decision: the plane (or the token service) timed out, refused the connection, answered
+ * 5xx or garbage. Enforcement fails closed, so the call is refused all the same.
+ */
+export class PolicyUnavailableError extends CustodyError {
+  static readonly code = 'ERR_POLICY_UNAVAILABLE';
+  readonly type = 'policy_unavailable';
+  readonly tool: string;
+  readonly action: string;
+
+  constructor(tool: string, action: string, message: string, options?: { cause?: unknown }) {
+    super(PolicyUnavailableError.code, `policy unavailable for ${tool}.${action}: ${message}`, options);
+    this.tool = tool;
+    this.action = action;
+  }
+}
