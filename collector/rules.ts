@@ -102,8 +102,8 @@ export interface RuleEvaluation {
 }
 
 export const COHORTS: readonly Cohort[] = [COHORT.CANARY, COHORT.BASELINE];
-/** Longest window accepted: beyond a week a rollout decision is not "recent" any more. */
-export const MAX_WINDOW_S = 7 * 86_400;
+/** Longest window accepted: the default audit retention, which the rollups share. */
+export const MAX_WINDOW_S = 90 * 86_400;
 
 export class RuleInputError extends CustodyError {
   readonly parameter: string;
@@ -113,7 +113,7 @@ export class RuleInputError extends CustodyError {
   }
 }
 
-/** `15m`, `1h`, `900s`: at least one minute, at most a week. */
+/** `15m`, `1h`, `900s`: up to 90 days; evaluation rounds it up to whole minutes. */
 export function parseWindow(text: string): number {
   let seconds: number;
   try {
@@ -121,9 +121,7 @@ export function parseWindow(text: string): number {
   } catch (err) {
     throw new RuleInputError('window', (err as Error).message);
   }
-  if (seconds < 60 || seconds > MAX_WINDOW_S) {
-    throw new RuleInputError('window', `window '${text}' must be from 1m to ${MAX_WINDOW_S / 86_400}d`);
-  }
+  if (seconds > MAX_WINDOW_S) throw new RuleInputError('window', `window '${text}' is longer than ${MAX_WINDOW_S / 86_400}d`);
   return seconds;
 }
 

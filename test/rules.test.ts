@@ -269,7 +269,9 @@ describe('rule inputs and pure evaluation', () => {
     expect(parseWindow('1h')).toBe(3600);
     expect(parseWindow('900s')).toBe(900);
     expect(parseWindow('900')).toBe(900);
-    for (const bad of ['', 'abc', '30s', '0m', '8d', '-5m']) {
+    expect(parseWindow('30s')).toBe(30);
+    expect(ruleWindow(parseWindow('30s'), Date.now()).windowS).toBe(60);
+    for (const bad of ['', 'abc', '0m', '91d', '-5m']) {
       expect(() => parseWindow(bad)).toThrow(RuleInputError);
       try {
         parseWindow(bad);
