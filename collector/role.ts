@@ -1,5 +1,7 @@
 import type { RoleContext, RunningRole } from '../common/role';
 import { openStore } from './store';
+import { mountRules } from './rollback-status';
+import { mountAudit } from './audit-routes';
 
 /** The collector role: the store, the OTLP receiver, rules and audit queries. */
 export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole> {
@@ -8,6 +10,8 @@ export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole>
     options.clickhouseUrl ? { url: options.clickhouseUrl, log } : { dataDir: options.dataDir, log },
   );
   ctx.addReadinessCheck('storage', () => store.ping());
+  mountRules(ctx, store);
+  mountAudit(ctx, store);
   return {
     name: 'collector',
     banner: [`storage       ${store.kind} (${store.location})`],
