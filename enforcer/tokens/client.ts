@@ -1,0 +1,127 @@
+import type { TokenClaims } from './claims';
+import { TokenRequestError } from './errors';
+import { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from './exchange';
+
+/** POST /issue body. */
+export interface IssueTokenBody {
+  tool: string;
+  /** What the token may be exchanged for (a delegation token for sub-agents); default [tool]. */
+  tools?: string[];
+  sponsor_id?: string;
+  agent_instance_id?: string;
+  parent_agent_id?: string;
+  role?: string;
+  purpose?: string;
+  /** Seconds. */
+  ttl?: number;
+}
+
+/** POST /token parameters (RFC 8693), grant and token types filled in. */
+export interface ExchangeTokenParams {
+  subject_token: string;
+  /** The tool the new token is for. */
+  audience?: string;
+  /** Tools the new token may in turn be exchanged for (a subset of the subject's). */
+  scope?: string | string[];
+  agent_instance_id?: string;
+  purpose?: string;
+  ttl?: number;
+  /** A lower role than the subject's. */
+  role?: string;
+}
+
+export interface ObtainedToken {
+  token: string;
+  claims: TokenClaims;
+  /** Epoch ms. */
+  expiresAt: number;
+}
+
+export interface TokenRequestOptions {
+  /** Default 2000. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** Base URL + path, tolerating a trailing slash. */
+export function endpoint(baseUrl: string | URL, path: string): URL {
+  const base = String(baseUrl).replace(/\/+$/, '');
+  return new URL(`${base}${path}`);
+}
+
+/** Where the token service publishes its keys, for createTokenVerifier({ jwks }). */
+export const jwksUrl = (baseUrl: string | URL): URL => endpoint(baseUrl, '/.well-known/jwks.json');
+
+/**
+ * One JSON request to the control API, bounded by a timeout. Refusals become TokenRequestError with
+ * the service's code (ERR_TOKEN_REFUSED), and an unreachable service ERR_TOKEN_SERVICE_UNAVAILABLE.
+ */
+export async function requestJson<T>(
+  url: URL,
+  init: { method?: string; body?: unknown; headers?: Record<string, string> },
+  options: TokenRequestOptions = {},
+): Promise<T> {
+  const timeout = AbortSignal.timeout(options.timeoutMs ?? 2000);
+  const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
+  let res: Response;
+  try {
+    res = await fetch(url, {
+      method: init.method ?? 'POST',
+      headers: { accept: 'application/json', ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
+      ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
+      signal,
+    });
+  } catch (err) {
+    const why = timeout.aborted ? `no answer within ${options.timeoutMs ?? 2000} ms` : (err as Error).message;
+    throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', 0, 'unavailable', `${url.origin}: ${why}`, { cause: err });
+  }
+  const text = await res.text().catch(() => '');
+  let json: unknown;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  if (!res.ok) {
+    const e = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
+    const code = typeof e?.code === 'string' ? e.code : `http_${res.status}`;
+    const kind = res.status >= 500 ? 'ERR_TOKEN_SERVICE_UNAVAILABLE' : 'ERR_TOKEN_REFUSED';
+    throw new TokenRequestError(kind, res.status, code, `${code}: ${e?.message ?? (text.slice(0, 200) || res.statusText)}`);
+  }
+  if (json === undefined) throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', res.status, 'bad_response', `${url}: the answer is not JSON`);
+  return json as T;
+}
+
+interface TokenResponse {
+  token: string;
+  claims: TokenClaims;
+}
+
+function obtained(r: TokenResponse): ObtainedToken {
+  if (typeof r?.token !== 'string' || typeof r.claims?.exp !== 'number') {
+    throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', 200, 'bad_response', 'the token service answered without a token');
+  }
+  return { token: r.token, claims: r.claims, expiresAt: r.claims.exp * 1000 };
+}
+
+/** POST /issue. With a credential (registered agent), sponsor and role come from its registration. */
+export async function issueToken(
+  baseUrl: string | URL,
+  body: IssueTokenBody,
+  options: TokenRequestOptions & { credential?: string } = {},
+): Promise<ObtainedToken> {
+  const headers: Record<string, string> = options.credential ? { authorization: `Bearer ${options.credential}` } : {};
+  return obtained(await requestJson<TokenResponse>(endpoint(baseUrl, '/issue'), { body, headers }, options));
+}
+
+/** POST /token: a delegate's token from its parent's (RFC 8693 token exchange). */
+export async function exchangeToken(baseUrl: string | URL, params: ExchangeTokenParams, options: TokenRequestOptions = {}): Promise<ObtainedToken> {
+  const { scope, ...rest } = params;
+  const body = {
+    grant_type: TOKEN_EXCHANGE_GRANT,
+    subject_token_type: JWT_TOKEN_TYPE,
+    ...rest,
+    ...(scope !== undefined ? { scope: Array.isArray(scope) ? scope.join(' ') : scope } : {}),
+  };
+  return obtained(await requestJson<TokenResponse>(endpoint(baseUrl, '/token'), { body }, options));
+}
