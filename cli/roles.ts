@@ -1,4 +1,5 @@
 import { startCollectorRole } from '../collector/role';
+import { startTokenServiceRole } from '../enforcer/tokens/role';
 import type { RoleStarter } from './host';
 
 /**
@@ -7,4 +8,5 @@ import type { RoleStarter } from './host';
  */
 export const ROLES: Record<string, RoleStarter> = {
   collector: startCollectorRole,
+  'token-service': startTokenServiceRole,
 };
