@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { CustodyError } from '../common/errors';
 import { registerServerCommands } from './commands/servers';
+import { registerTokenCommands } from './commands/token';
 
 // Each command module registers its own subcommands on the program.
 const program = new Command('custody')
@@ -10,6 +11,7 @@ const program = new Command('custody')
   .exitOverride();
 
 registerServerCommands(program);
+registerTokenCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
