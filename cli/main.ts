@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { CustodyError } from '../common/errors';
+import { registerPolicyCommands } from './commands/policy';
 import { registerServerCommands } from './commands/servers';
+import { registerRollbackCommands } from './commands/rollback';
+import { registerAuditCommands } from './commands/audit';
 import { registerTokenCommands } from './commands/token';
 
 // Each command module registers its own subcommands on the program.
@@ -11,6 +14,9 @@ const program = new Command('custody')
   .exitOverride();
 
 registerServerCommands(program);
+registerRollbackCommands(program);
+registerAuditCommands(program);
+registerPolicyCommands(program);
 registerTokenCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {

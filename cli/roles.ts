@@ -1,4 +1,5 @@
 import { startCollectorRole } from '../collector/role';
+import { startPolicyPlaneRole } from '../enforcer/plane/role';
 import { startTokenServiceRole } from '../enforcer/tokens/role';
 import type { RoleStarter } from './host';
 
@@ -9,4 +10,6 @@ import type { RoleStarter } from './host';
 export const ROLES: Record<string, RoleStarter> = {
   collector: startCollectorRole,
   'token-service': startTokenServiceRole,
+  // after the token service: the plane verifies tokens with its in-process keys
+  'policy-plane': startPolicyPlaneRole,
 };

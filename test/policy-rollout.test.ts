@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../common/errors';
-import { cohortBucket, cohortOf, openRolloutStore, rolloutView } from '../enforcer/policy/rollout';
+import { RolloutConflictError, cohortBucket, cohortOf, openRolloutStore, rolloutView } from '../enforcer/policy/rollout';
 import { tempDir } from './helpers/custody';
 
 describe('cohorts', () => {
@@ -53,6 +53,20 @@ describe('rollout state', () => {
     expect(JSON.parse(fs.readFileSync(file, 'utf8')).percent).toBe(41);
   });
 
+  it('refuses a change made on a stale read', async () => {
+    const store = openRolloutStore(path.join(tempDir(), 'rollout.json'), 10);
+    const { state } = await store.setPercent({ percent: 30, reason: 'r', actor: 'a', ifRevision: 0, ifPercent: 10 });
+    expect(state.revision).toBe(1);
+    await expect(store.setPercent({ percent: 60, reason: 'r', actor: 'a', ifRevision: 0 })).rejects.toMatchObject({
+      code: 'ERR_ROLLOUT_CONFLICT',
+      expected: 'revision',
+    });
+    await expect(store.setPercent({ percent: 60, reason: 'r', actor: 'a', ifPercent: 10 })).rejects.toThrow(RolloutConflictError);
+    expect(store.get()).toMatchObject({ percent: 30, revision: 1 });
+    // a refused change does not block the next one
+    expect((await store.setPercent({ percent: 60, reason: 'r', actor: 'a', ifRevision: 1 })).state.revision).toBe(2);
+  });
+
   it('refuses a damaged state file naming it', () => {
     const file = path.join(tempDir(), 'rollout.json');
     fs.writeFileSync(file, '{"percent": 30,');
@@ -62,7 +76,7 @@ describe('rollout state', () => {
   });
 
   it('reports the stage and the next step', () => {
-    const base = { reason: '', actor: '', updated_at: '', incident: null };
+    const base = { revision: 0, reason: '', actor: '', updated_at: '', incident: null };
     const staged = { percent: 10, stages: [10, 30, 60, 100] };
     expect(rolloutView({ ...base, percent: 0 }, staged)).toMatchObject({ stage: 0, next_percent: 10 });
     expect(rolloutView({ ...base, percent: 30 }, staged)).toMatchObject({ stage: 2, next_percent: 60 });

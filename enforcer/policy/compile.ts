@@ -52,6 +52,8 @@ export interface Policy {
   readonly toolMap: ReadonlyMap<string, { readonly tool: string; readonly action: string }>;
   readonly rollout: RolloutConfig;
   readonly ruleCount: number;
+  /** Every tool the policy names: in `tools`, in a rule or in `tool_map`. */
+  readonly knownTools: ReadonlySet<string>;
   /** The rules that can apply to a tool, explicit denies first, each group in file order. */
   rulesFor(tool: string): readonly CompiledRule[];
 }
@@ -117,6 +119,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
     toolMap,
     rollout,
     ruleCount: config.rules.length,
+    knownTools: new Set([...named, ...tools.keys(), ...[...toolMap.values()].map((e) => e.tool)]),
     rulesFor: (tool: string) => byTool.get(tool) ?? anyTool,
   });
 }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { ConfigError } from '../../common/errors';
+import { ConfigError, CustodyError } from '../../common/errors';
 import { COHORT, type Cohort } from '../../common/names';
 import type { RolloutConfig } from './compile';
 
@@ -31,9 +31,11 @@ export interface IncidentState {
 
 export interface RolloutState {
   percent: number;
+  /** Grows by one with every change: for If-Match / optimistic concurrency. */
+  revision: number;
   reason: string;
   actor: string;
-  /** ISO 8601. */
+  /** When the percent last changed, ISO 8601. */
   updated_at: string;
   incident: IncidentState | null;
 }
@@ -69,17 +71,36 @@ const incidentSchema = z.strictObject({
 });
 const stateSchema = z.strictObject({
   percent: z.number().min(0).max(100),
+  revision: z.int().min(0).default(0),
   reason: z.string(),
   actor: z.string(),
   updated_at: z.string(),
   incident: incidentSchema.nullable().default(null),
 });
 
+/** The state moved between the caller's read and its write: nothing was changed. */
+export class RolloutConflictError extends CustodyError {
+  readonly expected: 'revision' | 'percent';
+  constructor(expected: 'revision' | 'percent', message: string) {
+    super('ERR_ROLLOUT_CONFLICT', message);
+    this.expected = expected;
+  }
+}
+
+export interface RolloutChange {
+  percent: number;
+  reason: string;
+  actor: string;
+  /** Refuse the change unless the state is still at this revision / percent. */
+  ifRevision?: number | undefined;
+  ifPercent?: number | undefined;
+}
+
 export interface RolloutStore {
   readonly file: string;
   get(): RolloutState;
   /** Moves the percent; resolves once the new state is on disk. */
-  setPercent(change: { percent: number; reason: string; actor: string }): Promise<{ from: number; state: RolloutState }>;
+  setPercent(change: RolloutChange): Promise<{ from: number; state: RolloutState }>;
   /** Sets (cache_ttl_s > 0) or ends (null) the incident switch. */
   setIncident(change: { cache_ttl_s: number | null; reason: string; actor: string }): Promise<{ from: IncidentState | null; state: RolloutState }>;
 }
@@ -107,7 +128,7 @@ export function openRolloutStore(file: string, initialPercent: number, options: 
     }
     state = result.data;
   } else {
-    state = { percent: initialPercent, reason: 'initial percent from the policy file', actor: 'policy', updated_at: new Date(now()).toISOString(), incident: null };
+    state = { percent: initialPercent, revision: 0, reason: 'initial percent from the policy file', actor: 'policy', updated_at: new Date(now()).toISOString(), incident: null };
   }
 
   // Changes are serialized (each starts from the state the previous one left) and written
@@ -130,16 +151,23 @@ export function openRolloutStore(file: string, initialPercent: number, options: 
   return {
     file,
     get: () => state,
-    setPercent: ({ percent, reason, actor }) =>
+    setPercent: ({ percent, reason, actor, ifRevision, ifPercent }) =>
       update((current) => {
-        const next: RolloutState = { ...current, percent, reason, actor, updated_at: new Date(now()).toISOString() };
+        if (ifRevision !== undefined && ifRevision !== current.revision) {
+          throw new RolloutConflictError('revision', `the rollout is at revision ${current.revision}, not ${ifRevision}: it changed since it was read`);
+        }
+        if (ifPercent !== undefined && ifPercent !== current.percent) {
+          throw new RolloutConflictError('percent', `the rollout is at ${current.percent}%, not ${ifPercent}%: it changed since it was read`);
+        }
+        const next: RolloutState = { ...current, percent, reason, actor, revision: current.revision + 1, updated_at: new Date(now()).toISOString() };
         return { next, result: { from: current.percent, state: next } };
       }),
     setIncident: ({ cache_ttl_s, reason, actor }) =>
       update((current) => {
         const t = new Date(now()).toISOString();
         const incident = cache_ttl_s === null ? null : { cache_ttl_s, reason, actor, since: current.incident?.since ?? t };
-        const next: RolloutState = { ...current, incident, updated_at: t };
+        // updated_at stays: it is when the percent last moved, which the rollback job times stages by.
+        const next: RolloutState = { ...current, incident, revision: current.revision + 1 };
         return { next, result: { from: current.incident, state: next } };
       }),
   };

@@ -1,0 +1,110 @@
+import type { Command } from 'commander';
+import { createLogger } from '../../common/log';
+import { policyPlaneRole } from '../../enforcer/plane/role';
+import { readPolicyFile, type Policy } from '../../enforcer/policy/compile';
+import { decide } from '../../enforcer/policy/decide';
+import { resolveToolName } from '../../enforcer/policy/tool-map';
+import { ENV } from '../../common/names';
+import { closeOnSignals, startHost } from '../host';
+import { commonOptions, withServerOptions, type ServerFlags } from '../options';
+
+interface PlaneFlags extends ServerFlags {
+  tokenUrl?: string;
+  tokenIssuer?: string;
+}
+
+interface EvalFlags {
+  role?: string;
+  sponsor: string;
+  instance: string;
+  tool: string;
+  action?: string;
+  purpose?: string;
+  depth?: string;
+  json?: boolean;
+}
+
+/** `custody policy-plane` (the role alone), `custody policy check FILE` and `custody policy eval FILE`. */
+export function registerPolicyCommands(program: Command): void {
+  withServerOptions(program.command('policy-plane').description('the policy plane alone: /v1/check, the rollout, hot reload of --policy'))
+    .option('--token-url <url>', `token service whose JWKS verifies tokens (default $${ENV.TOKEN_URL}, $${ENV.URL} or http://127.0.0.1:8080)`)
+    .option('--token-issuer <issuer>', `tokens' issuer (default $${ENV.TOKEN_ISSUER} or the token service configuration's issuer)`)
+    .action(async (flags: PlaneFlags) => {
+      const log = createLogger('custody');
+      const options = commonOptions(flags);
+      const role = policyPlaneRole({
+        ...(flags.tokenUrl ? { tokenUrl: flags.tokenUrl } : {}),
+        ...(flags.tokenIssuer ? { tokenIssuer: flags.tokenIssuer } : {}),
+      });
+      const host = await startHost(options, [role], log);
+      closeOnSignals(host);
+      const lines = ['custody policy-plane listening', `  control API   ${host.control.url}`];
+      for (const r of host.roles) for (const line of r.banner ?? []) lines.push(`  ${line}`);
+      process.stdout.write(lines.join('\n') + '\n');
+    });
+
+  const policy = program.command('policy').description('work with policy-config.yaml files');
+
+  policy
+    .command('check')
+    .description('validate a policy file; exit 0 valid, 1 refused (the reason names file, line and field)')
+    .argument('<file>', 'policy-config.yaml')
+    .option('--json', 'print a JSON summary')
+    .action((file: string, flags: { json?: boolean }) => {
+      let p: Policy;
+      try {
+        p = readPolicyFile(file);
+      } catch (err) {
+        process.stderr.write(`${(err as Error).message}\n`);
+        process.exitCode = 1;
+        return;
+      }
+      const summary = {
+        file: p.source,
+        valid: true,
+        version: p.version,
+        hash: p.hash,
+        rules: p.ruleCount,
+        tools: [...p.knownTools].sort(),
+        tool_map: p.toolMap.size,
+        rollout: p.rollout,
+      };
+      if (flags.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+      else {
+        process.stdout.write(
+          `${p.source}: valid (version ${p.version}, ${p.ruleCount} rules, tools ${summary.tools.join(', ') || 'none'}, ` +
+            `${p.toolMap.size} tool_map entries, rollout ${p.rollout.percent}%)\n`,
+        );
+      }
+    });
+
+  policy
+    .command('eval')
+    .description('what the policy decides for one call; exit 0 allow, 1 deny, 2 bad file or usage')
+    .argument('<file>', 'policy-config.yaml')
+    .requiredOption('--tool <tool>', 'policy tool, `tool.action`, or a framework name from tool_map')
+    .option('--action <action>', 'action (default: from --tool)')
+    .option('--role <role>', 'the caller\'s role')
+    .option('--sponsor <id>', 'sponsor id', 'cli')
+    .option('--instance <id>', 'agent instance id', 'cli')
+    .option('--purpose <purpose>', 'stated purpose')
+    .option('--depth <n>', 'delegation depth', '0')
+    .option('--json', 'print the decision as JSON')
+    .action((file: string, flags: EvalFlags) => {
+      const p = readPolicyFile(file);
+      const ref = flags.action ? { tool: flags.tool, action: flags.action } : resolveToolName(flags.tool, p.toolMap);
+      const d = decide(
+        {
+          identity: { sponsorId: flags.sponsor, agentInstanceId: flags.instance, role: flags.role, delegationDepth: Number(flags.depth) },
+          tool: ref.tool,
+          action: ref.action,
+          purpose: flags.purpose,
+        },
+        p,
+        { now: Date.now() },
+      );
+      if (flags.json) process.stdout.write(JSON.stringify({ tool: ref.tool, action: ref.action, ...d }) + '\n');
+      else process.stdout.write(`${d.decision} ${ref.tool}.${ref.action} (rule ${d.rule_id}): ${d.reason}\n`);
+      process.exitCode = d.decision === 'allow' ? 0 : 1;
+    });
+}

@@ -1,0 +1,226 @@
+import { performance } from 'node:perf_hooks';
+import type { Attributes, Context } from '@opentelemetry/api';
+import { HttpError, badRequest } from '../../common/errors';
+import { ATTR, COHORT, DECISION, type Cohort, type DecisionResult } from '../../common/names';
+import { toolPolicy, type Policy } from '../policy/compile';
+import { BUILTIN_RULE, decide, type Decision } from '../policy/decide';
+import { decisionId } from '../policy/ids';
+import { cohortOf } from '../policy/rollout';
+import type { Risk } from '../policy/schema';
+import type { TokenClaims } from '../tokens/claims';
+import { TOKEN_ERROR, TokenError } from '../tokens/errors';
+import type { TokenVerifier } from '../tokens/verify';
+import type { PlaneMetrics } from './metrics';
+
+/** POST /v1/check body. */
+export interface CheckRequest {
+  token: string;
+  tool: string;
+  action: string;
+  purpose?: string;
+}
+
+/** POST /v1/check answer: the contract's fields, then what the enforcer and operators use besides. */
+export interface CheckResponse {
+  decision: 'allow' | 'deny';
+  policy_decision_id: string;
+  rule_id: string;
+  reason: string;
+  cohort: Cohort;
+  enforced: boolean;
+  /** Plane-side time to verify and decide, ms. */
+  latency_ms: number;
+  policy_version: string;
+  risk: Risk;
+  /** The tool takes each token once: the enforcer must get a new one per call and must not cache the allow. */
+  single_use_token: boolean;
+  rollout_percent: number;
+  token_jti?: string;
+}
+
+export interface CheckerOptions {
+  policy: () => Policy;
+  verifier: TokenVerifier;
+  rolloutPercent: () => number;
+  /** Records the decision (the decision log); must not throw. */
+  report?: (attributes: Attributes, context: Context | undefined, time: number, error?: string) => void;
+  metrics?: PlaneMetrics;
+  now?: () => number;
+}
+
+const LIMITS = { token: 16_384, name: 256, purpose: 1024 } as const;
+
+/**
+ * The policy plane's check: verify the token, take the identity from its claims (never from the
+ * body), decide, give the decision its id and cohort, and record it. A bad token is a deny with
+ * its reason; only keys that cannot be fetched make it an error (503), since then nothing was
+ * decided.
+ */
+export function createChecker(options: CheckerOptions): (body: unknown, traceContext?: Context) => Promise<CheckResponse> {
+  const now = options.now ?? Date.now;
+
+  return async function check(body, traceContext) {
+    const started = performance.now();
+    const req = parseCheckRequest(body);
+    const policy = options.policy();
+    const settings = toolPolicy(policy, req.tool);
+    const percent = options.rolloutPercent();
+    let claims: TokenClaims | undefined;
+    let outcome: Decision;
+    try {
+      if (!req.token) throw new TokenError(TOKEN_ERROR.MALFORMED, 'no token: every call needs a token for its tool');
+      claims = await options.verifier.verify(req.token, { audience: req.tool, singleUse: settings.singleUseTokens });
+      outcome = decideFor(req, claims, policy, now());
+    } catch (err) {
+      if (!(err instanceof TokenError)) throw err;
+      if (err.code === TOKEN_ERROR.JWKS_UNAVAILABLE) {
+        const seconds = (performance.now() - started) / 1000;
+        const id = decisionId(now());
+        options.metrics?.decided(DECISION.ERROR, metricTool(policy, req.tool), seconds);
+        options.report?.(
+          decisionAttributes(req, undefined, policy, settings.risk, {
+            id,
+            decision: DECISION.ERROR,
+            rule_id: BUILTIN_RULE.TOKEN_INVALID,
+            reason: err.message,
+            cohort: COHORT.CANARY,
+            enforced: true,
+            latencyMs: seconds * 1000,
+          }),
+          traceContext,
+          Date.now(),
+          err.message,
+        );
+        throw new HttpError(503, 'token_keys_unavailable', `cannot verify tokens: ${err.message}`, { 'retry-after': '1' });
+      }
+      outcome = { decision: 'deny', rule_id: BUILTIN_RULE.TOKEN_INVALID, reason: `token refused (${err.code}): ${err.message}` };
+    }
+    // Without a verified identity there is no cohort to trust: such calls count as enforced.
+    const cohort = claims ? cohortOf(claims.agent_instance_id, percent) : COHORT.CANARY;
+    const seconds = (performance.now() - started) / 1000;
+    const response: CheckResponse = {
+      decision: outcome.decision,
+      policy_decision_id: decisionId(now()),
+      rule_id: outcome.rule_id,
+      reason: outcome.reason,
+      cohort,
+      enforced: cohort === COHORT.CANARY,
+      latency_ms: round(seconds * 1000),
+      policy_version: policy.version,
+      risk: settings.risk,
+      single_use_token: settings.singleUseTokens,
+      rollout_percent: percent,
+      ...(claims ? { token_jti: claims.jti } : {}),
+    };
+    options.metrics?.decided(response.decision, metricTool(policy, req.tool), seconds);
+    options.report?.(
+      decisionAttributes(req, claims, policy, settings.risk, {
+        id: response.policy_decision_id,
+        decision: response.decision,
+        rule_id: response.rule_id,
+        reason: response.reason,
+        cohort,
+        enforced: response.enforced,
+        latencyMs: seconds * 1000,
+      }),
+      traceContext,
+      Date.now(),
+    );
+    return response;
+  };
+}
+
+/** The identity is the token's; the purpose is the token's when it names one (a different stated purpose is refused). */
+function decideFor(req: CheckRequest, claims: TokenClaims, policy: Policy, now: number): Decision {
+  if (claims.purpose && req.purpose && req.purpose !== claims.purpose) {
+    return {
+      decision: 'deny',
+      rule_id: BUILTIN_RULE.PURPOSE_MISMATCH,
+      reason: `the stated purpose '${req.purpose}' is not the token's purpose '${claims.purpose}'`,
+    };
+  }
+  return decide(
+    {
+      identity: {
+        sponsorId: claims.sponsor_id,
+        agentInstanceId: claims.agent_instance_id,
+        parentAgentId: claims.parent_agent_id,
+        role: claims.role,
+        delegationDepth: claims.depth,
+      },
+      tool: req.tool,
+      action: req.action,
+      purpose: claims.purpose ?? req.purpose,
+    },
+    policy,
+    { now },
+  );
+}
+
+/** Validates a /v1/check body; a malformed one is a 400 naming the field. A missing token is not malformed: it is denied. */
+export function parseCheckRequest(body: unknown): CheckRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw badRequest('invalid_request', 'the body must be a JSON object {token, tool, action, purpose?}');
+  }
+  const b = body as Record<string, unknown>;
+  const text = (name: string, max: number, required: boolean): string | undefined => {
+    const v = b[name];
+    if (v === undefined || v === null || (v === '' && !required)) {
+      if (required) throw badRequest('invalid_request', `'${name}' is required`);
+      return undefined;
+    }
+    if (typeof v !== 'string' || v === '') throw badRequest('invalid_request', `'${name}' must be a non-empty string`);
+    if (v.length > max) throw badRequest('invalid_request', `'${name}' is longer than ${max} characters`);
+    return v;
+  };
+  const tool = text('tool', LIMITS.name, true)!;
+  const action = text('action', LIMITS.name, true)!;
+  const purpose = text('purpose', LIMITS.purpose, false);
+  const token = text('token', LIMITS.token, false) ?? '';
+  return { token, tool, action, ...(purpose !== undefined ? { purpose } : {}) };
+}
+
+interface Outcome {
+  id: string;
+  decision: DecisionResult;
+  rule_id: string;
+  reason: string;
+  cohort: Cohort;
+  enforced: boolean;
+  latencyMs: number;
+}
+
+function decisionAttributes(req: CheckRequest, claims: TokenClaims | undefined, policy: Policy, risk: Risk, o: Outcome): Attributes {
+  const a: Attributes = {
+    [ATTR.POLICY_DECISION_ID]: o.id,
+    [ATTR.POLICY_DECISION]: o.decision,
+    [ATTR.POLICY_RULE_ID]: o.rule_id,
+    [ATTR.POLICY_REASON]: o.reason,
+    [ATTR.TOOL_ID]: req.tool,
+    [ATTR.ACTION]: req.action,
+    [ATTR.ROLLOUT_COHORT]: o.cohort,
+    [ATTR.ENFORCED]: o.enforced,
+    [ATTR.POLICY_LATENCY_MS]: round(o.latencyMs),
+    [ATTR.POLICY_VERSION]: policy.version,
+    [ATTR.TOOL_RISK]: risk,
+  };
+  const purpose = claims?.purpose ?? req.purpose;
+  if (purpose) a[ATTR.PURPOSE] = purpose;
+  if (claims) {
+    if (claims.sponsor_id) a[ATTR.SPONSOR_ID] = claims.sponsor_id;
+    a[ATTR.AGENT_INSTANCE_ID] = claims.agent_instance_id;
+    if (claims.parent_agent_id) a[ATTR.PARENT_AGENT_ID] = claims.parent_agent_id;
+    if (claims.role) a[ATTR.ROLE] = claims.role;
+    a[ATTR.TOKEN_JTI] = claims.jti;
+  }
+  return a;
+}
+
+/** Tools the policy names keep their label; anything else a caller sends is "other", so labels stay bounded. */
+function metricTool(policy: Policy, tool: string): string {
+  return policy.knownTools.has(tool) ? tool : 'other';
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}

@@ -1,0 +1,57 @@
+import { counter, gauge, histogram } from '../../common/metrics';
+import { METRIC } from '../../common/names';
+
+/**
+ * The policy plane's metrics, on the process's one registry (so `custody up` shows them on its
+ * /metrics). Metric updates never fail a request: telemetry fails open.
+ */
+export function planeMetrics() {
+  const decisionDuration = histogram({
+    name: METRIC.POLICY_DECISION_DURATION_SECONDS,
+    help: 'Time the policy plane took to decide a /v1/check (token verification and rule evaluation), seconds',
+    buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1],
+  });
+  const decisions = counter<'decision' | 'tool'>({
+    name: METRIC.POLICY_DECISIONS_TOTAL,
+    help: 'Policy decisions by result (allow, deny, error) and tool; tools the policy does not name count as "other"',
+    labelNames: ['decision', 'tool'],
+  });
+  const reloadErrors = counter({
+    name: METRIC.POLICY_RELOAD_ERRORS_TOTAL,
+    help: 'Policy files refused on reload (the last good policy stays in force)',
+  });
+  const version = gauge<'version' | 'hash'>({
+    name: METRIC.POLICY_VERSION,
+    help: 'The policy in force: value = how many policies this process has loaded, labelled with its version and hash',
+    labelNames: ['version', 'hash'],
+  });
+  const rolloutPercent = gauge({ name: METRIC.ROLLOUT_PERCENT, help: 'Percent of agent instances in the canary (enforced) cohort' });
+
+  const safely = (fn: () => void) => {
+    try {
+      fn();
+    } catch {
+      /* a metric registered elsewhere with other labels must not break a decision */
+    }
+  };
+  return {
+    decided(decision: string, tool: string, seconds: number): void {
+      safely(() => decisionDuration.observe(seconds));
+      safely(() => decisions.inc({ decision, tool }));
+    },
+    reloadFailed(): void {
+      safely(() => reloadErrors.inc());
+    },
+    loaded(generation: number, policyVersion: string, hash: string): void {
+      safely(() => {
+        version.reset();
+        version.set({ version: policyVersion, hash: hash.slice(0, 12) }, generation);
+      });
+    },
+    rollout(percent: number): void {
+      safely(() => rolloutPercent.set(percent));
+    },
+  };
+}
+
+export type PlaneMetrics = ReturnType<typeof planeMetrics>;

@@ -1,0 +1,146 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Attributes, Context } from '@opentelemetry/api';
+import { DEFAULTS, ENV, SPAN, ATTR } from '../../common/names';
+import { SERVICE, type RoleContext, type RunningRole } from '../../common/role';
+import type { RoleStarter } from '../../cli/host';
+import { openRolloutStore } from '../policy/rollout';
+import { loadTokenConfig, packageRoot } from '../tokens/config';
+import { jwksUrl } from '../tokens/client';
+import type { TokenKeysService } from '../tokens/role';
+import { createTokenVerifier, type TokenVerifier } from '../tokens/verify';
+import { createChecker } from './check';
+import { planeMetrics } from './metrics';
+import { watchPolicyFile } from './reload';
+import { mountPlaneRoutes } from './routes';
+
+export const POLICY_FILE = 'policy-config.yaml';
+/** The rollout state, under --data-dir. */
+export const ROLLOUT_STATE_FILE = path.join('policy', 'rollout.json');
+
+export interface PolicyPlaneOptions {
+  /** Standalone: the token service whose JWKS verifies tokens. Default $CUSTODY_TOKEN_URL, $CUSTODY_URL, http://127.0.0.1:8080. */
+  tokenUrl?: string;
+  /** Standalone: the tokens' issuer. Default $CUSTODY_TOKEN_ISSUER, else the token service configuration's `issuer`. */
+  tokenIssuer?: string;
+  /** Default $CUSTODY_ADMIN_TOKEN. */
+  adminToken?: string;
+  /** Policy file poll interval, ms. */
+  pollMs?: number;
+}
+
+/** What the policy plane offers other roles in the same process (SERVICE.ROLLOUT). */
+export interface RolloutService {
+  get(): Promise<{ percent: number; revision: number; updated_at: string }>;
+}
+
+/** The default policy: --policy, else ./policy-config.yaml, else the example shipped with the package. */
+export function resolvePolicyFile(file: string | undefined, cwd = process.cwd()): string {
+  if (file) return path.resolve(cwd, file);
+  const local = path.resolve(cwd, POLICY_FILE);
+  return fs.existsSync(local) ? local : path.join(packageRoot(), POLICY_FILE);
+}
+
+/**
+ * The policy-plane role: POST /v1/check, the rollout, hot reload of the policy file, the decision
+ * log (every decision reported as a `custody.policy.decision` span) and the plane's metrics.
+ */
+export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStarter {
+  return async function startPolicyPlane(ctx: RoleContext): Promise<RunningRole> {
+    const { options, log } = ctx;
+    const metrics = planeMetrics();
+    const file = resolvePolicyFile(options.policyFile);
+    const policies = watchPolicyFile(file, {
+      log,
+      ...(planeOptions.pollMs !== undefined ? { pollMs: planeOptions.pollMs } : {}),
+      onLoad: (p, generation) => metrics.loaded(generation, p.version, p.hash),
+      onError: () => metrics.reloadFailed(),
+    });
+    try {
+      const rollout = openRolloutStore(path.join(options.dataDir, ROLLOUT_STATE_FILE), policies.current().rollout.percent);
+      metrics.rollout(rollout.get().percent);
+      const { verifier, describe } = tokenVerifier(ctx, planeOptions);
+      const adminToken = planeOptions.adminToken ?? (process.env[ENV.ADMIN_TOKEN] || undefined);
+
+      const report = (attributes: Attributes, parent: Context | undefined, time: number, error?: string) => {
+        try {
+          ctx.reporter.event(SPAN.POLICY_DECISION, attributes, { time, ...(parent ? { context: parent } : {}), ...(error ? { error } : {}) });
+        } catch (err) {
+          log.warn({ err: (err as Error).message }, 'cannot report a policy decision');
+        }
+      };
+      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, metrics });
+
+      mountPlaneRoutes(ctx.control, {
+        check,
+        policy: policies.current,
+        rollout,
+        adminToken,
+        onRolloutChange: ({ from, to, reason, actor }) => {
+          metrics.rollout(to);
+          log.warn({ from, to, reason, actor }, `rollout moved ${from}% → ${to}%`);
+          reportRollout(ctx, { from, to, reason, actor });
+        },
+        onIncidentChange: ({ cacheTtlS, percent, reason, actor }) => {
+          const what = cacheTtlS ? `incident switch on: agents keep allows cached for ${cacheTtlS} s` : 'incident switch off: normal decision cache TTL';
+          log.warn({ cacheTtlS, reason, actor }, what);
+          reportRollout(ctx, { from: percent, to: percent, reason: `${what}; ${reason}`, actor });
+        },
+      });
+      const service: RolloutService = {
+        get: async () => {
+          const s = rollout.get();
+          return { percent: s.percent, revision: s.revision, updated_at: s.updated_at };
+        },
+      };
+      ctx.services.provide(SERVICE.ROLLOUT, service);
+
+      const p = policies.current();
+      const state = rollout.get();
+      const banner = [
+        `policy plane  ${file} (version ${p.version}, ${p.ruleCount} rules), rollout ${state.percent}% canary (${rollout.file})`,
+        `  tokens      ${describe}`,
+      ];
+      if (!adminToken) banner.push(`  rollout changes disabled until ${ENV.ADMIN_TOKEN} is set`);
+      if (state.incident) {
+        banner.push(`!! incident switch on since ${state.incident.since}: agents keep allows cached for ${state.incident.cache_ttl_s} s`);
+      }
+      return {
+        name: 'policy-plane',
+        banner,
+        close: async () => policies.close(),
+      };
+    } catch (err) {
+      policies.close();
+      throw err;
+    }
+  };
+}
+
+export const startPolicyPlaneRole: RoleStarter = (ctx) => policyPlaneRole()(ctx);
+
+/** In `custody up`, the token service's keys in process; alone, its JWKS over HTTP. */
+function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: TokenVerifier; describe: string } {
+  const keys = ctx.services.lookup<TokenKeysService>(SERVICE.TOKEN_KEYS);
+  if (keys) {
+    return {
+      verifier: createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks() }),
+      describe: `verified with the in-process token service's keys (issuer '${keys.issuer}')`,
+    };
+  }
+  const base = o.tokenUrl ?? process.env[ENV.TOKEN_URL] ?? process.env[ENV.URL] ?? DEFAULTS.URL;
+  const issuer = o.tokenIssuer ?? (process.env[ENV.TOKEN_ISSUER] || loadTokenConfig(ctx.options.tokenConfigFile).issuer);
+  const url = jwksUrl(base);
+  return { verifier: createTokenVerifier({ issuer, jwks: url }), describe: `verified with ${url} (issuer '${issuer}')` };
+}
+
+function reportRollout(ctx: RoleContext, c: { from: number; to: number; reason: string; actor: string }): void {
+  try {
+    ctx.reporter.event(
+      SPAN.ROLLOUT_CHANGE,
+      { [ATTR.ROLLOUT_FROM_PERCENT]: c.from, [ATTR.ROLLOUT_TO_PERCENT]: c.to, [ATTR.ROLLOUT_REASON]: c.reason, [ATTR.ROLLOUT_ACTOR]: c.actor },
+    );
+  } catch (err) {
+    ctx.log.warn({ err: (err as Error).message }, 'cannot report a rollout change');
+  }
+}

@@ -1,0 +1,142 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { ROOT_CONTEXT, defaultTextMapGetter, type Context } from '@opentelemetry/api';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import type { Request, RequestHandler, Router } from 'express';
+import { z } from 'zod';
+import { HttpError, badRequest, forbidden } from '../../common/errors';
+import type { Policy } from '../policy/compile';
+import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
+import type { CheckResponse } from './check';
+
+export interface PlaneRoutesOptions {
+  check: (body: unknown, traceContext?: Context) => Promise<CheckResponse>;
+  policy: () => Policy;
+  rollout: RolloutStore;
+  /** CUSTODY_ADMIN_TOKEN; absent: every change is refused. */
+  adminToken: string | undefined;
+  /** Called after a change has been stored. */
+  onRolloutChange: (change: { from: number; to: number; reason: string; actor: string }) => void;
+  onIncidentChange: (change: { cacheTtlS: number | null; percent: number; reason: string; actor: string }) => void;
+}
+
+const propagator = new W3CTraceContextPropagator();
+
+const rolloutChange = z.strictObject({
+  percent: z.number({ error: "'percent' is required: a number from 0 to 100" }).min(0).max(100),
+  reason: z.string({ error: "'reason' is required: why the rollout moves" }).trim().min(1, "'reason' must not be empty").max(500),
+  actor: z.string().trim().min(1).max(128).optional(),
+  /** Refuse (409) unless the percent is still this: the caller decided on a read that may be stale. */
+  expected_percent: z.number().min(0).max(100).optional(),
+});
+
+const incidentChange = z.strictObject({
+  cache_ttl_s: z.union([z.number().min(0).max(MAX_INCIDENT_CACHE_TTL_S), z.null()], {
+    error: `'cache_ttl_s' is required: seconds (at most ${MAX_INCIDENT_CACHE_TTL_S}) allows stay cached, or 0/null to end the incident`,
+  }),
+  reason: z.string({ error: "'reason' is required" }).trim().min(1, "'reason' must not be empty").max(500),
+  actor: z.string().trim().min(1).max(128).optional(),
+});
+
+/**
+ * The policy plane's control-API routes: POST /v1/check; GET and PUT /v1/rollout; PUT
+ * /v1/rollout/incident (the incident switch: agents keep allows cached longer); GET /v1/policy
+ * (what is in force, and the tool_map agents resolve tool names with).
+ */
+export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
+  const admin = requireAdmin(o.adminToken);
+
+  router.post('/v1/check', async (req, res) => {
+    res.json(await o.check(req.body, traceContextOf(req)));
+  });
+
+  const sendRollout = (res: import('express').Response) => {
+    const state = o.rollout.get();
+    res.set('etag', `"${state.revision}"`).set('cache-control', 'no-store').json(rolloutView(state, o.policy().rollout));
+  };
+
+  router.get('/v1/rollout', (_req, res) => sendRollout(res));
+
+  router.put('/v1/rollout', admin, async (req, res) => {
+    const body = parse(rolloutChange, req.body);
+    const actor = body.actor ?? 'admin';
+    const ifRevision = ifMatchRevision(req);
+    try {
+      const { from, state } = await o.rollout.setPercent({
+        percent: body.percent,
+        reason: body.reason,
+        actor,
+        ifRevision,
+        ifPercent: body.expected_percent,
+      });
+      o.onRolloutChange({ from, to: state.percent, reason: body.reason, actor });
+    } catch (err) {
+      if (err instanceof RolloutConflictError) {
+        throw new HttpError(err.expected === 'revision' ? 412 : 409, 'rollout_conflict', err.message);
+      }
+      throw err;
+    }
+    sendRollout(res);
+  });
+
+  router.put('/v1/rollout/incident', admin, async (req, res) => {
+    const body = parse(incidentChange, req.body);
+    const actor = body.actor ?? 'admin';
+    const ttl = body.cache_ttl_s ? body.cache_ttl_s : null;
+    const { state } = await o.rollout.setIncident({ cache_ttl_s: ttl, reason: body.reason, actor });
+    o.onIncidentChange({ cacheTtlS: ttl, percent: state.percent, reason: body.reason, actor });
+    sendRollout(res);
+  });
+
+  router.get('/v1/policy', (_req, res) => {
+    const p = o.policy();
+    res.set('cache-control', 'no-store').json({
+      version: p.version,
+      hash: p.hash,
+      source: p.source,
+      loaded_at: new Date(p.loadedAt).toISOString(),
+      rules: p.ruleCount,
+      tools: Object.fromEntries([...p.tools].map(([name, t]) => [name, { risk: t.risk, single_use_tokens: t.singleUseTokens, require_purpose: t.requirePurpose, actions: t.actions ? [...t.actions] : null }])),
+      tool_map: Object.fromEntries(p.toolMap),
+    });
+  });
+}
+
+function traceContextOf(req: Request): Context | undefined {
+  if (!req.headers.traceparent) return undefined;
+  return propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter);
+}
+
+function parse<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+  const r = schema.safeParse(body ?? {});
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  const field = issue.path.length ? `'${issue.path.join('.')}': ` : '';
+  throw badRequest('invalid_request', `${field}${issue.message}`);
+}
+
+/** `If-Match: "7"` → 7; `*` or absent → no condition. */
+function ifMatchRevision(req: Request): number | undefined {
+  const header = req.get('if-match');
+  if (!header || header.trim() === '*') return undefined;
+  const m = /^\s*(?:W\/)?"?(\d+)"?\s*$/.exec(header);
+  if (!m) throw badRequest('invalid_request', `If-Match must be the rollout's ETag (e.g. "7"), got '${header}'`);
+  return Number(m[1]);
+}
+
+/**
+ * Rollout changes need `Authorization: Bearer $CUSTODY_ADMIN_TOKEN`. Without a configured admin
+ * token every change is refused: an open PUT would let anyone switch enforcement off.
+ */
+function requireAdmin(adminToken: string | undefined): RequestHandler {
+  const want = adminToken ? createHash('sha256').update(adminToken).digest() : undefined;
+  return function requireAdminToken(req, _res, next) {
+    if (!want) {
+      return next(forbidden('rollout changes are disabled: no CUSTODY_ADMIN_TOKEN is configured on the policy plane'));
+    }
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.get('authorization') ?? '');
+    if (!m) return next(new HttpError(401, 'unauthorized', 'rollout changes need Authorization: Bearer <admin token>', { 'www-authenticate': 'Bearer' }));
+    const got = createHash('sha256').update(m[1]!).digest();
+    if (!timingSafeEqual(got, want)) return next(new HttpError(401, 'unauthorized', 'the admin token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' }));
+    next();
+  };
+}
