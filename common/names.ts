@@ -115,6 +115,17 @@ export const ENV = {
   BAGGAGE: 'BAGGAGE',
   // the rollback watch inside `custody up` (the standalone command takes flags)
   ROLLBACK_WATCH: 'CUSTODY_ROLLBACK_WATCH',
+  // the audit checkpointer inside the collector (evidence)
+  /** `off` disables the checkpointer (run exactly one per store). */
+  CHECKPOINTER: 'CUSTODY_CHECKPOINTER',
+  /** Checkpoint period (duration, default 60s). */
+  CHECKPOINT_PERIOD: 'CUSTODY_CHECKPOINT_PERIOD',
+  /** How long after a period ends it is sealed, so rows still being written land first (default 15s). */
+  CHECKPOINT_LAG: 'CUSTODY_CHECKPOINT_LAG',
+  /** The append-only checkpoint directory (default <data-dir>/checkpoints). */
+  CHECKPOINTS_DIR: 'CUSTODY_CHECKPOINTS_DIR',
+  /** The audit signing key (PKCS8 PEM or JWK JSON); default a key generated once into <data-dir>/evidence/keys. */
+  AUDIT_SIGNING_KEY: 'CUSTODY_AUDIT_SIGNING_KEY',
   ROLLBACK_INTERVAL: 'CUSTODY_ROLLBACK_INTERVAL',
   ROLLBACK_WINDOW: 'CUSTODY_ROLLBACK_WINDOW',
   ROLLBACK_HEALTHY_PERIOD: 'CUSTODY_ROLLBACK_HEALTHY_PERIOD',
@@ -175,6 +186,10 @@ export const TABLE = {
   AUDIT_ROLLUP_1M: 'audit_rollup_1m',
   TOKEN_ROLLUP_1M: 'token_rollup_1m',
   MIGRATIONS: 'schema_migrations',
+  /** Signed Merkle checkpoints over the evidence tables, one per period. */
+  AUDIT_CHECKPOINTS: 'audit_checkpoints',
+  /** Each checkpoint's leaf hashes with the row each one stands for, to name altered rows. */
+  AUDIT_CHECKPOINT_LEAVES: 'audit_checkpoint_leaves',
 } as const;
 
 export const METRIC = {
@@ -197,4 +212,10 @@ export const METRIC = {
   POLICY_DECISIONS_TOTAL: 'custody_policy_decisions_total',
   POLICY_RELOAD_ERRORS_TOTAL: 'custody_policy_reload_errors_total',
   POLICY_VERSION: 'custody_policy_version',
+  AUDIT_CHECKPOINTS_TOTAL: 'custody_audit_checkpoints_total',
+  AUDIT_CHECKPOINT_ERRORS_TOTAL: 'custody_audit_checkpoint_errors_total',
+  AUDIT_CHECKPOINT_DURATION_SECONDS: 'custody_audit_checkpoint_duration_seconds',
+  AUDIT_CHECKPOINT_ROWS_TOTAL: 'custody_audit_checkpoint_rows_total',
+  AUDIT_LATE_ROWS_TOTAL: 'custody_audit_late_rows_total',
+  AUDIT_LAST_CHECKPOINT: 'custody_audit_last_checkpoint_timestamp_seconds',
 } as const;
