@@ -1,0 +1,115 @@
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { CustodyError } from '../../common/errors';
+import { COHORT } from '../../common/names';
+import { COHORTS, parseMinSample, parseWindow, type AlertResult, type RollbackAction, type RuleResult } from '../../collector/rules';
+import { getJson } from '../control-client';
+import { withClientOptions } from '../options';
+
+/**
+ * `custody rollback check`: the rollback rules once, from GET /v1/rollback/status.
+ * Exit codes: 0 healthy (advance, or hold while an alert fires), 1 a rule is breached (roll back),
+ * 3 not enough data, 2 usage or connection error.
+ */
+
+export const CHECK_EXIT: Record<RollbackAction, number> = { advance: 0, hold: 0, rollback: 1, insufficient_data: 3 };
+
+interface StatusBody {
+  action: RollbackAction;
+  window_s: number;
+  sample_size: number;
+  rules: RuleResult[];
+  rollout: { percent: number | null };
+  cohort?: string;
+  alerts?: AlertResult[];
+}
+
+interface CheckFlags {
+  url: string;
+  window: string;
+  cohort: string;
+  minSample?: number;
+  json?: boolean;
+}
+
+function show(value: number | null, rule: string): string {
+  if (value === null) return 'no data';
+  if (rule.endsWith('_ms')) return `${value} ms`;
+  return `${+(value * 100).toPrecision(4)}%`;
+}
+
+function humanWindow(s: number): string {
+  return s % 3600 === 0 ? `${s / 3600}h` : s % 60 === 0 ? `${s / 60}m` : `${s}s`;
+}
+
+export function formatStatus(body: StatusBody): string {
+  const percent = body.rollout?.percent;
+  const head = [
+    `${body.action.toUpperCase().replace('_', ' ')}`,
+    `cohort ${body.cohort ?? '?'}, last ${humanWindow(body.window_s)}, ${body.sample_size} calls`,
+    percent === null || percent === undefined ? 'rollout unknown' : `rollout ${percent}%`,
+  ];
+  const width = Math.max(...body.rules.map((r) => r.rule.length), ...(body.alerts ?? []).map((a) => a.alert.length + 6));
+  const lines = [`${head[0]}  (${head.slice(1).join(', ')})`];
+  for (const r of body.rules) {
+    lines.push(`  ${r.rule.padEnd(width)}  ${show(r.value, r.rule).padStart(10)}  > ${show(r.threshold, r.rule).padEnd(8)}  ${r.breached ? 'BREACHED' : 'ok'}`);
+  }
+  for (const a of body.alerts ?? []) {
+    lines.push(`  ${`alert ${a.alert}`.padEnd(width)}  ${show(a.value, a.alert).padStart(10)}  > ${show(a.threshold, a.alert).padEnd(8)}  ${a.firing ? 'FIRING' : 'ok'}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+async function check(flags: CheckFlags): Promise<void> {
+  const q = new URLSearchParams({ window: flags.window, cohort: flags.cohort });
+  if (flags.minSample !== undefined) q.set('min_sample', String(flags.minSample));
+  const { body } = await getJson<StatusBody>(flags.url, `/v1/rollback/status?${q}`);
+  const code = CHECK_EXIT[body.action];
+  if (code === undefined) throw new CustodyError('ERR_RESPONSE', `/v1/rollback/status answered an unknown action '${String(body.action)}'`);
+  process.stdout.write(flags.json ? `${JSON.stringify(body, null, 2)}\n` : formatStatus(body));
+  process.exitCode = code;
+}
+
+function argument<T>(parse: (v: string) => T): (v: string) => T {
+  return (v) => {
+    try {
+      return parse(v);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+  };
+}
+
+/**
+ * The `rollback` command group on its own (for embedding); errors throw CommanderError like the
+ * main program's.
+ */
+export function rollbackCommand(): Command {
+  const group = new Command('rollback').description('rollback rules and the auto-rollback job').exitOverride().showHelpAfterError();
+  addCheck(group);
+  return group;
+}
+
+/** Adds `rollback check` to the program, joining a `rollback` group another module created first. */
+export function registerRollbackCommands(program: Command): Command {
+  const group = program.commands.find((c) => c.name() === 'rollback') ?? program.command('rollback').description('rollback rules and the auto-rollback job');
+  addCheck(group);
+  return group;
+}
+
+function addCheck(group: Command): void {
+  withClientOptions(group.command('check').description('evaluate the rollback rules once; exit 0 healthy, 1 roll back, 3 not enough data, 2 error'))
+    .addOption(
+      new Option('--window <duration>', 'rolling window, in whole minutes (15m, 1h, 900s)').default('15m').argParser((v) => {
+        argument(parseWindow)(v);
+        return v;
+      }),
+    )
+    .addOption(new Option('--cohort <cohort>', 'rollout cohort').choices([...COHORTS]).default(COHORT.CANARY))
+    .addOption(
+      new Option('--min-sample <calls>', "calls needed in the window (default: the collector's, 100)").argParser(
+        argument((v) => parseMinSample(v, '--min-sample')),
+      ),
+    )
+    .option('--json', 'print the status as JSON')
+    .action((flags: CheckFlags) => check(flags));
+}
