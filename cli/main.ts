@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { CustodyError } from '../common/errors';
+import { registerPolicyCommands } from './commands/policy';
 import { registerServerCommands } from './commands/servers';
 import { registerRollbackCommands } from './commands/rollback';
 import { registerAuditCommands } from './commands/audit';
+import { registerTokenCommands } from './commands/token';
 
 // Each command module registers its own subcommands on the program.
 const program = new Command('custody')
@@ -14,6 +16,8 @@ const program = new Command('custody')
 registerServerCommands(program);
 registerRollbackCommands(program);
 registerAuditCommands(program);
+registerPolicyCommands(program);
+registerTokenCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
