@@ -270,6 +270,47 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         GROUP BY minute`,
       ],
     },
+    {
+      version: 5,
+      name: 'audit_checkpoints',
+      // collector/evidence: every row of the evidence tables is sealed into the period of its
+      // write time (ingested_at), so the decision log and token events get that column too.
+      statements: [
+        ...[TABLE.POLICY_DECISIONS, TABLE.TOKEN_EVENTS].flatMap((name) => [
+          `ALTER TABLE ${t(name)}${onCluster} ADD COLUMN IF NOT EXISTS ingested_at DateTime64(3) DEFAULT now64(3)`,
+          `ALTER TABLE ${t(name)}${onCluster} MATERIALIZE COLUMN ingested_at`,
+        ]),
+        ...[TABLE.AUDIT_EVENTS, TABLE.POLICY_DECISIONS, TABLE.TOKEN_EVENTS].map(
+          (name) => `ALTER TABLE ${t(name)}${onCluster} ADD INDEX IF NOT EXISTS idx_ingested_at ingested_at TYPE minmax GRANULARITY 1`,
+        ),
+        `CREATE TABLE IF NOT EXISTS ${t(TABLE.AUDIT_CHECKPOINTS)}${onCluster} (
+          seq UInt64,
+          kind LowCardinality(String),
+          period_start DateTime64(3),
+          period_end DateTime64(3),
+          row_count UInt64,
+          merkle_root String,
+          prev_checkpoint_hash String,
+          checkpoint_hash String,
+          kid String,
+          signature String,
+          body String,
+          created_at DateTime64(3) DEFAULT now64(3)
+        ) ENGINE = ${engine('MergeTree', TABLE.AUDIT_CHECKPOINTS)}
+        ORDER BY (seq)`,
+        `CREATE TABLE IF NOT EXISTS ${t(TABLE.AUDIT_CHECKPOINT_LEAVES)}${onCluster} (
+          checkpoint_seq UInt64,
+          ingested_at DateTime64(3) CODEC(Delta, ZSTD(1)),
+          leaf FixedString(32),
+          source LowCardinality(String),
+          row_key String CODEC(ZSTD(1)),
+          row_time DateTime64(3) CODEC(Delta, ZSTD(1)),
+          label String CODEC(ZSTD(1))
+        ) ENGINE = ${engine('MergeTree', TABLE.AUDIT_CHECKPOINT_LEAVES)}
+        ORDER BY (checkpoint_seq, ingested_at, leaf)
+        TTL toDateTime(ingested_at) + toIntervalDay(${days + 7})`,
+      ],
+    },
   ];
 }
 
