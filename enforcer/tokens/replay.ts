@@ -47,6 +47,7 @@ export function createReplayCache(options: ReplayCacheOptions = {}): ReplayCache
       }
       const u = expSeconds * 1000 + skewMs;
       until.set(jti, u);
+      nextSweep = Math.min(nextSweep, Math.max(u, t + 1000));
     },
     get size() {
       return until.size;

@@ -51,6 +51,8 @@ export function tokenRouter(service: TokenService, now: () => number = Date.now)
  */
 export function unreadableBodyReporter(service: TokenService): ErrorRequestHandler {
   return function reportUnreadableTokenRequest(err, req, _res, next) {
+    // refusals from the routes themselves are HttpErrors, already reported
+    if (err instanceof HttpError) return next(err);
     const status = typeof err?.status === 'number' ? err.status : 0;
     if (status >= 400 && status < 500) {
       const kind: TokenKind = req.path === TOKEN_PATHS.TOKEN ? 'exchange' : 'issue';
