@@ -4,6 +4,7 @@ import { CustodyError } from '../common/errors';
 import { registerPolicyCommands } from './commands/policy';
 import { registerServerCommands } from './commands/servers';
 import { registerRollbackCommands } from './commands/rollback';
+import { registerRollbackWatchCommands } from './commands/rollback-watch';
 import { registerAuditCommands } from './commands/audit';
 import { registerTokenCommands } from './commands/token';
 
@@ -15,6 +16,7 @@ const program = new Command('custody')
 
 registerServerCommands(program);
 registerRollbackCommands(program);
+registerRollbackWatchCommands(program);
 registerAuditCommands(program);
 registerPolicyCommands(program);
 registerTokenCommands(program);

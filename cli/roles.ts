@@ -1,5 +1,6 @@
 import { startCollectorRole } from '../collector/role';
 import { startPolicyPlaneRole } from '../enforcer/plane/role';
+import { startRollbackRole } from '../enforcer/rollback/role';
 import { startTokenServiceRole } from '../enforcer/tokens/role';
 import type { RoleStarter } from './host';
 
@@ -12,4 +13,6 @@ export const ROLES: Record<string, RoleStarter> = {
   'token-service': startTokenServiceRole,
   // after the token service: the plane verifies tokens with its in-process keys
   'policy-plane': startPolicyPlaneRole,
+  // last: it reads the rules and moves the rollout through the roles above
+  rollback: startRollbackRole,
 };
