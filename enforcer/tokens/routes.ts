@@ -55,7 +55,7 @@ export function unreadableBodyReporter(service: TokenService): ErrorRequestHandl
     if (err instanceof HttpError) return next(err);
     const status = typeof err?.status === 'number' ? err.status : 0;
     if (status >= 400 && status < 500) {
-      const kind: TokenKind = req.path === TOKEN_PATHS.TOKEN ? 'exchange' : 'issue';
+      const kind: TokenKind = req.originalUrl.split('?')[0] === TOKEN_PATHS.TOKEN ? 'exchange' : 'issue';
       const code = err.type === 'entity.too.large' ? 'payload_too_large' : 'invalid_request';
       const refusal = new HttpError(status, code, String(err.message ?? 'bad request'));
       service.reportRefusal(kind, refusal);
