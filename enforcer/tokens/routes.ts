@@ -11,21 +11,22 @@ export const TOKEN_PATHS = { ISSUE: '/issue', TOKEN: '/token', JWKS: '/.well-kno
 
 const form = express.urlencoded({ extended: false, limit: '64kb', parameterLimit: 50 });
 
-function tokenBody(t: IssuedToken, now: number) {
+function tokenBody(t: IssuedToken) {
   return {
     token_type: 'Bearer' as const,
-    expires_in: Math.max(0, Math.round((t.expiresAt - now) / 1000)),
+    // the token's lifetime from its iat (RFC 6749 §5.1), not from this instant
+    expires_in: t.claims.ttl_seconds,
     token: t.token,
     claims: t.claims,
   };
 }
 
 /** POST /issue, POST /token (RFC 8693, JSON or form), GET /.well-known/jwks.json. */
-export function tokenRouter(service: TokenService, now: () => number = Date.now): Router {
+export function tokenRouter(service: TokenService): Router {
   const router = Router();
   router.post(TOKEN_PATHS.ISSUE, form, async (req, res) => {
     const issued = await service.issue(req.body, req.get('authorization'));
-    res.set('Cache-Control', 'no-store').status(201).json(tokenBody(issued, now()));
+    res.set('Cache-Control', 'no-store').status(201).json(tokenBody(issued));
   });
   router.post(TOKEN_PATHS.TOKEN, form, async (req, res) => {
     const issued = await service.exchange(req.body);
@@ -36,7 +37,7 @@ export function tokenRouter(service: TokenService, now: () => number = Date.now)
         access_token: issued.token,
         issued_token_type: JWT_TOKEN_TYPE,
         scope: issued.claims.tools.join(' '),
-        ...tokenBody(issued, now()),
+        ...tokenBody(issued),
       });
   });
   router.get(TOKEN_PATHS.JWKS, (_req, res) => {
