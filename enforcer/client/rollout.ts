@@ -1,0 +1,93 @@
+import { requestJson } from './http';
+
+/** What the enforcer knows of the rollout. */
+export interface RolloutSnapshot {
+  percent: number;
+  /** The plane's incident switch: allows stay cached this long; null when off. */
+  incidentCacheTtlS: number | null;
+  /** Epoch ms of the answer. */
+  fetchedAt: number;
+}
+
+export interface RolloutClientOptions {
+  /** GET this URL (…/v1/rollout). */
+  url: string;
+  timeoutMs: number;
+  /** Ask again when the last answer is older than this. */
+  refreshMs: number;
+  /** An answer older than this is no answer: the rollout is unknown and every call is enforced. */
+  maxAgeMs: number;
+  now: () => number;
+  /** Called when the plane's incident switch changes (null: off). */
+  onIncident?: (cacheTtlS: number | null) => void;
+}
+
+/**
+ * The rollout percent as the plane last said it, refreshed in the background: a call never waits
+ * for it. Unknown (never fetched, unreadable, or too old) is reported as undefined, which the
+ * enforcer treats as canary: enforce.
+ */
+export function createRolloutClient(o: RolloutClientOptions) {
+  let snapshot: RolloutSnapshot | undefined;
+  let incident: number | null = null;
+  let inflight: Promise<void> | undefined;
+  let lastAttempt = -Infinity;
+  let closed = false;
+
+  function refresh(): Promise<void> {
+    if (inflight || closed) return inflight ?? Promise.resolve();
+    lastAttempt = o.now();
+    inflight = (async () => {
+      try {
+        const body = await requestJson(o.url, { method: 'GET', signal: AbortSignal.timeout(o.timeoutMs), timeoutMs: o.timeoutMs });
+        const parsed = parseRollout(body);
+        if (!parsed) return; // a malformed answer leaves what we knew to age out
+        snapshot = { ...parsed, fetchedAt: o.now() };
+        if (parsed.incidentCacheTtlS !== incident) {
+          incident = parsed.incidentCacheTtlS;
+          o.onIncident?.(incident);
+        }
+      } catch {
+        /* unknown rollout fails closed (enforce); the next call tries again */
+      } finally {
+        inflight = undefined;
+      }
+    })();
+    return inflight;
+  }
+
+  return {
+    /** The rollout, or undefined when unknown. Starts a refresh when one is due. */
+    current(): RolloutSnapshot | undefined {
+      const now = o.now();
+      if (!inflight && now - (snapshot?.fetchedAt ?? -Infinity) >= o.refreshMs && now - lastAttempt >= Math.min(o.refreshMs, 1000)) {
+        void refresh();
+      }
+      return snapshot && now - snapshot.fetchedAt < o.maxAgeMs ? snapshot : undefined;
+    },
+    /**
+     * The last incident switch the plane announced, even when the rollout itself has aged out:
+     * the switch exists for the time the plane is in trouble.
+     */
+    incidentCacheTtlS: (): number | null => incident,
+    refresh,
+    close(): void {
+      closed = true;
+    },
+  };
+}
+
+export type RolloutClient = ReturnType<typeof createRolloutClient>;
+
+function parseRollout(body: unknown): Omit<RolloutSnapshot, 'fetchedAt'> | undefined {
+  if (typeof body !== 'object' || body === null) return undefined;
+  const b = body as { percent?: unknown; incident?: unknown };
+  if (typeof b.percent !== 'number' || !(b.percent >= 0 && b.percent <= 100)) return undefined;
+  let incidentCacheTtlS: number | null = null;
+  if (b.incident !== undefined && b.incident !== null) {
+    const ttl = (b.incident as { cache_ttl_s?: unknown }).cache_ttl_s;
+    if (typeof ttl !== 'number' || !(ttl > 0)) return undefined;
+    incidentCacheTtlS = ttl;
+  }
+  return { percent: b.percent, incidentCacheTtlS };
+}
