@@ -12,7 +12,7 @@ import { exchangeToken, issueToken, type ObtainedToken } from '../tokens/client'
 import { TokenRequestError } from '../tokens/errors';
 import { AllowCache, TokenCache } from './cache';
 import { TransportError, requestJson, traceHeaders } from './http';
-import { createRolloutClient } from './rollout';
+import { createRolloutClient, type RolloutSnapshot } from './rollout';
 
 /** Who is calling. In open mode the token service trusts these; with a credential it takes sponsor and role from the registration. */
 export interface EnforcerIdentity {
@@ -94,6 +94,8 @@ export interface Enforcer {
   check(request: EnforcerCheckRequest): Promise<EnforcerDecision>;
   /** A framework tool name → policy tool and action, with the plane's tool_map when it can be had in time. */
   resolveTool(name: string): Promise<ToolRef>;
+  /** Asks the plane for the rollout now (startup warm-up, tests); undefined when it cannot be had: calls are then enforced. */
+  refreshRollout(): Promise<RolloutSnapshot | undefined>;
   /** The settings in force (after env defaults). */
   readonly settings: Readonly<EnforcerSettings>;
   close(): Promise<void>;
@@ -518,6 +520,10 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
   return {
     check,
     resolveTool,
+    async refreshRollout() {
+      await rollout.refresh();
+      return rollout.current();
+    },
     settings,
     async close() {
       closed = true;
