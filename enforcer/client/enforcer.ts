@@ -259,16 +259,24 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     const tokenKey = `${principal}\0${identity.agentInstanceId}\0${identity.parentAgentId ?? ''}\0${identity.role ?? ''}\0${tool}\0${purpose ?? ''}`;
     const reusable = !singleUseTools.has(tool);
     let token = reusable ? tokens.get(tokenKey, now()) : undefined;
-    if (!token) token = await obtainToken(req, signal);
-    const answer = parseAnswer(
-      await requestJson(`${settings.policyUrl}/v1/check`, {
+    const fromCache = token !== undefined;
+    token ??= await obtainToken(req, signal);
+    const askPlane = (t: ObtainedToken) =>
+      requestJson(`${settings.policyUrl}/v1/check`, {
         method: 'POST',
-        body: { token: token.token, tool, action: req.action, ...(purpose ? { purpose } : {}) },
+        body: { token: t.token, tool, action: req.action, ...(purpose ? { purpose } : {}) },
         headers: traceHeaders(),
         signal,
         timeoutMs: settings.timeoutMs,
-      }),
-    );
+      }).then(parseAnswer);
+    let answer = await askPlane(token);
+    if (fromCache && answer.decision === 'deny' && answer.rule_id === BUILTIN_RULE.TOKEN_INVALID) {
+      // A kept token the plane no longer accepts (the token service restarted with new keys,
+      // rotated them): drop it and ask once more with a fresh one, within the same deadline.
+      tokens.delete(tokenKey);
+      token = await obtainToken(req, signal);
+      answer = await askPlane(token);
+    }
     // A token is kept for reuse only once the plane has said the tool takes tokens more than once.
     if (answer.single_use_token) {
       singleUseTools.add(tool);
