@@ -11,3 +11,15 @@ export { TokenError, TOKEN_ERROR, TokenRequestError } from './enforcer/tokens/er
 export type { TokenErrorCode } from './enforcer/tokens/errors';
 export { issueToken, exchangeToken, jwksUrl } from './enforcer/tokens/client';
 export type { IssueTokenBody, ExchangeTokenParams, ObtainedToken, TokenRequestOptions } from './enforcer/tokens/client';
+// Policy: the enforcer agents ask before every tool call, its refusals, and the pure decision function.
+export { createEnforcer, ENFORCER_RULE } from './enforcer/client/enforcer';
+export type { Enforcer, EnforcerOptions, EnforcerDecision, EnforcerCheckRequest, EnforcerIdentity, EnforcerSettings } from './enforcer/client/enforcer';
+export { PolicyDeniedError, PolicyUnavailableError } from './enforcer/errors';
+export { decide, BUILTIN_RULE } from './enforcer/policy/decide';
+export type { Decision, DecisionRequest, DecisionIdentity } from './enforcer/policy/decide';
+export { compilePolicy, compilePolicyText, readPolicyFile } from './enforcer/policy/compile';
+export type { Policy } from './enforcer/policy/compile';
+export { resolveToolName, DEFAULT_ACTION } from './enforcer/policy/tool-map';
+export type { ToolRef } from './enforcer/policy/tool-map';
+export { decisionId, isDecisionId } from './enforcer/policy/ids';
+export { cohortOf, cohortBucket } from './enforcer/policy/rollout';
