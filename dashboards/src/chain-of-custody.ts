@@ -169,7 +169,7 @@ export function chainOfCustody(): Dashboard {
         ),
     )
 
-    .withRow(new RowBuilder('Denied and failed-closed calls').gridPos(at(0, 10, 24, 1)))
+    .withRow(new RowBuilder('Refused calls').gridPos(at(0, 10, 24, 1)))
     .withPanel(
       new TimeseriesBuilder()
         .title('Denied and failed-closed over time')
