@@ -101,6 +101,12 @@ export const ENV = {
   /** The token service's private signing key (PKCS8 PEM or JWK JSON), when not in a key file. */
   TOKEN_SIGNING_KEY: 'CUSTODY_TOKEN_SIGNING_KEY',
   CLICKHOUSE_URL: 'CLICKHOUSE_URL',
+  /** ClickHouse cluster name: ON CLUSTER DDL and Replicated*MergeTree tables. */
+  CLICKHOUSE_CLUSTER: 'CUSTODY_CLICKHOUSE_CLUSTER',
+  /** Largest OTLP request body accepted, decompressed, in bytes (default 16 MiB). */
+  INGEST_MAX_BODY_BYTES: 'CUSTODY_INGEST_MAX_BODY_BYTES',
+  /** Rows waiting for storage beyond which ingest answers 429 (default 200000). */
+  INGEST_MAX_QUEUE_ROWS: 'CUSTODY_INGEST_MAX_QUEUE_ROWS',
   LOG_LEVEL: 'CUSTODY_LOG_LEVEL',
   // agent side (custody/register)
   /** Tool-name → {tool, action} table: inline JSON or a path to a JSON/YAML file. */
@@ -202,6 +208,10 @@ export const METRIC = {
   TOOL_CALLS_TOTAL: 'custody_tool_calls_total',
   SPANS_INGESTED_TOTAL: 'custody_spans_ingested_total',
   SPANS_REJECTED_TOTAL: 'custody_spans_rejected_total',
+  INGEST_REQUESTS_TOTAL: 'custody_ingest_requests_total',
+  INGEST_QUEUE_ROWS: 'custody_ingest_queue_rows',
+  INGEST_INSERT_DURATION_SECONDS: 'custody_ingest_insert_duration_seconds',
+  INGEST_INSERT_ROWS: 'custody_ingest_insert_rows',
   TOKENS_ISSUED_TOTAL: 'custody_tokens_issued_total',
   POLICY_DECISION_DURATION_SECONDS: 'custody_policy_decision_duration_seconds',
   AUDIT_SCHEMA_VIOLATIONS_TOTAL: 'custody_audit_schema_violations_total',
