@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { AgentNode, AgentSummary, AuditEvent, AuditTrail } from '../../collector/audit';
 import { ControlApiError, getJson } from '../control-client';
+import { addAuditVerify } from './audit-verify';
 import { withClientOptions } from '../options';
 
 /**
@@ -107,6 +108,7 @@ function addTrail(group: Command): void {
 export function auditCommand(): Command {
   const group = new Command('audit').description('chain-of-custody queries and audit verification').exitOverride().showHelpAfterError();
   addTrail(group);
+  addAuditVerify(group);
   return group;
 }
 
@@ -114,5 +116,6 @@ export function auditCommand(): Command {
 export function registerAuditCommands(program: Command): Command {
   const group = program.commands.find((c) => c.name() === 'audit') ?? program.command('audit').description('chain-of-custody queries and audit verification');
   addTrail(group);
+  addAuditVerify(group);
   return group;
 }

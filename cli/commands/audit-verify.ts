@@ -1,0 +1,170 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { parseDuration, parseSince } from '../../common/duration';
+import { CustodyError } from '../../common/errors';
+import { DEFAULTS, ENV, TABLE } from '../../common/names';
+import { openStore, type Store } from '../../collector/store';
+import { readJwksFile } from '../../collector/evidence/keys';
+import { verifyAudit, type VerifyProgress, type VerifyReport } from '../../collector/evidence/verify';
+
+/**
+ * `custody audit verify`: verifies the stored audit offline (it opens the store itself; chDB lets
+ * one process at a time use a directory, so stop custody first or point at a ClickHouse server).
+ * Exit 0 clean, 1 findings (listed), 2 usage or connection error.
+ */
+
+interface VerifyFlags {
+  dataDir?: string;
+  clickhouseUrl?: string;
+  since?: string;
+  checkpoints?: string;
+  jwks?: string;
+  json?: boolean;
+  clockSkew?: number;
+  maxFindings?: number;
+}
+
+const usage = (message: string) => new CustodyError('ERR_USAGE', message);
+
+async function open(flags: VerifyFlags): Promise<{ store: Store; dataDir?: string }> {
+  const url = flags.clickhouseUrl ?? process.env[ENV.CLICKHOUSE_URL];
+  const dataDir = path.resolve(flags.dataDir ?? DEFAULTS.DATA_DIR);
+  let store: Store;
+  if (url) {
+    store = await openStore({ url, migrate: false });
+    if (!(await store.ping())) {
+      await store.close().catch(() => undefined);
+      throw new CustodyError('ERR_CONNECTION', `cannot reach ClickHouse at ${store.location}`);
+    }
+  } else {
+    if (!fs.existsSync(path.join(dataDir, 'clickhouse'))) throw usage(`no custody store at ${dataDir} (pass --data-dir DIR or --clickhouse-url URL)`);
+    try {
+      store = await openStore({ dataDir, migrate: false });
+    } catch (err) {
+      if (err instanceof CustodyError && err.code === 'ERR_STORE_OPEN') {
+        throw new CustodyError(
+          'ERR_STORE_BUSY',
+          `the store at ${dataDir} is in use by another process, most likely a running custody: stop it first (the embedded store allows one process per directory), or verify through a ClickHouse server with --clickhouse-url`,
+        );
+      }
+      throw err;
+    }
+  }
+  const rs = await store.client.query({
+    query: `SELECT name FROM system.tables WHERE database = {db:String} AND name IN ({names:Array(String)})`,
+    query_params: { db: store.database, names: [TABLE.AUDIT_EVENTS, TABLE.AUDIT_CHECKPOINTS, TABLE.AUDIT_CHECKPOINT_LEAVES] },
+    format: 'JSONEachRow',
+  });
+  if ((await rs.json()).length < 3) {
+    await store.close().catch(() => undefined);
+    throw new CustodyError('ERR_SCHEMA', `${store.location} has no audit checkpoint tables: start custody on it once so that it migrates`);
+  }
+  return { store, ...(url && !flags.dataDir ? {} : { dataDir }) };
+}
+
+function progressPrinter(): { onProgress: (p: VerifyProgress) => void; done(): void } {
+  const started = Date.now();
+  const tty = process.stderr.isTTY;
+  let last = 0;
+  let shown = false;
+  return {
+    onProgress(p) {
+      const t = Date.now();
+      if (t - started < 1000 || t - last < (tty ? 200 : 5000)) return;
+      last = t;
+      const line = `verifying ${p.phase}: ${p.done.toLocaleString('en')}${p.total ? ` / ${p.total.toLocaleString('en')}` : ''} (${((t - started) / 1000).toFixed(1)} s)`;
+      process.stderr.write(tty ? `\r${line}\x1b[K` : `${line}\n`);
+      shown = true;
+    },
+    done() {
+      if (shown && tty) process.stderr.write('\r\x1b[K');
+    },
+  };
+}
+
+export function formatReport(r: VerifyReport, location: string): string {
+  const out: string[] = [`custody audit verify: ${location}`];
+  const c = r.checked;
+  out.push(
+    `checkpoints  ${c.checkpoints}${r.head ? ` (head #${r.head.seq} ${r.head.checkpoint_hash} through ${r.head.period_end})` : ''}`,
+    `periods      ${c.periods_verified} verified, ${c.rows_verified} rows${c.rows_unsealed_after_last ? `, ${c.rows_unsealed_after_last} written since the last checkpoint` : ''}`,
+    `chains       ${c.instances} agent instances, ${c.chained_calls} chained calls${c.unchained_calls ? `, ${c.unchained_calls} without custody.audit.seq` : ''}`,
+    `calls        ${c.calls.calls}: ${c.calls.executed} executed (${c.calls.gated_executed} gated, ${c.calls.shadow} shadow), ${c.calls.blocked} blocked`,
+    `keys         ${r.keys.map((k) => k.kid).join(', ') || '(none)'}`,
+  );
+  const total = Object.values(r.counts).reduce((a, b) => a + (b ?? 0), 0);
+  if (total) {
+    out.push('', `FINDINGS: ${total} (${Object.entries(r.counts).map(([k, n]) => `${k} ${n}`).join(', ')})`);
+    const order = { critical: 0, high: 1, medium: 2 } as const;
+    for (const f of [...r.findings].sort((a, b) => order[a.severity] - order[b.severity])) {
+      out.push(`  ${f.severity.toUpperCase().padEnd(8)} ${f.kind.padEnd(26)} ${f.message}`);
+    }
+    if (r.not_listed) out.push(`  … ${r.not_listed} more not listed (--max-findings, or --json)`);
+  }
+  if (r.shadow.calls) {
+    out.push('', `shadow calls: ${r.shadow.calls} (baseline cohort, not gated by design); the plane would have denied ${r.shadow.would_deny}`);
+    for (const s of r.shadow.listed) out.push(`  ${s.time}  ${s.tool_id}${s.action ? `.${s.action}` : ''} by ${s.agent_instance_id} #${s.seq}  decision ${s.policy_decision_id}`);
+  }
+  if (r.notes.length) out.push('', 'notes:', ...r.notes.map((n) => `  - ${n}`));
+  out.push('', r.ok ? 'result: CLEAN — every period, chain and call verified' : `result: ${total} FINDINGS`);
+  return out.join('\n') + '\n';
+}
+
+async function verify(flags: VerifyFlags): Promise<void> {
+  const sinceMs = flags.since ? parseSince(flags.since) : undefined;
+  if (flags.checkpoints && !fs.existsSync(flags.checkpoints)) throw usage(`--checkpoints ${flags.checkpoints}: no such directory`);
+  const jwks = flags.jwks ? readJwksFile(flags.jwks) : undefined;
+  const { store, dataDir } = await open(flags);
+  const progress = progressPrinter();
+  const journalDir = flags.checkpoints ?? process.env[ENV.CHECKPOINTS_DIR] ?? (dataDir ? path.join(dataDir, 'checkpoints') : undefined);
+  let report: VerifyReport;
+  try {
+    report = await verifyAudit({
+      store,
+      ...(journalDir ? { journalDir: path.resolve(journalDir), journalRequired: true } : {}),
+      ...(jwks ? { jwks } : {}),
+      ...(dataDir ? { localJwksFile: path.join(dataDir, 'evidence', 'keys', 'jwks.json') } : {}),
+      ...(sinceMs !== undefined ? { sinceMs } : {}),
+      ...(flags.clockSkew !== undefined ? { clockSkewMs: flags.clockSkew } : {}),
+      ...(flags.maxFindings !== undefined ? { maxListedPerKind: flags.maxFindings } : {}),
+      onProgress: progress.onProgress,
+    });
+  } finally {
+    progress.done();
+    await store.close().catch(() => undefined);
+  }
+  if (!journalDir) report.notes.push('no checkpoint directory given: only the copies in the database were checked (pass --checkpoints DIR)');
+  process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report, store.location));
+  process.exitCode = report.ok ? 0 : 1;
+}
+
+/** Adds `audit verify` to the `audit` command group. */
+export function addAuditVerify(group: Command): Command {
+  return group
+    .command('verify')
+    .description('verify the stored audit offline: signed checkpoints, Merkle roots, agent chains, and that every executed call was authorized')
+    .option('--data-dir <dir>', `the custody data directory: embedded store, keys, checkpoints (default ${DEFAULTS.DATA_DIR})`)
+    .option('--clickhouse-url <url>', `a ClickHouse server instead of the embedded store (or $${ENV.CLICKHOUSE_URL})`)
+    .option('--since <time>', 'verify from this time on: a duration back from now (24h) or an ISO-8601 time')
+    .option('--checkpoints <dir>', `the checkpoint directory (default <data-dir>/checkpoints or $${ENV.CHECKPOINTS_DIR})`)
+    .option('--jwks <file>', 'trust only these public keys (the set from GET /v1/audit/keys)')
+    .option('--json', 'print the report as JSON')
+    .addOption(
+      new Option('--clock-skew <duration>', 'allowed clock difference between agents, plane and token service (default 1s)').argParser((v) => {
+        try {
+          return Math.round(parseDuration(v, '--clock-skew') * 1000);
+        } catch (err) {
+          throw new InvalidArgumentError((err as Error).message);
+        }
+      }),
+    )
+    .addOption(
+      new Option('--max-findings <n>', 'findings listed per kind (all are counted; default 200)').argParser((v) => {
+        const n = Number(v);
+        if (!/^\d+$/.test(v) || n < 1) throw new InvalidArgumentError(`'${v}' must be a whole number of at least 1`);
+        return n;
+      }),
+    )
+    .action((flags: VerifyFlags) => verify(flags));
+}

@@ -1,0 +1,209 @@
+import { COHORT, DECISION, TABLE } from '../../common/names';
+import type { Findings } from './findings';
+
+/**
+ * Completeness: every executed tool call was authorized from outside the agent. A call counts as
+ * executed unless it failed because the policy plane denied it or could not be reached
+ * (error.type policy_denied / policy_unavailable: the tool never ran). For each executed, gated
+ * call the decision log must hold an allow decision with the call's decision id, for the same
+ * sponsor, instance, parent, tool and action, made before the tool ran; and the token events must
+ * hold the issuance of the call's token (its jti) to the same sponsor, instance and tool, issued
+ * before the call and not expired at its start.
+ *
+ * "Before the tool ran": the decision is made inside the call's span, during the policy check,
+ * so it may be stamped up to the check's latency after the span starts; a clock-skew allowance
+ * (default 1 s) covers agent and plane clocks that differ.
+ *
+ * Shadow calls (the baseline cohort, or a check made with enforced=false) were not gated by
+ * design: they are counted and listed apart, with those the plane would have denied, never
+ * reported as self-authorized. A call with no check at all (no decision, no decision id) is gated
+ * like any other: that is exactly a self-authorized call.
+ *
+ * What this proves: the token event is the token service's own record of issuing that jti for
+ * that sponsor, instance and tool, and the decision row is the plane's record of allowing it
+ * (the plane verified the token's signature when it decided). Both are sealed into the signed
+ * checkpoints like the calls, so none can be added or edited afterwards without showing. The
+ * token itself is not stored, so its signature is not re-verified here.
+ */
+
+export interface CompletenessOptions {
+  database: string;
+  /** Only calls that started at or after this (epoch ms). */
+  sinceMs?: number;
+  clockSkewMs: number;
+}
+
+const since = (o: CompletenessOptions, column = 'timestamp') =>
+  o.sinceMs === undefined ? '1' : `${column} >= fromUnixTimestamp64Milli(toInt64(${Math.trunc(o.sinceMs)}))`;
+
+const EXECUTED = `NOT (status = 'error' AND error_type IN ('policy_denied', 'policy_unavailable'))`;
+const SHADOW = `(cohort = '${COHORT.BASELINE}' OR (NOT enforced AND (decision != '' OR policy_decision_id != '')))`;
+
+export interface CompletenessTotals {
+  calls: number;
+  executed: number;
+  gated_executed: number;
+  blocked: number;
+  shadow: number;
+  missing_sponsor: number;
+}
+
+export function totalsSql(o: CompletenessOptions): string {
+  return `SELECT count() AS calls, countIf(${EXECUTED}) AS executed, countIf(${EXECUTED} AND NOT ${SHADOW}) AS gated_executed,
+      countIf(NOT ${EXECUTED}) AS blocked, countIf(${SHADOW}) AS shadow, countIf(sponsor_id = '') AS missing_sponsor
+    FROM ${o.database}.${TABLE.AUDIT_EVENTS} WHERE ${since(o)}`;
+}
+
+/**
+ * The calls of the instances in [lo, hi] that fail a check or are shadow calls the plane would
+ * have denied, with what was found for each.
+ */
+export function problemsSql(o: CompletenessOptions): string {
+  const a = `${o.database}.${TABLE.AUDIT_EVENTS}`;
+  const page = `agent_instance_id >= {lo:String} AND agent_instance_id <= {hi:String} AND ${since(o)}`;
+  const skew = Math.max(0, Math.trunc(o.clockSkewMs));
+  return `SELECT * FROM (
+    SELECT a.agent_instance_id AS agent_instance_id, a.audit_seq AS seq, a.trace_id AS trace_id, a.span_id AS span_id,
+      a.ms AS ms, a.sponsor_id AS sponsor_id, a.tool_id AS tool_id, a.action AS action, a.cohort AS cohort,
+      a.decision AS call_decision, a.policy_decision_id AS policy_decision_id, a.token_jti AS token_jti,
+      a.executed AS executed, a.shadow AS shadow,
+      d.found AS d_found, d.decision AS d_decision, d.ms AS d_ms,
+      arrayFilter(x -> x != '', [
+        if(d.sponsor_id != a.sponsor_id, 'sponsor', ''), if(d.agent_instance_id != a.agent_instance_id, 'instance', ''),
+        if(d.parent_agent_id != a.parent_agent_id, 'parent', ''), if(d.tool_id != a.tool_id, 'tool', ''),
+        if(d.action != a.action, 'action', '')]) AS d_diff,
+      t.found AS t_found, t.ms AS t_ms, t.exp_ms AS t_exp_ms,
+      arrayFilter(x -> x != '', [
+        if(t.sponsor_id != a.sponsor_id, 'sponsor', ''), if(t.agent_instance_id != a.agent_instance_id, 'instance', ''),
+        if(t.tool_id != a.tool_id, 'tool', '')]) AS t_diff,
+      a.ms + toInt64(ceil(a.policy_latency_ms)) + ${skew} AS ran_by,
+      d_found AND d.ms > ran_by AS d_late,
+      t_found AND t.ms > ran_by AS t_late,
+      t_found AND t.exp_ms > 0 AND t.exp_ms + ${skew} < a.ms AS t_expired,
+      d_found AND d.decision = '${DECISION.ALLOW}' AND length(d_diff) = 0 AND NOT d_late AS decision_ok,
+      t_found AND length(t_diff) = 0 AND NOT t_late AND NOT t_expired AS token_ok,
+      a.executed AND NOT a.shadow AND (a.decision IN ('${DECISION.DENY}', '${DECISION.ERROR}') OR (d_found AND d.decision != '${DECISION.ALLOW}')) AS deny_executed,
+      a.shadow AND (a.decision = '${DECISION.DENY}' OR (d_found AND d.decision = '${DECISION.DENY}')) AS shadow_deny
+    FROM (
+      SELECT agent_instance_id, audit_seq, trace_id, span_id, toUnixTimestamp64Milli(timestamp) AS ms, policy_latency_ms,
+        sponsor_id, parent_agent_id, tool_id, action, cohort, decision, policy_decision_id, token_jti,
+        ${EXECUTED} AS executed, ${SHADOW} AS shadow
+      FROM ${a} WHERE ${page}
+    ) AS a
+    LEFT JOIN (
+      SELECT policy_decision_id AS id, 1 AS found, decision, toUnixTimestamp64Milli(timestamp) AS ms,
+        sponsor_id, agent_instance_id, parent_agent_id, tool_id, action
+      FROM ${o.database}.${TABLE.POLICY_DECISIONS}
+      WHERE policy_decision_id IN (SELECT policy_decision_id FROM ${a} WHERE ${page} AND policy_decision_id != '')
+      ORDER BY timestamp LIMIT 1 BY policy_decision_id
+    ) AS d ON a.policy_decision_id = d.id
+    LEFT JOIN (
+      SELECT jti, 1 AS found, toUnixTimestamp64Milli(timestamp) AS ms, toUnixTimestamp64Milli(expires_at) AS exp_ms,
+        sponsor_id, agent_instance_id, tool_id
+      FROM ${o.database}.${TABLE.TOKEN_EVENTS}
+      WHERE result = 'issued' AND jti IN (SELECT token_jti FROM ${a} WHERE ${page} AND token_jti != '')
+      ORDER BY timestamp LIMIT 1 BY jti
+    ) AS t ON a.token_jti = t.jti
+  )
+  WHERE sponsor_id = '' OR deny_executed OR shadow_deny
+    OR (executed AND NOT shadow AND (NOT decision_ok OR NOT token_ok))
+  ORDER BY agent_instance_id, ms, span_id`;
+}
+
+export interface ProblemRow {
+  agent_instance_id: string;
+  seq: string | number;
+  trace_id: string;
+  span_id: string;
+  ms: string | number;
+  sponsor_id: string;
+  tool_id: string;
+  action: string;
+  cohort: string;
+  call_decision: string;
+  policy_decision_id: string;
+  token_jti: string;
+  executed: number | boolean;
+  shadow: number | boolean;
+  d_found: number;
+  d_decision: string;
+  d_ms: string | number;
+  d_diff: string[];
+  t_found: number;
+  t_ms: string | number;
+  t_exp_ms: string | number;
+  t_diff: string[];
+  d_late: number | boolean;
+  t_late: number | boolean;
+  t_expired: number | boolean;
+  decision_ok: number | boolean;
+  token_ok: number | boolean;
+  deny_executed: number | boolean;
+  shadow_deny: number | boolean;
+}
+
+export interface ShadowDeny {
+  agent_instance_id: string;
+  seq: number;
+  tool_id: string;
+  action: string;
+  policy_decision_id: string;
+  time: string;
+}
+
+const iso = (v: string | number) => new Date(Number(v)).toISOString();
+
+/** Turns one problem row into findings (and shadow denials into the separate list). */
+export function reportProblem(r: ProblemRow, findings: Findings, shadowDenies: (s: ShadowDeny) => void): void {
+  const where = {
+    agent_instance_id: r.agent_instance_id,
+    seq: Number(r.seq),
+    trace_id: r.trace_id,
+    span_id: r.span_id,
+    tool_id: r.tool_id,
+    action: r.action,
+    ...(r.policy_decision_id ? { policy_decision_id: r.policy_decision_id } : {}),
+    ...(r.token_jti ? { token_jti: r.token_jti } : {}),
+  };
+  const call = `${r.tool_id}${r.action ? `.${r.action}` : ''} by ${r.agent_instance_id || '(no instance)'}${Number(r.seq) ? ` #${r.seq}` : ''} at ${iso(r.ms)}`;
+  const executed = !!Number(r.executed);
+  const shadow = !!Number(r.shadow);
+  if (!r.sponsor_id) {
+    findings.add('missing_sponsor', `${call}: no sponsor_id${executed ? '' : ' (the call was blocked)'}`, where, executed ? 'high' : 'medium');
+  }
+  if (shadow) {
+    if (Number(r.shadow_deny)) {
+      shadowDenies({ agent_instance_id: r.agent_instance_id, seq: Number(r.seq), tool_id: r.tool_id, action: r.action, policy_decision_id: r.policy_decision_id, time: iso(r.ms) });
+    }
+    return;
+  }
+  if (!executed) return;
+  if (Number(r.deny_executed)) {
+    const what = r.d_found && r.d_decision !== DECISION.ALLOW ? r.d_decision : r.call_decision;
+    findings.add('deny_executed', `${call}: the policy decision was '${what}' and the call ran anyway`, where);
+  }
+  const decisionProblems: [Parameters<Findings['add']>[0], string][] = [];
+  if (!r.policy_decision_id) decisionProblems.push(['decision_missing', 'no policy_decision_id on the call']);
+  else if (!Number(r.d_found)) decisionProblems.push(['decision_missing', `decision ${r.policy_decision_id} is not in the decision log`]);
+  else {
+    if (r.d_diff.length) decisionProblems.push(['decision_mismatch', `decision ${r.policy_decision_id} is for another ${r.d_diff.join(', ')}`]);
+    if (Number(r.d_late)) decisionProblems.push(['decision_after_call', `decision ${r.policy_decision_id} was made at ${iso(r.d_ms)}, after the call started`]);
+  }
+  const tokenProblems: [Parameters<Findings['add']>[0], string][] = [];
+  if (!r.token_jti) tokenProblems.push(['token_missing', 'no token jti on the call']);
+  else if (!Number(r.t_found)) tokenProblems.push(['token_unknown', `token ${r.token_jti} was never issued by the token service`]);
+  else {
+    if (r.t_diff.length) tokenProblems.push(['token_mismatch', `token ${r.token_jti} was issued for another ${r.t_diff.join(', ')}`]);
+    if (Number(r.t_late)) tokenProblems.push(['token_after_call', `token ${r.token_jti} was issued at ${iso(r.t_ms)}, after the call started`]);
+    if (Number(r.t_expired)) tokenProblems.push(['token_expired', `token ${r.token_jti} expired at ${iso(r.t_exp_ms)}, before the call`]);
+  }
+  const decisionOk = !!Number(r.decision_ok);
+  const tokenOk = !!Number(r.token_ok);
+  if (!decisionOk && !tokenOk) {
+    const reasons = [...decisionProblems, ...tokenProblems].map(([, m]) => m);
+    if (!decisionProblems.length) reasons.unshift(`decision ${r.policy_decision_id} was '${r.d_decision}'`);
+    findings.add('self_authorized', `${call}: executed with neither an allow decision nor an issued token (${reasons.join('; ')})`, { ...where, reasons });
+    return;
+  }
+  for (const [kind, message] of [...decisionProblems, ...tokenProblems]) findings.add(kind, `${call}: ${message}`, where);
+}

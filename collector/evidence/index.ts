@@ -1,0 +1,12 @@
+export * from './merkle';
+export * from './rows';
+export * from './chain';
+export * from './keys';
+export * from './record';
+export * from './journal';
+export * from './periods';
+export * from './findings';
+export * from './completeness';
+export * from './checkpoint';
+export * from './routes';
+export { verifyAudit, type VerifyOptions, type VerifyProgress, type VerifyReport } from './verify';

@@ -1,0 +1,91 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * RFC 6962 §2.1 Merkle Tree Hash over an ordered list of leaves:
+ *   leaf = SHA-256(0x00 || data),  node = SHA-256(0x01 || left || right),
+ *   MTH({}) = SHA-256(""), MTH(D[n]) = node(MTH(D[0:k]), MTH(D[k:n])) with k the largest power of two < n.
+ * Two forms of the same tree: a streaming builder for JavaScript, and a SQL form that the
+ * checkpointer and the verifier run next to the rows so that hashing a million leaves never
+ * crosses into JavaScript one leaf at a time. Tests hold the two equal.
+ */
+
+export const LEAF_PREFIX = 0x00;
+export const NODE_PREFIX = 0x01;
+/** MTH of the empty list. */
+export const EMPTY_ROOT = createHash('sha256').digest('hex');
+
+export function leafHash(data: Uint8Array | string): Buffer {
+  return createHash('sha256').update(Buffer.from([LEAF_PREFIX])).update(data).digest();
+}
+
+export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
+  return createHash('sha256').update(Buffer.from([NODE_PREFIX])).update(left).update(right).digest();
+}
+
+/**
+ * Builds MTH in O(log n) memory as leaf hashes arrive: a stack of perfect subtrees merged like a
+ * binary counter; at the end the stack folds right to left, which is exactly RFC 6962's split at
+ * the largest power of two.
+ */
+export class MerkleTreeBuilder {
+  private readonly stack: { hash: Buffer; size: number }[] = [];
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  push(leaf: Uint8Array): void {
+    let hash: Buffer = Buffer.from(leaf);
+    let size = 1;
+    while (this.stack.length > 0 && this.stack[this.stack.length - 1]!.size === size) {
+      hash = nodeHash(this.stack.pop()!.hash, hash);
+      size *= 2;
+    }
+    this.stack.push({ hash, size });
+    this.count += 1;
+  }
+
+  /** The root as lowercase hex. */
+  root(): string {
+    if (this.stack.length === 0) return EMPTY_ROOT;
+    let acc = this.stack[this.stack.length - 1]!.hash;
+    for (let i = this.stack.length - 2; i >= 0; i--) acc = nodeHash(this.stack[i]!.hash, acc);
+    return acc.toString('hex');
+  }
+}
+
+export function merkleRoot(leaves: Iterable<Uint8Array>): string {
+  const b = new MerkleTreeBuilder();
+  for (const leaf of leaves) b.push(leaf);
+  return b.root();
+}
+
+/** Levels of pairing needed for n leaves: ceil(log2 n). */
+export function merkleLevels(n: number): number {
+  let levels = 0;
+  for (let width = 1; width < n; width *= 2) levels += 1;
+  return levels;
+}
+
+/**
+ * Wraps `inner`, a query with an `Array(FixedString(32))` column `l0` of leaf hashes (in order)
+ * and the columns `keep`, into one that returns `keep` and `root` (lowercase hex MTH).
+ *
+ * Each level pairs neighbours and carries an odd last node up unchanged, which gives the same
+ * root as RFC 6962's recursive split. Levels are nested subqueries, not aliases, so the query
+ * stays linear in size; the lambdas take their arrays as arguments, never by capture (a captured
+ * array is copied per element). `levels` must be at least merkleLevels(longest array).
+ */
+export function merkleRootSql(inner: string, keep: readonly string[], levels: number): string {
+  const cols = keep.length ? `${keep.join(', ')}, ` : '';
+  let sql = inner;
+  for (let k = 1; k <= levels; k++) {
+    const p = `l${k - 1}`;
+    sql = `SELECT ${cols}arrayFilter((x, i) -> i % 2 = 1, ${p}, arrayEnumerate(${p})) AS o${k},
+      arrayFilter((x, i) -> i % 2 = 0, ${p}, arrayEnumerate(${p})) AS e${k},
+      arrayConcat(arrayMap((a, b) -> SHA256(concat(char(${NODE_PREFIX}), a, b)), arrayResize(o${k}, length(e${k})), e${k}), arraySlice(o${k}, length(e${k}) + 1)) AS l${k}
+      FROM (${sql})`;
+  }
+  return `SELECT ${cols}if(length(l${levels}) = 0, '${EMPTY_ROOT}', lower(hex(l${levels}[1]))) AS root FROM (${sql})`;
+}
