@@ -23,3 +23,5 @@ export { resolveToolName, DEFAULT_ACTION } from './enforcer/policy/tool-map';
 export type { ToolRef } from './enforcer/policy/tool-map';
 export { decisionId, isDecisionId } from './enforcer/policy/ids';
 export { cohortOf, cohortBucket } from './enforcer/policy/rollout';
+// Agents: the manual tool-call API, sub-agents, and the refusals a tool call can throw.
+export * from './instrumentation/index';

@@ -1,0 +1,83 @@
+import { randomUUID } from 'node:crypto';
+import { DEFAULTS, ENV } from '../common/names';
+
+/**
+ * Who an agent instance is, as the enforcer and the token service need it. Read once from the
+ * CUSTODY_* environment for the process (the root agent); sub-agents derive theirs (subagent.ts).
+ */
+export interface AgentIdentity {
+  sponsorId?: string;
+  agentInstanceId: string;
+  parentAgentId?: string;
+  role?: string;
+  agentName?: string;
+  /** Registered agents: sponsor and role then come from the registration. */
+  credential?: string;
+  /** A parent's token this instance exchanges for its own per-tool tokens. */
+  delegationToken?: string;
+}
+
+/** Agent-side settings other than identity. */
+export interface AgentSettings {
+  /** Control API base URL. */
+  url: string;
+  /** Token service (CUSTODY_TOKEN_URL, else url). */
+  tokenUrl: string;
+  /** Policy plane (CUSTODY_POLICY_URL, else url). */
+  policyUrl: string;
+  captureContent: boolean;
+  /** Inline JSON or a file path (see mapping.ts). */
+  toolMap?: string;
+  /** Tools a root agent hands its sub-agents; undefined: every tool it may call. */
+  delegateTools?: string[];
+  /** Whether node child processes are started with custody/register preloaded. */
+  propagateRegister: boolean;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function value(env: Env, name: string): string | undefined {
+  const v = env[name]?.trim();
+  return v ? v : undefined;
+}
+
+/** Truthy switch values: 1, true, yes, on (case-insensitive). */
+export function flag(raw: string | undefined, fallback: boolean): boolean {
+  if (raw === undefined || raw.trim() === '') return fallback;
+  return /^(1|true|yes|on)$/i.test(raw.trim());
+}
+
+/** The process's identity; a fresh agent_instance_id when CUSTODY_AGENT_INSTANCE_ID is unset. */
+export function readIdentity(env: Env = process.env, newId: () => string = randomUUID): AgentIdentity {
+  const identity: AgentIdentity = { agentInstanceId: value(env, ENV.AGENT_INSTANCE_ID) ?? newId() };
+  const set = (key: keyof AgentIdentity, name: string): void => {
+    const v = value(env, name);
+    if (v !== undefined) identity[key] = v;
+  };
+  set('sponsorId', ENV.SPONSOR_ID);
+  set('parentAgentId', ENV.PARENT_AGENT_ID);
+  set('role', ENV.ROLE);
+  set('agentName', ENV.AGENT_NAME);
+  set('credential', ENV.AGENT_CREDENTIAL);
+  set('delegationToken', ENV.DELEGATION_TOKEN);
+  return identity;
+}
+
+export function readSettings(env: Env = process.env): AgentSettings {
+  const tools = value(env, ENV.DELEGATE_TOOLS)
+    ?.split(',')
+    .map((t) => t.trim())
+    .filter(Boolean);
+  const url = (value(env, ENV.URL) ?? DEFAULTS.URL).replace(/\/+$/, '');
+  const settings: AgentSettings = {
+    url,
+    tokenUrl: (value(env, ENV.TOKEN_URL) ?? url).replace(/\/+$/, ''),
+    policyUrl: (value(env, ENV.POLICY_URL) ?? url).replace(/\/+$/, ''),
+    captureContent: flag(env[ENV.CAPTURE_CONTENT], false),
+    propagateRegister: flag(env[ENV.PROPAGATE_REGISTER], true),
+  };
+  const toolMap = value(env, ENV.TOOL_MAP);
+  if (toolMap !== undefined) settings.toolMap = toolMap;
+  if (tools?.length) settings.delegateTools = tools;
+  return settings;
+}

@@ -1,0 +1,154 @@
+import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { InstrumentationBase, InstrumentationNodeModuleDefinition, InstrumentationNodeModuleFile, isWrapped } from '@opentelemetry/instrumentation';
+import { ATTR, BAGGAGE, PROPAGATION } from '../../common/names';
+import { delegationToken } from '../delegation';
+import { getRuntime } from '../runtime';
+import { currentScope } from '../scope';
+import { MCP_METHOD, SEMCONV } from '../semconv';
+import { runAsRemoteCallee, w3cCarrier } from '../subagent';
+import { errorType, runToolCall } from '../tool-call';
+import { VERSION } from '../version';
+import type { CallToolParams, ClientModule, McpClient, McpRequest, McpRequestExtra, McpRequestHandler, McpServer, ServerModule } from './internal-types';
+import type { McpInstrumentationConfig } from './types';
+import { methodOfSchema } from './utils';
+
+const SUPPORTED = ['>=1.0.0 <2'];
+
+/**
+ * MCP TypeScript SDK 1.x. Client: `Client.callTool` is an enforced tool call of the calling agent
+ * (a refused call throws before any request is sent, so the server never sees it), and the
+ * request's `params._meta` carries traceparent, tracestate, baggage and the caller's delegation
+ * token. Server: the `tools/call` handler — McpServer's or one set on Server directly — runs in the
+ * caller's trace and baggage, as the sub-agent that serves that caller, under a SERVER span.
+ */
+export class McpInstrumentation extends InstrumentationBase<McpInstrumentationConfig> {
+  constructor(config: McpInstrumentationConfig = {}) {
+    super('custody-instrumentation-mcp', VERSION, config);
+  }
+
+  protected init() {
+    const clientFile = (flavour: string) =>
+      new InstrumentationNodeModuleFile(
+        `@modelcontextprotocol/sdk/dist/${flavour}/client/index.js`,
+        SUPPORTED,
+        (m: ClientModule) => this.patchClient(m),
+        (m: ClientModule) => this.unpatchClient(m),
+      );
+    const serverFile = (flavour: string) =>
+      new InstrumentationNodeModuleFile(
+        `@modelcontextprotocol/sdk/dist/${flavour}/server/index.js`,
+        SUPPORTED,
+        (m: ServerModule) => this.patchServer(m),
+        (m: ServerModule) => this.unpatchServer(m),
+      );
+    return new InstrumentationNodeModuleDefinition('@modelcontextprotocol/sdk', SUPPORTED, undefined, undefined, [
+      clientFile('cjs'),
+      clientFile('esm'),
+      serverFile('cjs'),
+      serverFile('esm'),
+    ]);
+  }
+
+  private patchClient(m: ClientModule): ClientModule {
+    const proto = m?.Client?.prototype;
+    if (!proto || typeof proto.callTool !== 'function') return m;
+    if (isWrapped(proto.callTool)) this._unwrap(proto, 'callTool');
+    this._wrap(proto, 'callTool', (original) => this.callToolWrapper(original as McpClient['callTool']));
+    return m;
+  }
+
+  private unpatchClient(m: ClientModule): void {
+    const proto = m?.Client?.prototype;
+    if (proto && isWrapped(proto.callTool)) this._unwrap(proto, 'callTool');
+  }
+
+  private patchServer(m: ServerModule): ServerModule {
+    const proto = m?.Server?.prototype;
+    if (!proto || typeof proto.setRequestHandler !== 'function') return m;
+    if (isWrapped(proto.setRequestHandler)) this._unwrap(proto, 'setRequestHandler');
+    this._wrap(proto, 'setRequestHandler', (original) => this.setRequestHandlerWrapper(original as McpServer['setRequestHandler']));
+    return m;
+  }
+
+  private unpatchServer(m: ServerModule): void {
+    const proto = m?.Server?.prototype;
+    if (proto && isWrapped(proto.setRequestHandler)) this._unwrap(proto, 'setRequestHandler');
+  }
+
+  private callToolWrapper(original: McpClient['callTool']): McpClient['callTool'] {
+    const instrumentation = this;
+    return function callTool(this: McpClient, params: CallToolParams, ...rest: unknown[]) {
+      const client = this;
+      if (!params || typeof params.name !== 'string') return original.call(client, params, ...rest);
+      const send = async () => {
+        const meta: Record<string, unknown> = { ...(params._meta ?? {}) };
+        const scope = currentScope();
+        Object.assign(meta, w3cCarrier(scope.withBaggage(context.active())));
+        const token = await delegationToken(scope);
+        if (token) meta[PROPAGATION.MCP_DELEGATION_TOKEN] = token;
+        return original.call(client, { ...params, _meta: meta }, ...rest);
+      };
+      if (instrumentation.getConfig().enforceClientCalls === false) return send();
+      return runToolCall({ name: params.name, args: params.arguments ?? {} }, send);
+    };
+  }
+
+  private setRequestHandlerWrapper(original: McpServer['setRequestHandler']): McpServer['setRequestHandler'] {
+    return function setRequestHandler(this: McpServer, schema: unknown, handler: McpRequestHandler) {
+      if (typeof handler !== 'function' || methodOfSchema(schema) !== MCP_METHOD.TOOLS_CALL) {
+        return original.call(this, schema, handler);
+      }
+      const traced = function (this: unknown, request: McpRequest, extra: McpRequestExtra) {
+        const meta = request?.params?._meta;
+        const self = this;
+        return runAsRemoteCallee(meta && typeof meta === 'object' ? meta : {}, (ctx) => {
+          const tool = typeof request?.params?.name === 'string' ? request.params.name : '';
+          const sponsor = propagation.getBaggage(ctx)?.getEntry(BAGGAGE.SPONSOR_ID)?.value;
+          const span = getRuntime().tracer.startSpan(
+            tool ? `${MCP_METHOD.TOOLS_CALL} ${tool}` : MCP_METHOD.TOOLS_CALL,
+            {
+              kind: SpanKind.SERVER,
+              attributes: {
+                [SEMCONV.MCP_METHOD_NAME]: MCP_METHOD.TOOLS_CALL,
+                ...(tool ? { [ATTR.GEN_AI_TOOL_NAME]: tool } : {}),
+                ...(extra?.requestId !== undefined ? { [SEMCONV.JSONRPC_REQUEST_ID]: String(extra.requestId) } : {}),
+                ...(typeof extra?.sessionId === 'string' ? { [SEMCONV.MCP_SESSION_ID]: extra.sessionId } : {}),
+                ...(sponsor ? { [ATTR.SPONSOR_ID]: sponsor } : {}),
+              },
+            },
+            ctx,
+          );
+          const end = (err?: unknown) => {
+            if (err !== undefined) {
+              span.setAttribute(ATTR.ERROR_TYPE, errorType(err));
+              if (err instanceof Error) span.recordException(err);
+              span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
+            }
+            span.end();
+          };
+          try {
+            const result = context.with(trace.setSpan(ctx, span), () => handler.call(self, request, extra));
+            if (result && typeof (result as PromiseLike<unknown>).then === 'function') {
+              return Promise.resolve(result).then(
+                (value) => {
+                  end();
+                  return value;
+                },
+                (err: unknown) => {
+                  end(err);
+                  throw err;
+                },
+              );
+            }
+            end();
+            return result;
+          } catch (err) {
+            end(err);
+            throw err;
+          }
+        });
+      };
+      return original.call(this, schema, traced);
+    };
+  }
+}

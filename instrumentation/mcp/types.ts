@@ -1,0 +1,9 @@
+import type { InstrumentationConfig } from '@opentelemetry/instrumentation';
+
+export interface McpInstrumentationConfig extends InstrumentationConfig {
+  /**
+   * Gate and audit `Client.callTool` as a tool call of the calling agent (default true). The
+   * trace context, baggage and delegation token are put into `params._meta` either way.
+   */
+  enforceClientCalls?: boolean;
+}

@@ -1,0 +1,3 @@
+import type { InstrumentationConfig } from '@opentelemetry/instrumentation';
+
+export type OpenAIAgentsInstrumentationConfig = InstrumentationConfig;

@@ -1,0 +1,338 @@
+import childProcess from 'node:child_process';
+import {
+  diag,
+  DiagConsoleLogger,
+  DiagLogLevel,
+  trace,
+  type Attributes,
+  type Context,
+  type Link,
+  type SpanKind,
+  type Tracer,
+} from '@opentelemetry/api';
+import { CompositePropagator, ExportResultCode, getNumberFromEnv, getStringFromEnv, W3CBaggagePropagator, W3CTraceContextPropagator, type ExportResult } from '@opentelemetry/core';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { NodeSDK } from '@opentelemetry/sdk-node';
+import {
+  AlwaysOffSampler,
+  AlwaysOnSampler,
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ParentBasedSampler,
+  SamplingDecision,
+  TraceIdRatioBasedSampler,
+  type ReadableSpan,
+  type Sampler,
+  type SamplingResult,
+  type Span,
+  type SpanExporter,
+  type SpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { ATTR, DEFAULTS, SPAN } from '../common/names';
+import { SCOPE_NAME } from './semconv';
+import { VERSION } from './version';
+
+/**
+ * The agent's OpenTelemetry pipeline. custody starts the NodeSDK itself (OTLP/HTTP protobuf to
+ * the collector, W3C tracecontext + baggage) unless another SDK — auto-instrumentations-node, the
+ * app's own — already registered a global tracer provider. SDK 2.x providers take no processors
+ * after construction, so then custody never registers a second global SDK: it keeps a provider of
+ * its own, not global, for its tool-call spans only, exporting to custody's endpoint, while the
+ * other SDK's context manager and propagators carry the trace — custody's spans join the app's
+ * traces, and the audit does not depend on where the app sends its telemetry.
+ *
+ * Telemetry fails open: a collector that is down costs spans (with a diag warning), never calls.
+ */
+export interface Telemetry {
+  readonly tracer: Tracer;
+  /** 'sdk': custody started the NodeSDK; 'own-provider': another SDK was already registered. */
+  readonly mode: 'sdk' | 'own-provider' | 'disabled';
+  readonly endpoint: string;
+  flush(timeoutMs?: number): Promise<void>;
+  shutdown(timeoutMs?: number): Promise<void>;
+}
+
+export interface TelemetryOptions {
+  serviceName?: string | undefined;
+  /** Instead of OTLP (tests, benchmarks). */
+  exporter?: SpanExporter;
+  /** Register exit and signal handlers (default true). */
+  exitHooks?: boolean;
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+const FLUSH_TIMEOUT_MS = 5_000;
+const WARN_INTERVAL_MS = 60_000;
+
+export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
+  const env = options.env ?? process.env;
+  const endpoint = tracesEndpoint(env);
+  if (/^(1|true)$/i.test(env.OTEL_SDK_DISABLED ?? '')) {
+    diag.warn('custody: OTEL_SDK_DISABLED is set; tool calls are still enforced but not exported');
+    return { tracer: trace.getTracer(SCOPE_NAME, VERSION), mode: 'disabled', endpoint, flush: async () => {}, shutdown: async () => {} };
+  }
+  const ownsDiag = env.OTEL_LOG_LEVEL === undefined && !globalDiagRegistered();
+  if (ownsDiag) diag.setLogger(new DiagConsoleLogger(), { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true });
+
+  const exporter = new FailOpenExporter(options.exporter ?? new OTLPTraceExporter({ url: endpoint }), endpoint);
+  const processor = new AuditSpanProcessor(exporter, endpoint, batchConfig(env));
+  const sampler = new AuditSampler(samplerFromEnv(env));
+
+  let tracer: Tracer;
+  let mode: Telemetry['mode'];
+  let stop: () => Promise<void>;
+  if (hasGlobalTracerProvider()) {
+    const provider = new BasicTracerProvider({
+      resource: resourceFromAttributes({ [ATTR.SERVICE_NAME]: serviceName(env, options.serviceName) }),
+      sampler,
+      spanProcessors: [processor],
+    });
+    tracer = provider.getTracer(SCOPE_NAME, VERSION);
+    mode = 'own-provider';
+    stop = () => provider.shutdown();
+    diag.debug('custody: a global tracer provider is already registered; custody exports its tool-call spans itself');
+  } else {
+    const explicitName = env.OTEL_SERVICE_NAME === undefined && !/(^|,)\s*service\.name=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? '');
+    const sdk = new NodeSDK({
+      ...(explicitName ? { serviceName: serviceName(env, options.serviceName) } : {}),
+      spanProcessors: [processor],
+      sampler,
+      // W3C tracecontext + baggage unless OTEL_PROPAGATORS says otherwise
+      ...(env.OTEL_PROPAGATORS ? {} : { textMapPropagator: new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }) }),
+      // custody's collector takes traces; metrics and logs only when asked for
+      ...(env.OTEL_METRICS_EXPORTER ? {} : { metricReaders: [] }),
+      ...(env.OTEL_LOGS_EXPORTER ? {} : { logRecordProcessors: [] }),
+    });
+    sdk.start();
+    tracer = trace.getTracer(SCOPE_NAME, VERSION);
+    mode = 'sdk';
+    stop = () => sdk.shutdown();
+  }
+
+  let stopped: Promise<void> | undefined;
+  const telemetry: Telemetry = {
+    tracer,
+    mode,
+    endpoint,
+    flush: (timeoutMs = FLUSH_TIMEOUT_MS) => bounded(processor.forceFlush(), timeoutMs),
+    shutdown: (timeoutMs = FLUSH_TIMEOUT_MS) => (stopped ??= bounded(stop(), timeoutMs)),
+  };
+  if (options.exitHooks !== false) installExitHooks(telemetry, processor);
+  return telemetry;
+}
+
+/** OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is), else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else 127.0.0.1:4318. */
+export function tracesEndpoint(env: Readonly<Record<string, string | undefined>>): string {
+  const signal = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim();
+  if (signal) return signal;
+  const base = (env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim() || DEFAULTS.OTLP_ENDPOINT).replace(/\/+$/, '');
+  return `${base}/v1/traces`;
+}
+
+function serviceName(env: Readonly<Record<string, string | undefined>>, explicit?: string): string {
+  return explicit ?? env.OTEL_SERVICE_NAME ?? env.CUSTODY_AGENT_NAME ?? 'custody-agent';
+}
+
+function hasGlobalTracerProvider(): boolean {
+  const provider = trace.getTracerProvider() as { getDelegateTracer?: (name: string) => Tracer | undefined };
+  // The API hands out a proxy; it has a delegate only once some SDK registered one.
+  if (typeof provider.getDelegateTracer === 'function') return provider.getDelegateTracer(SCOPE_NAME) !== undefined;
+  return true;
+}
+
+function globalDiagRegistered(): boolean {
+  const g = (globalThis as Record<symbol, { diag?: unknown } | undefined>)[Symbol.for('opentelemetry.js.api.1')];
+  return g?.diag !== undefined;
+}
+
+function batchConfig(env: Readonly<Record<string, string | undefined>>) {
+  const read = (name: string, fallback: number): number => {
+    const v = env === process.env ? getNumberFromEnv(name) : Number(env[name]);
+    return v !== undefined && Number.isFinite(v) && v > 0 ? v : fallback;
+  };
+  return {
+    // audit rows should show up within a second, not the SDK default five
+    scheduledDelayMillis: read('OTEL_BSP_SCHEDULE_DELAY', 1_000),
+    exportTimeoutMillis: read('OTEL_BSP_EXPORT_TIMEOUT', 30_000),
+    maxQueueSize: read('OTEL_BSP_MAX_QUEUE_SIZE', 2_048),
+    maxExportBatchSize: read('OTEL_BSP_MAX_EXPORT_BATCH_SIZE', 512),
+  };
+}
+
+/** The sampler OTEL_TRACES_SAMPLER names (default parentbased_always_on). */
+export function samplerFromEnv(env: Readonly<Record<string, string | undefined>>): Sampler {
+  const name = (env === process.env ? getStringFromEnv('OTEL_TRACES_SAMPLER') : env.OTEL_TRACES_SAMPLER)?.trim().toLowerCase();
+  const arg = Number(env.OTEL_TRACES_SAMPLER_ARG);
+  const ratio = Number.isFinite(arg) && arg >= 0 && arg <= 1 ? arg : 1;
+  switch (name) {
+    case 'always_on':
+      return new AlwaysOnSampler();
+    case 'always_off':
+      return new AlwaysOffSampler();
+    case 'traceidratio':
+      return new TraceIdRatioBasedSampler(ratio);
+    case 'parentbased_always_off':
+      return new ParentBasedSampler({ root: new AlwaysOffSampler() });
+    case 'parentbased_traceidratio':
+      return new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
+    default:
+      return new ParentBasedSampler({ root: new AlwaysOnSampler() });
+  }
+}
+
+/**
+ * Tool-call spans are audit records: always recorded and exported, whatever the trace sampler
+ * decides for the rest (an unsampled incoming traceparent must not drop an audit row).
+ */
+export class AuditSampler implements Sampler {
+  constructor(private readonly delegate: Sampler) {}
+  shouldSample(ctx: Context, traceId: string, name: string, kind: SpanKind, attributes: Attributes, links: Link[]): SamplingResult {
+    if (attributes[ATTR.GEN_AI_OPERATION_NAME] === SPAN.TOOL_CALL_OPERATION) return { decision: SamplingDecision.RECORD_AND_SAMPLED };
+    return this.delegate.shouldSample(ctx, traceId, name, kind, attributes, links);
+  }
+  toString(): string {
+    return `AuditSampler{${this.delegate.toString()}}`;
+  }
+}
+
+/** Exports never throw into the agent; failures are reported through diag, at most once a minute. */
+class FailOpenExporter implements SpanExporter {
+  private lastWarn = 0;
+  private dropped = 0;
+  onSettled: ((spans: ReadableSpan[]) => void) | undefined;
+
+  constructor(
+    private readonly inner: SpanExporter,
+    private readonly endpoint: string,
+  ) {}
+
+  export(spans: ReadableSpan[], done: (result: ExportResult) => void): void {
+    const settle = (result: ExportResult): void => {
+      this.onSettled?.(spans);
+      if (result.code !== ExportResultCode.SUCCESS) this.warn(spans.length, result.error);
+      done(result);
+    };
+    try {
+      this.inner.export(spans, settle);
+    } catch (err) {
+      settle({ code: ExportResultCode.FAILED, error: err as Error });
+    }
+  }
+
+  private warn(count: number, error: Error | undefined): void {
+    this.dropped += count;
+    const now = Date.now();
+    if (now - this.lastWarn < WARN_INTERVAL_MS) return;
+    this.lastWarn = now;
+    diag.warn(`custody: could not export ${this.dropped} span(s) to ${this.endpoint}; the agent goes on, spans are dropped: ${error?.message ?? 'export failed'}`);
+    this.dropped = 0;
+  }
+
+  shutdown(): Promise<void> {
+    return this.inner.shutdown();
+  }
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush?.() ?? Promise.resolve();
+  }
+}
+
+/**
+ * A batch processor that also knows which ended spans no export has taken yet, so that a process
+ * ending with process.exit() — where nothing asynchronous runs any more — can still send them.
+ */
+class AuditSpanProcessor implements SpanProcessor {
+  readonly pending = new Set<ReadableSpan>();
+  private readonly batch: BatchSpanProcessor;
+  ended = 0;
+
+  constructor(
+    readonly exporter: FailOpenExporter,
+    readonly endpoint: string,
+    config: ConstructorParameters<typeof BatchSpanProcessor>[1],
+  ) {
+    this.batch = new BatchSpanProcessor(exporter, config);
+    exporter.onSettled = (spans) => {
+      for (const s of spans) this.pending.delete(s);
+    };
+  }
+  onStart(span: Span, ctx: Context): void {
+    this.batch.onStart(span, ctx);
+  }
+  onEnd(span: ReadableSpan): void {
+    if (!span.spanContext().traceFlags) return; // not sampled: never exported
+    this.ended++;
+    this.pending.add(span);
+    this.batch.onEnd(span);
+  }
+  forceFlush(): Promise<void> {
+    return this.batch.forceFlush();
+  }
+  shutdown(): Promise<void> {
+    return this.batch.shutdown();
+  }
+}
+
+function bounded(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+    timer.unref();
+  });
+  // a failed export was already reported by the exporter
+  return Promise.race([p.then(() => undefined, () => undefined), timeout]).finally(() => clearTimeout(timer));
+}
+
+function installExitHooks(telemetry: Telemetry, processor: AuditSpanProcessor): void {
+  // Natural exit: the event loop is empty; flush what ended since the last flush (a flush with
+  // nothing new would schedule nothing, and beforeExit would not fire again).
+  let flushedAt = 0;
+  process.on('beforeExit', () => {
+    if (processor.ended === flushedAt) return;
+    flushedAt = processor.ended;
+    void telemetry.flush();
+  });
+
+  // SIGTERM/SIGINT: flush, then keep the signal's meaning. With no handler of the app's own the
+  // default is to die of the signal, so re-raise it once ours is gone; otherwise the app decides.
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    const onSignal = (): void => {
+      void telemetry.shutdown(2_000).finally(() => {
+        if (process.listenerCount(signal) === 1) {
+          process.removeListener(signal, onSignal);
+          process.kill(process.pid, signal);
+        }
+      });
+    };
+    process.on(signal, onSignal);
+  }
+
+  // process.exit(): nothing asynchronous runs now. Send what no export took yet from a short-lived
+  // child, synchronously, bounded.
+  process.once('exit', () => sendPendingSync(processor));
+}
+
+// Taken before custody patches child_process: the sender must start without custody's environment.
+const spawnSync = childProcess.spawnSync;
+
+const SYNC_SENDER = `
+const chunks = [];
+process.stdin.on('data', (c) => chunks.push(c)).on('end', async () => {
+  try {
+    await fetch(process.argv[1], { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: Buffer.concat(chunks), signal: AbortSignal.timeout(2500) });
+  } catch {}
+});`;
+
+function sendPendingSync(processor: AuditSpanProcessor): void {
+  if (processor.pending.size === 0 || !/^https?:/.test(processor.endpoint)) return;
+  try {
+    const body = ProtobufTraceSerializer.serializeRequest([...processor.pending]);
+    if (!body) return;
+    const env = { ...process.env };
+    delete env.NODE_OPTIONS; // the sender must not load custody itself
+    spawnSync(process.execPath, ['-e', SYNC_SENDER, processor.endpoint], { input: body, env, timeout: 3_000, stdio: ['pipe', 'ignore', 'ignore'] });
+  } catch {
+    /* telemetry fails open */
+  }
+}

@@ -1,0 +1,249 @@
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
+import { canonicalJson, hashValue } from '../common/canonical';
+import { ATTR, SPAN } from '../common/names';
+import { PolicyDeniedError, PolicyUnavailableError } from '../enforcer/errors';
+import { mapTool, type ToolMap, type ToolTarget } from './mapping';
+import { enforcerOf, getRuntime } from './runtime';
+import { currentScope, type AgentScope } from './scope';
+import { AUDIT_STATUS, POLICY_ERROR_TYPE, SEMCONV, TOOL_TYPE_FUNCTION } from './semconv';
+import type { EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } from './types';
+
+/**
+ * The one lifecycle every tool call goes through, whatever framework made it:
+ * span `execute_tool {tool}` → ask the enforcer → on refusal throw its typed error without running
+ * the body → otherwise run the body inside the span (with the agent's baggage) → hash the result →
+ * number the record in the instance's audit chain → end the span, exactly once.
+ */
+export async function runToolCall<T>(request: ToolCallRequest, body: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+  const runtime = getRuntime();
+  const scope = currentScope();
+  const identity = scope.identity;
+  const enforcer = enforcerOf(runtime);
+  const target = resolveTarget(request, runtime.toolMap, enforcer);
+  const { tool, action } = 'then' in target ? await target : target;
+  const purpose = request.purpose ?? scope.purpose;
+
+  let parent = context.active();
+  if (parent === ROOT_CONTEXT && runtime.rootContext) parent = runtime.rootContext;
+
+  const attributes: Attributes = {
+    [ATTR.GEN_AI_OPERATION_NAME]: SPAN.TOOL_CALL_OPERATION,
+    [ATTR.GEN_AI_TOOL_NAME]: request.name,
+    [SEMCONV.GEN_AI_TOOL_TYPE]: TOOL_TYPE_FUNCTION,
+    [ATTR.GEN_AI_AGENT_ID]: identity.agentInstanceId,
+    [ATTR.AGENT_INSTANCE_ID]: identity.agentInstanceId,
+    [ATTR.TOOL_ID]: tool,
+    [ATTR.ACTION]: action,
+  };
+  if (request.toolCallId) attributes[ATTR.GEN_AI_TOOL_CALL_ID] = request.toolCallId;
+  if (request.description) attributes[SEMCONV.GEN_AI_TOOL_DESCRIPTION] = request.description;
+  if (identity.agentName) attributes[ATTR.GEN_AI_AGENT_NAME] = identity.agentName;
+  if (identity.sponsorId) attributes[ATTR.SPONSOR_ID] = identity.sponsorId;
+  if (identity.parentAgentId) attributes[ATTR.PARENT_AGENT_ID] = identity.parentAgentId;
+  if (identity.role) attributes[ATTR.ROLE] = identity.role;
+  if (purpose) attributes[ATTR.PURPOSE] = purpose;
+
+  const span = runtime.tracer.startSpan(`${SPAN.TOOL_CALL_PREFIX} ${tool}`, { kind: SpanKind.INTERNAL, attributes }, parent);
+  const call = new CallRecord(span, scope, tool, action);
+  call.requestHash = safeHash(request.args);
+  span.setAttribute(ATTR.REQUEST_HASH, call.requestHash);
+  if (runtime.captureContent) span.setAttribute(ATTR.REQUEST_CONTENT, safeJson(request.args));
+
+  const ctx = trace.setSpan(scope.withBaggage(parent), span);
+  if (enforcer) {
+    let verdict: EnforcerVerdict;
+    try {
+      // inside the span: the plane's decision span joins the call's trace
+      const check = purpose ? { tool, action, purpose, identity } : { tool, action, identity };
+      verdict = await context.with(ctx, () => enforcer.check(check));
+    } catch (err) {
+      // check() is not supposed to throw; if it does, the call is refused all the same
+      verdict = { decision: 'error', allowed: false, error: unavailable(tool, action, err) };
+    }
+    call.applyVerdict(verdict);
+    if (!verdict.allowed) {
+      const error = refusalError(verdict, tool, action);
+      call.fail(error);
+      throw error;
+    }
+  }
+
+  let result: Awaited<T>;
+  try {
+    result = await context.with(ctx, body);
+  } catch (err) {
+    call.fail(err);
+    throw err;
+  }
+  call.succeed(result, runtime.captureContent);
+  return result;
+}
+
+/**
+ * The policy tool and action of a call: explicit ones, then the local tool map, then the plane's
+ * (through the enforcer), then the `tool.action` / `call` convention.
+ */
+function resolveTarget(request: ToolCallRequest, local: ToolMap | undefined, enforcer: EnforcerLike | null): ToolTarget | Promise<ToolTarget> {
+  if ((request.tool && request.action) || !enforcer?.resolveTool || (local && Object.hasOwn(local, request.name))) {
+    return mapTool(request.name, local, request);
+  }
+  return enforcer.resolveTool(request.name).then(
+    (ref) => ({ tool: request.tool ?? ref.tool, action: request.action ?? ref.action }),
+    () => mapTool(request.name, undefined, request),
+  );
+}
+
+/** The manual API: runs `fn(args)` as an enforced, audited tool call and returns its result. */
+export function toolCall<A, R>(name: string, args: A, fn: (args: A) => R | PromiseLike<R>, options: ToolCallOptions = {}): Promise<Awaited<R>> {
+  return runToolCall({ ...options, name, args }, () => fn(args));
+}
+
+/** `fn` as an enforced, audited tool: its first argument is the call's arguments. */
+export function wrapTool<A, R, Rest extends unknown[]>(
+  name: string,
+  fn: (args: A, ...rest: Rest) => R | PromiseLike<R>,
+  options: ToolCallOptions = {},
+): (args: A, ...rest: Rest) => Promise<Awaited<R>> {
+  const wrapped = function (this: unknown, args: A, ...rest: Rest): Promise<Awaited<R>> {
+    return runToolCall({ ...options, name, args }, () => fn.call(this, args, ...rest));
+  };
+  Object.defineProperty(wrapped, 'name', { value: fn.name || name });
+  return wrapped;
+}
+
+/** The span and audit state of one call until its span ends. */
+class CallRecord {
+  requestHash = '';
+  private decisionId = '';
+  private shadow: Promise<EnforcerVerdict> | undefined;
+  private ended = false;
+
+  constructor(
+    readonly span: Span,
+    readonly scope: AgentScope,
+    readonly tool: string,
+    readonly action: string,
+  ) {}
+
+  applyVerdict(v: EnforcerVerdict): void {
+    setVerdictAttributes(this.span, v);
+    this.decisionId = v.policyDecisionId ?? '';
+    this.shadow = v.shadow;
+  }
+
+  fail(err: unknown): void {
+    const type = errorType(err);
+    this.span.setAttribute(ATTR.ERROR_TYPE, type);
+    if (err instanceof Error) this.span.recordException(err);
+    else this.span.recordException({ name: type, message: String(err) });
+    this.span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
+    this.end(AUDIT_STATUS.ERROR, '');
+  }
+
+  succeed(result: unknown, capture: boolean): void {
+    const responseHash = safeHash(result);
+    this.span.setAttribute(ATTR.RESPONSE_HASH, responseHash);
+    if (capture) this.span.setAttribute(ATTR.RESPONSE_CONTENT, safeJson(result));
+    this.span.setStatus({ code: SpanStatusCode.OK });
+    this.end(AUDIT_STATUS.OK, responseHash);
+  }
+
+  private end(status: string, responseHash: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    const shadow = this.shadow;
+    if (!shadow) return this.close(status, responseHash);
+    // Baseline cohort: the call was let through at once; its span waits (never the caller) for the
+    // real decision, so the audit row says what enforcement would have done.
+    shadow.then(
+      (v) => {
+        setVerdictAttributes(this.span, { ...v, enforced: false });
+        this.decisionId = v.policyDecisionId ?? this.decisionId;
+      },
+      () => undefined,
+    ).finally(() => this.close(status, responseHash));
+  }
+
+  private close(status: string, responseHash: string): void {
+    const sc = this.span.spanContext();
+    const id = this.scope.identity;
+    const link = this.scope.chain.next({
+      agent_instance_id: id.agentInstanceId,
+      trace_id: sc.traceId,
+      span_id: sc.spanId,
+      sponsor_id: id.sponsorId ?? '',
+      parent_agent_id: id.parentAgentId ?? '',
+      tool_id: this.tool,
+      action: this.action,
+      policy_decision_id: this.decisionId,
+      request_hash: this.requestHash,
+      response_hash: responseHash,
+      status,
+    });
+    this.span.setAttribute(ATTR.AUDIT_SEQ, link.seq);
+    this.span.setAttribute(ATTR.AUDIT_PREV_HASH, link.prevHash);
+    this.span.end();
+  }
+}
+
+function setVerdictAttributes(span: Span, v: EnforcerVerdict): void {
+  const a: Attributes = { [ATTR.POLICY_DECISION]: v.decision };
+  if (v.policyDecisionId) a[ATTR.POLICY_DECISION_ID] = v.policyDecisionId;
+  if (v.ruleId) a[ATTR.POLICY_RULE_ID] = v.ruleId;
+  if (v.reason) a[ATTR.POLICY_REASON] = v.reason;
+  if (v.cohort) a[ATTR.ROLLOUT_COHORT] = v.cohort;
+  if (v.enforced !== undefined) a[ATTR.ENFORCED] = v.enforced;
+  if (v.cached !== undefined) a[ATTR.POLICY_CACHED] = v.cached;
+  if (v.latencyMs !== undefined) a[ATTR.POLICY_LATENCY_MS] = v.latencyMs;
+  if (v.tokenJti) a[ATTR.TOKEN_JTI] = v.tokenJti;
+  if (v.incident) a[ATTR.POLICY_INCIDENT_MODE] = true;
+  span.setAttributes(a);
+}
+
+/** The error a refused call throws: the enforcer's own typed error, or fail-closed unavailability. */
+function refusalError(v: EnforcerVerdict, tool: string, action: string): Error {
+  if (v.error instanceof PolicyDeniedError || v.error instanceof PolicyUnavailableError) return v.error;
+  if (v.decision === 'deny') {
+    return new PolicyDeniedError({
+      tool,
+      action,
+      policyDecisionId: v.policyDecisionId ?? '',
+      ruleId: v.ruleId ?? '',
+      reason: v.reason ?? v.error?.message ?? 'denied',
+    });
+  }
+  return unavailable(tool, action, v.error ?? v.reason ?? 'no decision');
+}
+
+function unavailable(tool: string, action: string, cause: unknown): PolicyUnavailableError {
+  const message = cause instanceof Error ? cause.message : String(cause);
+  return new PolicyUnavailableError(tool, action, message, { cause });
+}
+
+/** error.type: the policy errors' own type, else a code or the error class. */
+export function errorType(err: unknown): string {
+  if (err && typeof err === 'object') {
+    const e = err as { type?: unknown; code?: unknown; name?: unknown };
+    if (e.type === POLICY_ERROR_TYPE.DENIED || e.type === POLICY_ERROR_TYPE.UNAVAILABLE) return e.type;
+    if (typeof e.code === 'string' && e.code) return e.code;
+    if (typeof e.name === 'string' && e.name && e.name !== 'Error') return e.name;
+  }
+  return '_OTHER';
+}
+
+// Telemetry fails open: an argument that cannot be serialized still gets a (fallback) hash.
+function safeHash(value: unknown): string {
+  try {
+    return hashValue(value);
+  } catch {
+    return hashValue(String(value));
+  }
+}
+
+function safeJson(value: unknown): string {
+  try {
+    return canonicalJson(value);
+  } catch {
+    return String(value);
+  }
+}

@@ -1,0 +1,59 @@
+import type { AgentIdentity } from './identity';
+
+/**
+ * What the tool-call lifecycle needs from an enforcer: the shape of enforcer/client/enforcer.ts
+ * `createEnforcer()`, kept structural so tests and benchmarks can pass their own.
+ */
+export interface EnforcerCheck {
+  tool: string;
+  action: string;
+  purpose?: string;
+  identity: AgentIdentity;
+}
+
+export interface EnforcerVerdict {
+  decision: 'allow' | 'deny' | 'error';
+  /** Run the tool? false: throw `error`. */
+  allowed: boolean;
+  policyDecisionId?: string;
+  ruleId?: string;
+  reason?: string;
+  cohort?: string;
+  enforced?: boolean;
+  cached?: boolean;
+  latencyMs?: number;
+  tokenJti?: string;
+  error?: Error;
+  /** True while the incident switch lengthens the decision cache TTL. */
+  incident?: boolean;
+  /** Baseline (shadow) cohort: the real decision, arriving after the call was let through. */
+  shadow?: Promise<EnforcerVerdict>;
+}
+
+export interface EnforcerLike {
+  check(request: EnforcerCheck): Promise<EnforcerVerdict>;
+  /** A framework tool name → policy tool and action, with the policy plane's tool_map. */
+  resolveTool?(name: string): Promise<{ tool: string; action: string }>;
+  close?(): Promise<void> | void;
+}
+
+/** Options of `toolCall` / `wrapTool`. */
+export interface ToolCallOptions {
+  /** The policy action; default from the name (`billing.refund`) or the tool map, else `call`. */
+  action?: string;
+  /** The policy tool, when the name alone does not say it. */
+  tool?: string;
+  /** Why the agent makes the call (custody.purpose; policies may require it). */
+  purpose?: string;
+  /** The framework's id for this call (gen_ai.tool.call.id). */
+  toolCallId?: string;
+  /** gen_ai.tool.description */
+  description?: string;
+}
+
+/** One tool call as a patch hands it to the lifecycle. */
+export interface ToolCallRequest extends ToolCallOptions {
+  /** The framework's tool name (gen_ai.tool.name). */
+  name: string;
+  args: unknown;
+}
