@@ -311,6 +311,17 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         TTL toDateTime(ingested_at) + toIntervalDay(${days + 7})`,
       ],
     },
+    {
+      version: 6,
+      name: 'durable_inserts',
+      // Ingest acknowledges a span once its insert returns. An insert writes its part through the
+      // page cache, which outlives a crash of the process; fsync of the part's files and directory
+      // makes it outlive a crash of the machine too, at a cost that large batches make small.
+      statements: [
+        TABLE.OTEL_TRACES, 'otel_traces_trace_id_ts', TABLE.AUDIT_EVENTS, TABLE.POLICY_DECISIONS, TABLE.TOKEN_EVENTS,
+        TABLE.ROLLOUT_EVENTS, TABLE.AUDIT_ROLLUP_1M, TABLE.TOKEN_ROLLUP_1M,
+      ].map((name) => `ALTER TABLE ${t(name)}${onCluster} MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1`),
+    },
   ];
 }
 

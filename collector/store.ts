@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { createClient, type ClickHouseClient } from '@clickhouse/client';
 import { DATABASE, DEFAULTS, ENV, TABLE } from '../common/names';
 import { ConfigError, CustodyError } from '../common/errors';
@@ -17,7 +18,45 @@ export interface Store {
   /** Where the data lives: a directory for chDB, a URL (without password) for a server. */
   readonly location: string;
   ping(): Promise<boolean>;
+  /**
+   * Inserts rows already serialized in `format`; resolves once they are written (the insert is
+   * synchronous: its part is on disk, or with the server, committed by ClickHouse). Throws
+   * StoreWriteError. On chDB the body goes to the engine as it is, without a copy.
+   */
+  insertRaw(params: RawInsert): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface RawInsert {
+  /** Table name within the store's database. */
+  table: string;
+  columns: readonly string[];
+  format: 'JSONCompactEachRow' | 'JSONEachRow';
+  body: Buffer;
+  settings?: Readonly<Record<string, string | number>>;
+}
+
+/**
+ * An insert that failed. `retryable`: the storage is down, slow or refusing for now (connection,
+ * timeout, memory, too many parts, missing table); otherwise the rows themselves were refused
+ * and sending them again fails again.
+ */
+export class StoreWriteError extends CustodyError {
+  readonly retryable: boolean;
+  constructor(message: string, retryable: boolean, options?: { cause?: unknown }) {
+    super(retryable ? 'ERR_STORE_UNAVAILABLE' : 'ERR_STORE_REJECTED', message, options);
+    this.retryable = retryable;
+  }
+}
+
+// ClickHouse error codes that mean "these rows cannot be read or stored as they are".
+const DATA_ERRORS = new Set([6, 26, 27, 32, 38, 41, 53, 62, 69, 70, 72, 117, 130, 131, 132, 173, 190, 321, 407]);
+
+function writeError(err: unknown): StoreWriteError {
+  const e = err as { message?: string; code?: unknown; clickhouseCode?: unknown };
+  const code = typeof e?.clickhouseCode === 'number' ? e.clickhouseCode : Number(e?.code);
+  const data = Number.isInteger(code) && DATA_ERRORS.has(code);
+  return new StoreWriteError(`insert failed: ${e?.message ?? String(err)}`, !data, { cause: err });
 }
 
 export interface StoreOptions extends SchemaOptions {
@@ -33,9 +72,10 @@ export interface StoreOptions extends SchemaOptions {
   requestTimeoutMs?: number;
 }
 
-export function resolveStoreOptions(flags: { clickhouseUrl?: string; dataDir?: string }): StoreOptions {
+export function resolveStoreOptions(flags: { clickhouseUrl?: string; dataDir?: string; clickhouseCluster?: string }): StoreOptions {
   const url = flags.clickhouseUrl ?? process.env[ENV.CLICKHOUSE_URL];
-  return url ? { url } : { dataDir: flags.dataDir ?? DEFAULTS.DATA_DIR };
+  const cluster = flags.clickhouseCluster ?? process.env[ENV.CLICKHOUSE_CLUSTER];
+  return url ? { url, ...(cluster ? { cluster } : {}) } : { dataDir: flags.dataDir ?? DEFAULTS.DATA_DIR };
 }
 
 export async function openStore(options: StoreOptions): Promise<Store> {
@@ -43,6 +83,7 @@ export async function openStore(options: StoreOptions): Promise<Store> {
   let client: ClickHouseClient;
   let kind: Store['kind'];
   let location: string;
+  let insertRaw: Store['insertRaw'];
   if (options.url) {
     let parsed: URL;
     try {
@@ -59,6 +100,20 @@ export async function openStore(options: StoreOptions): Promise<Store> {
       request_timeout: options.requestTimeoutMs ?? 30_000,
       clickhouse_settings: { date_time_input_format: 'best_effort' },
     });
+    const server = client;
+    insertRaw = async ({ table, columns, format, body, settings }) => {
+      try {
+        const r = await server.exec({
+          query: `INSERT INTO ${database}.${table} (${columns.map((c) => `\`${c}\``).join(', ')}) FORMAT ${format}`,
+          values: Readable.from([body]),
+          ...(settings ? { clickhouse_settings: settings } : {}),
+        });
+        // the response body must be read for the socket to be reused
+        for await (const _ of r.stream) void _;
+      } catch (err) {
+        throw writeError(err);
+      }
+    };
   } else {
     const dir = path.resolve(options.dataDir ?? DEFAULTS.DATA_DIR, 'clickhouse');
     fs.mkdirSync(dir, { recursive: true });
@@ -67,10 +122,24 @@ export async function openStore(options: StoreOptions): Promise<Store> {
     // Loaded lazily so that a server deployment never loads the native engine.
     const { createChdbConnection } = await import('chdb/connection');
     try {
+      const connection = createChdbConnection({ path: dir });
       client = createClient({
-        connection: createChdbConnection({ path: dir }),
+        connection,
         clickhouse_settings: { date_time_input_format: 'best_effort' },
       } as Parameters<typeof createClient>[0]);
+      insertRaw = async ({ table, columns, format, body, settings }) => {
+        try {
+          await connection.chdb.rawInsert({
+            table: `${database}.${table}`,
+            columns: [...columns],
+            format,
+            values: body,
+            ...(settings ? { settings } : {}),
+          });
+        } catch (err) {
+          throw writeError(err);
+        }
+      };
     } catch (err) {
       throw new CustodyError(
         'ERR_STORE_OPEN',
@@ -93,6 +162,7 @@ export async function openStore(options: StoreOptions): Promise<Store> {
         return false;
       }
     },
+    insertRaw,
     close: () => client.close(),
   };
   if (options.migrate !== false) await migrate(store, options);
