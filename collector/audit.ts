@@ -11,7 +11,7 @@ import type { Store } from './store';
  *   of every instance in that subtree.
  * - `auditEvents`: filtered tool calls, newest first, keyset-paged on (timestamp, span_id,
  *   trace_id) so that a page never repeats or skips a row when new calls arrive. A span stored
- *   twice (an export retried) is listed once.
+ *   twice (an export retried) is listed once, so such a page may hold fewer than `limit` rows.
  */
 
 export interface AuditEvent {
@@ -114,6 +114,7 @@ export class AuditQueryError extends CustodyError {
 }
 
 export const MAX_EVENTS_LIMIT = 1000;
+const LOOK_BACK_MS = [3_600_000, 86_400_000, 7 * 86_400_000, undefined];
 const MAX_ANCESTORS = 32;
 
 const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trace_id, span_id, sponsor_id, agent_instance_id,
@@ -217,23 +218,39 @@ export async function auditEvents(store: Store, filters: EventFilters = {}): Pro
     where.push('timestamp < fromUnixTimestamp64Milli({to:Int64})');
     params.to = filters.to;
   }
+  let anchorMs = Math.max(Date.now(), filters.to ?? 0);
   if (filters.cursor !== undefined) {
     const c = decodeCursor(filters.cursor);
     where.push('(timestamp, span_id, trace_id) < (fromUnixTimestamp64Nano({c_ts:Int64}), {c_span:String}, {c_trace:String})');
     Object.assign(params, { c_ts: c.tsNs, c_span: c.spanId, c_trace: c.traceId });
+    anchorMs = Number(BigInt(c.tsNs) / 1_000_000n) + 1;
   }
-  const found = await rows<EventRow>(
-    store,
-    `SELECT ${EVENT_COLUMNS}
-     FROM ${store.database}.${TABLE.AUDIT_EVENTS}
-     ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-     ORDER BY timestamp DESC, span_id DESC, trace_id DESC
-     LIMIT 1 BY timestamp, span_id, trace_id
-     LIMIT {limit:UInt32}`,
-    params,
-  );
+  if (filters.to !== undefined) anchorMs = Math.min(anchorMs, filters.to);
+  // Newest first without sorting the whole table: look back an hour from the page's upper end,
+  // then a day, a week, everything, and stop as soon as a window holds a full page. Rows older
+  // than a window cannot outrank the rows inside it.
+  let found: EventRow[] = [];
+  for (const lookBackMs of LOOK_BACK_MS) {
+    const lower = lookBackMs === undefined ? undefined : anchorMs - lookBackMs;
+    const bounded = lower !== undefined && (filters.from === undefined || lower > filters.from);
+    found = await rows<EventRow>(
+      store,
+      `SELECT ${EVENT_COLUMNS}
+       FROM ${store.database}.${TABLE.AUDIT_EVENTS}
+       WHERE ${[...where, ...(bounded ? ['timestamp >= fromUnixTimestamp64Milli({lower:Int64})'] : []), '1'].join(' AND ')}
+       ORDER BY timestamp DESC, span_id DESC, trace_id DESC
+       LIMIT {limit:UInt32}`,
+      bounded ? { ...params, lower } : params,
+    );
+    if (found.length > limit || !bounded) break;
+  }
+  // a span stored twice (an export retried) is listed once; its copies sort next to each other
+  const unique = found.filter((r, i) => {
+    const prev = found[i - 1];
+    return !prev || prev.ts_ns !== r.ts_ns || prev.span_id !== r.span_id || prev.trace_id !== r.trace_id;
+  });
+  const page = unique.slice(0, limit);
   const more = found.length > limit;
-  const page = found.slice(0, limit);
   const last = page[page.length - 1];
   return {
     events: page.map(toEvent),

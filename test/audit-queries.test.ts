@@ -189,6 +189,21 @@ describe('audit events', () => {
     expect((await auditEvents(store, { agentInstanceId: 'pager', limit: 1 })).events[0]!.policy_decision_id).toBe('late');
   });
 
+  it('finds older calls past the look-back steps (an hour, a day, a week, all) in order', async () => {
+    const now = Date.now();
+    const ages = [5 * 60_000, 2 * 3_600_000, 3 * 86_400_000, 20 * 86_400_000, 60 * 86_400_000];
+    await insert(ages.map((age, i) => ({ at: now - age, agent: 'sparse', pd: `age-${i}` })));
+    const first = await auditEvents(store, { agentInstanceId: 'sparse', limit: 2 });
+    expect(first.events.map((e) => e.policy_decision_id)).toEqual(['age-0', 'age-1']);
+    const second = await auditEvents(store, { agentInstanceId: 'sparse', limit: 2, cursor: first.next_cursor! });
+    expect(second.events.map((e) => e.policy_decision_id)).toEqual(['age-2', 'age-3']);
+    const third = await auditEvents(store, { agentInstanceId: 'sparse', limit: 2, cursor: second.next_cursor! });
+    expect(third.events.map((e) => e.policy_decision_id)).toEqual(['age-4']);
+    expect(third.next_cursor).toBeNull();
+    const bounded = await auditEvents(store, { agentInstanceId: 'sparse', from: now - 30 * 86_400_000, to: now - 3_600_000 });
+    expect(bounded.events.map((e) => e.policy_decision_id)).toEqual(['age-1', 'age-2', 'age-3']);
+  });
+
   it('names the bad parameter', async () => {
     const param = async (f: Parameters<typeof auditEvents>[1]) => {
       try {
