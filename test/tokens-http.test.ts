@@ -235,6 +235,7 @@ describe('token service over HTTP, registered mode', () => {
     const r = await call(`${svc.url}/issue`, { json: { tool: 'billing', sponsor_id: 'alice' } });
     expect(r.status).toBe(401);
     expect(r.body.error.code).toBe('credential_required');
+    expect(r.headers.get('www-authenticate')).toBe('Bearer realm="custody"');
     const bad = await issueAs('cag.agt_nobody.secret', { tool: 'billing' });
     expect([bad.status, bad.body.error.code]).toEqual([401, 'invalid_credential']);
     const basic = await call(`${svc.url}/issue`, { json: { tool: 'billing' }, auth: 'Basic YTpi' });

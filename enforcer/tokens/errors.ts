@@ -58,7 +58,8 @@ export const REFUSAL = {
 } as const;
 export type RefusalCode = (typeof REFUSAL)[keyof typeof REFUSAL];
 
-export const refuse = (code: RefusalCode, message: string, status = 400): TokenRefusal => new TokenRefusal(status, code, message);
+export const refuse = (code: RefusalCode, message: string, status = 400): TokenRefusal =>
+  new TokenRefusal(status, code, message, status === 401 ? { 'WWW-Authenticate': 'Bearer realm="custody"' } : {});
 
 /** Client side: the token service refused a request or could not be reached. */
 export class TokenRequestError extends CustodyError {
