@@ -1,0 +1,382 @@
+// Policy decision speed, measured three ways (BENCHMARKS.md "## Policy"):
+//   1. in-process: decide() over a 100-rule policy, and Cedar (@cedar-policy/cedar-wasm) evaluating
+//      the same 100 rules on the same requests in the same run (both answers compared);
+//   2. POST /v1/check over loopback, load from a separate process, against `custody policy-plane`
+//      alone and against the plane inside `custody up`;
+//   3. a cached allow in the enforcer.
+//
+//   npm run build && node bench/policy.bench.mjs [--seconds 8] [--concurrency 16]
+//
+// The load generator is this file run as `node bench/policy.bench.mjs --load URL TOKENS_FILE C S MODE`.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const require = createRequire(import.meta.url);
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = path.join(ROOT, 'dist/cli/main.js');
+const args = process.argv.slice(2);
+const flag = (name, fallback) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? Number(args[i + 1]) : fallback;
+};
+
+if (args[0] === '--load') await loadGenerator(args.slice(1));
+else await main();
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const seconds = flag('seconds', 8);
+  const concurrency = flag('concurrency', 16);
+  const results = { machine: machine(), inProcess: inProcess() };
+  printInProcess(results.inProcess);
+  const servers = await startServers();
+  try {
+    results.cachedAllow = await cachedAllow(servers.up.url);
+    console.log(`\ncached allow (enforcer.check, decision cache hit): p50 ${us(results.cachedAllow.p50)} p99 ${us(results.cachedAllow.p99)} mean ${us(results.cachedAllow.mean)} over ${results.cachedAllow.n} calls`);
+    results.check = await loopback(servers, seconds, concurrency);
+  } finally {
+    await servers.stop();
+  }
+  fs.mkdirSync(path.join(ROOT, 'bench/out'), { recursive: true });
+  fs.writeFileSync(path.join(ROOT, 'bench/out/policy.json'), JSON.stringify(results, null, 2));
+  console.log('\nwritten bench/out/policy.json');
+}
+
+function machine() {
+  return { node: process.version, cpus: os.cpus().length, model: os.cpus()[0]?.model, loadavg: os.loadavg().map((x) => x.toFixed(2)) };
+}
+
+// --- 1. in-process: decide() and Cedar on the same 100 rules ------------------------------------
+
+function policyWith100Rules() {
+  const roles = Array.from({ length: 10 }, (_, i) => `role${i}`);
+  const tools = Array.from({ length: 25 }, (_, i) => `tool${i}`);
+  const actions = ['read', 'write', 'delete', 'refund', 'charge'];
+  const purposes = ['ticket', 'renewal', 'audit', 'marketing'];
+  const rules = [];
+  for (let i = 0; i < 100; i++) {
+    const rule = {
+      id: `rule-${i}`,
+      effect: i % 10 === 9 ? 'deny' : 'allow',
+      role: roles[(i * 7) % roles.length],
+      tool: tools[i % tools.length],
+      actions: actions.filter((_, k) => (i + k) % 3 !== 0),
+    };
+    if (i % 5 === 0) rule.purposes = [purposes[i % 4], purposes[(i + 1) % 4]];
+    rules.push(rule);
+  }
+  const yaml = [
+    'rules:',
+    ...rules.map(
+      (r) =>
+        `  - {id: ${r.id}, effect: ${r.effect}, role: ${r.role}, tool: ${r.tool}, actions: [${r.actions.join(', ')}]` +
+        (r.purposes ? `, conditions: {purpose: {in: [${r.purposes.join(', ')}]}}` : '') +
+        '}',
+    ),
+  ].join('\n');
+  const cedar = rules
+    .map((r) => {
+      const when = [`principal.role == "${r.role}"`];
+      if (r.purposes) when.push(`context has purpose && [${r.purposes.map((p) => `"${p}"`).join(', ')}].contains(context.purpose)`);
+      return `${r.effect === 'deny' ? 'forbid' : 'permit'}(principal, action in [${r.actions.map((a) => `Action::"${a}"`).join(', ')}], resource == Tool::"${r.tool}") when { ${when.join(' && ')} };`;
+    })
+    .join('\n');
+  let seed = 42;
+  const rnd = (n) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+  const requests = Array.from({ length: 1000 }, () => ({
+    role: roles[rnd(roles.length)],
+    tool: tools[rnd(tools.length)],
+    action: actions[rnd(actions.length)],
+    purpose: rnd(3) === 0 ? undefined : purposes[rnd(purposes.length)],
+  }));
+  return { yaml, cedar, requests };
+}
+
+function timeEach(n, fn) {
+  const samples = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const t = process.hrtime.bigint();
+    fn(i);
+    samples[i] = Number(process.hrtime.bigint() - t);
+  }
+  return stats(samples);
+}
+
+function inProcess() {
+  const { compilePolicyText } = require(path.join(ROOT, 'dist/enforcer/policy/compile.js'));
+  const { decide } = require(path.join(ROOT, 'dist/enforcer/policy/decide.js'));
+  const { decisionId } = require(path.join(ROOT, 'dist/enforcer/policy/ids.js'));
+  const cedar = require('@cedar-policy/cedar-wasm/nodejs');
+  const { yaml, cedar: cedarText, requests } = policyWith100Rules();
+  const policy = compilePolicyText(yaml, 'bench-100-rules.yaml');
+  const now = Date.now();
+  const identity = (r) => ({ sponsorId: 'alice', agentInstanceId: 'bench-agent', role: r.role });
+  const custodyDecide = (r) => decide({ identity: identity(r), tool: r.tool, action: r.action, purpose: r.purpose }, policy, { now });
+
+  const policies = { staticPolicies: cedarText };
+  const cedarCall = (r) => ({
+    principal: { type: 'Agent', id: 'bench-agent' },
+    action: { type: 'Action', id: r.action },
+    resource: { type: 'Tool', id: r.tool },
+    context: r.purpose ? { purpose: r.purpose } : {},
+    entities: [{ uid: { type: 'Agent', id: 'bench-agent' }, attrs: { role: r.role }, parents: [] }],
+  });
+  const pre = cedar.preparsePolicySet('bench', policies);
+  if (pre.type !== 'success') throw new Error(`cedar: ${JSON.stringify(pre)}`);
+
+  // the same answers, or the comparison means nothing
+  let mismatches = 0;
+  let allows = 0;
+  for (const r of requests) {
+    const ours = custodyDecide(r).decision;
+    const theirs = cedar.isAuthorized({ ...cedarCall(r), policies });
+    if (theirs.type !== 'success') throw new Error(`cedar: ${JSON.stringify(theirs)}`);
+    if (theirs.response.decision !== ours) mismatches++;
+    if (ours === 'allow') allows++;
+  }
+
+  for (let i = 0; i < 50_000; i++) custodyDecide(requests[i % 1000]); // warm-up
+  const decideStats = timeEach(300_000, (i) => custodyDecide(requests[i % 1000]));
+  const decideWithIdStats = timeEach(300_000, (i) => {
+    custodyDecide(requests[i % 1000]);
+    decisionId();
+  });
+  for (let i = 0; i < 200; i++) cedar.isAuthorized({ ...cedarCall(requests[i % 1000]), policies });
+  const cedarStats = timeEach(3_000, (i) => cedar.isAuthorized({ ...cedarCall(requests[i % 1000]), policies }));
+  for (let i = 0; i < 1000; i++) cedar.statefulIsAuthorized({ ...cedarCall(requests[i % 1000]), preparsedPolicySetId: 'bench' });
+  const cedarPreparsedStats = timeEach(30_000, (i) => cedar.statefulIsAuthorized({ ...cedarCall(requests[i % 1000]), preparsedPolicySetId: 'bench' }));
+  return {
+    rules: policy.ruleCount,
+    requests: requests.length,
+    allows,
+    mismatches,
+    decide: decideStats,
+    decideWithId: decideWithIdStats,
+    cedarIsAuthorized: cedarStats,
+    cedarPreparsed: cedarPreparsedStats,
+    cedarVersion: cedar.getCedarVersion(),
+  };
+}
+
+function printInProcess(r) {
+  console.log(`in-process decision, ${r.rules} rules, ${r.requests} distinct requests (${r.allows} allowed), custody vs Cedar ${r.cedarVersion}: ${r.mismatches} different answers`);
+  const row = (name, s) => console.log(`  ${name.padEnd(44)} p50 ${us(s.p50).padStart(10)}  p99 ${us(s.p99).padStart(10)}  mean ${us(s.mean).padStart(10)}  (n=${s.n})`);
+  row('custody decide()', r.decide);
+  row('custody decide() + decision id', r.decideWithId);
+  row('Cedar isAuthorized (policies as text)', r.cedarIsAuthorized);
+  row('Cedar statefulIsAuthorized (preparsed set)', r.cedarPreparsed);
+}
+
+// --- 2. POST /v1/check over loopback ----------------------------------------------------------
+
+async function startServers() {
+  const procs = [];
+  const start = async (argv, env = {}) => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'custody-bench-policy-'));
+    const p = spawn(process.execPath, [CLI, ...argv, '--port', '0', '--otlp-port', '0', '--data-dir', dataDir], {
+      env: { ...process.env, CUSTODY_LOG_LEVEL: 'error', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    procs.push(p);
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    for (let i = 0; i < 600; i++) {
+      const url = /control API\s+(http:\/\/\S+)/.exec(out)?.[1];
+      if (url) {
+        const otlp = /OTLP\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
+        const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
+        if (ok) return { url, otlp, pid: p.pid };
+      }
+      if (p.exitCode !== null) throw new Error(`custody exited:\n${out}`);
+      await sleep(100);
+    }
+    throw new Error(`custody did not start:\n${out}`);
+  };
+  const admin = 'bench-admin';
+  const up = await start(['up'], { CUSTODY_ADMIN_TOKEN: admin });
+  const plane = await start(['policy-plane', '--token-url', up.url, ...(up.otlp ? ['--otlp-url', up.otlp] : [])], { CUSTODY_ADMIN_TOKEN: admin });
+  for (const u of [up.url, plane.url]) {
+    await fetch(`${u}/v1/rollout`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` },
+      body: JSON.stringify({ percent: 100, reason: 'bench: every instance enforced' }),
+    });
+  }
+  return {
+    up,
+    plane,
+    stop: async () => {
+      for (const p of procs) p.kill('SIGTERM');
+      await sleep(300);
+    },
+  };
+}
+
+async function issueTokens(url, n, prefix) {
+  const tokens = [];
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      while (next < n) {
+        const i = next++;
+        const res = await fetch(`${url}/issue`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ tool: 'search', sponsor_id: 'alice', agent_instance_id: `${prefix}-${i}`, role: 'support', ttl: 300 }),
+        });
+        if (res.status !== 201) throw new Error(`/issue: ${res.status} ${await res.text()}`);
+        tokens.push((await res.json()).token);
+      }
+    }),
+  );
+  return tokens;
+}
+
+async function loopback(servers, seconds, concurrency) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'custody-bench-tokens-'));
+  const reuse = path.join(dir, 'reuse.json');
+  fs.writeFileSync(reuse, JSON.stringify(await issueTokens(servers.up.url, 500, 'reuse')));
+  const out = {};
+  // Few connections show the latency a call sees; many show how much one plane process takes.
+  const runs = [
+    ['policy-plane alone, 500 agents reusing their tokens', servers.plane.url, reuse, 4, 'cycle'],
+    ['policy-plane alone, 500 agents reusing their tokens', servers.plane.url, reuse, concurrency, 'cycle'],
+    ['policy-plane alone, every token new (signature checked each time)', servers.plane.url, null, 8, 'once'],
+    ['custody up (plane beside collector and token service), reused tokens', servers.up.url, reuse, 4, 'cycle'],
+  ];
+  console.log(`\nPOST /v1/check over loopback, load from a separate process, ${seconds} s per run:`);
+  for (const [name, url, file, c, mode] of runs) {
+    let tokensFile = file;
+    if (!tokensFile) {
+      tokensFile = path.join(dir, 'fresh.json');
+      fs.writeFileSync(tokensFile, JSON.stringify(await issueTokens(servers.up.url, 12_000, 'fresh')));
+    }
+    const r = await runLoad(url, tokensFile, c, seconds, mode);
+    out[`${name}, ${c} connections`] = r;
+    console.log(
+      `  ${name}, ${c} connections\n    ${r.rps.toFixed(0)} req/s over ${r.seconds.toFixed(1)} s, latency p50 ${ms(r.p50)} p95 ${ms(r.p95)} p99 ${ms(r.p99)}, ` +
+        `${r.errors} errors, decisions ${JSON.stringify(r.decisions)}`,
+    );
+  }
+  return out;
+}
+
+function runLoad(url, tokensFile, concurrency, seconds, mode) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [fileURLToPath(import.meta.url), '--load', url, tokensFile, String(concurrency), String(seconds), mode], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`load generator exited ${code}`))));
+  });
+}
+
+/** The load generator: C keep-alive connections posting /v1/check back to back for S seconds. */
+async function loadGenerator([url, tokensFile, c, s, mode]) {
+  const tokens = JSON.parse(fs.readFileSync(tokensFile, 'utf8'));
+  const concurrency = Number(c);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const target = new URL('/v1/check', url);
+  const post = (token) =>
+    new Promise((resolve, reject) => {
+      const body = JSON.stringify({ token, tool: 'search', action: 'call' });
+      const req = http.request(
+        { agent, hostname: target.hostname, port: target.port, path: target.pathname, method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (d) => (text += d));
+          res.on('end', () => resolve({ status: res.statusCode, text }));
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  // warm-up (connections, JIT); in `once` mode from the end of the list, kept apart from the measured tokens
+  const warm = mode === 'once' ? tokens.splice(-400) : tokens;
+  for (let i = 0; i < 400; i++) await post(warm[i % warm.length]);
+
+  const latencies = [];
+  const decisions = {};
+  let errors = 0;
+  let next = 0;
+  const started = process.hrtime.bigint();
+  const deadline = Date.now() + Number(s) * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (Date.now() < deadline) {
+        if (mode === 'once' && next >= tokens.length) return;
+        const token = tokens[next++ % tokens.length];
+        const t = process.hrtime.bigint();
+        try {
+          const r = await post(token);
+          latencies.push(Number(process.hrtime.bigint() - t));
+          if (r.status !== 200) errors++;
+          else {
+            const d = JSON.parse(r.text).decision;
+            decisions[d] = (decisions[d] ?? 0) + 1;
+          }
+        } catch {
+          errors++;
+        }
+      }
+    }),
+  );
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  const st = stats(Float64Array.from(latencies));
+  process.stdout.write(JSON.stringify({ rps: latencies.length / elapsed, seconds: elapsed, n: latencies.length, errors, decisions, p50: st.p50, p95: st.p95, p99: st.p99, mean: st.mean }));
+  agent.destroy();
+}
+
+// --- 3. a cached allow ------------------------------------------------------------------------
+
+async function cachedAllow(url) {
+  const { createEnforcer } = require(path.join(ROOT, 'dist/enforcer/client/enforcer.js'));
+  const e = createEnforcer({ url, timeoutMs: 2000, recordOnActiveSpan: true });
+  const req = { tool: 'search', action: 'call', identity: { sponsorId: 'alice', agentInstanceId: 'bench-cache', role: 'support' } };
+  const first = await e.check(req);
+  if (first.decision !== 'allow') throw new Error(`expected an allow to cache: ${first.reason}`);
+  for (let i = 0; i < 20_000; i++) await e.check(req);
+  const n = 200_000;
+  const samples = new Float64Array(n);
+  let cached = 0;
+  for (let i = 0; i < n; i++) {
+    const t = process.hrtime.bigint();
+    const d = await e.check(req);
+    samples[i] = Number(process.hrtime.bigint() - t);
+    if (d.cached) cached++;
+  }
+  await e.close();
+  if (cached !== n) throw new Error(`only ${cached} of ${n} were cache hits`);
+  return stats(samples);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function stats(samples) {
+  const sorted = Float64Array.from(samples).sort();
+  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  let sum = 0;
+  for (const v of sorted) sum += v;
+  return { n: sorted.length, p50: at(0.5), p95: at(0.95), p99: at(0.99), max: sorted[sorted.length - 1], mean: sum / sorted.length };
+}
+
+function us(ns) {
+  return `${(ns / 1000).toFixed(2)} µs`;
+}
+
+function ms(ns) {
+  return `${(ns / 1e6).toFixed(2)} ms`;
+}
+
+function sleep(msec) {
+  return new Promise((r) => setTimeout(r, msec));
+}
