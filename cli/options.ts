@@ -19,6 +19,7 @@ export function withServerOptions(cmd: Command): Command {
     .addOption(portOption('--otlp-port <port>', 'OTLP/HTTP receiver port', DEFAULTS.OTLP_PORT))
     .option('--data-dir <dir>', 'embedded store and state directory', DEFAULTS.DATA_DIR)
     .option('--clickhouse-url <url>', `ClickHouse server URL instead of the embedded store (or $${ENV.CLICKHOUSE_URL})`)
+    .option('--clickhouse-cluster <name>', `ClickHouse cluster: ON CLUSTER DDL, replicated tables (or $${ENV.CLICKHOUSE_CLUSTER})`)
     .option('--policy <file>', 'policy-config.yaml')
     .option('--token-config <file>', 'token-service-config.yml')
     .option('--otlp-url <url>', 'where roles report their events (default: this process\'s OTLP receiver)');
@@ -30,6 +31,7 @@ export interface ServerFlags {
   otlpPort: number;
   dataDir: string;
   clickhouseUrl?: string;
+  clickhouseCluster?: string;
   policy?: string;
   tokenConfig?: string;
   otlpUrl?: string;
@@ -38,12 +40,14 @@ export interface ServerFlags {
 export function commonOptions(flags: ServerFlags): CommonOptions {
   const shownHost = flags.host.includes(':') ? `[${flags.host}]` : flags.host === '0.0.0.0' ? '127.0.0.1' : flags.host;
   const clickhouseUrl = flags.clickhouseUrl ?? process.env[ENV.CLICKHOUSE_URL];
+  const clickhouseCluster = flags.clickhouseCluster ?? process.env[ENV.CLICKHOUSE_CLUSTER];
   return {
     host: flags.host,
     port: flags.port,
     otlpPort: flags.otlpPort,
     dataDir: path.resolve(flags.dataDir),
     ...(clickhouseUrl ? { clickhouseUrl } : {}),
+    ...(clickhouseCluster ? { clickhouseCluster } : {}),
     ...(flags.policy ? { policyFile: path.resolve(flags.policy) } : {}),
     ...(flags.tokenConfig ? { tokenConfigFile: path.resolve(flags.tokenConfig) } : {}),
     publicUrl: `http://${shownHost}:${flags.port}`,

@@ -46,6 +46,8 @@ export interface CommonOptions {
   otlpPort: number;
   dataDir: string;
   clickhouseUrl?: string;
+  /** ClickHouse cluster for ON CLUSTER DDL and replicated tables (server storage only). */
+  clickhouseCluster?: string;
   policyFile?: string;
   tokenConfigFile?: string;
   /** Base URL of the control API as agents see it. */
