@@ -98,6 +98,7 @@ export function registerRuleMetrics(store: Store, options: RuleMetricsOptions): 
       return ms === null ? null : ms / 1000;
     }),
   );
+  // unlabelled, so prom-client keeps its one series at 0 after reset: no token requests read 0
   ruleGauge(METRIC.TOKEN_ISSUE_FAILURE_RATIO, `Refused / requested tokens, last ${window}`, [], (g, evals) => {
     const v = evals[0]?.alerts.find((a) => a.alert === 'token_issue_failure_ratio')?.value ?? null;
     if (v !== null) g.set(v);
