@@ -18,6 +18,10 @@ export interface Store {
   /** Where the data lives: a directory for chDB, a URL (without password) for a server. */
   readonly location: string;
   ping(): Promise<boolean>;
+  /** Whether the schema is in place (false while background migrations wait for the server). */
+  readonly migrated: boolean;
+  /** Resolves once the schema is in place. */
+  whenMigrated(): Promise<void>;
   /**
    * Inserts rows already serialized in `format`; resolves once they are written (the insert is
    * synchronous: its part is on disk, or with the server, committed by ClickHouse). Throws
@@ -66,8 +70,11 @@ export interface StoreOptions extends SchemaOptions {
   password?: string;
   /** Embedded store directory (default ./.custody); chDB data goes in `<dataDir>/clickhouse`. */
   dataDir?: string;
-  /** Run migrations on open (default true). */
-  migrate?: boolean;
+  /**
+   * Run migrations on open (default true). 'background': return at once and retry until they
+   * succeed, so that a collector can start before its ClickHouse server is reachable.
+   */
+  migrate?: boolean | 'background';
   log?: Logger;
   requestTimeoutMs?: number;
 }
@@ -149,11 +156,18 @@ export async function openStore(options: StoreOptions): Promise<Store> {
     }
   }
 
+  let migrated = false;
+  let closed = false;
+  let whenMigrated: Promise<void> = Promise.resolve();
   const store: Store = {
     client,
     database,
     kind,
     location,
+    get migrated() {
+      return migrated;
+    },
+    whenMigrated: () => whenMigrated,
     async ping() {
       try {
         const r = await client.ping();
@@ -163,9 +177,28 @@ export async function openStore(options: StoreOptions): Promise<Store> {
       }
     },
     insertRaw,
-    close: () => client.close(),
+    close: () => {
+      closed = true;
+      return client.close();
+    },
   };
-  if (options.migrate !== false) await migrate(store, options);
+  if (options.migrate === 'background') {
+    whenMigrated = (async () => {
+      for (let delayMs = 500; !closed; delayMs = Math.min(delayMs * 2, 30_000)) {
+        try {
+          await migrate(store, options);
+          migrated = true;
+          return;
+        } catch (err) {
+          options.log?.warn({ err: (err as Error).message, retryInMs: delayMs }, `storage at ${location} is not reachable yet; retrying`);
+          await new Promise((r) => setTimeout(r, delayMs).unref());
+        }
+      }
+    })();
+  } else {
+    if (options.migrate !== false) await migrate(store, options);
+    migrated = true;
+  }
   return store;
 }
 
