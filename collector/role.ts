@@ -1,5 +1,6 @@
 import type { RoleContext, RunningRole } from '../common/role';
 import { openStore } from './store';
+import { startIngest } from './receiver';
 import { mountRules } from './rollback-status';
 import { mountAudit } from './audit-routes';
 import { startCheckpointer } from './evidence/checkpoint';
@@ -7,18 +8,23 @@ import { startCheckpointer } from './evidence/checkpoint';
 /** The collector role: the store, the OTLP receiver, rules and audit queries. */
 export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole> {
   const { options, log } = ctx;
+  // a server may come up after the collector: its migrations run in the background meanwhile
   const store = await openStore(
-    options.clickhouseUrl ? { url: options.clickhouseUrl, log } : { dataDir: options.dataDir, log },
+    options.clickhouseUrl
+      ? { url: options.clickhouseUrl, log, migrate: 'background', ...(options.clickhouseCluster ? { cluster: options.clickhouseCluster } : {}) }
+      : { dataDir: options.dataDir, log },
   );
-  ctx.addReadinessCheck('storage', () => store.ping());
+  ctx.addReadinessCheck('storage', async () => store.migrated && (await store.ping()));
+  const ingest = await startIngest(ctx, store);
   mountRules(ctx, store);
   mountAudit(ctx, store);
   const checkpointer = await startCheckpointer(ctx, store);
   return {
     name: 'collector',
-    banner: [`storage       ${store.kind} (${store.location})`, ...checkpointer.banner],
+    banner: [...ingest.banner, `storage       ${store.kind} (${store.location})`, ...checkpointer.banner],
     // the checkpointer seals the open period, so it stops after ingest and before the store
     close: async () => {
+      await ingest.close();
       await checkpointer.close();
       await store.close();
     },
