@@ -5,9 +5,12 @@
 //
 // "per CPU-second" divides by the process's CPU time (all threads: WebCrypto runs its jobs on the
 // libuv pool), so it is the rate one core sustains; "wall" is one request in flight at a time.
+import { fork } from 'node:child_process';
 import crypto from 'node:crypto';
 import { createRequire } from 'node:module';
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 
 const require = createRequire(import.meta.url);
 const { tokenConfig } = require('../dist/enforcer/tokens/config.js');
@@ -15,6 +18,9 @@ const { createKeyRing, keySourceFor } = require('../dist/enforcer/tokens/keys.js
 const { createTokenService } = require('../dist/enforcer/tokens/service.js');
 const { createTokenVerifier } = require('../dist/enforcer/tokens/verify.js');
 const { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } = require('../dist/enforcer/tokens/exchange.js');
+const { tokenRouter } = require('../dist/enforcer/tokens/routes.js');
+const { createJsonApp, finish, listen } = require('../dist/common/http.js');
+const { createLogger } = require('../dist/common/log.js');
 
 const N = Number(process.argv[2] ?? 20_000);
 const seed = {
@@ -76,6 +82,51 @@ for (const algorithm of ['EdDSA', 'ES256']) {
   const key = algorithm === 'EdDSA' ? publicKey : { key: publicKey, dsaEncoding: 'ieee-p1363' };
   const digest = algorithm === 'EdDSA' ? null : 'sha256';
   results.push(await measure(`${algorithm}: bare node:crypto verify (reference)`, N, () => crypto.verify(digest, data, key, sig)));
+}
+
+// POST /issue over loopback HTTP (express, the token routes): the client runs in a separate
+// process, so "per CPU-s" here is the server's own CPU time per request.
+{
+  const config = tokenConfig(seed);
+  const keys = await createKeyRing(keySourceFor(config, {}));
+  const service = createTokenService({ config, keys, mode: 'open' });
+  const log = createLogger('bench', 'silent');
+  const app = createJsonApp();
+  app.use(tokenRouter(service));
+  finish(app, log);
+  const server = await listen(app, '127.0.0.1', 0);
+  const inFlight = 32;
+  const n = Math.min(N, 20_000);
+  const client = `
+    const body = JSON.stringify({ tool: 'billing', sponsor_id: 'alice', ttl: 300 });
+    const post = async () => {
+      const r = await fetch(process.argv[2] + '/issue', { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      if (r.status !== 201) throw new Error('status ' + r.status);
+      await r.arrayBuffer();
+    };
+    (async () => {
+      for (let i = 0; i < 500; i++) await post();
+      process.send('warm');
+      await new Promise((r) => process.once('message', r));
+      let next = 0;
+      await Promise.all(Array.from({ length: ${inFlight} }, async () => { while (next++ < ${n}) await post(); }));
+      process.send('done');
+    })();`;
+  const clientFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'custody-bench-')), 'client.cjs');
+  fs.writeFileSync(clientFile, client);
+  const child = fork(clientFile, [server.url], { stdio: 'inherit' });
+  await new Promise((r) => child.once('message', r));
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  child.send('go');
+  await new Promise((r) => child.once('message', r));
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  child.kill();
+  const row = { name: `EdDSA: POST /issue over HTTP, ${inFlight} in flight`, n, wall_per_s: Math.round(n / wall), per_cpu_s: Math.round(n / ((cpu.user + cpu.system) / 1e6)) };
+  console.log(`${row.name.padEnd(58)} ${String(row.wall_per_s).padStart(8)}/s wall  ${String(row.per_cpu_s).padStart(8)}/CPU-s  (server CPU; client in another process)`);
+  results.push(row);
+  await server.close();
 }
 
 if (process.env.BENCH_JSON) console.log(JSON.stringify(results));
