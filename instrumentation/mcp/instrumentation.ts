@@ -1,5 +1,8 @@
-import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import fs from 'node:fs';
+import path from 'node:path';
+import { context, diag, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { InstrumentationBase, InstrumentationNodeModuleDefinition, InstrumentationNodeModuleFile, isWrapped } from '@opentelemetry/instrumentation';
+import { Hook } from 'require-in-the-middle';
 import { ATTR, BAGGAGE, PROPAGATION } from '../../common/names';
 import { delegationToken } from '../delegation';
 import { getRuntime } from '../runtime';
@@ -13,6 +16,17 @@ import type { McpInstrumentationConfig } from './types';
 import { methodOfSchema } from './utils';
 
 const SUPPORTED = ['>=1.0.0 <2'];
+const PACKAGE = '@modelcontextprotocol/sdk';
+
+/**
+ * The SDK's CommonJS entry points. Its package "main" does not exist on disk, so the generic
+ * require hook (which resolves a package's main to tell its internal files apart) never sees the
+ * SDK's files; a hook on these exact subpath ids does.
+ */
+const CJS_ENTRY_IDS = [
+  'client', 'client/index.js', 'client/stdio.js', 'client/sse.js', 'client/streamableHttp.js',
+  'server', 'server/index.js', 'server/mcp.js', 'server/stdio.js', 'server/sse.js', 'server/streamableHttp.js',
+].map((p) => `${PACKAGE}/${p}`);
 
 /**
  * MCP TypeScript SDK 1.x. Client: `Client.callTool` is an enforced tool call of the calling agent
@@ -21,9 +35,54 @@ const SUPPORTED = ['>=1.0.0 <2'];
  * token. Server: the `tools/call` handler — McpServer's or one set on Server directly — runs in the
  * caller's trace and baggage, as the sub-agent that serves that caller, under a SERVER span.
  */
+function packageVersion(basedir: string): string | undefined {
+  try {
+    return (JSON.parse(fs.readFileSync(path.join(basedir, 'package.json'), 'utf8')) as { version?: string }).version;
+  } catch {
+    return undefined;
+  }
+}
+
 export class McpInstrumentation extends InstrumentationBase<McpInstrumentationConfig> {
+  // assigned from enable(), which the base constructor calls: declared, never initialized here
+  declare private cjsHook: Hook | undefined;
+  declare private cjsPatched: Set<ClientModule | ServerModule> | undefined;
+
   constructor(config: McpInstrumentationConfig = {}) {
     super('custody-instrumentation-mcp', VERSION, config);
+  }
+
+  override enable(): void {
+    super.enable();
+    this.cjsHook ??= new Hook(CJS_ENTRY_IDS, { internals: false }, (exports, _name, basedir) => {
+      if (this.isEnabled() && basedir) this.patchCommonJs(basedir);
+      return exports;
+    });
+  }
+
+  override disable(): void {
+    super.disable();
+    for (const m of this.cjsPatched ?? []) {
+      if ('Client' in m) this.unpatchClient(m);
+      else this.unpatchServer(m as ServerModule);
+    }
+    this.cjsPatched?.clear();
+  }
+
+  /** Any CommonJS entry of the SDK: patch its client and server modules (the files all others import). */
+  private patchCommonJs(basedir: string): void {
+    const version = packageVersion(basedir);
+    // SUPPORTED is 1.x
+    if (!version || version.split('.')[0] !== '1') return;
+    const patched = (this.cjsPatched ??= new Set());
+    try {
+      const client = require(path.join(basedir, 'dist', 'cjs', 'client', 'index.js')) as ClientModule;
+      const server = require(path.join(basedir, 'dist', 'cjs', 'server', 'index.js')) as ServerModule;
+      if (!patched.has(client)) patched.add(this.patchClient(client));
+      if (!patched.has(server)) patched.add(this.patchServer(server));
+    } catch (err) {
+      diag.warn(`custody: could not instrument ${PACKAGE} ${version}: ${(err as Error).message}`);
+    }
   }
 
   protected init() {
