@@ -16,10 +16,11 @@ const NUMERIC: ReadonlySet<keyof ChainRecord> = new Set(['seq']);
 
 const lit = (s: string) => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
 
+const NEEDS_ESCAPE = `'[\\\\x00-\\\\x1f"\\\\\\\\]'`;
+
 /**
- * JSON.stringify of a String column. Strings with nothing to escape (the usual ids and hashes)
- * are quoted as they are; the rest are escaped byte by byte. The `if` is evaluated lazily
- * (short_circuit_function_evaluation = force_enable), so the slow branch only runs where needed.
+ * JSON.stringify of a String column, escaping byte by byte: `"`, `\`, the short escapes and
+ * \u00xx for the other control characters; every other byte (UTF-8 included) as it is.
  */
 export function jsonStringSql(expr: string): string {
   const named: [number, string][] = [
@@ -35,22 +36,29 @@ export function jsonStringSql(expr: string): string {
     ...named.map(([code, esc]) => `c = char(${code}), ${lit(esc)}`),
     `ascii(c) < 32, concat(${lit('\\u00')}, lower(hex(c)))`,
   ];
-  const slow = `concat('"', arrayStringConcat(arrayMap(c -> multiIf(${branches.join(', ')}, c), splitByString('', ${expr}))), '"')`;
-  return `if(match(${expr}, '[\\\\x00-\\\\x1f"\\\\\\\\]'), ${slow}, concat('"', ${expr}, '"'))`;
+  return `concat('"', arrayStringConcat(arrayMap(c -> multiIf(${branches.join(', ')}, c), splitByString('', ${expr}))), '"')`;
 }
 
-/** SQL: chainHash(record) of an audit_events row, lowercase hex. */
+/**
+ * SQL: chainHash(record) of an audit_events row, lowercase hex. Rows whose strings need no
+ * escaping (the usual ids and hashes) are quoted as they are; only the rest take the byte-by-byte
+ * path. Run it with CHAIN_SETTINGS_SQL, so that each row pays for one branch.
+ */
 export function chainHashSql(): string {
   const fields = [...CHAIN_FIELDS].sort();
-  const parts = fields.map((f, i) => {
-    const col = COLUMN[f] ?? f;
-    const value = NUMERIC.has(f) ? `toString(${col})` : jsonStringSql(col);
-    return `${lit(`${i === 0 ? '{' : ','}${JSON.stringify(f)}:`)}, ${value}`;
-  });
-  return `lower(hex(SHA256(concat(${parts.join(', ')}, '}'))))`;
+  const strings = fields.filter((f) => !NUMERIC.has(f)).map((f) => COLUMN[f] ?? f);
+  const json = (escape: boolean) =>
+    fields.map((f, i) => {
+      const col = COLUMN[f] ?? f;
+      const value = NUMERIC.has(f) ? `toString(${col})` : escape ? jsonStringSql(col) : `'"', ${col}, '"'`;
+      return `${lit(`${i === 0 ? '{' : ','}${JSON.stringify(f)}:`)}, ${value}`;
+    });
+  const hash = (escape: boolean) => `lower(hex(SHA256(concat(${json(escape).join(', ')}, '}'))))`;
+  return `if(match(concat(${strings.join(', ')}), ${NEEDS_ESCAPE}), ${hash(true)}, ${hash(false)})`;
 }
 
-export const CHAIN_SETTINGS = { short_circuit_function_evaluation: 'force_enable' } as const;
+/** Evaluate `if` lazily, so that each row pays for one branch of chainHashSql. */
+export const CHAIN_SETTINGS_SQL = `short_circuit_function_evaluation = 'force_enable'`;
 
 export interface ChainBreak {
   agent_instance_id: string;
@@ -86,5 +94,6 @@ export function chainBreaksSql(database: string, range: { lo: string; hi: string
       WINDOW w AS (PARTITION BY agent_instance_id ORDER BY audit_seq, span_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     )
     WHERE if(rn = 1, seq != 1 OR audit_prev_hash != '${CHAIN_GENESIS}', seq != prev_seq + 1 OR audit_prev_hash != prev_h)
-    ORDER BY agent_instance_id, seq, span_id`;
+    ORDER BY agent_instance_id, seq, span_id
+    SETTINGS ${CHAIN_SETTINGS_SQL}`;
 }

@@ -67,12 +67,12 @@ export function problemsSql(o: CompletenessOptions): string {
       a.ms AS ms, a.sponsor_id AS sponsor_id, a.tool_id AS tool_id, a.action AS action, a.cohort AS cohort,
       a.decision AS call_decision, a.policy_decision_id AS policy_decision_id, a.token_jti AS token_jti,
       a.executed AS executed, a.shadow AS shadow,
-      d.found AS d_found, d.decision AS d_decision, d.ms AS d_ms,
+      d.id != '' AS d_found, d.decision AS d_decision, d.ms AS d_ms,
       arrayFilter(x -> x != '', [
         if(d.sponsor_id != a.sponsor_id, 'sponsor', ''), if(d.agent_instance_id != a.agent_instance_id, 'instance', ''),
         if(d.parent_agent_id != a.parent_agent_id, 'parent', ''), if(d.tool_id != a.tool_id, 'tool', ''),
         if(d.action != a.action, 'action', '')]) AS d_diff,
-      t.found AS t_found, t.ms AS t_ms, t.exp_ms AS t_exp_ms,
+      t.jti != '' AS t_found, t.ms AS t_ms, t.exp_ms AS t_exp_ms,
       arrayFilter(x -> x != '', [
         if(t.sponsor_id != a.sponsor_id, 'sponsor', ''), if(t.agent_instance_id != a.agent_instance_id, 'instance', ''),
         if(t.tool_id != a.tool_id, 'tool', '')]) AS t_diff,
@@ -91,14 +91,14 @@ export function problemsSql(o: CompletenessOptions): string {
       FROM ${a} WHERE ${page}
     ) AS a
     LEFT JOIN (
-      SELECT policy_decision_id AS id, 1 AS found, decision, toUnixTimestamp64Milli(timestamp) AS ms,
+      SELECT policy_decision_id AS id, decision, toUnixTimestamp64Milli(timestamp) AS ms,
         sponsor_id, agent_instance_id, parent_agent_id, tool_id, action
       FROM ${o.database}.${TABLE.POLICY_DECISIONS}
       WHERE policy_decision_id IN (SELECT policy_decision_id FROM ${a} WHERE ${page} AND policy_decision_id != '')
       ORDER BY timestamp LIMIT 1 BY policy_decision_id
     ) AS d ON a.policy_decision_id = d.id
     LEFT JOIN (
-      SELECT jti, 1 AS found, toUnixTimestamp64Milli(timestamp) AS ms, toUnixTimestamp64Milli(expires_at) AS exp_ms,
+      SELECT jti, toUnixTimestamp64Milli(timestamp) AS ms, toUnixTimestamp64Milli(expires_at) AS exp_ms,
         sponsor_id, agent_instance_id, tool_id
       FROM ${o.database}.${TABLE.TOKEN_EVENTS}
       WHERE result = 'issued' AND jti IN (SELECT token_jti FROM ${a} WHERE ${page} AND token_jti != '')
@@ -107,7 +107,8 @@ export function problemsSql(o: CompletenessOptions): string {
   )
   WHERE sponsor_id = '' OR deny_executed OR shadow_deny
     OR (executed AND NOT shadow AND (NOT decision_ok OR NOT token_ok))
-  ORDER BY agent_instance_id, ms, span_id`;
+  ORDER BY agent_instance_id, ms, span_id
+  SETTINGS join_use_nulls = 0`;
 }
 
 export interface ProblemRow {

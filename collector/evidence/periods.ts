@@ -23,8 +23,10 @@ function totals(row: Record<string, unknown>): PeriodTotals {
   return { row_count: Number(row.n ?? 0), counts, merkle_root: String(row.root) };
 }
 
-async function rows<T>(store: Store, query: string, settings?: Record<string, string | number>): Promise<T[]> {
-  const rs = await store.client.query({ query, format: 'JSONEachRow', ...(settings ? { clickhouse_settings: settings } : {}) });
+// Settings go in the SQL (SETTINGS …), never in clickhouse_settings: on chDB those are SET on the
+// session and would leak into every later query of the process.
+async function rows<T>(store: Store, query: string): Promise<T[]> {
+  const rs = await store.client.query({ query, format: 'JSONEachRow' });
   return rs.json<T>();
 }
 
@@ -54,10 +56,7 @@ export async function leafIndexCount(store: Store, seq: number): Promise<number>
 
 /** Removes a checkpoint's leaf index (left by a seal that did not finish). */
 export async function dropLeafIndex(store: Store, seq: number): Promise<void> {
-  await store.client.command({
-    query: `ALTER TABLE ${leavesTable(store)} DELETE WHERE checkpoint_seq = ${seq}`,
-    clickhouse_settings: { mutations_sync: '2' },
-  });
+  await store.client.command({ query: `ALTER TABLE ${leavesTable(store)} DELETE WHERE checkpoint_seq = ${seq} SETTINGS mutations_sync = 2` });
 }
 
 /** Copies the leaves of [from, to) with the rows they stand for into the leaf index of `seq`. */
@@ -140,8 +139,9 @@ export async function diffPeriod(store: Store, seq: number, period: PeriodBounds
     FROM (${current}) AS c FULL OUTER JOIN (${sealed}) AS s ON c.leaf = s.leaf AND c.dup = s.dup
     WHERE c.leaf IS NULL OR s.leaf IS NULL
     ORDER BY source, row_key, side
-    LIMIT ${Math.max(1, Math.trunc(limit))}`;
-  const out = await rows<Record<string, unknown>>(store, query, { join_use_nulls: 1 });
+    LIMIT ${Math.max(1, Math.trunc(limit))}
+    SETTINGS join_use_nulls = 1`;
+  const out = await rows<Record<string, unknown>>(store, query);
   return out.map((r) => ({
     side: r.side === 'current' ? 'current' : 'sealed',
     source: String(r.source),

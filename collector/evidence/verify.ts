@@ -3,7 +3,7 @@ import type { JSONWebKeySet, JWK } from 'jose';
 import { canonicalJson } from '../../common/canonical';
 import { TABLE } from '../../common/names';
 import type { Store } from '../store';
-import { CHAIN_SETTINGS, chainBreaksSql, type ChainBreak } from './chain';
+import { chainBreaksSql, type ChainBreak } from './chain';
 import { problemsSql, reportProblem, totalsSql, type CompletenessTotals, type ProblemRow, type ShadowDeny } from './completeness';
 import { Findings, type Finding, type FindingKind } from './findings';
 import { CheckpointJournal } from './journal';
@@ -91,13 +91,8 @@ interface TableRow {
   body: string;
 }
 
-async function query<T>(store: Store, sql: string, params?: Record<string, unknown>, settings?: Record<string, string | number>): Promise<T[]> {
-  const rs = await store.client.query({
-    query: sql,
-    format: 'JSONEachRow',
-    ...(params ? { query_params: params } : {}),
-    ...(settings ? { clickhouse_settings: settings } : {}),
-  });
+async function query<T>(store: Store, sql: string, params?: Record<string, unknown>): Promise<T[]> {
+  const rs = await store.client.query({ query: sql, format: 'JSONEachRow', ...(params ? { query_params: params } : {}) });
   return rs.json<T>();
 }
 
@@ -465,7 +460,6 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
       store,
       chainBreaksSql(store.database, { lo, hi, ...(options.sinceMs !== undefined ? { sinceMs: options.sinceMs } : {}) }),
       params,
-      CHAIN_SETTINGS,
     );
     for (const b of breaks) {
       const seq = Number(b.seq);
