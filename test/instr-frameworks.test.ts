@@ -32,8 +32,8 @@ describe.each([
       env: { CUSTODY_SPONSOR_ID: 'alice', CUSTODY_ROLE: 'support', CUSTODY_AGENT_INSTANCE_ID: instance, CUSTODY_AGENT_NAME: 'support-bot' },
     });
     expect(run.code, run.stderr).toBe(0);
-    // manual 2, langchain 3, ai sdk 3 (2 generate + 1 stream), openai agents 2
-    events = await auditEventsOf(custody, instance, 10);
+    // manual 2, langchain 3, ai sdk 3 (2 generate + 1 stream), openai agents 2, mcp 2
+    events = await auditEventsOf(custody, instance, 12);
   });
   afterAll(async () => {
     await custody?.stop();
@@ -42,7 +42,7 @@ describe.each([
   it('runs the allowed bodies and never a denied one', () => {
     expect(run.report.agent).toEqual({ agentInstanceId: instance, sponsorId: 'alice', role: 'support', agentName: 'support-bot' });
     expect([...run.report.ran].sort()).toEqual(
-      ['agents:billing.charge', 'ai:web_search', 'ai:web_search', 'langchain:refund_customer', 'langchain:search.query', 'manual:billing.refund'].sort(),
+      ['agents:billing.charge', 'ai:web_search', 'ai:web_search', 'langchain:refund_customer', 'langchain:search.query', 'manual:billing.refund', 'mcp:search.query'].sort(),
     );
   });
 
@@ -61,16 +61,21 @@ describe.each([
     expect(r.aiSdk.streamParts).toEqual([{ type: 'tool-result', toolName: 'web_search', output: 'found streamed' }]);
     expect(r.openaiAgents.allowed).toEqual({ ok: true, value: 'charged 7' });
     expect(r.openaiAgents.denied).toEqual({ ok: true, value: expect.stringMatching(/error occurred while running the tool/i) });
+    // MCP: the refusal is thrown before any request leaves; the server saw only the allowed call,
+    // and read the sponsor from the baggage in _meta
+    expect(r.mcp.allowed).toEqual({ ok: true, value: 'docs for alice' });
+    expect(r.mcp.denied).toMatchObject({ ok: false, code: 'ERR_POLICY_DENIED' });
+    expect(r.mcp.received).toEqual(['search.query']);
   });
 
   it('stores one audit row per call with the sponsor, instance, role and a plane decision id', () => {
-    expect(events).toHaveLength(10);
+    expect(events).toHaveLength(12);
     for (const e of events) {
       expect(e).toMatchObject({ sponsor_id: 'alice', agent_instance_id: instance, parent_agent_id: '', role: 'support', enforced: true, cohort: 'canary' });
       expect(isDecisionId(e.policy_decision_id), JSON.stringify(e)).toBe(true);
       expect(e.request_hash).toMatch(/^[0-9a-f]{64}$/);
     }
-    expect(events.map((e) => e.audit_seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(events.map((e) => e.audit_seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
   });
 
   it('records allowed calls as allow/ok with a response hash, denied ones as deny/error without', () => {
@@ -87,7 +92,8 @@ describe.each([
         expect(e.rule_id).toBe('default-deny');
       }
     }
-    expect(byTool('file-store', 'delete')).toHaveLength(2);
+    expect(byTool('file-store', 'delete')).toHaveLength(3); // manual, LangChain, MCP
+    expect(byTool('search', 'query')).toHaveLength(2); // LangChain, MCP
   });
 
   it('hashes the canonical JSON of the arguments and the result', () => {
