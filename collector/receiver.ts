@@ -69,6 +69,8 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const writeTimeoutMs = options.writeTimeoutMs ?? 30_000;
   const expected = options.token ? Buffer.from(`Bearer ${options.token}`) : undefined;
+  // how much of an unwanted body is read and dropped before the connection is cut instead
+  const discardLimit = Math.max(4 * maxBody, 64 * 1024 * 1024);
 
   const ingested = counter({ name: METRIC.SPANS_INGESTED_TOTAL, help: 'Spans stored' });
   const rejected = counter<'reason'>({ name: METRIC.SPANS_REJECTED_TOTAL, help: 'Spans refused, by reason', labelNames: ['reason'] });
@@ -93,17 +95,35 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     return undefined;
   }
 
-  async function readBody(req: IncomingMessage): Promise<Buffer> {
+  /**
+   * Reads the body up to the limit. Past it (or when the declared length is already past it) the
+   * rest is read and dropped rather than left unread: a client still writing its body when the
+   * connection closes would see a broken pipe instead of the 413.
+   */
+  function readBody(req: IncomingMessage): Promise<Buffer> {
     const declared = Number(req.headers['content-length']);
-    if (declared > maxBody) throw tooLarge(`request body of ${declared} bytes is over the ${maxBody}-byte limit`);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > maxBody) throw tooLarge(`request body is over the ${maxBody}-byte limit`);
-      chunks.push(chunk);
-    }
-    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      let over = declared > maxBody;
+      req.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > maxBody) over = true;
+        if (over) {
+          chunks.length = 0;
+          // never read forever: past this the connection is cut
+          if (size > discardLimit) req.destroy();
+        } else {
+          chunks.push(chunk);
+        }
+      });
+      req.once('end', () => {
+        if (over) reject(tooLarge(`request body${declared > maxBody ? ` of ${declared} bytes` : ''} is over the ${maxBody}-byte limit`));
+        else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+      });
+      req.once('error', reject);
+      req.once('close', () => reject(new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'invalid_request', 'request aborted')));
+    });
   }
 
   async function decompress(req: IncomingMessage, body: Buffer): Promise<Buffer> {
@@ -241,15 +261,28 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
         err instanceof OtlpHttpError
           ? err
           : (log.error({ err }, 'OTLP request failed'), new OtlpHttpError(500, GRPC_CODE.INTERNAL, 'internal', 'internal error'));
-      if (!req.readableEnded) {
-        // the rest of the body is not wanted: discard it (closing on unread data could reset the
-        // connection before the client reads this answer) and close once answered
-        known.headers.Connection = 'close';
-        req.resume();
+      if (!req.readableEnded && !req.destroyed) {
+        // the body is not wanted: drop it before answering (closing on unread data could reset
+        // the connection before the client reads the answer), within a bound
+        await discard(req, discardLimit);
       }
-      sendError(res, format ?? 'json', known);
+      if (!res.writableEnded && !res.destroyed) sendError(res, format ?? 'json', known);
     }
   };
+}
+
+/** Reads and drops what is left of a request body, up to `limit` bytes; past that, cuts the connection. */
+function discard(req: IncomingMessage, limit: number): Promise<void> {
+  return new Promise((resolve) => {
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) req.destroy();
+    });
+    req.once('end', resolve);
+    req.once('close', resolve);
+    req.resume();
+  });
 }
 
 /** Starts the receiver on host:port (0: any free port). */
