@@ -60,12 +60,12 @@ export const ROW_FORMAT = 'JSONCompactEachRow';
 /**
  * Settings every ingest insert runs with: synchronous (the insert returns once its part is
  * written), timestamps read as `seconds.nanoseconds` whatever the server's default, and a batch
- * spanning many days may touch many partitions.
+ * spanning many days may touch any number of partitions.
  */
 export const INSERT_SETTINGS = {
   async_insert: 0,
   date_time_input_format: 'basic',
-  throw_on_max_partitions_per_insert_block: 0,
+  max_partitions_per_insert_block: 0,
 } as const;
 
 /** Rows per JSON.stringify call: one call per row costs more than the rows themselves. */

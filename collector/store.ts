@@ -112,7 +112,7 @@ export async function openStore(options: StoreOptions): Promise<Store> {
       try {
         const r = await server.exec({
           query: `INSERT INTO ${database}.${table} (${columns.map((c) => `\`${c}\``).join(', ')}) FORMAT ${format}`,
-          values: Readable.from([body]),
+          values: Readable.from([body], { objectMode: false }),
           ...(settings ? { clickhouse_settings: settings } : {}),
         });
         // the response body must be read for the socket to be reused
