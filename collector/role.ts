@@ -15,10 +15,11 @@ export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole>
       : { dataDir: options.dataDir, log },
   );
   ctx.addReadinessCheck('storage', async () => store.migrated && (await store.ping()));
+  // before ingest: the checkpointer seals the time since its last checkpoint, when nothing could write
+  const checkpointer = await startCheckpointer(ctx, store);
   const ingest = await startIngest(ctx, store);
   mountRules(ctx, store);
   mountAudit(ctx, store);
-  const checkpointer = await startCheckpointer(ctx, store);
   return {
     name: 'collector',
     banner: [...ingest.banner, `storage       ${store.kind} (${store.location})`, ...checkpointer.banner],

@@ -94,8 +94,11 @@ export class Checkpointer {
     return Number(r!.now);
   }
 
-  /** Loads the last checkpoint (repairing a seal cut short) and seals the time nothing was sealing. */
-  async open(options: { startupSeal?: boolean } = {}): Promise<void> {
+  /**
+   * Loads the last checkpoint (repairing a seal cut short) and seals the time nothing was sealing,
+   * up to `startupEnd` (default: now), the moment before this process could write any row.
+   */
+  async open(options: { startupSeal?: boolean; startupEnd?: number } = {}): Promise<void> {
     const { journal, log } = this.o;
     journal.init();
     const rs = await this.o.store.client.query({
@@ -116,8 +119,8 @@ export class Checkpointer {
     this.lastCp = lastFileSeq > tableSeq ? journal.read(lastFileSeq) : inTable;
     if (this.lastCp) lastSealed.set(ms(this.lastCp.checkpoint.period_end) / 1000);
     if (options.startupSeal !== false && this.lastCp) {
-      const now = await this.now();
-      if (now > ms(this.lastCp.checkpoint.period_end)) await this.seal(ms(this.lastCp.checkpoint.period_end), now, 'startup');
+      const end = options.startupEnd ?? (await this.now());
+      if (end > ms(this.lastCp.checkpoint.period_end)) await this.seal(ms(this.lastCp.checkpoint.period_end), end, 'startup');
     }
   }
 
@@ -312,8 +315,9 @@ export interface RunningCheckpointer {
 }
 
 /**
- * The collector role's hook: opens the key ring and the journal, repairs and resumes the checkpoint
- * chain, mounts the key and checkpoint routes and starts sealing. `CUSTODY_CHECKPOINTER=off` turns
+ * The collector role's hook, called after the store opens and before ingest starts: opens the key
+ * ring and the journal, repairs and resumes the checkpoint chain, mounts the key and checkpoint
+ * routes and starts sealing. `CUSTODY_CHECKPOINTER=off` turns
  * it off (run exactly one checkpointer per store).
  */
 export async function startCheckpointer(ctx: RoleContext, store: Store, env: NodeJS.ProcessEnv = process.env): Promise<RunningCheckpointer> {
@@ -330,12 +334,32 @@ export async function startCheckpointer(ctx: RoleContext, store: Store, env: Nod
   journal.init();
   for (const jwk of keys.jwks().keys) journal.publishKey(jwk);
   const checkpointer = new Checkpointer({ store, keys, journal, periodMs, lagMs, log });
-  await checkpointer.open();
-  checkpointer.start();
   mountEvidenceRoutes(ctx, { store, keys, journal });
+  // Called before ingest starts: rows written from here on are this run's; the time since the last
+  // checkpoint, up to now, is sealed as `startup`.
+  const begin = async (startupEnd: number) => {
+    await checkpointer.open({ startupEnd });
+    checkpointer.start();
+  };
+  let starting: Promise<void>;
+  if (store.migrated) {
+    await begin(await checkpointer.now());
+    starting = Promise.resolve();
+  } else {
+    // a server still migrating in the background: seal from when it is ready, up to this moment
+    const startupEnd = Date.now();
+    starting = store.whenMigrated().then(() => begin(startupEnd)).catch((err) => {
+      sealErrors.inc();
+      log.error({ err }, 'the audit checkpointer could not start');
+    });
+  }
   return {
     banner: [`checkpoints   every ${periodMs / 1000}s (lag ${lagMs / 1000}s) → ${journal.dir}, key ${keys.current().kid}`],
     checkpointer,
-    close: () => checkpointer.close(),
+    close: async () => {
+      // a server that never became ready: nothing was opened, nothing to seal
+      if (store.migrated) await starting;
+      await checkpointer.close();
+    },
   };
 }
