@@ -107,3 +107,19 @@ export async function putRollout(url: string, percent: number, reason: string): 
     body: JSON.stringify({ percent, reason, actor: 'test' }),
   });
 }
+
+/** Runs one query on a stopped custody's embedded store, from a child process (JSONEachRow rows). */
+export function queryStore<T = Record<string, unknown>>(dataDir: string, query: string): T[] {
+  const script = `
+    const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});
+    (async () => {
+      const store = await openStore({ dataDir: ${JSON.stringify(dataDir)}, migrate: false });
+      const rs = await store.client.query({ query: ${JSON.stringify(query)}, format: 'JSONEachRow' });
+      process.stdout.write(JSON.stringify(await rs.json()));
+      await store.close();
+      process.exit(0);
+    })().catch((err) => { console.error(err); process.exit(1); });`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`query on ${dataDir} failed (${r.status}):\n${r.stderr}`);
+  return JSON.parse(r.stdout) as T[];
+}

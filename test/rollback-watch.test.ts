@@ -7,7 +7,7 @@ import { METRIC } from '../common/names';
 import { httpPlane } from '../enforcer/rollback/plane';
 import { createRollbackWatcher, type TickResult } from '../enforcer/rollback/watch';
 import { CLI, ROOT, eventually, startCustody, tempDir, type RunningCustody } from './helpers/custody';
-import { ADMIN_TOKEN, calls, getRollout, putRollout, seedStore } from './rollback-helpers';
+import { ADMIN_TOKEN, calls, getRollout, putRollout, queryStore, seedStore } from './rollback-helpers';
 
 /**
  * The auto-rollback job against a real `custody up` (collector rules + policy plane), fed with
@@ -242,9 +242,19 @@ describe('the rollback role inside custody up', () => {
       const metrics = await (await fetch(`${custody.url}/metrics`)).text();
       expect(metrics).toMatch(/custody_rollback_watch_changes_total\{action="rollback"\} 1/);
       expect(metrics).toMatch(/custody_rollout_percent 0/);
+      // the plane reports the change over OTLP to the collector: wait until it has taken it
+      await eventually(async () => /^custody_spans_ingested_total [1-9]/m.test(await (await fetch(`${custody.url}/metrics`)).text()));
     } finally {
       await custody.stop();
     }
+    // the plane reported the change as a custody.rollout.change span; the collector stored it
+    const events = queryStore<{ from_percent: number; to_percent: number; reason: string; actor: string }>(
+      dataDir,
+      'SELECT from_percent, to_percent, reason, actor FROM custody.rollout_events ORDER BY timestamp',
+    );
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ from_percent: 10, to_percent: 0, actor: expect.stringMatching(/^custody-rollback-watch@/) });
+    expect(events[0]!.reason).toMatch(/^rollback: missing_sponsor_ratio/);
   });
 
   it('promotes a healthy canary through every stage after short healthy periods', async () => {
