@@ -2,8 +2,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openStore, type Store } from '../collector/store';
-import { tempDir } from './helpers/custody';
-import { call, type CallRow } from './rollback-helpers';
+import { ROOT_CONTEXT, trace, type Span } from '@opentelemetry/api';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { ATTR } from '../common/names';
+import { eventually, startCustody, tempDir } from './helpers/custody';
+import { call, queryStoreAll, type CallRow } from './rollback-helpers';
 import { applyConditionalAll, expandPanelSql, interpolateVariables, type GrafanaContext, type VariableValue } from './dashboards-macros';
 
 /**
@@ -286,5 +291,140 @@ describe('Chain of custody queries on the embedded store', () => {
       'Trace $trace_id',
     ];
     expect(dashboard.panels.filter((p) => p.targets?.length).map((p) => p.title).sort()).toEqual([...covered].sort());
+  });
+});
+
+/**
+ * The same queries on what a real `custody up` stored from real traffic: tool-call spans from the
+ * stock OTLP exporter (a parent agent, its sub-agent, an agent without a sponsor), and the decision
+ * log of real POST /v1/check calls. Run on custody's data directory once it has stopped.
+ */
+describe('Chain of custody queries on what custody up ingested', () => {
+  const dataDir = tempDir('custody-dash-up-');
+  const traces: Record<string, string> = {};
+  let results: Record<string, Record<string, unknown>[]> = {};
+  let checks = { allow: 0, deny: 0 };
+
+  beforeAll(async () => {
+    const custody = await startCustody({ dataDir, env: { CUSTODY_ROLLBACK_WATCH: 'off' } });
+    try {
+      const provider = new BasicTracerProvider({
+        resource: resourceFromAttributes({ [ATTR.SERVICE_NAME]: 'support-agent' }),
+        spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: `${custody.otlpUrl}/v1/traces` }))],
+      });
+      const tracer = provider.getTracer('dash-test');
+      const toolCall = (agent: string, parent: string, sponsor: string, tool: string, decision: string, parentSpan?: Span): Span => {
+        const ctx = parentSpan ? trace.setSpan(ROOT_CONTEXT, parentSpan) : undefined;
+        const span = tracer.startSpan(
+          `execute_tool ${tool}`,
+          {
+            attributes: {
+              [ATTR.GEN_AI_OPERATION_NAME]: 'execute_tool',
+              [ATTR.GEN_AI_TOOL_NAME]: tool,
+              [ATTR.GEN_AI_AGENT_NAME]: agent.replace(/-\d+$/, ''),
+              [ATTR.TOOL_ID]: tool,
+              ...(sponsor ? { [ATTR.SPONSOR_ID]: sponsor } : {}),
+              [ATTR.AGENT_INSTANCE_ID]: agent,
+              ...(parent ? { [ATTR.PARENT_AGENT_ID]: parent } : {}),
+              [ATTR.POLICY_DECISION]: decision,
+              [ATTR.POLICY_LATENCY_MS]: 7,
+              [ATTR.ROLLOUT_COHORT]: 'canary',
+              [ATTR.ENFORCED]: true,
+              ...(decision === 'deny' ? { [ATTR.ERROR_TYPE]: 'policy_denied' } : {}),
+            },
+          },
+          ctx,
+        );
+        span.end();
+        return span;
+      };
+      const root = toolCall('planner-1', '', 'carol', 'search', 'allow');
+      toolCall('planner-1', '', 'carol', 'search', 'allow', root);
+      toolCall('refunds-1', 'planner-1', 'carol', 'billing', 'allow', root);
+      toolCall('refunds-1', 'planner-1', 'carol', 'billing', 'deny', root);
+      const orphan = toolCall('cron-1', '', '', 'search', 'allow');
+      traces.root = root.spanContext().traceId;
+      traces.orphan = orphan.spanContext().traceId;
+      await provider.shutdown();
+
+      // the decision log, from the policy plane itself
+      for (const [role, tool, action] of [['support', 'search', 'call'], ['support', 'search', 'call'], ['user', 'billing', 'refund']] as const) {
+        const issued = await fetch(`${custody.url}/issue`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ tool, sponsor_id: 'carol', role, agent_instance_id: 'planner-1', ttl: 60 }),
+        });
+        expect(issued.status).toBe(201);
+        const { token } = (await issued.json()) as { token: string };
+        const res = await fetch(`${custody.url}/v1/check`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, tool, action }) });
+        const body = (await res.json()) as { decision: 'allow' | 'deny' };
+        checks[body.decision]++;
+      }
+      // 5 tool calls, 3 decisions, 3 token events
+      await eventually(async () => {
+        const m = /^custody_spans_ingested_total (\d+)/m.exec(await (await fetch(`${custody.url}/metrics`)).text());
+        return Number(m?.[1] ?? 0) >= 11;
+      });
+    } finally {
+      await custody.stop();
+    }
+    const panels = dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => ({ key: `${p.title} ${t.refId}`, sql: t.rawSql })));
+    const c = { ...ctx(), intervalS: 60, variables: { ...ctx().variables, trace_id: [traces.root!] } as Record<string, VariableValue> };
+    const out = queryStoreAll(dataDir, panels.map((p) => expandPanelSql(p.sql, c)));
+    results = Object.fromEntries(panels.map((p, i) => [p.key, out[i]!]));
+  }, 120_000);
+
+  afterAll(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+
+  it('every panel query runs on the ingested data', () => {
+    expect(Object.keys(results).length).toBe(dashboard.panels.flatMap((p) => p.targets ?? []).length);
+  });
+
+  it('calls by sponsor and tool, denied calls, and the missing sponsor drill-down', () => {
+    const calls = results['Calls by sponsor and tool A']!.map((r) => [r.sponsor, r.tool, Number(r.calls), Number(r.denied)]);
+    expect(calls).toEqual([
+      ['carol', 'billing', 2, 1],
+      ['carol', 'search', 2, 0],
+      ['(missing)', 'search', 1, 0],
+    ]);
+    expect(results['Denied and failed-closed calls A']!.map((r) => [r.agent, r.parent, r.outcome, r.trace_id])).toEqual([['refunds-1', 'planner-1', 'deny', traces.root]]);
+    expect(results['Missing sponsor: offending instances A']!.map((r) => [r.agent, r.service, r.example_trace])).toEqual([['cron-1', 'support-agent', traces.orphan]]);
+  });
+
+  it('the agent tree from parent_agent_id', () => {
+    expect(results['Agent → sub-agent tree edges']!.map((r) => [r.source, r.target, Number(r.mainstat)])).toEqual([['planner-1', 'refunds-1', 2]]);
+    const nodes = Object.fromEntries(results['Agent → sub-agent tree nodes']!.map((r) => [r.id, [r.title, Number(r.mainstat)]]));
+    expect(nodes).toEqual({ 'cron-1': ['cron', 1], 'planner-1': ['planner', 2], 'refunds-1': ['refunds', 2] });
+  });
+
+  it('the decision log counts the plane\'s real decisions', () => {
+    const by = (d: string) => results['Decisions by result (decision log) A']!.filter((r) => r.decision === d).reduce((s, r) => s + Number(r.decisions), 0);
+    expect({ allow: by('allow'), deny: by('deny') }).toEqual(checks);
+    expect(checks).toEqual({ allow: 2, deny: 1 });
+  });
+
+  it('tool-call spans carry their custody attributes in otel_traces, and the trace panel opens a trace', () => {
+    const spans = results['Tool-call spans A']!;
+    expect(spans).toHaveLength(5);
+    expect(spans.filter((s) => s.trace_id === traces.root).map((s) => [s.agent, s.sponsor, s.tool, s.decision]).sort()).toEqual([
+      ['planner-1', 'carol', 'search', 'allow'],
+      ['planner-1', 'carol', 'search', 'allow'],
+      ['refunds-1', 'carol', 'billing', 'allow'],
+      ['refunds-1', 'carol', 'billing', 'deny'],
+    ]);
+    const tr = results['Trace $trace_id A']! as { traceID: string; parentSpanID: string; serviceName: string; tags: { key: string; value: string }[] }[];
+    expect(tr).toHaveLength(4);
+    expect(tr.every((s) => s.traceID === traces.root && s.serviceName === 'support-agent')).toBe(true);
+    expect(tr.filter((s) => s.parentSpanID === '')).toHaveLength(1);
+    expect(tr[0]!.tags).toContainEqual({ key: 'custody.sponsor_id', value: 'carol' });
+  });
+
+  it('decision latency points and the missing sponsor ratio', () => {
+    const points = results['Decision latency A']!;
+    expect(points).toHaveLength(5);
+    expect(points.every((p) => p.latency_ms === 7)).toBe(true);
+    const ratio = results['Missing sponsor ratio A']! as { missing_sponsor_ratio: number }[];
+    const total = ratio.reduce((s, r) => s + r.missing_sponsor_ratio, 0);
+    expect(total).toBeGreaterThan(0);
   });
 });

@@ -108,18 +108,32 @@ export async function putRollout(url: string, percent: number, reason: string): 
   });
 }
 
-/** Runs one query on a stopped custody's embedded store, from a child process (JSONEachRow rows). */
-export function queryStore<T = Record<string, unknown>>(dataDir: string, query: string): T[] {
+/** Runs queries on a stopped custody's embedded store from one child process; JSONEachRow rows per query. */
+export function queryStoreAll<T = Record<string, unknown>>(dataDir: string, queries: string[]): T[][] {
   const script = `
     const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});
-    (async () => {
-      const store = await openStore({ dataDir: ${JSON.stringify(dataDir)}, migrate: false });
-      const rs = await store.client.query({ query: ${JSON.stringify(query)}, format: 'JSONEachRow' });
-      process.stdout.write(JSON.stringify(await rs.json()));
-      await store.close();
-      process.exit(0);
-    })().catch((err) => { console.error(err); process.exit(1); });`;
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`query on ${dataDir} failed (${r.status}):\n${r.stderr}`);
-  return JSON.parse(r.stdout) as T[];
+    let input = '';
+    process.stdin.on('data', (d) => (input += d)).on('end', async () => {
+      try {
+        const store = await openStore({ dataDir: ${JSON.stringify(dataDir)}, migrate: false });
+        const out = [];
+        for (const query of JSON.parse(input)) {
+          const rs = await store.client.query({ query, format: 'JSONEachRow' });
+          out.push(await rs.json());
+        }
+        process.stdout.write(JSON.stringify(out));
+        await store.close();
+        process.exit(0);
+      } catch (err) {
+        console.error(err);
+        process.exit(1);
+      }
+    });`;
+  const r = spawnSync(process.execPath, ['-e', script], { input: JSON.stringify(queries), encoding: 'utf8', timeout: 120_000, maxBuffer: 64 * 1024 * 1024 });
+  if (r.status !== 0) throw new Error(`queries on ${dataDir} failed (${r.status}):\n${r.stderr}`);
+  return JSON.parse(r.stdout) as T[][];
+}
+
+export function queryStore<T = Record<string, unknown>>(dataDir: string, query: string): T[] {
+  return queryStoreAll<T>(dataDir, [query])[0]!;
 }
