@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -124,6 +124,29 @@ describe('rollback watch on a breach', () => {
     const end = await getRollout(custody.url);
     expect(end.percent).toBe(0);
     expect(end.revision).toBe(start.revision + 1);
+  });
+
+  it('`custody rollback watch` keeps watching: it rolls back, says so, and stops on SIGTERM', async () => {
+    expect((await putRollout(custody.url, 60, 'test: to 60')).status).toBe(200);
+    const child = spawn(process.execPath, [CLI, 'rollback', 'watch', '--interval', '300ms', '--url', custody.url], {
+      cwd: ROOT,
+      env: { ...process.env, CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_LOG_LEVEL: 'error' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    try {
+      await eventually(async () => (await getRollout(custody.url)).percent === 0);
+      await eventually(async () => /rolled back 60% → 0%: rollback: missing_sponsor_ratio/.test(out));
+      expect(out).toMatch(/^custody rollback watch: http:\/\/127\.0\.0\.1:\d+ every 0\.3s, window 900s, healthy period 86400s, min sample 100\n/);
+    } finally {
+      const code = await new Promise<number | null>((resolve) => {
+        child.once('exit', (c) => resolve(c));
+        child.kill('SIGTERM');
+      });
+      expect(code).toBe(0);
+    }
   });
 
   it('the plane unreachable: no change, a loud error and a metric; the stored rollout survives', async () => {
