@@ -158,4 +158,43 @@ describe.skipIf(!process.env.CLICKHOUSE_URL)('ClickHouse server storage (set CLI
       await client.close();
     }
   }, 120_000);
+
+  // the relay below passes plain HTTP only
+  it.skipIf(!url?.startsWith('http:'))('when the connection to the server is cut: 503 + Retry-After and red readiness; back when it returns', async () => {
+    // a TCP relay between the collector and the server, to cut and restore
+    const target = new URL(url);
+    const sockets = new Set<net.Socket>();
+    const relay = net.createServer((down) => {
+      const up = net.connect(Number(target.port || 8123), target.hostname);
+      for (const s of [down, up]) {
+        sockets.add(s);
+        s.on('error', () => undefined);
+        s.on('close', () => sockets.delete(s));
+      }
+      down.pipe(up).pipe(down);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const { port } = relay.address() as net.AddressInfo;
+    const relayed = new URL(url);
+    relayed.hostname = '127.0.0.1';
+    relayed.port = String(port);
+    const custody = await startCustody({ command: 'collector', env: { CLICKHOUSE_URL: relayed.toString(), CUSTODY_CHECKPOINTER: 'off' } });
+    running.push(custody);
+    const postSpans = () => fetch(`${custody.otlpUrl}/v1/traces`, { method: 'POST', body: request(5), headers: { 'Content-Type': 'application/json' } });
+    expect((await postSpans()).status).toBe(200);
+
+    await new Promise((r) => relay.close(r));
+    for (const s of sockets) s.destroy();
+    const cut = await postSpans();
+    expect(cut.status).toBe(503);
+    expect(Number(cut.headers.get('retry-after'))).toBeGreaterThan(0);
+    expect((await postSpans()).status).toBe(503);
+    expect((await fetch(`${custody.url}/readyz`)).status).toBe(503);
+
+    await new Promise<void>((r) => relay.listen(port, '127.0.0.1', r));
+    await eventually(async () => (await postSpans()).status === 200, 20_000, 500);
+    expect((await fetch(`${custody.url}/readyz`)).status).toBe(200);
+    await new Promise((r) => relay.close(r));
+    for (const s of sockets) s.destroy();
+  }, 120_000);
 });
