@@ -20,6 +20,8 @@ export interface Runtime {
   /** The context handed down by a parent process (TRACEPARENT/BAGGAGE): parent of calls made outside any span. */
   rootContext: Context | undefined;
   settings: AgentSettings;
+  /** Tool names resolved through the plane's tool_map, reused briefly (tool-call.ts). */
+  resolved: Map<string, { ref: { tool: string; action: string }; until: number }>;
 }
 
 const KEY = Symbol.for('custody.instrumentation.runtime');
@@ -38,6 +40,7 @@ function fromEnvironment(): Runtime {
     captureContent: settings.captureContent,
     rootContext: undefined,
     settings,
+    resolved: new Map(),
   };
 }
 

@@ -1,5 +1,6 @@
+import crypto from 'node:crypto';
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
-import { canonicalJson, hashValue } from '../common/canonical';
+import { canonicalJson, sha256Hex } from '../common/canonical';
 import { ATTR, SPAN } from '../common/names';
 import { PolicyDeniedError, PolicyUnavailableError } from '../enforcer/errors';
 import { mapTool, type ToolMap, type ToolTarget } from './mapping';
@@ -19,7 +20,7 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   const scope = currentScope();
   const identity = scope.identity;
   const enforcer = enforcerOf(runtime);
-  const target = resolveTarget(request, runtime.toolMap, enforcer);
+  const target = resolveTarget(request, runtime.toolMap, enforcer, runtime.resolved);
   const { tool, action } = 'then' in target ? await target : target;
   const purpose = request.purpose ?? scope.purpose;
 
@@ -43,11 +44,14 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   if (identity.role) attributes[ATTR.ROLE] = identity.role;
   if (purpose) attributes[ATTR.PURPOSE] = purpose;
 
+  const requestJson = safeJson(request.args);
+  const requestHash = sha256(requestJson);
+  attributes[ATTR.REQUEST_HASH] = requestHash;
+  if (runtime.captureContent) attributes[ATTR.REQUEST_CONTENT] = requestJson;
+
   const span = runtime.tracer.startSpan(`${SPAN.TOOL_CALL_PREFIX} ${tool}`, { kind: SpanKind.INTERNAL, attributes }, parent);
   const call = new CallRecord(span, scope, tool, action);
-  call.requestHash = safeHash(request.args);
-  span.setAttribute(ATTR.REQUEST_HASH, call.requestHash);
-  if (runtime.captureContent) span.setAttribute(ATTR.REQUEST_CONTENT, safeJson(request.args));
+  call.requestHash = requestHash;
 
   const ctx = trace.setSpan(scope.withBaggage(parent), span);
   if (enforcer) {
@@ -83,15 +87,32 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
  * The policy tool and action of a call: explicit ones, then the local tool map, then the plane's
  * (through the enforcer), then the `tool.action` / `call` convention.
  */
-function resolveTarget(request: ToolCallRequest, local: ToolMap | undefined, enforcer: EnforcerLike | null): ToolTarget | Promise<ToolTarget> {
+function resolveTarget(
+  request: ToolCallRequest,
+  local: ToolMap | undefined,
+  enforcer: EnforcerLike | null,
+  resolved: Map<string, { ref: ToolTarget; until: number }>,
+): ToolTarget | Promise<ToolTarget> {
   if ((request.tool && request.action) || !enforcer?.resolveTool || (local && Object.hasOwn(local, request.name))) {
     return mapTool(request.name, local, request);
   }
+  const apply = (ref: ToolTarget): ToolTarget => ({ tool: request.tool ?? ref.tool, action: request.action ?? ref.action });
+  const now = Date.now();
+  const hit = resolved.get(request.name);
+  if (hit && hit.until > now) return apply(hit.ref);
   return enforcer.resolveTool(request.name).then(
-    (ref) => ({ tool: request.tool ?? ref.tool, action: request.action ?? ref.action }),
+    (ref) => {
+      if (resolved.size >= MAX_RESOLVED) resolved.clear();
+      resolved.set(request.name, { ref: { tool: ref.tool, action: ref.action }, until: now + RESOLVED_TTL_MS });
+      return apply(ref);
+    },
     () => mapTool(request.name, undefined, request),
   );
 }
+
+/** A name's resolution through the plane's tool_map is reused this long (the enforcer refreshes the map itself). */
+const RESOLVED_TTL_MS = 5_000;
+const MAX_RESOLVED = 10_000;
 
 /** The manual API: runs `fn(args)` as an enforced, audited tool call and returns its result. */
 export function toolCall<A, R>(name: string, args: A, fn: (args: A) => R | PromiseLike<R>, options: ToolCallOptions = {}): Promise<Awaited<R>> {
@@ -141,9 +162,10 @@ class CallRecord {
   }
 
   succeed(result: unknown, capture: boolean): void {
-    const responseHash = safeHash(result);
+    const json = safeJson(result);
+    const responseHash = sha256(json);
     this.span.setAttribute(ATTR.RESPONSE_HASH, responseHash);
-    if (capture) this.span.setAttribute(ATTR.RESPONSE_CONTENT, safeJson(result));
+    if (capture) this.span.setAttribute(ATTR.RESPONSE_CONTENT, json);
     this.span.setStatus({ code: SpanStatusCode.OK });
     this.end(AUDIT_STATUS.OK, responseHash);
   }
@@ -180,8 +202,7 @@ class CallRecord {
       response_hash: responseHash,
       status,
     });
-    this.span.setAttribute(ATTR.AUDIT_SEQ, link.seq);
-    this.span.setAttribute(ATTR.AUDIT_PREV_HASH, link.prevHash);
+    this.span.setAttributes({ [ATTR.AUDIT_SEQ]: link.seq, [ATTR.AUDIT_PREV_HASH]: link.prevHash });
     this.span.end();
   }
 }
@@ -231,19 +252,20 @@ export function errorType(err: unknown): string {
   return '_OTHER';
 }
 
-// Telemetry fails open: an argument that cannot be serialized still gets a (fallback) hash.
-function safeHash(value: unknown): string {
-  try {
-    return hashValue(value);
-  } catch {
-    return hashValue(String(value));
-  }
-}
-
+// Telemetry fails open: a value that cannot be serialized is hashed as its string form.
 function safeJson(value: unknown): string {
   try {
     return canonicalJson(value);
   } catch {
-    return String(value);
+    return canonicalJson(String(value));
   }
+}
+
+/**
+ * SHA-256 hex of canonical JSON text: the same digest as common/canonical.ts hashValue, with the
+ * one-shot crypto.hash where this Node has it (it skips a Hash object per call).
+ */
+const oneShot = (crypto as { hash?: (algorithm: string, data: string) => string }).hash;
+function sha256(json: string): string {
+  return oneShot ? oneShot('sha256', json) : sha256Hex(json);
 }
