@@ -25,6 +25,21 @@ function durationOption(flag: string, description: string, fallback: string): Op
   });
 }
 
+function policyUrlOption(): Option {
+  return new Option('--policy-url <url>', `the policy plane's control API for /v1/rollout, when not at --url (default $${ENV.POLICY_URL})`).default(
+    process.env[ENV.POLICY_URL] || undefined,
+  );
+}
+
+function planeFor(flags: { url: string; policyUrl?: string; adminToken?: string; timeout: number }) {
+  return httpPlane({
+    url: flags.url,
+    ...(flags.policyUrl ? { policyUrl: flags.policyUrl } : {}),
+    ...(flags.adminToken ? { adminToken: flags.adminToken } : {}),
+    timeoutMs: flags.timeout * 1000,
+  });
+}
+
 function adminTokenOption(): Option {
   return new Option('--admin-token <token>', `bearer token for PUT /v1/rollout (default $${ENV.ADMIN_TOKEN})`).default(
     process.env[ENV.ADMIN_TOKEN],
@@ -42,6 +57,7 @@ export function rollbackGroup(program: Command): Command {
 
 interface WatchFlags {
   url: string;
+  policyUrl?: string;
   adminToken?: string;
   interval: number;
   window: number;
@@ -72,7 +88,7 @@ function describe(result: TickResult): string {
 async function watch(flags: WatchFlags): Promise<void> {
   const log = createLogger('custody-rollback-watch');
   const watcher = createRollbackWatcher({
-    plane: httpPlane({ url: flags.url, ...(flags.adminToken ? { adminToken: flags.adminToken } : {}), timeoutMs: flags.timeout * 1000 }),
+    plane: planeFor(flags),
     intervalS: flags.interval,
     windowS: flags.window,
     healthyPeriodS: flags.healthyPeriod,
@@ -121,6 +137,7 @@ async function watch(flags: WatchFlags): Promise<void> {
 
 interface ApproveFlags {
   url: string;
+  policyUrl?: string;
   adminToken?: string;
   to?: number;
   reason?: string;
@@ -132,7 +149,7 @@ interface ApproveFlags {
 }
 
 async function approve(flags: ApproveFlags): Promise<void> {
-  const plane = httpPlane({ url: flags.url, ...(flags.adminToken ? { adminToken: flags.adminToken } : {}), timeoutMs: flags.timeout * 1000 });
+  const plane = planeFor(flags);
   const state = await plane.getRollout();
   const to = flags.to ?? nextStage(state.percent, state.stages);
   if (to === undefined) {
@@ -196,6 +213,7 @@ export function registerRollbackWatchCommands(program: Command): void {
   const group = rollbackGroup(program);
 
   withClientOptions(group.command('watch').description('the auto-rollback job: roll back on a breach, advance after a healthy period'))
+    .addOption(policyUrlOption())
     .addOption(adminTokenOption())
     .addOption(durationOption('--interval <duration>', 'time between two evaluations', '60s'))
     .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
@@ -208,6 +226,7 @@ export function registerRollbackWatchCommands(program: Command): void {
     .action((flags: WatchFlags) => watch(flags));
 
   withClientOptions(group.command('approve').description('approve the next rollout stage (with --manual-gates)'))
+    .addOption(policyUrlOption())
     .addOption(adminTokenOption())
     .addOption(stageOption())
     .option('--reason <text>', 'why, for the audit trail')

@@ -102,8 +102,10 @@ export function parseStatus(body: unknown): RollbackStatus {
 }
 
 export interface HttpPlaneOptions {
-  /** Control API base URL. */
+  /** Control API base URL: the collector's GET /v1/rollback/status (and the rollout, unless policyUrl says otherwise). */
   url: string;
+  /** The policy plane's control API, for GET/PUT /v1/rollout, when it is not at `url`. */
+  policyUrl?: string;
   /** CUSTODY_ADMIN_TOKEN, for PUT /v1/rollout. */
   adminToken?: string;
   timeoutMs?: number;
@@ -114,13 +116,15 @@ export interface HttpPlaneOptions {
 /** The control API over HTTP, every call bounded by a timeout. */
 export function httpPlane(options: HttpPlaneOptions): RolloutPlane {
   const base = options.url.replace(/\/+$/, '');
+  const policyBase = (options.policyUrl ?? options.url).replace(/\/+$/, '');
   const timeoutMs = options.timeoutMs ?? 5_000;
   const doFetch = options.fetch ?? fetch;
 
-  async function call(method: string, path: string, init: { body?: unknown; headers?: Record<string, string> } = {}): Promise<unknown> {
+  async function call(method: string, path: string, init: { body?: unknown; headers?: Record<string, string>; base?: string } = {}): Promise<unknown> {
+    const at = init.base ?? base;
     let res: Response;
     try {
-      res = await doFetch(`${base}${path}`, {
+      res = await doFetch(`${at}${path}`, {
         method,
         headers: { accept: 'application/json', ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
         ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
@@ -128,7 +132,7 @@ export function httpPlane(options: HttpPlaneOptions): RolloutPlane {
       });
     } catch (err) {
       const why = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : describeFetchError(err);
-      throw new PlaneUnreachableError(`${method} ${base}${path}: ${why}`, { cause: err });
+      throw new PlaneUnreachableError(`${method} ${at}${path}: ${why}`, { cause: err });
     }
     const text = await res.text();
     let body: unknown;
@@ -140,7 +144,7 @@ export function httpPlane(options: HttpPlaneOptions): RolloutPlane {
     if (!res.ok) {
       const e = (body as { error?: { code?: string; message?: string } } | undefined)?.error;
       const code = e?.code ?? `http_${res.status}`;
-      const message = `${method} ${base}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`;
+      const message = `${method} ${at}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`;
       if (res.status === 409 || res.status === 412) throw new RolloutConflictError(message);
       if (res.status >= 500) throw new PlaneUnreachableError(message);
       throw new PlaneResponseError(res.status, code, message);
@@ -150,14 +154,14 @@ export function httpPlane(options: HttpPlaneOptions): RolloutPlane {
 
   return {
     async getRollout() {
-      return parseRollout(await call('GET', '/v1/rollout'));
+      return parseRollout(await call('GET', '/v1/rollout', { base: policyBase }));
     },
     async setRollout({ percent, reason, actor, expected }) {
       const headers: Record<string, string> = {};
       if (options.adminToken) headers.authorization = `Bearer ${options.adminToken}`;
       if (expected.revision !== undefined) headers['if-match'] = `"${expected.revision}"`;
       const body = { percent, reason, actor, expected_percent: expected.percent };
-      return parseRollout(await call('PUT', '/v1/rollout', { body, headers }));
+      return parseRollout(await call('PUT', '/v1/rollout', { body, headers, base: policyBase }));
     },
     async status({ windowS, cohort }) {
       const q = new URLSearchParams({ window: `${statusWindowS(windowS)}s`, cohort });
