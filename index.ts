@@ -25,3 +25,6 @@ export { decisionId, isDecisionId } from './enforcer/policy/ids';
 export { cohortOf, cohortBucket } from './enforcer/policy/rollout';
 // Agents: the manual tool-call API, sub-agents, and the refusals a tool call can throw.
 export * from './instrumentation/index';
+// Rollout control: the auto-rollback job's pure step and loop, to run it inside another process.
+export { nextAction, createRollbackWatcher, httpPlane, PlaneUnreachableError } from './enforcer/rollback/index';
+export type { RollbackWatcher, WatcherOptions, TickResult, WatchAction, RolloutPlane, DecideOptions as RollbackDecideOptions } from './enforcer/rollback/index';
