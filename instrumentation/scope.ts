@@ -11,16 +11,20 @@ import { readIdentity, type AgentIdentity } from './identity';
  * (in-process, or remote callers of an MCP server) get scopes of their own.
  */
 export class AgentScope {
-  readonly identity: Readonly<AgentIdentity>;
+  /** Replaced, never mutated, when the sponsor and role are learned from a token (sponsor.ts). */
+  identity: Readonly<AgentIdentity>;
   readonly chain: AuditChain;
   readonly purpose: string | undefined;
   readonly parent: AgentScope | undefined;
   /** What this instance hands its own sub-agents (subagent.ts), once obtained. */
   delegation: DelegationState | undefined;
-  private readonly entries: [string, string][];
+  /** Learning the sponsor of a registered or delegated agent (sponsor.ts), once. */
+  learning: Promise<void> | undefined;
+  learnFailedAt: number | undefined;
+  private entries: [string, string][] = [];
   private lastIn: Baggage | undefined;
   private lastOut: Baggage | undefined;
-  private readonly own: Baggage;
+  private own!: Baggage;
 
   constructor(
     identity: AgentIdentity,
@@ -30,11 +34,26 @@ export class AgentScope {
     this.chain = options.chain ?? new AuditChain();
     this.purpose = options.purpose;
     this.parent = options.parent;
+    this.rebuildBaggage();
+  }
+
+  /** Adds what a token says about this instance (a registered agent's sponsor and role). */
+  learn(details: Pick<AgentIdentity, 'sponsorId' | 'role'>): void {
+    const next: AgentIdentity = { ...this.identity };
+    if (details.sponsorId && !next.sponsorId) next.sponsorId = details.sponsorId;
+    if (details.role && !next.role) next.role = details.role;
+    this.identity = Object.freeze(next);
+    this.rebuildBaggage();
+  }
+
+  private rebuildBaggage(): void {
+    const id = this.identity;
     this.entries = [];
-    if (identity.sponsorId) this.entries.push([BAGGAGE.SPONSOR_ID, identity.sponsorId]);
-    this.entries.push([BAGGAGE.AGENT_INSTANCE_ID, identity.agentInstanceId]);
-    if (identity.parentAgentId) this.entries.push([BAGGAGE.PARENT_AGENT_ID, identity.parentAgentId]);
+    if (id.sponsorId) this.entries.push([BAGGAGE.SPONSOR_ID, id.sponsorId]);
+    this.entries.push([BAGGAGE.AGENT_INSTANCE_ID, id.agentInstanceId]);
+    if (id.parentAgentId) this.entries.push([BAGGAGE.PARENT_AGENT_ID, id.parentAgentId]);
     this.own = propagation.createBaggage(Object.fromEntries(this.entries.map(([k, v]) => [k, { value: v }])));
+    this.lastIn = this.lastOut = undefined;
   }
 
   /**

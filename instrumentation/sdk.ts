@@ -64,7 +64,6 @@ export interface TelemetryOptions {
 }
 
 const FLUSH_TIMEOUT_MS = 5_000;
-const EXPORT_TIMEOUT_MS = 3_000;
 const WARN_INTERVAL_MS = 60_000;
 
 export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
@@ -77,13 +76,10 @@ export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
   const ownsDiag = env.OTEL_LOG_LEVEL === undefined && !globalDiagRegistered();
   if (ownsDiag) diag.setLogger(new DiagConsoleLogger(), { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true });
 
-  // With the collector down the exporter retries until its timeout, holding the process open at
-  // exit: keep that short unless OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT says otherwise.
-  const timeoutSet = env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT !== undefined || env.OTEL_EXPORTER_OTLP_TIMEOUT !== undefined;
-  const exporter = new FailOpenExporter(
-    options.exporter ?? new OTLPTraceExporter({ url: endpoint, ...(timeoutSet ? {} : { timeoutMillis: EXPORT_TIMEOUT_MS }) }),
-    endpoint,
-  );
+  // The exporter keeps the OTel defaults (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s, retries inside it): a
+  // slow collector must not cost audit spans. The price: with the collector down, a short-lived
+  // agent's exit waits for those retries; lower the timeout to shorten it.
+  const exporter = new FailOpenExporter(options.exporter ?? new OTLPTraceExporter({ url: endpoint }), endpoint);
   const processor = new AuditSpanProcessor(exporter, endpoint, batchConfig(env));
   const sampler = new AuditSampler(samplerFromEnv(env));
 

@@ -6,6 +6,7 @@ import { PolicyDeniedError, PolicyUnavailableError } from '../enforcer/errors';
 import { mapTool, type ToolMap, type ToolTarget } from './mapping';
 import { enforcerOf, getRuntime } from './runtime';
 import { currentScope, type AgentScope } from './scope';
+import { ensureSponsor } from './sponsor';
 import { AUDIT_STATUS, POLICY_ERROR_TYPE, SEMCONV, TOOL_TYPE_FUNCTION } from './semconv';
 import type { EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } from './types';
 
@@ -18,10 +19,12 @@ import type { EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } 
 export async function runToolCall<T>(request: ToolCallRequest, body: () => T | PromiseLike<T>): Promise<Awaited<T>> {
   const runtime = getRuntime();
   const scope = currentScope();
-  const identity = scope.identity;
   const enforcer = enforcerOf(runtime);
   const target = resolveTarget(request, runtime.toolMap, enforcer, runtime.resolved);
   const { tool, action } = 'then' in target ? await target : target;
+  const learning = ensureSponsor(scope, tool);
+  if (learning) await learning;
+  const identity = scope.identity;
   const purpose = request.purpose ?? scope.purpose;
 
   let parent = context.active();

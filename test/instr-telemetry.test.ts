@@ -83,7 +83,11 @@ describe('custody/register telemetry', () => {
   });
 
   it('telemetry fails open: with the collector down the call still runs, and a diag warning says spans were dropped', async () => {
-    const run = await runAgent('telemetry.cjs', { args: ['natural'], env: env({ CUSTODY_AGENT_INSTANCE_ID: 'tele-down', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9' }) });
+    const run = await runAgent('telemetry.cjs', {
+      args: ['natural'],
+      // a short exporter timeout: the exit does not wait out the default 10 s of retries
+      env: env({ CUSTODY_AGENT_INSTANCE_ID: 'tele-down', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9', OTEL_EXPORTER_OTLP_TIMEOUT: '2000' }),
+    });
     expect(run.code, run.stderr).toBe(0);
     expect(run.report).toMatchObject({ call: 'ok:natural', ran: true });
     expect(run.stderr).toMatch(/custody: could not export 1 span\(s\) to http:\/\/127\.0\.0\.1:9\/v1\/traces; the agent goes on/);
@@ -97,6 +101,24 @@ describe('custody/register telemetry', () => {
     const [span] = await eventually(async () => (toolSpans('tele-closed').length ? toolSpans('tele-closed') : undefined), 10_000);
     expect(span!.attributes).toMatchObject({ 'custody.policy.decision': 'error', 'error.type': 'policy_unavailable' });
     expect(span!.status).toBe(2);
+  });
+
+  it('a registered agent started with only its credential is attributed to its registration’s sponsor and role', async () => {
+    const res = await fetch(`${custody.url}/v1/agents`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
+      body: JSON.stringify({ sponsor_id: 'bob', name: 'registered-bot', role: 'support', tools: ['search'] }),
+    });
+    expect(res.status).toBe(201);
+    const { credential } = (await res.json()) as { credential: string };
+    const run = await runAgent('telemetry.cjs', {
+      args: ['natural'],
+      env: { ...env({ CUSTODY_AGENT_INSTANCE_ID: 'tele-registered', CUSTODY_AGENT_CREDENTIAL: credential }), CUSTODY_SPONSOR_ID: '', CUSTODY_ROLE: '' },
+    });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.report).toMatchObject({ call: 'ok:natural', ran: true });
+    const [span] = await eventually(async () => (toolSpans('tele-registered').length ? toolSpans('tele-registered') : undefined), 10_000);
+    expect(span!.attributes).toMatchObject({ 'custody.sponsor_id': 'bob', 'custody.role': 'support', 'custody.policy.decision': 'allow' });
   });
 
   it('beside an SDK the app registered first: no second SDK; custody’s spans join the app’s trace and still reach custody', async () => {

@@ -16,6 +16,7 @@ import { methodOfSchema } from '../instrumentation/mcp/utils';
 import { withWrappedExecute } from '../instrumentation/openai-agents/utils';
 import { configureRuntime, getRuntime } from '../instrumentation/runtime';
 import { AgentScope, currentScope, setRootScope } from '../instrumentation/scope';
+import { ensureSponsor } from '../instrumentation/sponsor';
 import { childEnv, contextFromEnv, currentAgent, runAsRemoteCallee, startSubAgent, w3cCarrier } from '../instrumentation/subagent';
 import { tempDir } from './helpers/custody';
 
@@ -169,6 +170,22 @@ describe('sub-agents in process', () => {
   it('records a sub-agent that throws, and rethrows', async () => {
     await expect(startSubAgent('x', () => { throw new TypeError('bad'); })).rejects.toBeInstanceOf(TypeError);
     expect(exporter.getFinishedSpans()[0]!.attributes[ATTR.ERROR_TYPE]).toBe('TypeError');
+  });
+});
+
+describe('learning the sponsor', () => {
+  it('a delegated agent without CUSTODY_SPONSOR_ID takes sponsor and role from its delegation token', async () => {
+    const payload = Buffer.from(JSON.stringify({ sub: 'parent-1', sponsor_id: 'carol', role: 'user', tools: ['search'] })).toString('base64url');
+    const scope = new AgentScope({ agentInstanceId: 'child-1', parentAgentId: 'parent-1', delegationToken: `eyJhbGciOiJFZERTQSJ9.${payload}.c2ln` });
+    await ensureSponsor(scope, 'search');
+    expect(scope.identity).toMatchObject({ sponsorId: 'carol', role: 'user', agentInstanceId: 'child-1' });
+    expect(ensureSponsor(scope, 'search')).toBeUndefined();
+    const bag = propagation.getBaggage(scope.withBaggage(context.active()));
+    expect(bag?.getEntry(BAGGAGE.SPONSOR_ID)?.value).toBe('carol');
+  });
+
+  it('an agent with neither sponsor nor credential has nothing to learn (the enforcer refuses its calls)', () => {
+    expect(ensureSponsor(new AgentScope({ agentInstanceId: 'x' }), 'search')).toBeUndefined();
   });
 });
 
