@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { nextAction, nextStage, statusCohort, type RollbackStatus, type RolloutState } from '../enforcer/rollback/watch';
+import { nextAction, nextStage, sinceChangeWindowS, statusCohort, type RollbackStatus, type RolloutState } from '../enforcer/rollback/watch';
 import { parseRollout, parseStatus } from '../enforcer/rollback/plane';
 
 const T0 = Date.parse('2026-01-01T00:00:00Z');
@@ -100,6 +100,13 @@ describe('helpers', () => {
     expect(nextStage(100, stages)).toBeUndefined();
     expect(statusCohort(0)).toBe('baseline');
     expect(statusCohort(10)).toBe('canary');
+  });
+
+  it('judges a stage on all of its time (and the minute it began), never on less than the rule window', () => {
+    const o = { healthyPeriodS: 86_400, windowS: 900 };
+    expect(sinceChangeWindowS(state(30, 0), at(2 * 86_400), o)).toBe(2 * 86_400 + 60);
+    expect(sinceChangeWindowS(state(30, 0), at(30), o)).toBe(900);
+    expect(sinceChangeWindowS({ percent: 30, stages }, at(30), o)).toBe(86_460);
   });
 
   it('parses the plane\'s rollout and status bodies, refusing bad ones with a code', () => {

@@ -192,17 +192,17 @@ describe('rollback watch on a healthy canary', () => {
 
   it('advances 10 → 30 → 60 → 100, one stage per healthy period (durations in seconds)', async () => {
     expect((await putRollout(custody.url, 10, 'test: start the stage now')).status).toBe(200);
-    const { w } = watcher(custody.url, { healthyPeriodS: 1.5 });
+    const { w } = watcher(custody.url, { healthyPeriodS: 3 });
     const seen: number[] = [];
     for (let stage = 1; stage <= 4; stage++) {
-      // part of the period: not yet
-      await sleep(600);
-      expect((await w.tick()).applied, `stage ${stage} early`).toBe(false);
+      // a third of the period: not yet
       await sleep(1000);
+      expect((await w.tick()).applied, `stage ${stage} early`).toBe(false);
+      await sleep(2100);
       const r = await w.tick();
       if (stage <= 3) {
         expect(r, `stage ${stage}`).toMatchObject({ applied: true, action: { kind: 'advance' } });
-        expect(r.action!.kind === 'advance' && r.action.reason).toMatch(/healthy for \d+s \(≥ 1\.5s\) over 300 calls/);
+        expect(r.action!.kind === 'advance' && r.action.reason).toMatch(/healthy for \d+s \(≥ 3s\) over 300 calls/);
       } else {
         expect(r.action).toMatchObject({ kind: 'hold', reason: 'fully rolled out at 100%' });
       }
@@ -216,10 +216,10 @@ describe('rollback watch on a healthy canary', () => {
   it('two watchers promoting at once advance each stage exactly once', async () => {
     expect((await putRollout(custody.url, 10, 'test: restart the rollout')).status).toBe(200);
     const start = await getRollout(custody.url);
-    const a = watcher(custody.url, { healthyPeriodS: 1 });
-    const b = watcher(custody.url, { healthyPeriodS: 1 });
+    const a = watcher(custody.url, { healthyPeriodS: 2 });
+    const b = watcher(custody.url, { healthyPeriodS: 2 });
     for (let stage = 1; stage <= 3; stage++) {
-      await sleep(1100);
+      await sleep(2100);
       const results = [...(await Promise.all([a.w.tick(), b.w.tick()])), ...(await Promise.all([a.w.tick(), b.w.tick()]))];
       expect(results.filter((r) => r.applied), `stage ${stage}`).toHaveLength(1);
       expect(results.some((r) => r.error)).toBe(false);

@@ -7,7 +7,7 @@ import { ENV } from '../../common/names';
 import { parseMinSample } from '../../enforcer/rollback/config';
 import { nextAction, nextStage, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
 import { httpPlane, RolloutConflictError } from '../../enforcer/rollback/plane';
-import { createRollbackWatcher, defaultActor, WATCH_DEFAULTS, type TickResult } from '../../enforcer/rollback/watch';
+import { createRollbackWatcher, defaultActor, sinceChangeWindowS, WATCH_DEFAULTS, type TickResult } from '../../enforcer/rollback/watch';
 import { withClientOptions } from '../options';
 
 /**
@@ -163,7 +163,7 @@ async function approve(flags: ApproveFlags): Promise<void> {
   const cohort = statusCohort(state.percent);
   const recent = await plane.status({ windowS: flags.window, cohort });
   const age = stageAgeS(state, systemClock);
-  const sinceChange = age !== undefined ? await plane.status({ windowS: age + 60, cohort }) : undefined;
+  const sinceChange = age !== undefined ? await plane.status({ windowS: sinceChangeWindowS(state, systemClock, { healthyPeriodS: flags.healthyPeriod, windowS: flags.window }), cohort }) : undefined;
   const view = nextAction(state, { recent, ...(sinceChange ? { sinceChange } : {}) }, systemClock, {
     healthyPeriodS: flags.healthyPeriod,
     minSample: flags.minSample,

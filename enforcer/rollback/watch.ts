@@ -85,6 +85,15 @@ const awaiting = gauge({
   help: '1 while a stage has earned its advance and waits for `custody rollback approve`',
 });
 
+/**
+ * The window that judges a stage before it advances: all of it, plus one minute so that the
+ * minute bucket in which it began is read too, and never less than the rule window (a stage shorter
+ * than the window, only seen with test settings, is judged on the whole window).
+ */
+export function sinceChangeWindowS(state: RolloutState, clock: Clock, options: { healthyPeriodS: number; windowS: number }): number {
+  return Math.max((stageAgeS(state, clock) ?? options.healthyPeriodS) + 60, options.windowS);
+}
+
 export function defaultActor(): string {
   return `custody-rollback-watch@${os.hostname()}:${process.pid}`;
 }
@@ -102,8 +111,7 @@ export function createRollbackWatcher(options: WatcherOptions): RollbackWatcher 
     const recent = await plane.status({ windowS: options.windowS, cohort });
     let action = nextAction(state, { recent }, clock, options);
     if (action.kind === 'hold' && action.need === 'since_change') {
-      // One extra minute so that the minute bucket in which the stage began is read too.
-      const sinceChange = await plane.status({ windowS: (stageAgeS(state, clock) ?? options.healthyPeriodS) + 60, cohort });
+      const sinceChange = await plane.status({ windowS: sinceChangeWindowS(state, clock, options), cohort });
       action = nextAction(state, { recent, sinceChange }, clock, options);
     }
     return action;
