@@ -6,15 +6,16 @@ import { LEAF_PREFIX } from './merkle';
  * What a checkpoint seals: every row of the three evidence tables (tool calls, the decision log,
  * token events), each as one Merkle leaf. A row's canonical bytes (leaf format 1) are
  *
- *   netstring(table name) || netstring(column 1) || … || netstring(column n)
+ *   lp(table name) || lp(column 1) || … || lp(column n)
  *
- * over the columns listed below, in that order, where netstring(s) = `<byte length>:<s>,` and each
- * value is rendered as text: strings as they are; DateTime64 as integer nanoseconds since the
- * epoch; Float64 as the decimal of its IEEE-754 bit pattern; Bool as 0/1; integers in decimal; a
- * Map as the netstrings of its (key, value) pairs sorted by key then value, wrapped in one
- * netstring. The leaf is SHA-256(0x00 || bytes). Every stored column is covered, the write time
- * included, so any UPDATE shows. The SQL below computes exactly these bytes beside the data;
- * `rowBytes` is the same definition in JavaScript, for auditors and tests.
+ * over the columns listed below, in that order, where lp(x) is the byte length of x as a 32-bit
+ * little-endian integer followed by x, and each value's bytes are: a string as it is (UTF-8);
+ * DateTime64 as signed 64-bit little-endian nanoseconds since the epoch; Float64 as its 8 IEEE-754
+ * bytes, little-endian; Bool as one byte 0/1; an unsigned integer as 64-bit little-endian; a Map as
+ * lp(key) || lp(value) for each pair, sorted by key then value. The leaf is SHA-256(0x00 || bytes).
+ * Every stored column is covered, the write time included, so any UPDATE shows. The SQL below
+ * computes exactly these bytes beside the data; `rowBytes` is the same definition in JavaScript,
+ * for auditors and tests.
  */
 export const LEAF_FORMAT = 1;
 
@@ -85,31 +86,35 @@ export function sealedTable(name: string): SealedTable {
 // ---------------------------------------------------------------------------------------------
 // SQL
 
-const netstringSql = (expr: string) => `concat(toString(length(${expr})), ':', ${expr}, ',')`;
+const u32 = (expr: string) => `reinterpretAsFixedString(toUInt32(${expr}))`;
 
-function valueSql(c: Column): string {
+/** The pieces of lp(value) of a column, for one flat concat(). */
+function piecesSql(c: Column): string[] {
+  const fixed = (expr: string, bytes: number) => [`'${'\\x' + bytes.toString(16).padStart(2, '0')}\\x00\\x00\\x00'`, `reinterpretAsFixedString(${expr})`];
   switch (c.kind) {
     case 'string':
-      return c.name;
+      return [u32(`length(${c.name})`), c.name];
     case 'datetime64':
-      return `toString(toUnixTimestamp64Nano(${c.name}))`;
+      return fixed(`toUnixTimestamp64Nano(${c.name})`, 8);
     case 'float64':
-      return `toString(reinterpretAsUInt64(toFloat64(${c.name})))`;
+      return fixed(`toFloat64(${c.name})`, 8);
     case 'bool':
-      return `toString(toUInt8(${c.name}))`;
+      return fixed(`toUInt8(${c.name})`, 1);
     case 'uint':
-      return `toString(${c.name})`;
-    case 'map':
-      return `arrayStringConcat(arrayMap(kv -> concat(${netstringSql('kv.1')}, ${netstringSql('kv.2')}), arraySort(arrayZip(mapKeys(${c.name}), mapValues(${c.name})))))`;
+      return fixed(`toUInt64(${c.name})`, 8);
+    case 'map': {
+      const pairs = `arrayStringConcat(arrayMap(kv -> concat(${u32('length(kv.1)')}, kv.1, ${u32('length(kv.2)')}, kv.2), arraySort(arrayZip(mapKeys(${c.name}), mapValues(${c.name})))))`;
+      return [u32(`length(${pairs})`), pairs];
+    }
   }
 }
 
 const literal = (s: string) => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
 
-/** SQL for the leaf hash (FixedString(32)) of a row of `table`, over its own columns. */
+/** SQL for the leaf hash (FixedString(32)) of a row of `table`, over its own columns: one flat concat. */
 export function leafSql(table: SealedTable): string {
-  const head = `${Buffer.byteLength(table.name)}:${table.name},`;
-  return `SHA256(concat(char(${LEAF_PREFIX}), ${literal(head)}, ${table.columns.map((c) => netstringSql(valueSql(c))).join(', ')}))`;
+  const pieces = [`char(${LEAF_PREFIX})`, u32(String(Buffer.byteLength(table.name))), literal(table.name), ...table.columns.flatMap(piecesSql)];
+  return `SHA256(concat(${pieces.join(', ')}))`;
 }
 
 /** Epoch-ms bounds as SQL, for `ingested_at >= a AND ingested_at < b`. */
@@ -144,35 +149,39 @@ export function leavesSql(o: LeafSelectOptions): string {
 /** A row's values as a client would hold them; datetimes as epoch nanoseconds. */
 export type RowValue = string | number | bigint | boolean | Record<string, string> | undefined;
 
-function netstring(b: Buffer): Buffer {
-  return Buffer.concat([Buffer.from(`${b.length}:`), b, Buffer.from(',')]);
+function lp(b: Buffer): Buffer {
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(b.length);
+  return Buffer.concat([len, b]);
 }
 
 function valueBytes(c: Column, v: RowValue): Buffer {
+  const b = Buffer.alloc(8);
   switch (c.kind) {
     case 'string':
       return Buffer.from(String(v ?? ''), 'utf8');
     case 'datetime64':
+      b.writeBigInt64LE(BigInt(v === undefined ? 0 : (v as number | bigint | string)));
+      return b;
     case 'uint':
-      return Buffer.from(BigInt(v === undefined ? 0 : (v as number | bigint | string)).toString());
-    case 'float64': {
-      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(BigInt(v === undefined ? 0 : (v as number | bigint | string)));
+      return b;
+    case 'float64':
       b.writeDoubleLE(Number(v ?? 0));
-      return Buffer.from(b.readBigUInt64LE().toString());
-    }
+      return b;
     case 'bool':
-      return Buffer.from(v ? '1' : '0');
+      return Buffer.from([v ? 1 : 0]);
     case 'map': {
       const entries = Object.entries((v ?? {}) as Record<string, string>).map(([k, val]) => [Buffer.from(k), Buffer.from(val)] as const);
-      entries.sort((a, b) => Buffer.compare(a[0], b[0]) || Buffer.compare(a[1], b[1]));
-      return Buffer.concat(entries.flatMap(([k, val]) => [netstring(k), netstring(val)]));
+      entries.sort((x, y) => Buffer.compare(x[0], y[0]) || Buffer.compare(x[1], y[1]));
+      return Buffer.concat(entries.flatMap(([k, val]) => [lp(k), lp(val)]));
     }
   }
 }
 
 /** Leaf format 1 bytes of a row (absent columns take their empty/zero value). */
 export function rowBytes(table: SealedTable, row: Record<string, RowValue>): Buffer {
-  return Buffer.concat([netstring(Buffer.from(table.name)), ...table.columns.map((c) => netstring(valueBytes(c, row[c.name])))]);
+  return Buffer.concat([lp(Buffer.from(table.name)), ...table.columns.map((c) => lp(valueBytes(c, row[c.name])))]);
 }
 
 export function rowLeaf(table: SealedTable, row: Record<string, RowValue>): Buffer {
