@@ -6,7 +6,7 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '
 import { CallToolRequestSchema, ListToolsRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../common/errors';
-import { ATTR, BAGGAGE, ENV } from '../common/names';
+import { ATTR, BAGGAGE, ENV, PROPAGATION } from '../common/names';
 import { wrapAiTool, wrapToolSet } from '../instrumentation/ai-sdk/utils';
 import { withChildEnv } from '../instrumentation/child-process/utils';
 import { readIdentity, readSettings } from '../instrumentation/identity';
@@ -17,7 +17,7 @@ import { withWrappedExecute } from '../instrumentation/openai-agents/utils';
 import { configureRuntime, getRuntime } from '../instrumentation/runtime';
 import { AgentScope, currentScope, setRootScope } from '../instrumentation/scope';
 import { ensureSponsor } from '../instrumentation/sponsor';
-import { childEnv, contextFromEnv, currentAgent, runAsRemoteCallee, startSubAgent, w3cCarrier } from '../instrumentation/subagent';
+import { childEnv, contextFromEnv, currentAgent, propagationHeaders, runAsRemoteCallee, startSubAgent, w3cCarrier } from '../instrumentation/subagent';
 import { tempDir } from './helpers/custody';
 
 const exporter = new InMemorySpanExporter();
@@ -202,6 +202,26 @@ describe('remote callers', () => {
     expect(other).toMatchObject({ parentAgentId: 'agent-b', sponsorId: 'bob' });
     expect(who(carrierFrom('agent-b', 'bob')).agentInstanceId).toBe(other.agentInstanceId);
     expect(runAsRemoteCallee({}, () => currentScope().identity.agentInstanceId)).toBe('server-1');
+  });
+});
+
+describe('remote sub-agents over HTTP', () => {
+  it('sends the trace, the baggage and (when one can be had) the delegation token as headers; the callee serves the caller as its sub-agent', async () => {
+    const span = tracer.startSpan('calling');
+    const headers = await context.with(trace.setSpan(context.active(), span), () => propagationHeaders());
+    span.end();
+    expect(headers.traceparent).toBe(`00-${span.spanContext().traceId}-${span.spanContext().spanId}-01`);
+    expect(decodeURIComponent(headers.baggage!)).toContain('custody.agent_instance_id=root-1');
+    expect(headers[PROPAGATION.HTTP_DELEGATION_TOKEN]).toBeUndefined(); // no token service here
+
+    setRootScope(new AgentScope({ agentInstanceId: 'http-server-1', sponsorId: 'ops' }));
+    const served = runAsRemoteCallee({ ...headers, [PROPAGATION.HTTP_DELEGATION_TOKEN]: 'tok' }, (ctx) => ({
+      identity: currentScope().identity,
+      traceId: trace.getSpanContext(ctx)?.traceId,
+    }));
+    expect(served.identity).toMatchObject({ parentAgentId: 'root-1', sponsorId: 'alice', delegationToken: 'tok' });
+    expect(served.identity.agentInstanceId).not.toBe('http-server-1');
+    expect(served.traceId).toBe(span.spanContext().traceId);
   });
 });
 
