@@ -93,7 +93,7 @@ function expectFailedClosed(r: CallResult): void {
   expect(r.bodyRan).toBe(false);
   expect(r.code).toBe('ERR_POLICY_UNAVAILABLE');
   expect(r.type).toBe('policy_unavailable');
-  expect(r.elapsedMs).toBeLessThanOrEqual(TIMEOUT_MS + MARGIN_MS);
+  expect(r.elapsedMs, `refused after ${r.elapsedMs.toFixed(1)} ms (${r.reason})`).toBeLessThanOrEqual(TIMEOUT_MS + MARGIN_MS);
   expect(r.attributes).toMatchObject({ 'custody.policy.decision': 'error', 'custody.enforced': true, 'custody.rollout.cohort': 'canary' });
 }
 

@@ -34,27 +34,36 @@ function captureLog() {
   return { log, lines };
 }
 
-describe('enforcer against a real custody up', () => {
+// The enforcer in this process; tokens from a real `custody up`, decisions from a real
+// `custody policy-plane` that reports its decision log to a test OTLP receiver.
+describe('enforcer against real token service and policy plane processes', () => {
   let sink: OtlpSink;
-  let custody: RunningCustody;
+  let tokens: RunningCustody;
+  let plane: RunningCustody;
   let url: string;
   const enforcers: Enforcer[] = [];
   const make = (o: Parameters<typeof createEnforcer>[0] = {}) => {
-    const e = createEnforcer({ url, timeoutMs: 2000, ...o });
+    const e = createEnforcer({ tokenUrl: tokens.url, policyUrl: plane.url, timeoutMs: 2000, ...o });
     enforcers.push(e);
     return e;
   };
-  const setPercent = async (percent: number) => expect((await putRollout(url, { percent, reason: 'test' })).status).toBe(200);
+  const setPercent = async (percent: number) => expect((await putRollout(plane.url, { percent, reason: 'test' })).status).toBe(200);
 
   beforeAll(async () => {
     sink = await startOtlpSink();
-    custody = await startCustody({ args: ['--otlp-url', sink.url, '--policy', policyFile()], env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN } });
-    url = custody.url;
+    tokens = await startCustody();
+    url = tokens.url;
+    plane = await startCustody({
+      command: 'policy-plane',
+      args: ['--token-url', tokens.url, '--policy', policyFile(), '--otlp-url', sink.url],
+      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN },
+    });
     await setPercent(100);
   });
   afterAll(async () => {
     for (const e of enforcers) await e.close();
-    await custody?.stop();
+    await plane?.stop();
+    await tokens?.stop();
     await sink?.close();
   });
 
@@ -122,7 +131,7 @@ describe('enforcer against a real custody up', () => {
   });
 
   it('refuses a call without a sponsor or an instance before asking anyone', async () => {
-    const e = make({ url: 'http://127.0.0.1:9' });
+    const e = make({ tokenUrl: 'http://127.0.0.1:9', policyUrl: 'http://127.0.0.1:9' });
     const d = await e.check({ tool: 'search', action: 'call', identity: { agentInstanceId: 'no-sponsor', role: 'support' } });
     expect(d).toMatchObject({ decision: 'deny', allowed: false, ruleId: 'sponsor-required', policyDecisionId: '', enforced: true });
     expect(d.error).toMatchObject({ code: 'ERR_POLICY_DENIED' });
@@ -208,14 +217,14 @@ describe('enforcer against a real custody up', () => {
     const { log, lines } = captureLog();
     const e = make({ cacheTtlS: 1, log });
     const first = await e.check({ tool: 'search', action: 'call', identity: support('inc-2') });
-    expect((await putRollout(url, { cache_ttl_s: 120, reason: 'plane maintenance' }, undefined, '/v1/rollout/incident')).status).toBe(200);
+    expect((await putRollout(plane.url, { cache_ttl_s: 120, reason: 'plane maintenance' }, undefined, '/v1/rollout/incident')).status).toBe(200);
     try {
       expect(await e.refreshRollout()).toMatchObject({ percent: 100, incidentCacheTtlS: 120 });
       expect(lines.join('')).toContain('INCIDENT MODE');
       await new Promise((r) => setTimeout(r, 1100));
       expect(await e.check({ tool: 'search', action: 'call', identity: support('inc-2') })).toMatchObject({ cached: true, policyDecisionId: first.policyDecisionId });
     } finally {
-      await putRollout(url, { cache_ttl_s: null, reason: 'over' }, undefined, '/v1/rollout/incident');
+      await putRollout(plane.url, { cache_ttl_s: null, reason: 'over' }, undefined, '/v1/rollout/incident');
     }
     await e.refreshRollout();
     expect(lines.join('')).toContain('incident mode over');

@@ -1,28 +1,23 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isDecisionId } from '../enforcer/policy/ids';
 import { cohortOf } from '../enforcer/policy/rollout';
-import { eventually, startCustody, type RunningCustody } from './helpers/custody';
-import { startOtlpSink, type OtlpSink } from './helpers/policy-otlp-sink';
+import { openStore } from '../collector/store';
+import { createLogger } from '../common/log';
+import { startCustody, type RunningCustody } from './helpers/custody';
 import { ADMIN_TOKEN, check, issue, metric, policyFile, putRollout } from './helpers/policy';
 
-// The policy plane inside a real `custody up`, tokens from its real token service, the decision
-// log read from what the plane sends over OTLP.
+// The policy plane inside a real `custody up`, tokens from its real token service; at the end the
+// decision log is read back from the collector's store.
 describe('policy plane in custody up', () => {
-  let sink: OtlpSink;
   let custody: RunningCustody;
   let url: string;
 
   beforeAll(async () => {
-    sink = await startOtlpSink();
-    custody = await startCustody({
-      args: ['--otlp-url', sink.url, '--policy', policyFile()],
-      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN },
-    });
+    custody = await startCustody({ args: ['--policy', policyFile()], env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN } });
     url = custody.url;
   });
   afterAll(async () => {
     await custody?.stop();
-    await sink?.close();
   });
 
   it('decides from the verified token, never from fields the caller adds', async () => {
@@ -101,40 +96,6 @@ describe('policy plane in custody up', () => {
     expect(other.body).toMatchObject({ decision: 'deny', rule_id: 'purpose-mismatch' });
   });
 
-  it('reports every decision to the collector, joined to the caller\'s trace', async () => {
-    const t = await issue(url, { tool: 'search', sponsor_id: 'bob', agent_instance_id: 'trace-1', role: 'support', purpose: 'ticket:42' });
-    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
-    const parent = '00f067aa0ba902b7';
-    const r = await check(url, { token: t.token, tool: 'search', action: 'call' }, { traceparent: `00-${traceId}-${parent}-01` });
-    const id = r.body.policy_decision_id;
-    const span = await eventually(async () => sink.spans.find((s) => s.attributes['custody.policy_decision_id'] === id));
-    expect(span.name).toBe('custody.policy.decision');
-    expect(span.traceId).toBe(traceId);
-    expect(span.parentSpanId).toBe(parent);
-    expect(span.attributes).toMatchObject({
-      'custody.policy.decision': 'allow',
-      'custody.policy.rule_id': 'allow-support-search',
-      'custody.sponsor_id': 'bob',
-      'custody.agent_instance_id': 'trace-1',
-      'custody.role': 'support',
-      'custody.tool_id': 'search',
-      'custody.action': 'call',
-      'custody.purpose': 'ticket:42',
-      'custody.rollout.cohort': r.body.cohort,
-      'custody.enforced': r.body.enforced,
-      'custody.token.jti': t.claims.jti,
-      'custody.policy.version': 'starter-1',
-    });
-    expect(span.attributes['custody.policy.reason']).toBe(r.body.reason);
-    expect(typeof span.attributes['custody.policy.latency_ms']).toBe('number');
-
-    // a denied bad token is logged too, without an identity
-    const bad = await check(url, { token: 'x.y.z', tool: 'billing', action: 'refund' });
-    const logged = await eventually(async () => sink.spans.find((s) => s.attributes['custody.policy_decision_id'] === bad.body.policy_decision_id));
-    expect(logged.attributes).toMatchObject({ 'custody.policy.decision': 'deny', 'custody.policy.rule_id': 'token-invalid', 'custody.tool_id': 'billing' });
-    expect(logged.attributes['custody.sponsor_id']).toBeUndefined();
-  });
-
   it('exposes decision metrics with bounded tool labels', async () => {
     const t = await issue(url, { tool: 'search', sponsor_id: 'alice', agent_instance_id: 'm-1', role: 'user' });
     const before = (await metric(url, 'custody_policy_decisions_total', { decision: 'allow', tool: 'search' })) ?? 0;
@@ -174,14 +135,6 @@ describe('policy plane in custody up', () => {
     expect((await putRollout(url, { percent: 60, reason: 'r', expected_percent: 10 })).status).toBe(409);
     expect(await metric(url, 'custody_rollout_percent')).toBe(30);
 
-    const span = await eventually(async () => sink.spans.find((s) => s.name === 'custody.rollout.change'));
-    expect(span.attributes).toMatchObject({
-      'custody.rollout.from_percent': 10,
-      'custody.rollout.to_percent': 30,
-      'custody.rollout.reason': 'healthy for 24h',
-      'custody.rollout.actor': 'ops-alice',
-    });
-
     // the plane's cohort follows the new percent
     const t = await issue(url, { tool: 'search', sponsor_id: 'alice', agent_instance_id: 'r-1', role: 'user' });
     expect((await check(url, { token: t.token, tool: 'search', action: 'call' })).body).toMatchObject({ cohort: cohortOf('r-1', 30), rollout_percent: 30 });
@@ -193,19 +146,68 @@ describe('policy plane in custody up', () => {
     const on = await putRollout(url, { cache_ttl_s: 600, reason: 'plane degraded' }, undefined, '/v1/rollout/incident');
     expect(on.status).toBe(200);
     expect(on.body).toMatchObject({ percent: 30, incident: { cache_ttl_s: 600, reason: 'plane degraded', actor: 'admin' } });
-    const logged = await eventually(async () => sink.spans.find((s) => String(s.attributes['custody.rollout.reason']).includes('incident switch on')));
-    expect(logged.attributes['custody.rollout.to_percent']).toBe(30);
     const off = await putRollout(url, { cache_ttl_s: 0, reason: 'resolved' }, undefined, '/v1/rollout/incident');
     expect(off.body.incident).toBeNull();
   });
 
   it('keeps the rollout across a restart', async () => {
     expect((await putRollout(url, { percent: 60, reason: 'before restart' })).status).toBe(200);
-    await custody.stop();
-    custody = await startCustody({ dataDir: custody.dataDir, args: ['--otlp-url', sink.url], env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN } });
+    // stopped right after the change: the plane delivers its last events before the collector stops
+    expect(await custody.stop()).toBe(0);
+    custody = await startCustody({ dataDir: custody.dataDir, env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN } });
     url = custody.url;
     const after = (await (await fetch(`${url}/v1/rollout`)).json()) as any;
     expect(after).toMatchObject({ percent: 60, reason: 'before restart', stage: 3 });
     expect(await metric(url, 'custody_rollout_percent')).toBe(60);
+  });
+  it('every decision and rollout change reaches the collector\'s store, joined to the caller\'s trace', async () => {
+    const t = await issue(url, { tool: 'search', sponsor_id: 'bob', agent_instance_id: 'store-1', role: 'support', purpose: 'ticket:42' });
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const r = await check(url, { token: t.token, tool: 'search', action: 'call' }, { traceparent: `00-${traceId}-00f067aa0ba902b7-01` });
+    const bad = await check(url, { token: 'x.y.z', tool: 'billing', action: 'refund' });
+    expect((await putRollout(url, { percent: 100, reason: 'all in', actor: 'ops-bob' })).status).toBe(200);
+    expect(await custody.stop()).toBe(0);
+
+    const store = await openStore({ dataDir: custody.dataDir, log: createLogger('test', 'error') });
+    try {
+      const rows = (await (
+        await store.client.query({
+          query: `SELECT policy_decision_id, decision, rule_id, reason, sponsor_id, agent_instance_id, role, tool_id, action, purpose,
+                         cohort, enforced, token_jti, latency_ms, trace_id FROM custody.policy_decisions
+                  WHERE policy_decision_id IN {ids:Array(String)} ORDER BY policy_decision_id`,
+          query_params: { ids: [r.body.policy_decision_id, bad.body.policy_decision_id] },
+          format: 'JSONEachRow',
+        })
+      ).json()) as any[];
+      expect(rows).toHaveLength(2);
+      expect(rows[0]).toMatchObject({
+        policy_decision_id: r.body.policy_decision_id,
+        decision: 'allow',
+        rule_id: 'allow-support-search',
+        reason: r.body.reason,
+        sponsor_id: 'bob',
+        agent_instance_id: 'store-1',
+        role: 'support',
+        tool_id: 'search',
+        action: 'call',
+        purpose: 'ticket:42',
+        cohort: r.body.cohort,
+        enforced: r.body.enforced,
+        token_jti: t.claims.jti,
+        trace_id: traceId,
+      });
+      expect(rows[0].latency_ms).toBeGreaterThan(0);
+      expect(rows[1]).toMatchObject({ decision: 'deny', rule_id: 'token-invalid', sponsor_id: '', tool_id: 'billing' });
+
+      const changes = (await (
+        await store.client.query({ query: 'SELECT from_percent, to_percent, reason, actor FROM custody.rollout_events ORDER BY timestamp', format: 'JSONEachRow' })
+      ).json()) as any[];
+      expect(changes).toContainEqual({ from_percent: 10, to_percent: 30, reason: 'healthy for 24h', actor: 'ops-alice' });
+      expect(changes).toContainEqual({ from_percent: 30, to_percent: 60, reason: 'before restart', actor: 'admin' });
+      expect(changes.at(-1)).toEqual({ from_percent: 60, to_percent: 100, reason: 'all in', actor: 'ops-bob' });
+      expect(changes.some((c) => c.reason.startsWith('incident switch on'))).toBe(true);
+    } finally {
+      await store.close();
+    }
   });
 });

@@ -108,7 +108,17 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       return {
         name: 'policy-plane',
         banner,
-        close: async () => policies.close(),
+        close: async () => {
+          policies.close();
+          // Deliver the last decisions and rollout changes while a collector hosted here still listens
+          // (roles stop in reverse order); bounded, since a remote collector may be down.
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([
+            ctx.reporter.flush().catch(() => undefined),
+            new Promise<void>((resolve) => (timer = setTimeout(resolve, 2000).unref())),
+          ]);
+          clearTimeout(timer);
+        },
       };
     } catch (err) {
       policies.close();
@@ -119,19 +129,33 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
 
 export const startPolicyPlaneRole: RoleStarter = (ctx) => policyPlaneRole()(ctx);
 
-/** In `custody up`, the token service's keys in process; alone, its JWKS over HTTP. */
+/**
+ * In `custody up`, the token service's keys in process; alone, its JWKS over HTTP. The token
+ * service's configuration (--token-config, as the token service resolves it) gives the role order
+ * delegation chains are checked against, and the issuer when none is given.
+ */
 function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: TokenVerifier; describe: string } {
   const keys = ctx.services.lookup<TokenKeysService>(SERVICE.TOKEN_KEYS);
+  const explicitIssuer = o.tokenIssuer ?? (process.env[ENV.TOKEN_ISSUER] || undefined);
+  let config: ReturnType<typeof loadTokenConfig> | undefined;
+  try {
+    config = loadTokenConfig(ctx.options.tokenConfigFile);
+  } catch (err) {
+    // Alone with an explicit issuer, or beside the token service, the defaults do; otherwise the issuer is unknown.
+    if (!keys && !explicitIssuer) throw err;
+    ctx.log.warn({ err: (err as Error).message }, 'policy plane: token service configuration unreadable; default role order');
+  }
+  const chain = config ? { roleOrder: config.roleOrder, maxDepth: config.delegation.max_depth } : {};
   if (keys) {
     return {
-      verifier: createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks() }),
+      verifier: createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks(), ...chain }),
       describe: `verified with the in-process token service's keys (issuer '${keys.issuer}')`,
     };
   }
   const base = o.tokenUrl ?? process.env[ENV.TOKEN_URL] ?? process.env[ENV.URL] ?? DEFAULTS.URL;
-  const issuer = o.tokenIssuer ?? (process.env[ENV.TOKEN_ISSUER] || loadTokenConfig(ctx.options.tokenConfigFile).issuer);
+  const issuer = explicitIssuer ?? config!.issuer;
   const url = jwksUrl(base);
-  return { verifier: createTokenVerifier({ issuer, jwks: url }), describe: `verified with ${url} (issuer '${issuer}')` };
+  return { verifier: createTokenVerifier({ issuer, jwks: url, ...chain }), describe: `verified with ${url} (issuer '${issuer}')` };
 }
 
 function reportRollout(ctx: RoleContext, c: { from: number; to: number; reason: string; actor: string }): void {
