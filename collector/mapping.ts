@@ -82,8 +82,12 @@ export function serializeRows(rows: readonly unknown[][]): string {
   return out;
 }
 
-/** JSONCompactEachRow bodies (see serializeRows), per table; tables without rows are absent. */
-export type TableRows = Partial<Record<IngestTable, string>>;
+/**
+ * JSONCompactEachRow bodies (see serializeRows), per table; tables without rows are absent.
+ * Buffers: held outside the JS heap while they wait for their insert, so garbage collection does
+ * not copy them around.
+ */
+export type TableRows = Partial<Record<IngestTable, Buffer>>;
 
 export interface MappedSpans {
   readonly rows: TableRows;
@@ -94,8 +98,8 @@ export interface MappedSpans {
   /** Tool calls stored without a sponsor: the signal the rules watch. */
   readonly missingSponsor: number;
   readonly spans: number;
-  /** Characters in all bodies, for the writer's memory bound. */
-  readonly chars: number;
+  /** Bytes in all bodies, for the writer's memory bound. */
+  readonly bytes: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,12 +479,12 @@ export function mapSpans(spans: readonly Span[]): MappedSpans {
   }
   const rows: TableRows = {};
   const rowCounts: Partial<Record<IngestTable, number>> = {};
-  let chars = 0;
+  let bytes = 0;
   for (const table of Object.keys(byTable) as IngestTable[]) {
-    const body = serializeRows(byTable[table]!);
+    const body = Buffer.from(serializeRows(byTable[table]!));
     rows[table] = body;
     rowCounts[table] = byTable[table]!.length;
-    chars += body.length;
+    bytes += body.length;
   }
-  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, spans: spans.length, chars };
+  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, spans: spans.length, bytes };
 }

@@ -147,10 +147,6 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
   const tooLarge = (message: string) =>
     new OtlpHttpError(413, GRPC_CODE.RESOURCE_EXHAUSTED, 'payload_too_large', message, { Connection: 'close' });
 
-  function countRejected(decoded: DecodedRequest): void {
-    for (const [reason, n] of decoded.rejected) rejected.inc({ reason }, n);
-  }
-
   function countToolCalls(calls: Map<string, number>): void {
     for (const [key, n] of calls) {
       const [tool = '', decision = '', cohort = ''] = key.split('\0');
@@ -194,10 +190,12 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     }
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse, format: WireFormat): Promise<void> {
-    if (!writer.available) {
-      throw new OtlpHttpError(503, GRPC_CODE.UNAVAILABLE, 'storage_unavailable', 'storage is unavailable; retry later', { 'Retry-After': '5' });
-    }
+  /**
+   * Reads, decodes and maps one request. Only the row buffers and a few counts leave this
+   * function: the decoded spans die here instead of living on while the rows wait for their
+   * insert, which would have them copied into the old generation and cost full collections.
+   */
+  async function receive(req: IncomingMessage, format: WireFormat) {
     const body = await decompress(req, await readBody(req));
     let decoded: DecodedRequest;
     try {
@@ -206,12 +204,24 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       if (err instanceof OtlpDecodeError) throw new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'invalid_request', err.message);
       throw err;
     }
-    const mapped = mapSpans(decoded.spans);
+    const { rows, counts, spans, toolCalls } = mapSpans(decoded.spans);
+    const { rejected: refused, rejectedCount, rejectionMessages } = decoded;
+    const message = rejectedCount
+      ? `${rejectedCount} span(s) rejected: ${rejectionMessages.join('; ')}${rejectedCount > rejectionMessages.length ? '; …' : ''}`
+      : '';
+    return { write: { rows, counts }, spans, toolCalls, refused, rejectedCount, message };
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse, format: WireFormat): Promise<void> {
+    if (!writer.available) {
+      throw new OtlpHttpError(503, GRPC_CODE.UNAVAILABLE, 'storage_unavailable', 'storage is unavailable; retry later', { 'Retry-After': '5' });
+    }
+    const { write, spans, toolCalls, refused, rejectedCount, message } = await receive(req, format);
     try {
-      await waitForWrite(writer.write(mapped));
+      await waitForWrite(writer.write(write));
     } catch (err) {
       if (err instanceof WriteRefusedError) {
-        rejected.inc({ reason: err.status === 429 ? 'queue_full' : 'storage_unavailable' }, mapped.spans);
+        rejected.inc({ reason: err.status === 429 ? 'queue_full' : 'storage_unavailable' }, spans);
         throw new OtlpHttpError(
           err.status,
           err.status === 429 ? GRPC_CODE.RESOURCE_EXHAUSTED : GRPC_CODE.UNAVAILABLE,
@@ -221,18 +231,15 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
         );
       }
       if (err instanceof StoreWriteError) {
-        rejected.inc({ reason: 'storage_refused' }, mapped.spans);
+        rejected.inc({ reason: 'storage_refused' }, spans);
         throw new OtlpHttpError(500, GRPC_CODE.INTERNAL, 'storage_refused', 'the spans could not be stored');
       }
       throw err;
     }
-    ingested.inc(mapped.spans);
-    countToolCalls(mapped.toolCalls);
-    countRejected(decoded);
-    const message = decoded.rejectedCount
-      ? `${decoded.rejectedCount} span(s) rejected: ${decoded.rejectionMessages.join('; ')}${decoded.rejectedCount > decoded.rejectionMessages.length ? '; …' : ''}`
-      : '';
-    send(res, 200, format, encodeExportResponse(format, decoded.rejectedCount, message));
+    ingested.inc(spans);
+    countToolCalls(toolCalls);
+    for (const [reason, n] of refused) rejected.inc({ reason }, n);
+    send(res, 200, format, encodeExportResponse(format, rejectedCount, message));
   }
 
   return async function otlpReceiver(req: IncomingMessage, res: ServerResponse): Promise<void> {

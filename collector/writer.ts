@@ -267,7 +267,7 @@ export function createBatchWriter(options: WriterOptions): BatchWriter {
       if (closing || !available) return Promise.reject(refusedUnavailable());
       const tables = (Object.keys(request.rows) as IngestTable[]).filter((t) => request.rows[t]);
       if (tables.length === 0) return Promise.resolve();
-      const bodies = tables.map((t) => Buffer.from(request.rows[t]!));
+      const bodies = tables.map((t) => request.rows[t]!);
       const rows = tables.reduce((n, t) => n + (request.counts[t] ?? 0), 0);
       const bytes = bodies.reduce((n, b) => n + b.length, 0);
       // an empty queue takes any request: the body limit bounds it

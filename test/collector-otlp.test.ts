@@ -22,9 +22,10 @@ function sdkSpans(build: (tracer: ReturnType<BasicTracerProvider['getTracer']>) 
 }
 
 /** Body lines → rows as objects keyed by column. */
-function rowsOf(body: string | undefined, columns: readonly string[]): Record<string, unknown>[] {
+function rowsOf(body: Buffer | undefined, columns: readonly string[]): Record<string, unknown>[] {
   if (!body) return [];
   return body
+    .toString()
     .trim()
     .split('\n')
     .flatMap((line) => JSON.parse(`[${line}]`) as unknown[][])
