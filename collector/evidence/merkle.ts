@@ -73,19 +73,15 @@ export function merkleLevels(n: number): number {
  * and the columns `keep`, into one that returns `keep` and `root` (lowercase hex MTH).
  *
  * Each level pairs neighbours and carries an odd last node up unchanged, which gives the same
- * root as RFC 6962's recursive split. Levels are nested subqueries, not aliases, so the query
- * stays linear in size; the lambdas take their arrays as arguments, never by capture (a captured
- * array is copied per element). `levels` must be at least merkleLevels(longest array).
+ * root as RFC 6962's recursive split; arrayFold runs the levels (ClickHouse 23.10+). The lambdas
+ * take their arrays as arguments, never by capture (a captured array is copied per element).
+ * `levels` must be at least merkleLevels(longest array); extra levels cost nothing.
  */
 export function merkleRootSql(inner: string, keep: readonly string[], levels: number): string {
   const cols = keep.length ? `${keep.join(', ')}, ` : '';
-  let sql = inner;
-  for (let k = 1; k <= levels; k++) {
-    const p = `l${k - 1}`;
-    sql = `SELECT ${cols}arrayFilter((x, i) -> i % 2 = 1, ${p}, arrayEnumerate(${p})) AS o${k},
-      arrayFilter((x, i) -> i % 2 = 0, ${p}, arrayEnumerate(${p})) AS e${k},
-      arrayConcat(arrayMap((a, b) -> SHA256(concat(char(${NODE_PREFIX}), a, b)), arrayResize(o${k}, length(e${k})), e${k}), arraySlice(o${k}, length(e${k}) + 1)) AS l${k}
-      FROM (${sql})`;
-  }
-  return `SELECT ${cols}if(length(l${levels}) = 0, '${EMPTY_ROOT}', lower(hex(l${levels}[1]))) AS root FROM (${sql})`;
+  const odd = `arrayFilter((x, i) -> i % 2 = 1, acc, arrayEnumerate(acc))`;
+  const even = `arrayFilter((x, i) -> i % 2 = 0, acc, arrayEnumerate(acc))`;
+  const level = `arrayConcat(arrayMap((a, b) -> SHA256(concat(char(${NODE_PREFIX}), a, b)), arrayResize(${odd}, length(${even})), ${even}), arraySlice(${odd}, length(${even}) + 1))`;
+  return `SELECT ${cols}if(length(l0) = 0, '${EMPTY_ROOT}', lower(hex(arrayFold((acc, k) -> ${level}, range(${Math.max(0, Math.trunc(levels))}), l0)[1]))) AS root
+    FROM (${inner})`;
 }

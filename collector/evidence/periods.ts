@@ -47,6 +47,21 @@ export async function rootOfRange(store: Store, from: number, to: number): Promi
   return totals(r!);
 }
 
+/** Rows written in each of several ranges, in one pass. */
+export async function countRowsIn(store: Store, ranges: readonly PeriodBounds[]): Promise<number[]> {
+  if (!ranges.length) return [];
+  const from = Math.min(...ranges.map((r) => r.start));
+  const to = Math.max(...ranges.map((r) => r.end));
+  const cols = ranges.map((r, i) => `countIf(ms >= ${Math.trunc(r.start)} AND ms < ${Math.trunc(r.end)}) AS n${i}`);
+  const [r] = await rows<Record<string, string | number>>(
+    store,
+    `SELECT ${cols.join(', ')} FROM (${SEALED_TABLES.map(
+      (t) => `SELECT toUnixTimestamp64Milli(ingested_at) AS ms FROM ${store.database}.${t.name} WHERE ingested_at >= ${msSql(from)} AND ingested_at < ${msSql(to)}`,
+    ).join(' UNION ALL ')})`,
+  );
+  return ranges.map((_, i) => Number(r?.[`n${i}`] ?? 0));
+}
+
 const leavesTable = (store: Store) => `${store.database}.${TABLE.AUDIT_CHECKPOINT_LEAVES}`;
 
 export async function leafIndexCount(store: Store, seq: number): Promise<number> {
