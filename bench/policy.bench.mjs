@@ -7,7 +7,9 @@
 //
 //   npm run build && node bench/policy.bench.mjs [--seconds 8] [--concurrency 16]
 //
-// The load generator is this file run as `node bench/policy.bench.mjs --load URL TOKENS_FILE C S MODE`.
+// The load generator is this file run as `node bench/policy.bench.mjs --load URL TOKENS_FILE C S MODE`,
+// MODE `cycle` (closed loop: C connections back to back), `once` (each token used once) or
+// `paced:RATE` (open loop: RATE requests/s on a fixed schedule, latency from the scheduled time).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -246,6 +248,8 @@ async function loopback(servers, seconds, concurrency) {
   const out = {};
   // Few connections show the latency a call sees; many show how much one plane process takes.
   const runs = [
+    ['policy-plane alone, 500 agents reusing their tokens, 2,000 req/s offered (open loop)', servers.plane.url, reuse, 64, 'paced:2000'],
+    ['custody up, 500 agents reusing their tokens, 2,000 req/s offered (open loop)', servers.up.url, reuse, 64, 'paced:2000'],
     ['policy-plane alone, 500 agents reusing their tokens', servers.plane.url, reuse, 4, 'cycle'],
     ['policy-plane alone, 500 agents reusing their tokens', servers.plane.url, reuse, concurrency, 'cycle'],
     ['policy-plane alone, every token new (signature checked each time)', servers.plane.url, null, 8, 'once'],
@@ -259,9 +263,10 @@ async function loopback(servers, seconds, concurrency) {
       fs.writeFileSync(tokensFile, JSON.stringify(await issueTokens(servers.up.url, 12_000, 'fresh')));
     }
     const r = await runLoad(url, tokensFile, c, seconds, mode);
-    out[`${name}, ${c} connections`] = r;
+    const label = mode.startsWith('paced') ? `${name}, up to ${c} connections` : `${name}, ${c} connections`;
+    out[label] = r;
     console.log(
-      `  ${name}, ${c} connections\n    ${r.rps.toFixed(0)} req/s over ${r.seconds.toFixed(1)} s, latency p50 ${ms(r.p50)} p95 ${ms(r.p95)} p99 ${ms(r.p99)}, ` +
+      `  ${label}\n    ${r.rps.toFixed(0)} req/s over ${r.seconds.toFixed(1)} s, latency p50 ${ms(r.p50)} p95 ${ms(r.p95)} p99 ${ms(r.p99)}, ` +
         `${r.errors} errors, decisions ${JSON.stringify(r.decisions)}`,
     );
   }
@@ -300,40 +305,77 @@ async function loadGenerator([url, tokensFile, c, s, mode]) {
       req.on('error', reject);
       req.end(body);
     });
-  // warm-up (connections, JIT); in `once` mode from the end of the list, kept apart from the measured tokens
-  const warm = mode === 'once' ? tokens.splice(-400) : tokens;
-  for (let i = 0; i < 400; i++) await post(warm[i % warm.length]);
+  // warm-up (connections, JIT, the plane's verified-token cache): the same load for 3 s, not
+  // counted; in `once` mode a short serial one from the end of the list, kept apart from the measured tokens
+  if (mode === 'once') {
+    const warm = tokens.splice(-400);
+    for (const t of warm) await post(t);
+  } else await measure(tokens, concurrency, 3, mode, post);
+  const r = await measure(tokens, concurrency, Number(s), mode, post);
+  process.stdout.write(JSON.stringify(r));
+  agent.destroy();
+}
 
+/** One measured run of the load generator. */
+async function measure(tokens, concurrency, seconds, mode, post) {
   const latencies = [];
   const decisions = {};
   let errors = 0;
   let next = 0;
+  const record = (r) => {
+    if (r.status !== 200) errors++;
+    else {
+      const d = JSON.parse(r.text).decision;
+      decisions[d] = (decisions[d] ?? 0) + 1;
+    }
+  };
   const started = process.hrtime.bigint();
-  const deadline = Date.now() + Number(s) * 1000;
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (Date.now() < deadline) {
-        if (mode === 'once' && next >= tokens.length) return;
-        const token = tokens[next++ % tokens.length];
-        const t = process.hrtime.bigint();
-        try {
-          const r = await post(token);
-          latencies.push(Number(process.hrtime.bigint() - t));
-          if (r.status !== 200) errors++;
-          else {
-            const d = JSON.parse(r.text).decision;
-            decisions[d] = (decisions[d] ?? 0) + 1;
-          }
-        } catch {
-          errors++;
-        }
+  const deadline = Date.now() + seconds * 1000;
+  const paced = /^paced:(\d+)$/.exec(mode);
+  if (paced) {
+    // Open loop: requests leave on a fixed schedule (rate/s), whatever the answers do; latency
+    // counts from the scheduled time, so a stall shows in full (no coordinated omission).
+    const rate = Number(paced[1]);
+    const inflight = new Set();
+    let sent = 0;
+    while (Date.now() < deadline) {
+      const due = Math.floor((Number(process.hrtime.bigint() - started) / 1e9) * rate);
+      for (; sent < due; sent++) {
+        const scheduled = started + BigInt(Math.round((sent / rate) * 1e9));
+        const p = post(tokens[sent % tokens.length]).then(
+          (r) => {
+            latencies.push(Number(process.hrtime.bigint() - scheduled));
+            record(r);
+          },
+          () => errors++,
+        );
+        inflight.add(p);
+        p.finally(() => inflight.delete(p));
       }
-    }),
-  );
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await Promise.all(inflight);
+  } else {
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (Date.now() < deadline) {
+          if (mode === 'once' && next >= tokens.length) return;
+          const token = tokens[next++ % tokens.length];
+          const t = process.hrtime.bigint();
+          try {
+            const r = await post(token);
+            latencies.push(Number(process.hrtime.bigint() - t));
+            record(r);
+          } catch {
+            errors++;
+          }
+        }
+      }),
+    );
+  }
   const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
   const st = stats(Float64Array.from(latencies));
-  process.stdout.write(JSON.stringify({ rps: latencies.length / elapsed, seconds: elapsed, n: latencies.length, errors, decisions, p50: st.p50, p95: st.p95, p99: st.p99, mean: st.mean }));
-  agent.destroy();
+  return { rps: latencies.length / elapsed, seconds: elapsed, n: latencies.length, errors, decisions, p50: st.p50, p95: st.p95, p99: st.p99, mean: st.mean };
 }
 
 // --- 3. a cached allow ------------------------------------------------------------------------
