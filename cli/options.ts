@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULTS, ENV } from '../common/names';
@@ -58,4 +60,24 @@ export function commonOptions(flags: ServerFlags): CommonOptions {
 /** Client commands (rollback, audit, token) talk to the control API at --url. */
 export function withClientOptions(cmd: Command): Command {
   return cmd.option('--url <url>', `control API (default $${ENV.URL} or ${DEFAULTS.URL})`, process.env[ENV.URL] ?? DEFAULTS.URL);
+}
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+/**
+ * `custody up` on loopback with no admin token configured: a first day on one machine. Generates
+ * one (kept in `<data-dir>/admin-token`, mode 0600) so that the rollback job and the person at the
+ * keyboard can move the rollout. Returns the file, or undefined when nothing was done.
+ */
+export function bootstrapAdminToken(options: CommonOptions): string | undefined {
+  if (process.env[ENV.ADMIN_TOKEN] || !LOOPBACK.test(options.host)) return undefined;
+  const file = path.join(options.dataDir, 'admin-token');
+  let token = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : '';
+  if (!token) {
+    fs.mkdirSync(options.dataDir, { recursive: true });
+    token = randomBytes(24).toString('base64url');
+    fs.writeFileSync(file, `${token}\n`, { mode: 0o600 });
+  }
+  process.env[ENV.ADMIN_TOKEN] = token;
+  return file;
 }

@@ -1,12 +1,19 @@
 import type { Command } from 'commander';
 import { createLogger } from '../../common/log';
+import { ENV } from '../../common/names';
+import { playDemo } from '../demo/play';
 import { closeOnSignals, startHost } from '../host';
-import { commonOptions, withServerOptions, type ServerFlags } from '../options';
+import { bootstrapAdminToken, commonOptions, withServerOptions, type ServerFlags } from '../options';
 import { ROLES } from '../roles';
 
-async function serve(roleNames: string[], flags: ServerFlags): Promise<void> {
+async function serve(roleNames: string[], flags: ServerFlags & { demo?: boolean }): Promise<void> {
   const log = createLogger('custody');
   const options = commonOptions(flags);
+  const isUp = roleNames.length === Object.keys(ROLES).length;
+  const demo = isUp && flags.demo !== false && process.env[ENV.DEMO] !== 'off';
+  const adminTokenFile = isUp ? bootstrapAdminToken(options) : undefined;
+  // while the scenario plays, the rollback job looks every few seconds so its reaction shows
+  if (demo) process.env[ENV.ROLLBACK_INTERVAL] ??= '5s';
   const starters = roleNames.map((name) => {
     const starter = ROLES[name];
     if (!starter) throw new Error(`role '${name}' is not available`);
@@ -16,13 +23,18 @@ async function serve(roleNames: string[], flags: ServerFlags): Promise<void> {
   closeOnSignals(host);
   const lines = [`custody ${roleNames.join(' + ')} listening`, `  control API   ${host.control.url}`];
   for (const role of host.roles) for (const line of role.banner ?? []) lines.push(`  ${line}`);
+  if (adminTokenFile) lines.push(`  admin token   ${adminTokenFile} (generated; set ${ENV.ADMIN_TOKEN} to choose your own)`);
   process.stdout.write(lines.join('\n') + '\n');
+  if (demo) await playDemo(host, options, log);
 }
 
 export function registerServerCommands(program: Command): void {
   withServerOptions(
-    program.command('up').description('everything in one process: collector, token service, policy plane, rollback job'),
-  ).action((flags: ServerFlags) => serve(Object.keys(ROLES), flags));
+    program
+      .command('up')
+      .description('everything in one process: collector, token service, policy plane, rollback job; plays the seed scenario')
+      .option('--no-demo', `serve only, without playing the seed scenario (or ${ENV.DEMO}=off)`),
+  ).action((flags: ServerFlags & { demo?: boolean }) => serve(Object.keys(ROLES), flags));
 
   withServerOptions(program.command('collector').description('the collector alone: OTLP receiver, storage, rules, audit queries')).action(
     (flags: ServerFlags) => serve(['collector'], flags),

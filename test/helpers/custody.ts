@@ -27,10 +27,13 @@ export function tempDir(prefix = 'custody-test-'): string {
  * and waits until /readyz answers 200. Extra args are passed through.
  */
 export async function startCustody(
-  opts: { command?: string; args?: string[]; dataDir?: string; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {},
+  opts: { command?: string; args?: string[]; demo?: boolean; dataDir?: string; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {},
 ): Promise<RunningCustody> {
   const dataDir = opts.dataDir ?? tempDir();
-  const args = [CLI, opts.command ?? 'up', '--port', '0', '--otlp-port', '0', '--data-dir', dataDir, ...(opts.args ?? [])];
+  const command = opts.command ?? 'up';
+  // tests drive custody themselves: the seed scenario plays only when a test asks for it
+  const demo = command === 'up' && !opts.demo ? ['--no-demo'] : [];
+  const args = [CLI, command, ...demo, '--port', '0', '--otlp-port', '0', '--data-dir', dataDir, ...(opts.args ?? [])];
   const proc = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { ...process.env, CUSTODY_LOG_LEVEL: process.env.CUSTODY_LOG_LEVEL ?? 'warn', ...opts.env },

@@ -1,0 +1,55 @@
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * A loopback TCP proxy in front of the control API that the demo's agents talk to, so the demo
+ * can cut the policy plane off (connections refused and reset) without stopping custody.
+ */
+export interface OutageSwitch {
+  readonly url: string;
+  /** Resets every open connection and refuses new ones until `restore`. */
+  cut(): void;
+  restore(): void;
+  readonly down: boolean;
+  close(): Promise<void>;
+}
+
+export async function startOutageSwitch(target: { host: string; port: number }): Promise<OutageSwitch> {
+  let down = false;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    if (down) {
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(target.port, target.host);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => undefined);
+    }
+    client.pipe(upstream).pipe(client);
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    get down() {
+      return down;
+    },
+    cut() {
+      down = true;
+      for (const s of sockets) s.resetAndDestroy();
+    },
+    restore() {
+      down = false;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}

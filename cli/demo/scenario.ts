@@ -1,0 +1,199 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { ENV } from '../../common/names';
+import { cohortOf } from '../../enforcer/policy/rollout';
+import { formatTrail } from '../commands/audit';
+import type { AuditTrail } from '../../collector/audit';
+import { startOutageSwitch } from './proxy';
+import { callCounts, renderSnapshot, type Snapshot } from './summary';
+
+/**
+ * The seed scenario, played against a running `custody up` with real agent processes loaded with
+ * `--require custody/register`: a support assistant (alice, role support) triaging tickets through
+ * MCP tools and handing refunds to a sub-agent process; a customer agent the policy denies
+ * billing; the rest of the fleet in shadow; a policy-plane outage the enforcer fails closed on; an
+ * agent without a sponsor; then the rollback job reacting to what the outage did to the rules.
+ */
+export interface ScenarioOptions {
+  /** control API of the running custody */
+  url: string;
+  otlpUrl: string;
+  dataDir: string;
+  out: NodeJS.WritableStream & { isTTY?: boolean };
+  /** How long the policy plane is cut off (ms). */
+  outageMs?: number;
+  /** How long to wait for the rollback job to react (ms). */
+  rollbackWaitMs?: number;
+}
+
+export interface AgentReport {
+  agent: { agentInstanceId: string; parentAgentId?: string; sponsorId?: string; role?: string };
+  calls: { tool: string; ok: boolean; code?: string }[];
+  refunds?: AgentReport[];
+  ticket?: string;
+}
+
+export interface ScenarioResult {
+  assistant: AgentReport[];
+  customer: AgentReport;
+  fleet: AgentReport[];
+  unsponsored: AgentReport;
+  duringOutage: AgentReport;
+  toolServerSaw: { tool: string }[];
+  rolledBack: boolean;
+  final: Snapshot;
+  refundTrail?: { refundAgent: string; trail: AuditTrail };
+}
+
+const EXAMPLES = path.resolve(__dirname, '../../../examples/support-assistant');
+const PACKAGE_ROOT = path.resolve(__dirname, '../../..');
+const run = promisify(execFile);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Agent instance ids with a given prefix that fall in the requested cohort at this rollout percent. */
+export function pickInstances(prefix: string, cohort: 'canary' | 'baseline', percent: number, count: number): string[] {
+  const ids: string[] = [];
+  for (let k = 1; ids.length < count && k < 100_000; k++) {
+    const id = `${prefix}-${k}`;
+    if (cohortOf(id, percent) === cohort) ids.push(id);
+  }
+  return ids;
+}
+
+async function getJson<T>(url: string): Promise<T> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
+  if (!res.ok) throw new Error(`${url} answered ${res.status}`);
+  return (await res.json()) as T;
+}
+
+export async function snapshot(url: string): Promise<Snapshot> {
+  const [metrics, status] = await Promise.all([
+    fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) }).then((r) => r.text()),
+    getJson<{ action: string; sample_size: number; rules: Snapshot['rules']; rollout: { percent: number | null } }>(`${url}/v1/rollback/status`),
+  ]);
+  return { ...callCounts(metrics), rules: status.rules, action: status.action, sampleSize: status.sample_size, rolloutPercent: status.rollout.percent };
+}
+
+export async function playScenario(options: ScenarioOptions): Promise<ScenarioResult> {
+  const { url, out } = options;
+  const target = new URL(url);
+  const outage = await startOutageSwitch({ host: target.hostname, port: Number(target.port) });
+  const toolsLog = path.join(options.dataDir, 'demo-tools.log');
+  fs.rmSync(toolsLog, { force: true });
+
+  // the live summary
+  let phase = 'starting';
+  let shown = 0;
+  let last: Snapshot | undefined;
+  const live = out.isTTY === true;
+  const draw = async () => {
+    try {
+      last = await snapshot(url);
+    } catch {
+      return;
+    }
+    const lines = renderSnapshot(last, phase);
+    if (live) {
+      out.write((shown ? `\x1b[${shown}A` : '') + lines.map((l) => `\x1b[2K${l}`).join('\n') + '\n');
+      shown = lines.length;
+    }
+  };
+  const say = async (text: string) => {
+    phase = text;
+    if (live) {
+      shown = 0;
+      out.write(`\n▶ ${text}\n`);
+      await draw();
+    } else {
+      await draw();
+      out.write(`\n▶ ${text}\n${last ? renderSnapshot(last, text).slice(1).map((l) => `  ${l}`).join('\n') + '\n' : ''}`);
+    }
+  };
+  const ticker = live ? setInterval(() => void draw(), 1000) : undefined;
+
+  const rollout = await getJson<{ percent: number }>(`${url}/v1/rollout`);
+  const percent = rollout.percent;
+  const agentEnv = (extra: Record<string, string | undefined>): NodeJS.ProcessEnv => {
+    const env: NodeJS.ProcessEnv = { ...process.env, TOOLS_LOG: toolsLog };
+    for (const k of Object.keys(env)) if (k.startsWith('CUSTODY_') || k.startsWith('OTEL_') || k === 'NODE_OPTIONS') delete env[k];
+    Object.assign(env, {
+      [ENV.URL]: outage.url,
+      OTEL_EXPORTER_OTLP_ENDPOINT: options.otlpUrl,
+      [ENV.LOG_LEVEL]: 'error',
+    });
+    for (const [k, v] of Object.entries(extra)) if (v !== undefined) env[k] = v;
+    return env;
+  };
+  const agent = async (script: string, env: Record<string, string | undefined>): Promise<AgentReport> => {
+    const { stdout } = await run(process.execPath, ['--require', 'custody/register', path.join(EXAMPLES, script)], {
+      cwd: PACKAGE_ROOT,
+      env: agentEnv(env),
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    return JSON.parse(stdout.trim().split('\n').pop()!) as AgentReport;
+  };
+
+  try {
+    const [assistantId, secondShiftId] = pickInstances('support-assistant', 'canary', percent, 2);
+    const [customerId] = pickInstances('customer-agent', 'canary', percent, 1);
+    const [unsponsoredId] = pickInstances('unsponsored-agent', 'canary', percent, 1);
+    const fleetIds = pickInstances('fleet-agent', 'baseline', percent, 6);
+
+    await say(`support assistant triages 60 tickets for alice (role support, canary at ${percent} %); a customer agent and ${fleetIds.length} fleet agents in shadow beside it`);
+    const support = { [ENV.SPONSOR_ID]: 'alice', [ENV.ROLE]: 'support', [ENV.AGENT_NAME]: 'support-assistant' };
+    const [firstShift, customer, ...fleet] = await Promise.all([
+      agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: assistantId, TICKETS: '1-60' }),
+      agent('user-agent.cjs', { [ENV.SPONSOR_ID]: 'bob', [ENV.ROLE]: 'user', [ENV.AGENT_NAME]: 'customer-agent', [ENV.AGENT_INSTANCE_ID]: customerId }),
+      ...fleetIds.map((id) => agent('fleet-agent.cjs', { [ENV.SPONSOR_ID]: 'carol', [ENV.ROLE]: 'support', [ENV.AGENT_NAME]: 'fleet-agent', [ENV.AGENT_INSTANCE_ID]: id })),
+    ]);
+
+    const outageMs = options.outageMs ?? 4000;
+    await say(`policy plane outage for ${outageMs / 1000} s while the assistant's second shift works: calls fail closed`);
+    outage.cut();
+    const secondShiftRun = agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: secondShiftId, TICKETS: '61-75', TICKET_PAUSE_MS: '150' });
+    await sleep(outageMs);
+    outage.restore();
+    await say('policy plane back: the same agent process succeeds again');
+    const duringOutage = await secondShiftRun;
+
+    await say('an agent started without a sponsor');
+    const unsponsored = await agent('anonymous-agent.cjs', { [ENV.AGENT_NAME]: 'unsponsored-agent', [ENV.AGENT_INSTANCE_ID]: unsponsoredId });
+
+    await say('rollback job evaluates the canary: the outage pushed the policy error rate over 1 %');
+    let rolledBack = false;
+    const deadline = Date.now() + (options.rollbackWaitMs ?? 45_000);
+    while (Date.now() < deadline) {
+      const r = await getJson<{ percent: number }>(`${url}/v1/rollout`);
+      if (r.percent === 0) {
+        rolledBack = true;
+        break;
+      }
+      await sleep(1000);
+    }
+    await say(rolledBack ? 'rolled back: the policy gate is at 0 % until a person or a healthy period moves it' : 'the rollback job has not acted yet (see custody rollback check)');
+
+    // the chain of custody of one refund: alice → assistant → refund sub-agent → billing.refund
+    let refundTrail: ScenarioResult['refundTrail'];
+    const refund = (firstShift.refunds ?? []).find((r) => r.calls.some((c) => c.tool === 'billing.refund' && c.ok));
+    if (refund) {
+      const id = refund.agent.agentInstanceId;
+      for (let i = 0; i < 50 && !refundTrail; i++) {
+        const trail = await getJson<AuditTrail>(`${url}/v1/audit/trail/${encodeURIComponent(id)}`).catch(() => undefined);
+        if (trail && trail.ancestors.length && trail.agent.calls.length) refundTrail = { refundAgent: id, trail };
+        else await sleep(200);
+      }
+    }
+    if (refundTrail) out.write(`\nchain of custody of refund ${refund!.ticket} (custody audit trail ${refundTrail.refundAgent}):\n${formatTrail(refundTrail.trail)}\n`);
+
+    const toolServerSaw = fs.existsSync(toolsLog)
+      ? fs.readFileSync(toolsLog, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { tool: string })
+      : [];
+    const final = await snapshot(url);
+    return { assistant: [firstShift], customer, fleet, unsponsored, duringOutage, toolServerSaw, rolledBack, final, ...(refundTrail ? { refundTrail } : {}) };
+  } finally {
+    if (ticker) clearInterval(ticker);
+    await outage.close();
+  }
+}
