@@ -7,6 +7,8 @@ import { registerRollbackCommands } from './commands/rollback';
 import { registerRollbackWatchCommands } from './commands/rollback-watch';
 import { registerAuditCommands } from './commands/audit';
 import { registerTokenCommands } from './commands/token';
+import { registerReadinessCommand } from './commands/readiness';
+import { registerExportCommand } from './commands/export';
 
 // Each command module registers its own subcommands on the program.
 const program = new Command('custody')
@@ -20,6 +22,8 @@ registerRollbackWatchCommands(program);
 registerAuditCommands(program);
 registerPolicyCommands(program);
 registerTokenCommands(program);
+registerReadinessCommand(program);
+registerExportCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);

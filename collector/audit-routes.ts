@@ -14,6 +14,8 @@ import {
   type EventFilters,
 } from './audit';
 import type { Store } from './store';
+import { auditHealth } from './audit-health';
+import { parseWindow } from './rules';
 
 /**
  * GET /v1/audit/trail/:agent_instance_id[?depth=N&calls=N]
@@ -98,6 +100,19 @@ export function auditRouter(store: Store, log: Logger): Router {
     if (limit !== undefined) filters.limit = limit;
     if (cursor !== undefined) filters.cursor = cursor;
     res.json(await fromStore(log, () => auditEvents(store, filters)));
+  });
+
+  router.get('/v1/audit/health', async (req, res) => {
+    const q = req.query as Record<string, unknown>;
+    rejectUnknown(q, ['window']);
+    const text = queryString(q, 'window') ?? '24h';
+    let windowS: number;
+    try {
+      windowS = parseWindow(text);
+    } catch (err) {
+      throw badRequest('invalid_parameter', `query parameter 'window': ${(err as Error).message}`);
+    }
+    res.json(await fromStore(log, () => auditHealth(store, { windowS })));
   });
 
   return router;

@@ -1,3 +1,5 @@
+import { ConfigError } from '../common/errors';
+import { ENV } from '../common/names';
 import type { RoleContext, RunningRole } from '../common/role';
 import { openStore } from './store';
 import { startIngest } from './receiver';
@@ -8,11 +10,12 @@ import { startCheckpointer } from './evidence/checkpoint';
 /** The collector role: the store, the OTLP receiver, rules and audit queries. */
 export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole> {
   const { options, log } = ctx;
+  const retention = retentionDays(process.env[ENV.AUDIT_RETENTION_DAYS]);
   // a server may come up after the collector: its migrations run in the background meanwhile
   const store = await openStore(
     options.clickhouseUrl
-      ? { url: options.clickhouseUrl, log, migrate: 'background', ...(options.clickhouseCluster ? { cluster: options.clickhouseCluster } : {}) }
-      : { dataDir: options.dataDir, log },
+      ? { url: options.clickhouseUrl, log, migrate: 'background', ...retention, ...(options.clickhouseCluster ? { cluster: options.clickhouseCluster } : {}) }
+      : { dataDir: options.dataDir, log, ...retention },
   );
   ctx.addReadinessCheck('storage', async () => store.migrated && (await store.ping()));
   // before ingest: the checkpointer seals the time since its last checkpoint, when nothing could write
@@ -30,4 +33,14 @@ export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole>
       await store.close();
     },
   };
+}
+
+/** CUSTODY_AUDIT_RETENTION_DAYS: the audit TTL (default 90 days, set by the first migration). */
+function retentionDays(text: string | undefined): { retentionDays?: number } {
+  if (text === undefined || text.trim() === '') return {};
+  const days = Number(text);
+  if (!/^\d+$/.test(text.trim()) || days < 1 || days > 36_500) {
+    throw new ConfigError(`${ENV.AUDIT_RETENTION_DAYS} '${text}' must be a whole number of days from 1 to 36500`);
+  }
+  return { retentionDays: days };
 }

@@ -43,6 +43,21 @@ export function tokenRouter(service: TokenService): Router {
   router.get(TOKEN_PATHS.JWKS, (_req, res) => {
     res.set('Cache-Control', 'public, max-age=60').json(service.keys.jwks());
   });
+  // What the token service enforces, for readiness checks and people: no key material.
+  router.get('/v1/tokens/config', (_req, res) => {
+    const c = service.config;
+    res.json({
+      issuer: c.issuer,
+      mode: service.mode,
+      default_ttl_seconds: c.default_ttl_seconds,
+      max_ttl_seconds: c.max_ttl_seconds,
+      require_sponsor: c.require_sponsor,
+      supported_tools: c.supported_tools,
+      roles: c.roles,
+      delegation: c.delegation,
+      algorithm: c.signing.algorithm,
+    });
+  });
   return router;
 }
 
