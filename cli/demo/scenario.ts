@@ -30,7 +30,8 @@ export interface ScenarioOptions {
 
 export interface AgentReport {
   agent: { agentInstanceId: string; parentAgentId?: string; sponsorId?: string; role?: string };
-  calls: { tool: string; ok: boolean; code?: string }[];
+  /** `at`: when the agent made the call (epoch ms). */
+  calls: { tool: string; ok: boolean; at: number; code?: string }[];
   refunds?: AgentReport[];
   ticket?: string;
 }
@@ -43,6 +44,10 @@ export interface ScenarioResult {
   duringOutage: AgentReport;
   toolServerSaw: { tool: string }[];
   rolledBack: boolean;
+  /** When the rollout went to 0 (epoch ms), if it did. */
+  rolledBackAt?: number;
+  /** When the policy plane was cut off and restored (epoch ms). */
+  outage: { from: number; to: number };
   final: Snapshot;
   refundTrail?: { refundAgent: string; trail: AuditTrail };
 }
@@ -139,22 +144,26 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     const [assistantId, secondShiftId] = pickInstances('support-assistant', 'canary', percent, 2);
     const [customerId] = pickInstances('customer-agent', 'canary', percent, 1);
     const [unsponsoredId] = pickInstances('unsponsored-agent', 'canary', percent, 1);
-    const fleetIds = pickInstances('fleet-agent', 'baseline', percent, 6);
+    const fleetIds = pickInstances('fleet-agent', 'baseline', percent, 4);
 
-    await say(`support assistant triages 60 tickets for alice (role support, canary at ${percent} %); a customer agent and ${fleetIds.length} fleet agents in shadow beside it`);
+    await say(`support assistant triages 60 tickets for alice (role support, canary at ${percent} %); a customer agent then ${fleetIds.length} fleet agents in shadow`);
     const support = { [ENV.SPONSOR_ID]: 'alice', [ENV.ROLE]: 'support', [ENV.AGENT_NAME]: 'support-assistant' };
-    const [firstShift, customer, ...fleet] = await Promise.all([
+    const [firstShift, customer] = await Promise.all([
       agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: assistantId, TICKETS: '1-60' }),
       agent('user-agent.cjs', { [ENV.SPONSOR_ID]: 'bob', [ENV.ROLE]: 'user', [ENV.AGENT_NAME]: 'customer-agent', [ENV.AGENT_INSTANCE_ID]: customerId }),
-      ...fleetIds.map((id) => agent('fleet-agent.cjs', { [ENV.SPONSOR_ID]: 'carol', [ENV.ROLE]: 'support', [ENV.AGENT_NAME]: 'fleet-agent', [ENV.AGENT_INSTANCE_ID]: id })),
     ]);
+    const fleet = await Promise.all(
+      fleetIds.map((id) => agent('fleet-agent.cjs', { [ENV.SPONSOR_ID]: 'carol', [ENV.ROLE]: 'support', [ENV.AGENT_NAME]: 'fleet-agent', [ENV.AGENT_INSTANCE_ID]: id })),
+    );
 
     const outageMs = options.outageMs ?? 4000;
     await say(`policy plane outage for ${outageMs / 1000} s while the assistant's second shift works: calls fail closed`);
     outage.cut();
+    const outageFrom = Date.now();
     const secondShiftRun = agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: secondShiftId, TICKETS: '61-75', TICKET_PAUSE_MS: '150' });
     await sleep(outageMs);
     outage.restore();
+    const outageTo = Date.now();
     await say('policy plane back: the same agent process succeeds again');
     const duringOutage = await secondShiftRun;
 
@@ -163,11 +172,13 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
 
     await say('rollback job evaluates the canary: the outage pushed the policy error rate over 1 %');
     let rolledBack = false;
+    let rolledBackAt: number | undefined;
     const deadline = Date.now() + (options.rollbackWaitMs ?? 45_000);
     while (Date.now() < deadline) {
-      const r = await getJson<{ percent: number }>(`${url}/v1/rollout`);
+      const r = await getJson<{ percent: number; updated_at?: string }>(`${url}/v1/rollout`);
       if (r.percent === 0) {
         rolledBack = true;
+        if (r.updated_at) rolledBackAt = Date.parse(r.updated_at);
         break;
       }
       await sleep(1000);
@@ -191,7 +202,19 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
       ? fs.readFileSync(toolsLog, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { tool: string })
       : [];
     const final = await snapshot(url);
-    return { assistant: [firstShift], customer, fleet, unsponsored, duringOutage, toolServerSaw, rolledBack, final, ...(refundTrail ? { refundTrail } : {}) };
+    return {
+      assistant: [firstShift],
+      customer,
+      fleet,
+      unsponsored,
+      duringOutage,
+      toolServerSaw,
+      rolledBack,
+      ...(rolledBackAt !== undefined ? { rolledBackAt } : {}),
+      outage: { from: outageFrom, to: outageTo },
+      final,
+      ...(refundTrail ? { refundTrail } : {}),
+    };
   } finally {
     if (ticker) clearInterval(ticker);
     await outage.close();

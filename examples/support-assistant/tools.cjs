@@ -19,13 +19,14 @@ async function connectTools(name) {
     calls,
     /** Calls a tool through MCP; custody asks the policy plane first. */
     async call(tool, args) {
+      const at = Date.now();
       try {
         const result = await client.callTool({ name: tool, arguments: args });
         const ok = !result.isError;
-        calls.push({ tool, ok, ...(ok ? {} : { code: 'tool_error' }) });
+        calls.push({ tool, ok, at, ...(ok ? {} : { code: 'tool_error' }) });
         return ok ? JSON.parse(result.content[0].text) : undefined;
       } catch (err) {
-        calls.push({ tool, ok: false, code: err.code ?? 'error' });
+        calls.push({ tool, ok: false, at, code: err.code ?? 'error' });
         return undefined;
       }
     },
