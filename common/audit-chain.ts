@@ -30,7 +30,25 @@ export const CHAIN_FIELDS = [
   'tool_id', 'action', 'policy_decision_id', 'request_hash', 'response_hash', 'status',
 ] as const satisfies readonly (keyof ChainRecord)[];
 
+const SORTED_FIELDS = [...CHAIN_FIELDS].sort();
+
+/**
+ * SHA-256 hex of the canonical JSON of the record's chain fields. Written out field by field in
+ * sorted order: the same bytes as canonicalJson (it is on every tool call's path, and the
+ * verifier recomputes it in SQL from the same definition).
+ */
 export function chainHash(record: ChainRecord): string {
+  let json = '{';
+  for (let i = 0; i < SORTED_FIELDS.length; i++) {
+    const field = SORTED_FIELDS[i]!;
+    const v: string | number = record[field] ?? '';
+    json += `${i ? ',' : ''}"${field}":${typeof v === 'number' && !Number.isFinite(v) ? 'null' : JSON.stringify(v)}`;
+  }
+  return sha256Hex(json + '}');
+}
+
+/** The definition chainHash implements, kept for tests and readers. */
+export function chainHashReference(record: ChainRecord): string {
   const picked: Record<string, unknown> = {};
   for (const f of CHAIN_FIELDS) picked[f] = record[f] ?? '';
   return sha256Hex(canonicalJson(picked));

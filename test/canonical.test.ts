@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { AuditChain, CHAIN_GENESIS, chainHash } from '../common/audit-chain';
+import fc from 'fast-check';
+import { AuditChain, CHAIN_GENESIS, chainHash, chainHashReference } from '../common/audit-chain';
 import { canonicalJson, hashValue } from '../common/canonical';
 
 describe('canonical JSON', () => {
@@ -27,5 +28,21 @@ describe('audit chain', () => {
     expect(b.prevHash).toBe(a.hash);
     expect(chainHash({ ...rec('s2'), seq: 2, prev_hash: a.hash })).toBe(b.hash);
     expect(chainHash({ ...rec('s2'), seq: 2, prev_hash: CHAIN_GENESIS })).not.toBe(b.hash);
+  });
+});
+
+describe('chainHash', () => {
+  it('is the SHA-256 of the canonical JSON of the chain fields, for any strings', () => {
+    const s = fc.string({ unit: 'binary', maxLength: 40 });
+    fc.assert(
+      fc.property(
+        fc.record({
+          agent_instance_id: s, seq: fc.nat(), prev_hash: s, trace_id: s, span_id: s, sponsor_id: s, parent_agent_id: s,
+          tool_id: s, action: s, policy_decision_id: s, request_hash: s, response_hash: s, status: s,
+        }),
+        (r) => chainHash(r) === chainHashReference(r),
+      ),
+      { numRuns: 500 },
+    );
   });
 });
