@@ -24,7 +24,8 @@ export function withServerOptions(cmd: Command): Command {
     .option('--clickhouse-cluster <name>', `ClickHouse cluster: ON CLUSTER DDL, replicated tables (or $${ENV.CLICKHOUSE_CLUSTER})`)
     .option('--policy <file>', 'policy-config.yaml')
     .option('--token-config <file>', 'token-service-config.yml')
-    .option('--otlp-url <url>', 'where roles report their events (default: this process\'s OTLP receiver)');
+    .option('--otlp-url <url>', 'where roles report their events (default: this process\'s OTLP receiver)')
+    .option('--policy-url <url>', `a policy plane in another process, for the rollout percent (or $${ENV.POLICY_URL})`);
 }
 
 export interface ServerFlags {
@@ -37,6 +38,7 @@ export interface ServerFlags {
   policy?: string;
   tokenConfig?: string;
   otlpUrl?: string;
+  policyUrl?: string;
 }
 
 export function commonOptions(flags: ServerFlags): CommonOptions {
@@ -52,6 +54,7 @@ export function commonOptions(flags: ServerFlags): CommonOptions {
     ...(clickhouseCluster ? { clickhouseCluster } : {}),
     ...(flags.policy ? { policyFile: path.resolve(flags.policy) } : {}),
     ...(flags.tokenConfig ? { tokenConfigFile: path.resolve(flags.tokenConfig) } : {}),
+    ...((flags.policyUrl ?? process.env[ENV.POLICY_URL]) ? { policyUrl: flags.policyUrl ?? process.env[ENV.POLICY_URL]! } : {}),
     publicUrl: `http://${shownHost}:${flags.port}`,
     otlpUrl: flags.otlpUrl ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? `http://${shownHost}:${flags.otlpPort}`,
   };

@@ -108,6 +108,6 @@ export function rollbackStatusRouter(store: Store, options: { config: Readonly<R
 /** Mounts GET /v1/rollback/status and the rule gauges; the collector role calls it once its store is open. */
 export function mountRules(ctx: RoleContext, store: Store, options: { config?: Readonly<RulesConfig> } = {}): { close(): void } {
   const config = options.config ?? resolveRulesConfig();
-  ctx.control.use(rollbackStatusRouter(store, { config, rollout: rolloutPercent(ctx.services, ctx.log), log: ctx.log }));
+  ctx.control.use(rollbackStatusRouter(store, { config, rollout: rolloutPercent(ctx.services, ctx.log, ctx.options.policyUrl), log: ctx.log }));
   return registerRuleMetrics(store, { config, log: ctx.log });
 }

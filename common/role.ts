@@ -48,6 +48,8 @@ export interface CommonOptions {
   clickhouseUrl?: string;
   /** ClickHouse cluster for ON CLUSTER DDL and replicated tables (server storage only). */
   clickhouseCluster?: string;
+  /** A policy plane in another process (the collector reads the rollout percent there). */
+  policyUrl?: string;
   policyFile?: string;
   tokenConfigFile?: string;
   /** Base URL of the control API as agents see it. */

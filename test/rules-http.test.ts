@@ -211,7 +211,7 @@ describe('custody rollback check', () => {
 });
 
 describe('a collector alone', () => {
-  it('asks CUSTODY_POLICY_URL for the rollout percent', async () => {
+  it('asks CUSTODY_POLICY_URL (or --policy-url) for the rollout percent', async () => {
     await custody!.stop();
     custody = undefined;
     const plane = http.createServer((req, res) => {
@@ -224,6 +224,10 @@ describe('a collector alone', () => {
       custody = await startCustody({ command: 'collector', dataDir, env: { CUSTODY_POLICY_URL: `http://127.0.0.1:${port}` } });
       const { body } = await get(`${custody.url}/v1/rollback/status`);
       expect(body).toMatchObject({ action: 'advance', sample_size: 1000, rollout: { percent: 30 } });
+      // the same through --policy-url
+      await custody.stop();
+      custody = await startCustody({ command: 'collector', dataDir, args: ['--policy-url', `http://127.0.0.1:${port}`] });
+      expect((await get(`${custody.url}/v1/rollback/status`)).body).toMatchObject({ rollout: { percent: 30 } });
     } finally {
       await new Promise((r) => plane.close(r));
     }

@@ -68,7 +68,8 @@ const statusSchema = z
     rules: z.array(
       z.object({ rule: z.string(), value: z.number().nullable(), threshold: z.number(), breached: z.boolean() }).loose(),
     ),
-    rollout: z.object({ percent: z.number() }).loose().optional(),
+    // null: the collector knows no policy plane; the watcher reads the percent from the plane itself
+    rollout: z.object({ percent: z.number().nullable() }).loose().optional(),
     cohort: z.string().optional(),
   })
   .loose();
