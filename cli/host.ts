@@ -62,7 +62,8 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
       lookup: <T>(name: string) => services.get(name) as T | undefined,
     },
     setOtlpUrl: (url) => {
-      options.otlpUrl = url;
+      // an --otlp-url given on the command line wins over this process's receiver
+      if (!options.otlpUrlGiven) options.otlpUrl = url;
     },
     addReadinessCheck: (name, check) => void checks.set(name, check),
   };
@@ -87,14 +88,24 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
     close() {
       closing ??= (async () => {
         await control.close();
-        for (const role of [...roles].reverse()) {
-          await role.close().catch((err) => log.error({ err, role: role.name }, 'error while stopping'));
-        }
-        await reporter?.shutdown().catch(() => undefined);
+        const stop = (role: RunningRole) => role.close().catch((err) => log.error({ err, role: role.name }, 'error while stopping'));
+        // the first role (the collector, when hosted here) takes the others' events: deliver
+        // what they reported before it stops, never waiting long on a collector elsewhere
+        for (const role of [...roles].slice(1).reverse()) await stop(role);
+        if (reporter) await bounded(reporter.flush(), 2000);
+        if (roles[0]) await stop(roles[0]);
+        if (reporter) await bounded(reporter.shutdown(), 2000);
       })();
       return closing;
     },
   };
+}
+
+/** Waits for `p` at most `ms`; telemetry never holds a shutdown hostage. */
+async function bounded(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
 
 /** Stops the host on SIGINT/SIGTERM, once; a second signal exits at once. */

@@ -57,6 +57,7 @@ export function commonOptions(flags: ServerFlags): CommonOptions {
     ...((flags.policyUrl ?? process.env[ENV.POLICY_URL]) ? { policyUrl: flags.policyUrl ?? process.env[ENV.POLICY_URL]! } : {}),
     publicUrl: `http://${shownHost}:${flags.port}`,
     otlpUrl: flags.otlpUrl ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? `http://${shownHost}:${flags.otlpPort}`,
+    otlpUrlGiven: flags.otlpUrl !== undefined,
   };
 }
 

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
-import { HttpError, badRequest, unauthorized } from './errors';
+import { CustodyError, HttpError, badRequest, unauthorized } from './errors';
 import type { Logger } from './log';
 
 /** An express app with a JSON body parser and nothing else; call `finish` after mounting routes. */
@@ -60,7 +60,13 @@ export async function listen(handler: http.RequestListener, host: string, port: 
   const server = http.createServer(handler);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL'
+          ? new CustodyError('ERR_LISTEN', `cannot listen on ${host}:${port}: ${err.code === 'EADDRINUSE' ? 'the port is in use (another custody? choose another with --port / --otlp-port)' : err.message}`)
+          : err,
+      ),
+    );
     server.listen(port, host, () => {
       server.off('error', reject);
       resolve();

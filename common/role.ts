@@ -56,6 +56,8 @@ export interface CommonOptions {
   publicUrl: string;
   /** OTLP base URL as reporters see it. */
   otlpUrl: string;
+  /** true when --otlp-url chose it: the collector's own port does not override it. */
+  otlpUrlGiven?: boolean;
 }
 
 export interface RunningRole {
