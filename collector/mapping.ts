@@ -1,3 +1,4 @@
+import { validateAuditRow } from './audit-schema';
 import { ATTR, SPAN, TABLE } from '../common/names';
 import { findAttribute, type AnyValue, type Attributes, type KeyValue, type PbLong, type Resource, type Span } from './otlp';
 
@@ -458,6 +459,20 @@ const MASKS: Record<Kind, readonly boolean[] | undefined> = {
   [Kind.Rollout]: undefined,
 };
 
+/**
+ * Counts the row's violations of audit-log-schema.json per field on /metrics. The row is stored
+ * whatever they are: a missing sponsor is the signal, not noise to drop.
+ */
+function checkAuditSchema(span: Span, row: unknown[]): void {
+  const event: Record<string, unknown> = {};
+  for (let i = 0; i < AUDIT_COLUMNS.length; i++) event[AUDIT_COLUMNS[i]!] = row[i];
+  event.timestamp = new Date(Number(span.startNs / 1_000_000n)).toISOString();
+  delete event.end_timestamp;
+  delete event.attributes;
+  event.duration_ns = Number(event.duration_ns);
+  validateAuditRow(event);
+}
+
 /** Maps decoded spans to the rows of every table they belong in. */
 export function mapSpans(spans: readonly Span[]): MappedSpans {
   const byTable: Partial<Record<IngestTable, unknown[][]>> = {};
@@ -472,7 +487,11 @@ export function mapSpans(spans: readonly Span[]): MappedSpans {
     // a string: ClickHouse reads UInt64 from JSON strings, and a bigint has no JSON form
     const duration = String(span.endNs - span.startNs);
     add(TABLE.OTEL_TRACES, traceRow(span, start, duration, all));
-    if (kind === Kind.ToolCall) add(TABLE.AUDIT_EVENTS, auditRow(span, slots, start, duration, rest, counts));
+    if (kind === Kind.ToolCall) {
+      const row = auditRow(span, slots, start, duration, rest, counts);
+      add(TABLE.AUDIT_EVENTS, row);
+      checkAuditSchema(span, row);
+    }
     else if (kind === Kind.Decision) add(TABLE.POLICY_DECISIONS, decisionRow(span, slots, start, rest));
     else if (kind === Kind.Token) add(TABLE.TOKEN_EVENTS, tokenRow(span, slots, start, rest));
     else if (kind === Kind.Rollout) add(TABLE.ROLLOUT_EVENTS, rolloutRow(span, slots, start));

@@ -43,3 +43,34 @@ describe('audit-log-schema.json', () => {
     expect(validateAuditRow(row).map((v) => v.field)).toEqual(['policy_decision_id']);
   });
 });
+
+describe('the collector checks every tool-call span against the schema', () => {
+  it('counts the fields a stored audit row violates, and still maps the row', async () => {
+    const { decodeJson } = await import('../collector/otlp');
+    const { mapSpans } = await import('../collector/mapping');
+    const attrs = (o: Record<string, string>) => Object.entries(o).map(([key, v]) => ({ key, value: { stringValue: v } }));
+    const span = (id: number, a: Record<string, string>) => ({
+      traceId: '0af7651916cd43dd8448eb211c80319c',
+      spanId: id.toString(16).padStart(16, '0'),
+      name: 'execute_tool billing',
+      startTimeUnixNano: String(BigInt(Date.now()) * 1_000_000n),
+      endTimeUnixNano: String(BigInt(Date.now() + 2) * 1_000_000n),
+      attributes: attrs({ 'gen_ai.operation.name': 'execute_tool', 'custody.tool_id': 'billing', 'custody.action': 'refund', ...a }),
+    });
+    const body = JSON.stringify({
+      resourceSpans: [{ resource: { attributes: [] }, scopeSpans: [{ spans: [
+        span(1, { 'custody.sponsor_id': 'alice', 'custody.agent_instance_id': 'a1', 'custody.policy.decision': 'allow', 'custody.rollout.cohort': 'canary' }),
+        span(2, { 'custody.agent_instance_id': 'a2', 'custody.policy.decision': 'allow', 'custody.request_hash': 'not-a-hash' }),
+      ] }] }],
+    });
+    const sponsorBefore = await violationCount('sponsor_id');
+    const hashBefore = await violationCount('request_hash');
+    const decisionBefore = await violationCount('decision');
+    const mapped = mapSpans(decodeJson(body).spans);
+    expect(mapped.counts.audit_events).toBe(2);
+    expect(mapped.missingSponsor).toBe(1);
+    expect(await violationCount('sponsor_id')).toBe(sponsorBefore + 1);
+    expect(await violationCount('request_hash')).toBe(hashBefore + 1);
+    expect(await violationCount('decision')).toBe(decisionBefore);
+  });
+});
