@@ -1,24 +1,30 @@
 // Evidence: the cost of sealing and of verifying, and what checkpointing adds to ingest.
 //
-//   npm run build && node bench/evidence.bench.mjs [calls=1000000] [ingestSeconds=20] [rounds=3]
+//   npm run build && node bench/evidence.bench.mjs [calls=300000,1000000] [ingestSeconds=20] [rounds=3]
+//   (EVIDENCE_BENCH_PERIOD_S=60 for the default checkpoint period in part 2; 0 as calls skips part 1)
 //
-// 1. Verify at scale: `calls` tool calls (chained per agent instance with common/audit-chain, 100
+// 1. Verify at scale, for each size: `calls` tool calls (chained per agent instance with common/audit-chain, 100
 //    calls per instance) with one allow decision and one issued token each, written over 60 s
 //    periods of 10,000 calls; every period sealed by the checkpointer (timed: seal throughput),
 //    then `custody audit verify` run as a child process on the store (timed: wall clock, the
-//    figure the target is about). Sealed rows = 3 × calls.
+//    figure the target is about), with its peak RSS: work is paged, so memory stops growing once
+//    the pages are full (about 200,000 calls). Sealed rows = 3 × calls.
 // 2. Ingest with and without the checkpointer: `custody collector` (fresh data directory) fed by
 //    the ingest bench's load process (bench/ingest.bench.mjs --load: OTLP/protobuf requests of 1000
 //    realistic tool-call spans from the real SDK, 8 in flight, 5 s warm-up, `ingestSeconds`
 //    measured), `rounds` times each way, alternating off/on so that drift on the shared machine
-//    falls on both. With the checkpointer on it seals every 5 s with a 1 s lag: twelve times more
-//    seals than the 60 s default, so its fixed per-seal cost is overstated, not hidden.
+//    falls on both. Ingest cost = the collector's CPU seconds (process_cpu_seconds_total, chDB
+//    included) per acknowledged span, counted until the checkpointer has sealed everything; the
+//    throughput is printed too but swings with the machine's load. The checkpointer seals every
+//    EVIDENCE_BENCH_PERIOD_S (default 5 s, twelve times more seals than the 60 s default, so its
+//    fixed per-seal cost is overstated, not hidden) with a 1 s lag.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
@@ -26,7 +32,8 @@ const { openStore } = require('../dist/collector/store.js');
 const { AuditChain } = require('../dist/common/audit-chain.js');
 const { Checkpointer, CheckpointJournal, openAuditKeyRing } = require('../dist/collector/evidence/index.js');
 
-const CALLS = Number(process.argv[2] ?? 1_000_000);
+const SIZES = String(process.argv[2] ?? '300000,1000000').split(',').map(Number).filter((n) => n > 0);
+const SEAL_PERIOD_S = Number(process.env.EVIDENCE_BENCH_PERIOD_S ?? 5);
 const INGEST_SECONDS = Number(process.argv[3] ?? 20);
 const INGEST_ROUNDS = Number(process.argv[4] ?? 3);
 const PER_PERIOD = 10_000;
@@ -117,7 +124,7 @@ async function generate(store, calls) {
   return { base, periods };
 }
 
-async function verifyAtScale() {
+async function verifyAtScale(CALLS) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'custody-evidence-bench-'));
   const store = await openStore({ dataDir: dir });
   let t = Date.now();
@@ -133,14 +140,24 @@ async function verifyAtScale() {
   const sealMs = Date.now() - t;
   const sealed = CALLS * 3;
   console.log(`sealed ${periods} periods, ${sealed.toLocaleString('en')} rows, in ${secs(sealMs)} s: ${Math.round(sealed / (sealMs / 1000)).toLocaleString('en')} rows/s, ${((sealMs * 1000) / sealed).toFixed(2)} µs/row`);
+  const sizes = await (await store.client.query({
+    query: `SELECT table, sum(data_compressed_bytes) AS bytes, sum(rows) AS rows FROM system.parts
+      WHERE database = 'custody' AND active AND table IN ('audit_events', 'policy_decisions', 'token_events', 'audit_checkpoint_leaves') GROUP BY table`,
+    format: 'JSONEachRow',
+  })).json();
+  const size = Object.fromEntries(sizes.map((r) => [r.table, Number(r.bytes)]));
+  const evidenceBytes = size.audit_events + size.policy_decisions + size.token_events;
+  console.log(`  leaf index: ${(size.audit_checkpoint_leaves / 2 ** 20).toFixed(1)} MiB compressed (${(size.audit_checkpoint_leaves / sealed).toFixed(1)} B a row), ${((100 * size.audit_checkpoint_leaves) / evidenceBytes).toFixed(0)} % of the ${(evidenceBytes / 2 ** 20).toFixed(1)} MiB of the three tables it seals`);
   await store.close();
 
   t = Date.now();
   const out = await run(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dir, '--json']);
   const verifyMs = Date.now() - t;
   const report = JSON.parse(out.stdout);
-  console.log(`custody audit verify: exit ${out.code}, ${secs(verifyMs)} s for ${report.checked.rows_verified.toLocaleString('en')} sealed rows, ${report.checked.chained_calls.toLocaleString('en')} chained calls, ${report.checked.instances} instances; findings ${JSON.stringify(report.counts)}`);
-  results.verify = { calls: CALLS, sealed_rows: sealed, seal_s: sealMs / 1000, verify_s: verifyMs / 1000, verify_exit: out.code, peak_rss_mb: out.maxRssMb };
+  console.log(`custody audit verify: exit ${out.code}, ${secs(verifyMs)} s, peak RSS ${out.maxRssMb} MB, for ${report.checked.rows_verified.toLocaleString('en')} sealed rows, ${report.checked.chained_calls.toLocaleString('en')} chained calls, ${report.checked.instances} instances; findings ${JSON.stringify(report.counts)}`);
+  const progressLines = out.stderr.split('\n').filter((l) => l.startsWith('verifying'));
+  console.log(`  progress on stderr: ${progressLines.length} lines, e.g. "${progressLines[0] ?? ''}"`);
+  (results.verify ??= []).push({ calls: CALLS, sealed_rows: sealed, seal_s: sealMs / 1000, verify_s: verifyMs / 1000, verify_exit: out.code, peak_rss_mb: out.maxRssMb });
   if (process.env.EVIDENCE_BENCH_KEEP) console.log(`store kept in ${dir}`);
   else fs.rmSync(dir, { recursive: true, force: true });
 }
@@ -191,18 +208,19 @@ async function ingestOverhead() {
   await run(process.execPath, [ingestBench, '--payloads', payloads, '24']);
   const runs = { off: [], on: [] };
   const cpus = { off: [], on: [] };
+  const offline = [];
   const seal = { rows: 0, seconds: 0, checkpoints: 0 };
   for (let round = 0; round < INGEST_ROUNDS; round++) {
     for (const mode of ['off', 'on']) {
       const dataDir = path.join(work, `${mode}-${round}`);
-      const env = mode === 'off' ? { CUSTODY_CHECKPOINTER: 'off' } : { CUSTODY_CHECKPOINT_PERIOD: '5s', CUSTODY_CHECKPOINT_LAG: '1s' };
+      const env = mode === 'off' ? { CUSTODY_CHECKPOINTER: 'off' } : { CUSTODY_CHECKPOINT_PERIOD: `${SEAL_PERIOD_S}s`, CUSTODY_CHECKPOINT_LAG: '1s' };
       const c = await startCollector(dataDir, env);
       const cpu = async () => Number(/^process_cpu_seconds_total (\S+)/m.exec(await (await fetch(`${c.control}/metrics`)).text())?.[1] ?? NaN);
       const cpu0 = await cpu();
       const load = await run(process.execPath, [ingestBench, '--load', c.otlp, payloads, String(INGEST_SECONDS), '8']);
       const r = JSON.parse(load.stdout.trim().split('\n').pop());
-      // let the checkpointer seal what was written (period 5 s + lag 1 s), both ways alike
-      await new Promise((res) => setTimeout(res, 7000));
+      // let the checkpointer seal what was written (a period plus the lag), both ways alike
+      await new Promise((res) => setTimeout(res, Number(process.env.EVIDENCE_BENCH_WAIT_S ?? SEAL_PERIOD_S + 2) * 1000));
       const cpuPerKSpan = ((await cpu()) - cpu0) / (r.acked / 1000);
       cpus[mode].push(cpuPerKSpan);
       if (mode === 'on') {
@@ -215,6 +233,13 @@ async function ingestOverhead() {
       c.child.kill('SIGTERM');
       await new Promise((res) => c.child.once('exit', res));
       runs[mode].push(r.spansPerS);
+      if (mode === 'off') {
+        // the same data sealed afterwards, alone in its process: what sealing costs per ingested span
+        const sealRun = await run(process.execPath, [fileURLToPath(import.meta.url), '--seal', dataDir, String(SEAL_PERIOD_S)]);
+        const sr = JSON.parse(sealRun.stdout.trim().split('\n').pop());
+        offline.push({ ...sr, collectorCpuMs: cpuPerKSpan * sr.rows });
+        console.log(`  sealed offline: ${sr.rows.toLocaleString('en')} rows in ${sr.checkpoints} checkpoints, ${Math.round(sr.cpu_ms)} ms CPU (${((sr.cpu_ms * 1000) / sr.rows).toFixed(2)} µs a row) = ${((100 * sr.cpu_ms) / (cpuPerKSpan * sr.rows)).toFixed(1)} % of the collector's CPU for those spans`);
+      }
       console.log(`ingest round ${round + 1}, checkpointer ${mode}: ${Math.round(r.spansPerS).toLocaleString('en')} spans/s acknowledged (p50 ${r.p50} ms, p99 ${r.p99} ms per 1000-span request), collector CPU ${(cpuPerKSpan * 1000).toFixed(1)} ms per 1000 spans`);
       fs.rmSync(dataDir, { recursive: true, force: true });
     }
@@ -227,6 +252,9 @@ async function ingestOverhead() {
   const cpuOff = mean(cpus.off);
   const cpuOn = mean(cpus.on);
   const cpuOverhead = (cpuOn - cpuOff) / cpuOff;
+  const offCpu = offline.reduce((a, o) => a + o.cpu_ms, 0);
+  const offCollector = offline.reduce((a, o) => a + o.collectorCpuMs, 0);
+  console.log(`sealing alone: ${((100 * offCpu) / offCollector).toFixed(1)} % of ingest CPU (all off rounds, sealed afterwards in ${SEAL_PERIOD_S} s periods)`);
   console.log(
     `ingest cost: collector CPU ${(cpuOff * 1000).toFixed(1)} ms per 1000 spans without the checkpointer, ${(cpuOn * 1000).toFixed(1)} with it: ${(cpuOverhead * 100).toFixed(1)} % more`,
   );
@@ -235,20 +263,53 @@ async function ingestOverhead() {
       `${(overhead * 100).toFixed(1)} % less; sealing took ${seal.seconds.toFixed(2)} s wall (sharing the cores with ingest) for ${seal.rows.toLocaleString('en')} rows in ${seal.checkpoints} checkpoints (${usPerRow.toFixed(2)} µs/row)`,
   );
   results.ingest = {
+    period_s: SEAL_PERIOD_S,
     off_spans_per_s: runs.off,
     on_spans_per_s: runs.on,
     throughput_overhead: overhead,
     off_cpu_ms_per_1000_spans: cpus.off.map((x) => x * 1000),
     on_cpu_ms_per_1000_spans: cpus.on.map((x) => x * 1000),
     cpu_overhead: cpuOverhead,
+    seal_alone_cpu_share: offCpu / offCollector,
+    seal_alone: offline,
     seal_wall_us_per_row: usPerRow,
     seal_checkpoints: seal.checkpoints,
   };
   fs.rmSync(work, { recursive: true, force: true });
 }
 
+// --seal <data dir> <period s>: seals a stopped collector's store period by period, in its own
+// process (one chDB engine per process), and prints the CPU it took.
+async function sealStore(dataDir, periodS) {
+  const store = await openStore({ dataDir, migrate: false });
+  const q = async (query) => (await (await store.client.query({ query, format: 'JSONEachRow' })).json())[0];
+  const r = await q(`SELECT toUnixTimestamp64Milli(min(ingested_at)) AS a, toUnixTimestamp64Milli(max(ingested_at)) AS b, count() AS n FROM custody.audit_events`);
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'custody-evidence-seal-'));
+  const keys = await openAuditKeyRing({ dir: path.join(work, 'keys') });
+  const journal = new CheckpointJournal(path.join(work, 'checkpoints'));
+  const p = periodS * 1000;
+  const cp = new Checkpointer({ store, keys, journal, periodMs: p, lagMs: 0 });
+  await cp.open({ startupSeal: false });
+  const cpu0 = process.cpuUsage();
+  const t0 = Date.now();
+  let checkpoints = 0;
+  for (let start = Math.floor(Number(r.a) / p) * p; start <= Number(r.b); start += p) {
+    await cp.seal(start, start + p, 'periodic');
+    checkpoints += 1;
+  }
+  const cpu = process.cpuUsage(cpu0);
+  process.stdout.write(JSON.stringify({ rows: Number(r.n), checkpoints, cpu_ms: (cpu.user + cpu.system) / 1000, wall_ms: Date.now() - t0 }) + '\n');
+  await store.close();
+  fs.rmSync(work, { recursive: true, force: true });
+}
+
+if (process.argv[2] === '--seal') {
+  await sealStore(process.argv[3], Number(process.argv[4]));
+  process.exit(0);
+}
+
 console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-if (CALLS > 0) await verifyAtScale();
+for (const calls of SIZES) await verifyAtScale(calls);
 if (INGEST_SECONDS > 0) await ingestOverhead();
 console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 console.log(JSON.stringify(results));

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openStore, type Store } from '../collector/store';
 import type { Checkpointer } from '../collector/evidence/checkpoint';
@@ -65,12 +66,34 @@ describe('a small team\'s day', () => {
     expect(r.shadow).toEqual({ calls: 2, would_deny: 0, listed: [] });
   });
 
-  it('custody audit verify says CLEAN and exits 0', async () => {
+  it('custody audit verify says CLEAN and exits 0; a pinned key set; usage errors exit 2', async () => {
     await store.close();
     const out = spawnSync(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dir], { cwd: ROOT, encoding: 'utf8' });
     expect(out.status, out.stderr + out.stdout).toBe(0);
     expect(out.stdout).toMatch(/result: CLEAN/);
     expect(out.stdout).toMatch(/calls\s+9: 7 executed \(5 gated, 2 shadow\), 2 blocked/);
+
+    // trusting only a pinned key set: the collector's own passes, a stranger's fails every checkpoint
+    const pinned = spawnSync(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dir, '--jwks', `${dir}/evidence/keys/jwks.json`], { cwd: ROOT, encoding: 'utf8' });
+    expect(pinned.status, pinned.stdout).toBe(0);
+    const stranger = await generateKeyPair('EdDSA', { extractable: true });
+    const strangerJwks = `${tempDir('custody-jwks-')}/jwks.json`;
+    fs.writeFileSync(strangerJwks, JSON.stringify({ keys: [{ ...(await exportJWK(stranger.publicKey)), kid: 'stranger', alg: 'EdDSA' }] }));
+    const wrong = spawnSync(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dir, '--jwks', strangerJwks, '--json'], { cwd: ROOT, encoding: 'utf8' });
+    expect(wrong.status).toBe(1);
+    expect((JSON.parse(wrong.stdout) as VerifyReport).counts).toEqual({ checkpoint_unknown_key: 1 });
+
+    // usage errors exit 2 with a message naming what was wrong
+    const usage = (args: string[], message: RegExp) => {
+      const r = spawnSync(process.execPath, [CLI, 'audit', 'verify', ...args], { cwd: ROOT, encoding: 'utf8' });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(message);
+    };
+    usage(['--data-dir', `${dir}/nowhere`], /no custody store at/);
+    usage(['--data-dir', dir, '--since', 'last tuesday'], /--since 'last tuesday' is neither a duration/);
+    usage(['--data-dir', dir, '--checkpoints', `${dir}/nowhere`], /--checkpoints .*no such directory/);
+    usage(['--data-dir', dir, '--jwks', `${dir}/nowhere.json`], /cannot read a JWK set/);
+    usage(['--clickhouse-url', 'http://127.0.0.1:1/'], /cannot reach ClickHouse/);
     store = await openStore({ dataDir: dir });
     ({ cp } = await checkpointerFor(store, dir));
   });
