@@ -68,6 +68,8 @@ interface Recent {
 export class Checkpointer {
   private readonly o: Required<Omit<CheckpointerOptions, 'log'>> & { log?: Logger };
   private lastCp: SignedCheckpoint | undefined;
+  /** Journaled but not yet in the table (its insert failed): inserted on the next tick. */
+  private pendingRow: SignedCheckpoint | undefined;
   private genesisStart: number | undefined;
   private readonly recent: Recent[] = [];
   private timer: NodeJS.Timeout | undefined;
@@ -205,6 +207,10 @@ export class Checkpointer {
   /** Seals [start, end) as the next checkpoint. */
   async seal(start: number, end: number, kind: CheckpointKind): Promise<SignedCheckpoint> {
     const { store, keys, journal } = this.o;
+    if (this.pendingRow) {
+      await this.insertRow(this.pendingRow);
+      this.pendingRow = undefined;
+    }
     const stop = sealSeconds.startTimer();
     const seq = (this.lastCp?.checkpoint.seq ?? 0) + 1;
     let totals: PeriodTotals;
@@ -233,8 +239,11 @@ export class Checkpointer {
     const signed = await signCheckpoint(body, key);
     journal.publishKey(key.publicJwk as import('jose').JWK);
     journal.append(signed);
-    await this.insertRow(signed);
+    // the file is the commitment: from here this checkpoint is the last, even if the row fails
     this.lastCp = signed;
+    this.pendingRow = signed;
+    await this.insertRow(signed);
+    this.pendingRow = undefined;
     this.recent.push({ seq, start, end, rows: totals.row_count, reported: 0 });
     if (this.recent.length > 10) this.recent.shift();
     stop();
