@@ -73,6 +73,29 @@ async function getJson<T>(url: string): Promise<T> {
   return (await res.json()) as T;
 }
 
+/**
+ * The scenario starts the gate at the policy's first stage (10 %): on a data dir where an earlier
+ * run was rolled back, a person (here, the scenario, with the admin token) moves it back.
+ */
+async function canaryPercent(url: string): Promise<number> {
+  let rollout = await getJson<{ percent: number; stages?: number[] }>(`${url}/v1/rollout`);
+  const first = rollout.stages?.[0] ?? 10;
+  const token = process.env[ENV.ADMIN_TOKEN];
+  if (rollout.percent !== first && token) {
+    const res = await fetch(`${url}/v1/rollout`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ percent: first, reason: 'seed scenario: the canary starts at the first stage', actor: 'custody-demo' }),
+      signal: AbortSignal.timeout(5000),
+    });
+    if (res.ok) rollout = (await res.json()) as typeof rollout;
+  }
+  if (!(rollout.percent > 0)) {
+    throw new Error(`the rollout is at ${rollout.percent} % and could not be moved to ${first} % (set ${ENV.ADMIN_TOKEN}, or use a fresh --data-dir)`);
+  }
+  return rollout.percent;
+}
+
 export async function snapshot(url: string): Promise<Snapshot> {
   const [metrics, status] = await Promise.all([
     fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) }).then((r) => r.text()),
@@ -118,8 +141,7 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
   };
   const ticker = live ? setInterval(() => void draw(), 1000) : undefined;
 
-  const rollout = await getJson<{ percent: number }>(`${url}/v1/rollout`);
-  const percent = rollout.percent;
+  const percent = await canaryPercent(url);
   const agentEnv = (extra: Record<string, string | undefined>): NodeJS.ProcessEnv => {
     const env: NodeJS.ProcessEnv = { ...process.env, TOOLS_LOG: toolsLog };
     for (const k of Object.keys(env)) if (k.startsWith('CUSTODY_') || k.startsWith('OTEL_') || k === 'NODE_OPTIONS') delete env[k];
