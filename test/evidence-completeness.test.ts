@@ -164,10 +164,12 @@ describe('calls that ran without authority', () => {
     only('blocked', []);
   });
 
-  it('every missing sponsor, executed or blocked', () => {
+  it('every missing sponsor: a finding when the call ran, listed apart when custody refused it', () => {
     expect(one('missing_sponsor', 'noSponsor').severity).toBe('high');
-    expect(one('missing_sponsor', 'blockedNoSponsor').severity).toBe('medium');
     only('noSponsor', ['missing_sponsor']);
+    only('blockedNoSponsor', []);
+    expect(r.blocked_without_sponsor).toEqual({ calls: 1, listed: [expect.objectContaining({ agent_instance_id: c.blockedNoSponsor!.instance, seq: 1 })] });
+    expect(r.checked.calls.missing_sponsor).toBe(2);
   });
 
   it('baseline calls the plane would have denied are listed apart, not as findings', () => {

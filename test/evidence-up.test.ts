@@ -124,3 +124,31 @@ describe('evidence through a real custody up', () => {
     expect(Object.keys(r.counts).sort()).toEqual(['period_altered', 'row_altered']);
   });
 });
+
+describe('the seed scenario (npm start) verifies clean', () => {
+  const seedDir = tempDir('custody-evidence-seed-');
+  let seed: RunningCustody | undefined;
+  afterAll(async () => {
+    await seed?.stop();
+    fs.rmSync(seedDir, { recursive: true, force: true });
+  });
+
+  it('sponsors, sub-agents, denials, an outage, an agent without a sponsor and a rollback: clean', async () => {
+    seed = await startCustody({ demo: true, dataDir: seedDir });
+    await eventually(async () => seed!.output().includes('custody keeps serving'), 240_000, 500);
+    expect(await seed.stop()).toBe(0);
+    seed = undefined;
+    const out = spawnSync(process.execPath, [CLI, 'audit', 'verify', '--data-dir', seedDir, '--json'], { cwd: ROOT, encoding: 'utf8' });
+    const r = JSON.parse(out.stdout) as VerifyReport;
+    expect(r.findings, out.stdout).toEqual([]);
+    expect(out.status).toBe(0);
+    const calls = r.checked.calls;
+    expect(calls.gated_executed).toBeGreaterThan(100);
+    expect(calls.blocked).toBeGreaterThan(0); // denials and the outage, failed closed
+    expect(calls.shadow).toBeGreaterThan(0); // the fleet outside the canary, and everyone after the rollback
+    expect(r.checked.chained_calls).toBe(calls.calls);
+    // the agent without a sponsor was refused: listed, not a finding
+    expect(r.blocked_without_sponsor.calls).toBeGreaterThan(0);
+    expect(r.blocked_without_sponsor.listed.every((c) => c.agent_instance_id.startsWith('unsponsored'))).toBe(true);
+  }, 300_000);
+});

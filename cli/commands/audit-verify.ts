@@ -103,8 +103,12 @@ export function formatReport(r: VerifyReport, location: string): string {
     if (r.not_listed) out.push(`  … ${r.not_listed} more not listed (--max-findings, or --json)`);
   }
   if (r.shadow.calls) {
-    out.push('', `shadow calls: ${r.shadow.calls} (baseline cohort, not gated by design); the plane would have denied ${r.shadow.would_deny}`);
+    out.push('', `shadow calls: ${r.shadow.calls} ran in the baseline cohort, not gated by design; the plane would have denied ${r.shadow.would_deny}`);
     for (const s of r.shadow.listed) out.push(`  ${s.time}  ${s.tool_id}${s.action ? `.${s.action}` : ''} by ${s.agent_instance_id} #${s.seq}  decision ${s.policy_decision_id}`);
+  }
+  if (r.blocked_without_sponsor.calls) {
+    out.push('', `calls without a sponsor that custody refused: ${r.blocked_without_sponsor.calls}`);
+    for (const s of r.blocked_without_sponsor.listed) out.push(`  ${s.time}  ${s.tool_id}${s.action ? `.${s.action}` : ''} by ${s.agent_instance_id} #${s.seq}`);
   }
   if (r.notes.length) out.push('', 'notes:', ...r.notes.map((n) => `  - ${n}`));
   out.push('', r.ok ? 'result: CLEAN — every period, chain and call verified' : `result: ${total} FINDINGS`);

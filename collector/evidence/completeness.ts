@@ -17,7 +17,8 @@ import type { Findings } from './findings';
  * Shadow calls (the baseline cohort, or a check made with enforced=false) were not gated by
  * design: they are counted and listed apart, with those the plane would have denied, never
  * reported as self-authorized. A call with no check at all (no decision, no decision id) is gated
- * like any other: that is exactly a self-authorized call.
+ * like any other: that is exactly a self-authorized call. Every call without a sponsor is listed:
+ * as a finding when it ran, apart when custody refused it.
  *
  * What this proves: the token event is the token service's own record of issuing that jti for
  * that sponsor, instance and tool, and the decision row is the plane's record of allowing it
@@ -50,7 +51,7 @@ export interface CompletenessTotals {
 
 export function totalsSql(o: CompletenessOptions): string {
   return `SELECT count() AS calls, countIf(${EXECUTED}) AS executed, countIf(${EXECUTED} AND NOT ${SHADOW}) AS gated_executed,
-      countIf(NOT ${EXECUTED}) AS blocked, countIf(${SHADOW}) AS shadow, countIf(sponsor_id = '') AS missing_sponsor
+      countIf(NOT ${EXECUTED}) AS blocked, countIf(${EXECUTED} AND ${SHADOW}) AS shadow, countIf(sponsor_id = '') AS missing_sponsor
     FROM ${o.database}.${TABLE.AUDIT_EVENTS} WHERE ${since(o)}`;
 }
 
@@ -83,7 +84,7 @@ export function problemsSql(o: CompletenessOptions): string {
       d_found AND d.decision = '${DECISION.ALLOW}' AND length(d_diff) = 0 AND NOT d_late AS decision_ok,
       t_found AND length(t_diff) = 0 AND NOT t_late AND NOT t_expired AS token_ok,
       a.executed AND NOT a.shadow AND (a.decision IN ('${DECISION.DENY}', '${DECISION.ERROR}') OR (d_found AND d.decision != '${DECISION.ALLOW}')) AS deny_executed,
-      a.shadow AND (a.decision = '${DECISION.DENY}' OR (d_found AND d.decision = '${DECISION.DENY}')) AS shadow_deny
+      a.executed AND a.shadow AND (a.decision = '${DECISION.DENY}' OR (d_found AND d.decision = '${DECISION.DENY}')) AS shadow_deny
     FROM (
       SELECT agent_instance_id, audit_seq, trace_id, span_id, toUnixTimestamp64Milli(timestamp) AS ms, policy_latency_ms,
         sponsor_id, parent_agent_id, tool_id, action, cohort, decision, policy_decision_id, token_jti,
@@ -143,7 +144,9 @@ export interface ProblemRow {
   shadow_deny: number | boolean;
 }
 
-export interface ShadowDeny {
+const iso = (v: string | number) => new Date(Number(v)).toISOString();
+
+export interface ListedCall {
   agent_instance_id: string;
   seq: number;
   tool_id: string;
@@ -152,10 +155,11 @@ export interface ShadowDeny {
   time: string;
 }
 
-const iso = (v: string | number) => new Date(Number(v)).toISOString();
-
-/** Turns one problem row into findings (and shadow denials into the separate list). */
-export function reportProblem(r: ProblemRow, findings: Findings, shadowDenies: (s: ShadowDeny) => void): void {
+/**
+ * Turns one problem row into findings. Apart, not findings: shadow calls the plane would have
+ * denied, and calls without a sponsor that custody refused (enforcement doing its job).
+ */
+export function reportProblem(r: ProblemRow, findings: Findings, lists: { shadowDeny(c: ListedCall): void; blockedWithoutSponsor(c: ListedCall): void }): void {
   const where = {
     agent_instance_id: r.agent_instance_id,
     seq: Number(r.seq),
@@ -169,16 +173,16 @@ export function reportProblem(r: ProblemRow, findings: Findings, shadowDenies: (
   const call = `${r.tool_id}${r.action ? `.${r.action}` : ''} by ${r.agent_instance_id || '(no instance)'}${Number(r.seq) ? ` #${r.seq}` : ''} at ${iso(r.ms)}`;
   const executed = !!Number(r.executed);
   const shadow = !!Number(r.shadow);
-  if (!r.sponsor_id) {
-    findings.add('missing_sponsor', `${call}: no sponsor_id${executed ? '' : ' (the call was blocked)'}`, where, executed ? 'high' : 'medium');
-  }
-  if (shadow) {
-    if (Number(r.shadow_deny)) {
-      shadowDenies({ agent_instance_id: r.agent_instance_id, seq: Number(r.seq), tool_id: r.tool_id, action: r.action, policy_decision_id: r.policy_decision_id, time: iso(r.ms) });
-    }
+  const listed: ListedCall = { agent_instance_id: r.agent_instance_id, seq: Number(r.seq), tool_id: r.tool_id, action: r.action, policy_decision_id: r.policy_decision_id, time: iso(r.ms) };
+  if (!executed) {
+    if (!r.sponsor_id) lists.blockedWithoutSponsor(listed);
     return;
   }
-  if (!executed) return;
+  if (!r.sponsor_id) findings.add('missing_sponsor', `${call}: no sponsor_id, and the call ran`, where);
+  if (shadow) {
+    if (Number(r.shadow_deny)) lists.shadowDeny(listed);
+    return;
+  }
   if (Number(r.deny_executed)) {
     const what = r.d_found && r.d_decision !== DECISION.ALLOW ? r.d_decision : r.call_decision;
     findings.add('deny_executed', `${call}: the policy decision was '${what}' and the call ran anyway`, where);

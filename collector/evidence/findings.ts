@@ -41,7 +41,7 @@ export const FINDING_KINDS = {
   token_mismatch: { severity: 'high', about: 'the token was issued to another sponsor, instance or tool' },
   token_after_call: { severity: 'high', about: 'the token was issued after the call started' },
   token_expired: { severity: 'high', about: 'the token had expired when the call started' },
-  missing_sponsor: { severity: 'high', about: 'a call without a sponsor' },
+  missing_sponsor: { severity: 'high', about: 'a call that ran without a sponsor' },
 } as const satisfies Record<string, { severity: Severity; about: string }>;
 
 export type FindingKind = keyof typeof FINDING_KINDS;

@@ -4,7 +4,7 @@ import { canonicalJson } from '../../common/canonical';
 import { TABLE } from '../../common/names';
 import type { Store } from '../store';
 import { chainBreaksSql, type ChainBreak } from './chain';
-import { problemsSql, reportProblem, totalsSql, type CompletenessTotals, type ProblemRow, type ShadowDeny } from './completeness';
+import { problemsSql, reportProblem, totalsSql, type CompletenessTotals, type ListedCall, type ProblemRow } from './completeness';
 import { Findings, type Finding, type FindingKind } from './findings';
 import { CheckpointJournal } from './journal';
 import { readJwksFile } from './keys';
@@ -65,7 +65,9 @@ export interface VerifyReport {
   findings: Finding[];
   counts: Partial<Record<FindingKind, number>>;
   not_listed: number;
-  shadow: { calls: number; would_deny: number; listed: ShadowDeny[] };
+  shadow: { calls: number; would_deny: number; listed: ListedCall[] };
+  /** Calls without a sponsor that custody refused: listed, not findings. */
+  blocked_without_sponsor: { calls: number; listed: ListedCall[] };
   notes: string[];
 }
 
@@ -447,8 +449,10 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     store,
     `SELECT countIf(audit_seq > 0) AS chained, countIf(audit_seq = 0) AS unchained FROM ${store.database}.${TABLE.AUDIT_EVENTS} WHERE 1${sinceCond}`,
   );
-  const shadowDenies: ShadowDeny[] = [];
+  const shadowDenies: ListedCall[] = [];
   let shadowDenyCount = 0;
+  const blockedNoSponsor: ListedCall[] = [];
+  let blockedNoSponsorCount = 0;
   let instancesDone = 0;
 
   let callsChecked = 0;
@@ -480,9 +484,15 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     }
     const problems = await query<ProblemRow>(store, problemsSql(completeness), params);
     for (const p of problems) {
-      reportProblem(p, findings, (s) => {
-        shadowDenyCount += 1;
-        if (shadowDenies.length < maxListed) shadowDenies.push(s);
+      reportProblem(p, findings, {
+        shadowDeny(c) {
+          shadowDenyCount += 1;
+          if (shadowDenies.length < maxListed) shadowDenies.push(c);
+        },
+        blockedWithoutSponsor(c) {
+          blockedNoSponsorCount += 1;
+          if (blockedNoSponsor.length < maxListed) blockedNoSponsor.push(c);
+        },
       });
     }
     callsChecked += calls;
@@ -541,6 +551,7 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     counts: findings.counts,
     not_listed: findings.notListed,
     shadow: { calls: totals.shadow, would_deny: shadowDenyCount, listed: shadowDenies },
+    blocked_without_sponsor: { calls: blockedNoSponsorCount, listed: blockedNoSponsor },
     notes,
   };
 }
