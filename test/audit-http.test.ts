@@ -1,8 +1,6 @@
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, ROOT, startCustody, tempDir, type RunningCustody } from './helpers/custody';
+import { runCli, seedStore, startCustody, tempDir, type RunningCustody } from './helpers/custody';
 
 /**
  * GET /v1/audit/trail, GET /v1/audit/events and `custody audit trail` against a real `custody up`
@@ -15,21 +13,6 @@ let custody: RunningCustody;
 const T0 = Date.now() - 3_600_000;
 const iso = (ms: number) => new Date(ms).toISOString();
 
-function seed(dir: string, tables: Record<string, object[]>): void {
-  const file = path.join(dir, 'seed.json');
-  fs.writeFileSync(file, JSON.stringify(tables));
-  const script = `
-    const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});
-    const data = JSON.parse(require('node:fs').readFileSync(process.argv[1], 'utf8'));
-    (async () => {
-      const store = await openStore({ dataDir: process.argv[2] });
-      for (const [table, values] of Object.entries(data)) await store.client.insert({ table: 'custody.' + table, values, format: 'JSONEachRow' });
-      await store.close();
-    })().catch((err) => { console.error(err); process.exit(1); });`;
-  const r = spawnSync(process.execPath, ['-e', script, file, dir], { encoding: 'utf8', timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`seeding failed: ${r.stderr}`);
-  fs.rmSync(file);
-}
 
 let n = 0;
 function call(at: number, agent: string, parent: string, over: Record<string, unknown> = {}) {
@@ -54,22 +37,7 @@ function call(at: number, agent: string, parent: string, over: Record<string, un
   };
 }
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.on('data', (d) => (stdout += d));
-    proc.stderr.on('data', (d) => (stderr += d));
-    proc.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (args: string[]) => runCli(args);
 
 const get = async (url: string) => {
   const res = await fetch(url);
@@ -77,7 +45,7 @@ const get = async (url: string) => {
 };
 
 beforeAll(async () => {
-  seed(dataDir, {
+  seedStore(dataDir, {
     audit_events: [
       call(T0 + 1000, 'planner-1', '', { tool_id: 'crm', action: 'read', rule_id: 'allow-crm' }),
       call(T0 + 2000, 'worker-1', 'planner-1'),

@@ -75,22 +75,7 @@ export function calls(n: number, end: number, shape: (i: number) => Partial<Call
 }
 
 /** Inserts rows into `<dataDir>/clickhouse` (custody.<table>) from a child process. */
-export function seedStore(dataDir: string, rows: Record<string, unknown[]>): void {
-  const script = `
-    const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});
-    let input = '';
-    process.stdin.on('data', (d) => (input += d)).on('end', async () => {
-      const tables = JSON.parse(input);
-      const store = await openStore({ dataDir: ${JSON.stringify(dataDir)} });
-      for (const [table, values] of Object.entries(tables)) {
-        if (values.length) await store.client.insert({ table: 'custody.' + table, values, format: 'JSONEachRow' });
-      }
-      await store.close();
-      process.exit(0);
-    });`;
-  const r = spawnSync(process.execPath, ['-e', script], { input: JSON.stringify(rows), encoding: 'utf8', timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`seeding ${dataDir} failed (${r.status}):\n${r.stderr}`);
-}
+export { seedStore } from './helpers/custody';
 
 export const ADMIN_TOKEN = 'rollback-test-admin-token';
 

@@ -1,11 +1,9 @@
-import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, ROOT, startCustody, tempDir, type RunningCustody } from './helpers/custody';
+import { runCli, seedStore, startCustody, tempDir, type RunningCustody } from './helpers/custody';
 
 /**
  * GET /v1/rollback/status, /metrics and `custody rollback check` against a real `custody up`
@@ -19,21 +17,6 @@ let custody: RunningCustody | undefined;
 const hex = (n: number) => randomBytes(n).toString('hex');
 const iso = (ms: number) => new Date(ms).toISOString();
 
-function seed(dir: string, tables: Record<string, object[]>): void {
-  const file = path.join(dir, 'seed.json');
-  fs.writeFileSync(file, JSON.stringify(tables));
-  const script = `
-    const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});
-    const data = JSON.parse(require('node:fs').readFileSync(process.argv[1], 'utf8'));
-    (async () => {
-      const store = await openStore({ dataDir: process.argv[2] });
-      for (const [table, values] of Object.entries(data)) await store.client.insert({ table: 'custody.' + table, values, format: 'JSONEachRow' });
-      await store.close();
-    })().catch((err) => { console.error(err); process.exit(1); });`;
-  const r = spawnSync(process.execPath, ['-e', script, file, dir], { encoding: 'utf8', timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`seeding failed: ${r.stderr}`);
-  fs.rmSync(file);
-}
 
 function calls(n: number, now: number, make: (i: number) => Record<string, unknown>): object[] {
   // spread over [now-10m, now-3m]: inside the default 15-minute window, outside a 1-minute one
@@ -53,22 +36,7 @@ function calls(n: number, now: number, make: (i: number) => Record<string, unkno
   }));
 }
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, CUSTODY_URL: '' } });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.on('data', (d) => (stdout += d));
-    proc.stderr.on('data', (d) => (stderr += d));
-    proc.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (args: string[]) => runCli(args, { CUSTODY_URL: '' });
 
 async function closedPort(): Promise<number> {
   const server = http.createServer();
@@ -85,7 +53,7 @@ const get = async (url: string) => {
 
 beforeAll(async () => {
   const now = Date.now();
-  seed(dataDir, {
+  seedStore(dataDir, {
     audit_events: [
       // canary: 1000 calls, 1 without sponsor (0.1 %), 10 plane errors (1 %), p95 180 ms: advance
       ...calls(1000, now, (i) => ({

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -110,4 +110,25 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Cli
     proc.stderr!.on('data', (d) => (stderr += d));
     proc.on('close', (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/**
+ * Writes rows into a data dir's store from a separate process before custody starts on it (chDB:
+ * one process per data directory, so a test process cannot hold it while custody runs).
+ */
+export function seedStore(dataDir: string, rows: Record<string, unknown[]>): void {
+  const script = `
+    const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});
+    let input = '';
+    process.stdin.on('data', (d) => (input += d)).on('end', async () => {
+      const tables = JSON.parse(input);
+      const store = await openStore({ dataDir: ${JSON.stringify(dataDir)} });
+      for (const [table, values] of Object.entries(tables)) {
+        if (values.length) await store.client.insert({ table: 'custody.' + table, values, format: 'JSONEachRow' });
+      }
+      await store.close();
+      process.exit(0);
+    });`;
+  const r = spawnSync(process.execPath, ['-e', script], { input: JSON.stringify(rows), encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`seeding ${dataDir} failed (${r.status}):\n${r.stderr}`);
 }
