@@ -1,78 +1,36 @@
-import * as nodeModule from 'node:module';
-import { pathToFileURL } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
-import { diag } from '@opentelemetry/api';
-import { registerInstrumentations, type Instrumentation } from '@opentelemetry/instrumentation';
-import { readSettings } from './identity';
-import { custodyInstrumentations } from './instrumentations';
-import { loadToolMap } from './mapping';
-import { configureRuntime } from './runtime';
-import { rootScope } from './scope';
-import { startTelemetry, type Telemetry } from './sdk';
-import { contextFromEnv } from './subagent';
+import type { Registration } from './start';
 
 /**
  * `node --require custody/register app.js` / `node --import custody/register app.mjs`: every tool
  * call the agent makes from then on is enforced and becomes a sponsor-attributed span.
  *
- * Order matters: the ESM loader hook first (so the app's own imports are seen), then the agent's
- * identity and settings, the telemetry pipeline, the enforcer, and last the patches.
+ * This file requires nothing but `node:` builtins at load. Node hands `--require`/`--import` to the
+ * off-thread ESM loader's worker too (where `module.register()` is in use), and on Node 22.15+ and
+ * 24.0–24.11 a `require()` of an ES module in that worker kills the loader thread — and with it the
+ * agent, before its first line. So the worker gets nothing, and the main thread loads the rest.
+ *
+ * When custody cannot start, the agent does not run unenforced: one line on stderr says why, and the
+ * process exits 1.
  */
-export interface Registration {
-  /** undefined in a worker thread, where custody/register does nothing. */
-  readonly telemetry: Telemetry | undefined;
-  readonly instrumentations: readonly Instrumentation[];
-  /** Flushes and stops telemetry and removes the patches. */
-  shutdown(): Promise<void>;
-}
+export type { Registration } from './start';
 
 const KEY = Symbol.for('custody.register');
+const globals = globalThis as Record<symbol, Registration | undefined>;
 
-function registerEsmHook(): void {
-  // Node >= 20.6: import-in-the-middle's loader hook, so ESM imports of the frameworks are patched too.
-  const register = (nodeModule as { register?: (specifier: string, parentURL: string | URL) => void }).register;
-  if (typeof register !== 'function') {
-    diag.warn('custody: this Node.js has no module.register(); ESM imports are not instrumented (CommonJS still is)');
-    return;
-  }
-  try {
-    register('@opentelemetry/instrumentation/hook.mjs', pathToFileURL(__filename));
-  } catch (err) {
-    diag.warn(`custody: could not register the ESM loader hook: ${(err as Error).message}`);
-  }
-}
-
-function start(): Registration {
-  registerEsmHook();
-  const settings = readSettings();
-  const root = rootScope();
-  configureRuntime({
-    settings,
-    captureContent: settings.captureContent,
-    toolMap: settings.toolMap ? loadToolMap(settings.toolMap) : undefined,
-    rootContext: contextFromEnv(),
-  });
-  const telemetry = startTelemetry({ serviceName: root.identity.agentName });
-  configureRuntime({ tracer: telemetry.tracer });
-  const instrumentations = custodyInstrumentations();
-  const unregister = registerInstrumentations({ instrumentations });
-  // child_process is a builtin the app may already hold: require it now so its patch applies at once.
-  require('node:child_process');
-  return {
-    telemetry,
-    instrumentations,
-    async shutdown() {
-      unregister();
-      await telemetry.shutdown();
-    },
-  };
-}
-
-/** In a worker thread — above all the ESM loader's own, which inherits --require/--import — nothing. */
 function inactive(): Registration {
   return { telemetry: undefined, instrumentations: [], shutdown: async () => {} };
 }
 
-const globals = globalThis as Record<symbol, Registration | undefined>;
+function startOrExit(): Registration {
+  try {
+    return (require('./start') as typeof import('./start')).start();
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`custody: could not start, so the agent does not run unenforced: ${message.replace(/\s+/g, ' ')}\n`);
+    process.exit(1);
+  }
+}
+
 /** Loading the module twice (CJS and ESM, two flags) registers once. */
-export const registration: Registration = (globals[KEY] ??= isMainThread ? start() : inactive());
+export const registration: Registration = (globals[KEY] ??= isMainThread ? startOrExit() : inactive());
