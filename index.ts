@@ -2,15 +2,15 @@
 export * from './common/names';
 export { CustodyError, HttpError, ConfigError } from './common/errors';
 // Tokens: offline verification for tool servers and the enforcer, and the token service's client.
-export { createTokenVerifier, ALLOWED_ALGORITHMS } from './enforcer/tokens/verify';
-export type { TokenVerifier, TokenVerifierOptions, VerifyOptions, JwksSource, TokenAlgorithm } from './enforcer/tokens/verify';
-export { createReplayCache } from './enforcer/tokens/replay';
-export type { ReplayCache, ReplayCacheOptions } from './enforcer/tokens/replay';
-export type { TokenClaims, ActorClaim } from './enforcer/tokens/claims';
-export { TokenError, TOKEN_ERROR, TokenRequestError } from './enforcer/tokens/errors';
-export type { TokenErrorCode } from './enforcer/tokens/errors';
-export { issueToken, exchangeToken, jwksUrl } from './enforcer/tokens/client';
-export type { IssueTokenBody, ExchangeTokenParams, ObtainedToken, TokenRequestOptions } from './enforcer/tokens/client';
+export { createTokenVerifier, ALLOWED_ALGORITHMS } from './identity/verify';
+export type { TokenVerifier, TokenVerifierOptions, VerifyOptions, JwksSource, TokenAlgorithm } from './identity/verify';
+export { createReplayCache } from './identity/replay';
+export type { ReplayCache, ReplayCacheOptions } from './identity/replay';
+export type { TokenClaims, ActorClaim } from './identity/claims';
+export { TokenError, TOKEN_ERROR, TokenRequestError } from './identity/errors';
+export type { TokenErrorCode } from './identity/errors';
+export { issueToken, exchangeToken, jwksUrl } from './identity/client';
+export type { IssueTokenBody, ExchangeTokenParams, ObtainedToken, TokenRequestOptions } from './identity/client';
 // Policy: the enforcer agents ask before every tool call, its refusals, and the pure decision function.
 export { createEnforcer, ENFORCER_RULE } from './enforcer/client/enforcer';
 export type { Enforcer, EnforcerOptions, EnforcerDecision, EnforcerCheckRequest, EnforcerIdentity, EnforcerSettings } from './enforcer/client/enforcer';

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
-const { openStore } = require('../dist/collector/store.js');
+const { openStore } = require('../dist/collector/store/index.js');
 
 const N = Number(process.argv[2] ?? 200_000);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'custody-capacity-'));

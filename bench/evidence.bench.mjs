@@ -28,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const { openStore } = require('../dist/collector/store.js');
+const { openStore } = require('../dist/collector/store/index.js');
 const { AuditChain } = require('../dist/common/audit-chain.js');
 const { Checkpointer, CheckpointJournal, openAuditKeyRing } = require('../dist/collector/evidence/index.js');
 
@@ -199,7 +199,7 @@ async function startCollector(dataDir, env) {
 
 async function ingestOverhead() {
   const ingestBench = path.join(root, 'bench/ingest.bench.mjs');
-  if (!fs.existsSync(ingestBench) || !fs.existsSync(path.join(root, 'dist/collector/receiver.js'))) {
+  if (!fs.existsSync(ingestBench) || !fs.existsSync(path.join(root, 'dist/collector/ingest/receiver.js'))) {
     console.log('ingest overhead: skipped (needs the OTLP receiver and bench/ingest.bench.mjs)');
     return;
   }

@@ -134,9 +134,9 @@ function readPayloads(file) {
 // --raw: the baseline, in its own process (one chDB engine per process)
 
 async function raw(payloadFile, dir) {
-  const { openStore } = require('../dist/collector/store.js');
-  const { decodeProtobuf } = require('../dist/collector/otlp.js');
-  const { mapSpans, INGEST_TABLES, INSERT_SETTINGS } = require('../dist/collector/mapping.js');
+  const { openStore } = require('../dist/collector/store/index.js');
+  const { decodeProtobuf } = require('../dist/collector/otlp/index.js');
+  const { mapSpans, INGEST_TABLES, INSERT_SETTINGS } = require('../dist/collector/ingest/mapping.js');
   const store = await openStore({ dataDir: dir });
   const payloads = readPayloads(payloadFile);
   // the same rows the collector writes, as JSONEachRow objects
@@ -328,7 +328,7 @@ async function main() {
 }
 
 async function count(dataDir) {
-  const { openStore } = require('../dist/collector/store.js');
+  const { openStore } = require('../dist/collector/store/index.js');
   const store = await openStore({ dataDir, migrate: false });
   const n = async (table) => Number((await (await store.client.query({ query: `SELECT count() AS n FROM custody.${table}`, format: 'JSONEachRow' })).json())[0].n);
   process.stdout.write(JSON.stringify({ traces: await n('otel_traces'), audit: await n('audit_events') }) + '\n');

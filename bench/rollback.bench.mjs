@@ -49,7 +49,7 @@ const rows = Array.from({ length: 300 }, (_, i) => ({
 }));
 const seed = spawnSync(
   process.execPath,
-  ['-e', `const {openStore}=require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});(async()=>{const s=await openStore({dataDir:${JSON.stringify(dataDir)}});await s.client.insert({table:'custody.audit_events',values:${JSON.stringify(rows)},format:'JSONEachRow'});await s.close();process.exit(0)})()`],
+  ['-e', `const {openStore}=require(${JSON.stringify(path.join(ROOT, 'dist/collector/store/index.js'))});(async()=>{const s=await openStore({dataDir:${JSON.stringify(dataDir)}});await s.client.insert({table:'custody.audit_events',values:${JSON.stringify(rows)},format:'JSONEachRow'});await s.close();process.exit(0)})()`],
   { encoding: 'utf8' },
 );
 if (seed.status !== 0) throw new Error(seed.stderr);

@@ -14,9 +14,9 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
-const { openStore } = require('../dist/collector/store.js');
-const { evaluateRules, evaluateCohorts } = require('../dist/collector/rules.js');
-const { auditEvents, auditTrail } = require('../dist/collector/audit.js');
+const { openStore } = require('../dist/collector/store/index.js');
+const { evaluateRules, evaluateCohorts } = require('../dist/collector/rules/evaluate.js');
+const { auditEvents, auditTrail } = require('../dist/collector/audit/queries.js');
 
 const sizes = (process.argv[2] ?? '1000000,10000000').split(',').map(Number);
 const iterations = Number(process.argv[3] ?? 50);

@@ -13,12 +13,12 @@ import os from 'node:os';
 import path from 'node:path';
 
 const require = createRequire(import.meta.url);
-const { tokenConfig } = require('../dist/enforcer/tokens/config.js');
-const { createKeyRing, keySourceFor } = require('../dist/enforcer/tokens/keys.js');
-const { createTokenService } = require('../dist/enforcer/tokens/service.js');
-const { createTokenVerifier } = require('../dist/enforcer/tokens/verify.js');
-const { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } = require('../dist/enforcer/tokens/exchange.js');
-const { tokenRouter } = require('../dist/enforcer/tokens/routes.js');
+const { tokenConfig } = require('../dist/identity/config.js');
+const { createKeyRing, keySourceFor } = require('../dist/identity/keys.js');
+const { createTokenService } = require('../dist/identity/service.js');
+const { createTokenVerifier } = require('../dist/identity/verify.js');
+const { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } = require('../dist/identity/exchange.js');
+const { tokenRouter } = require('../dist/identity/routes.js');
 const { createJsonApp, finish, listen } = require('../dist/common/http.js');
 const { createLogger } = require('../dist/common/log.js');
 

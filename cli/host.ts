@@ -2,9 +2,9 @@ import { collectProcessMetrics, registry } from '../common/metrics';
 import { createJsonApp, finish, listen, type Listening } from '../common/http';
 import { createLogger, type Logger } from '../common/log';
 import { createReporter, type Reporter } from '../common/report';
-import type { CommonOptions, RoleContext, RunningRole } from '../common/role';
+import type { CommonOptions, RoleContext, RoleStarter, RunningRole } from '../common/role';
 
-export type RoleStarter = (ctx: RoleContext) => Promise<RunningRole>;
+export type { RoleStarter } from '../common/role';
 
 export interface Host {
   readonly control: Listening;

@@ -1,7 +1,7 @@
 import { startCollectorRole } from '../collector/role';
 import { startPolicyPlaneRole } from '../enforcer/plane/role';
 import { startRollbackRole } from '../enforcer/rollback/role';
-import { startTokenServiceRole } from '../enforcer/tokens/role';
+import { startTokenServiceRole } from '../identity/role';
 import type { RoleStarter } from './host';
 
 /**

@@ -2,9 +2,9 @@ import { ConfigError } from '../common/errors';
 import { ENV } from '../common/names';
 import type { RoleContext, RunningRole } from '../common/role';
 import { openStore } from './store';
-import { startIngest } from './receiver';
-import { mountRules } from './rollback-status';
-import { mountAudit } from './audit-routes';
+import { startIngest } from './ingest/receiver';
+import { mountRules } from './rules/status';
+import { mountAudit } from './audit/routes';
 import { startCheckpointer } from './evidence/checkpoint';
 
 /** The collector role: the store, the OTLP receiver, rules and audit queries. */

@@ -66,3 +66,6 @@ export interface RunningRole {
   readonly banner?: string[];
   close(): Promise<void>;
 }
+
+/** Starts one role inside a host process (`custody up` or a single-role command). */
+export type RoleStarter = (ctx: RoleContext) => Promise<RunningRole>;

@@ -1,7 +1,7 @@
 import childProcess from 'node:child_process';
 import path from 'node:path';
 import { diag } from '@opentelemetry/api';
-import { exchangeToken, issueToken, type ExchangeTokenParams, type IssueTokenBody, type ObtainedToken } from '../enforcer/tokens/client';
+import { exchangeToken, issueToken, type ExchangeTokenParams, type IssueTokenBody, type ObtainedToken } from '../identity/client';
 import { ENV } from '../common/names';
 import { getRuntime } from './runtime';
 import type { AgentScope } from './scope';

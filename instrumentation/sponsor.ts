@@ -1,6 +1,6 @@
 import { diag } from '@opentelemetry/api';
 import { decodeJwt } from 'jose';
-import { issueToken } from '../enforcer/tokens/client';
+import { issueToken } from '../identity/client';
 import { getRuntime } from './runtime';
 import type { AgentScope } from './scope';
 

@@ -1,5 +1,5 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
-import type { AgentNode, AgentSummary, AuditEvent, AuditTrail } from '../../collector/audit';
+import type { AgentNode, AgentSummary, AuditEvent, AuditTrail } from '../../collector/audit/queries';
 import { ControlApiError, getJson } from '../control-client';
 import { addAuditVerify } from './audit-verify';
 import { withClientOptions } from '../options';

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { once } from 'node:events';
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import type { AuditEvent, EventPage } from '../../collector/audit';
+import type { AuditEvent, EventPage } from '../../collector/audit/queries';
 import { parseSince } from '../../common/duration';
 import { CustodyError } from '../../common/errors';
 import { getJson } from '../control-client';

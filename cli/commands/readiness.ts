@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { CustodyError } from '../../common/errors';
 import { DEFAULTS, THRESHOLDS } from '../../common/names';
-import { parseWindow } from '../../collector/rules';
+import { parseWindow } from '../../collector/rules/evaluate';
 import { createEnforcer } from '../../enforcer/client/enforcer';
 import { getJson } from '../control-client';
 import { withClientOptions } from '../options';

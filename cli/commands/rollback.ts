@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CustodyError } from '../../common/errors';
 import { COHORT } from '../../common/names';
-import { COHORTS, parseMinSample, parseWindow, type AlertResult, type RollbackAction, type RuleResult } from '../../collector/rules';
+import { COHORTS, parseMinSample, parseWindow, type AlertResult, type RollbackAction, type RuleResult } from '../../collector/rules/evaluate';
 import { getJson } from '../control-client';
 import { withClientOptions } from '../options';
 

@@ -11,11 +11,11 @@ import {
   requestJson,
   type IssueTokenBody,
   type ObtainedToken,
-} from '../../enforcer/tokens/client';
-import { TokenError, TokenRequestError } from '../../enforcer/tokens/errors';
-import type { AgentRecord, IssuedCredential } from '../../enforcer/tokens/registry';
-import { startTokenServiceRole } from '../../enforcer/tokens/role';
-import { createTokenVerifier } from '../../enforcer/tokens/verify';
+} from '../../identity/client';
+import { TokenError, TokenRequestError } from '../../identity/errors';
+import type { AgentRecord, IssuedCredential } from '../../identity/registry';
+import { startTokenServiceRole } from '../../identity/role';
+import { createTokenVerifier } from '../../identity/verify';
 import { closeOnSignals, startHost } from '../host';
 import { commonOptions, withClientOptions, withServerOptions, type ServerFlags } from '../options';
 

@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { ENV } from '../../common/names';
 import { cohortOf } from '../../enforcer/policy/rollout';
 import { formatTrail } from '../commands/audit';
-import type { AuditTrail } from '../../collector/audit';
+import type { AuditTrail } from '../../collector/audit/queries';
 import { startOutageSwitch } from './proxy';
 import { callCounts, renderSnapshot, type Snapshot } from './summary';
 
@@ -154,11 +154,19 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     return env;
   };
   const agent = async (script: string, env: Record<string, string | undefined>): Promise<AgentReport> => {
-    const { stdout } = await run(process.execPath, ['--require', 'custody/register', path.join(EXAMPLES, script)], {
-      cwd: PACKAGE_ROOT,
-      env: agentEnv(env),
-      maxBuffer: 16 * 1024 * 1024,
-    });
+    let stdout: string;
+    try {
+      ({ stdout } = await run(process.execPath, ['--require', 'custody/register', path.join(EXAMPLES, script)], {
+        cwd: PACKAGE_ROOT,
+        env: agentEnv(env),
+        maxBuffer: 16 * 1024 * 1024,
+      }));
+    } catch (err) {
+      // an agent that died says why on stderr (custody/register prints one line when it cannot start)
+      const { code, signal, stderr } = err as { code?: number | string; signal?: string; stderr?: string };
+      const why = (stderr ?? '').trim().split('\n').slice(-5).join('\n') || '(nothing on stderr)';
+      throw new Error(`agent ${script} ${signal ? `died of ${signal}` : `exited with ${code}`}:\n${why}`);
+    }
     return JSON.parse(stdout.trim().split('\n').pop()!) as AgentReport;
   };
 

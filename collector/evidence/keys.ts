@@ -3,7 +3,7 @@ import path from 'node:path';
 import { exportJWK, type JSONWebKeySet, type JWK } from 'jose';
 import { ConfigError, CustodyError } from '../../common/errors';
 import { ENV } from '../../common/names';
-import { generateSigningKey, parsePrivateKey, type SigningKey } from '../../enforcer/tokens/keys';
+import { generateSigningKey, parsePrivateKey, type SigningKey } from '../../identity/keys';
 
 /**
  * The collector's checkpoint signing keys (Ed25519). One current key signs; every key that ever

@@ -1,6 +1,6 @@
 import { FlattenedSign, createLocalJWKSet, flattenedVerify, type JSONWebKeySet } from 'jose';
 import { canonicalJson, sha256Hex } from '../../common/canonical';
-import type { SigningKey } from '../../enforcer/tokens/keys';
+import type { SigningKey } from '../../identity/keys';
 import { AUDIT_ALG } from './keys';
 import { LEAF_FORMAT } from './rows';
 

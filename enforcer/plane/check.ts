@@ -7,9 +7,9 @@ import { BUILTIN_RULE, decide, type Decision } from '../policy/decide';
 import { decisionId } from '../policy/ids';
 import { cohortOf } from '../policy/rollout';
 import type { Risk } from '../policy/schema';
-import type { TokenClaims } from '../tokens/claims';
-import { TOKEN_ERROR, TokenError } from '../tokens/errors';
-import type { TokenVerifier } from '../tokens/verify';
+import type { TokenClaims } from '../../identity/claims';
+import { TOKEN_ERROR, TokenError } from '../../identity/errors';
+import type { TokenVerifier } from '../../identity/verify';
 import type { PlaneMetrics } from './metrics';
 
 /** POST /v1/check body. */

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { RoleStarter } from '../../cli/host';
+import type { RoleStarter } from '../../common/role';
 import { ENV } from '../../common/names';
 import type { RoleContext, RunningRole } from '../../common/role';
 import { watchSettingsFromEnv } from './config';

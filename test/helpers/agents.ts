@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
-import type { AuditEvent, AuditTrail } from '../../collector/audit';
+import type { AuditEvent, AuditTrail } from '../../collector/audit/queries';
 import { eventually, ROOT, type RunningCustody } from './custody';
 
 export const AGENTS = path.join(ROOT, 'test', 'fixtures', 'agents');

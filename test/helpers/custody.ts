@@ -118,7 +118,7 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Cli
  */
 export function seedStore(dataDir: string, rows: Record<string, unknown[]>): void {
   const script = `
-    const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store.js'))});
+    const { openStore } = require(${JSON.stringify(path.join(ROOT, 'dist/collector/store/index.js'))});
     let input = '';
     process.stdin.on('data', (d) => (input += d)).on('end', async () => {
       const tables = JSON.parse(input);

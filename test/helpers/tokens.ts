@@ -9,9 +9,9 @@ import { createLogger } from '../../common/log';
 import { SPAN } from '../../common/names';
 import { createReporter } from '../../common/report';
 import type { RoleContext, RunningRole } from '../../common/role';
-import { startTokenServiceRole } from '../../enforcer/tokens/role';
+import { startTokenServiceRole } from '../../identity/role';
 import { tempDir } from './custody';
-import { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../../enforcer/tokens/exchange';
+import { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../../identity/exchange';
 
 /** The seed article's token-service-config.yml values, with custody's role maxima. */
 export const SEED = {

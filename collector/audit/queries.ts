@@ -1,0 +1,424 @@
+import { CustodyError } from '../../common/errors';
+import { TABLE } from '../../common/names';
+import type { Store } from '../store';
+
+/**
+ * Chain-of-custody queries over audit_events (one row per tool call), with policy_decisions and
+ * token_events filling in agents that asked the plane or held tokens but made no call themselves.
+ *
+ * - `auditTrail`: one agent instance with its sponsor, its ancestors (parent_agent_id walked up),
+ *   its descendants (instances whose parent it is, recursively, to a bounded depth) and the calls
+ *   of every instance in that subtree.
+ * - `auditEvents`: filtered tool calls, newest first, keyset-paged on (timestamp, span_id,
+ *   trace_id) so that a page never repeats or skips a row when new calls arrive. A span stored
+ *   twice (an export retried) is listed once, so such a page may hold fewer than `limit` rows.
+ */
+
+export interface AuditEvent {
+  /** ISO-8601 with nanoseconds. */
+  timestamp: string;
+  trace_id: string;
+  span_id: string;
+  sponsor_id: string;
+  agent_instance_id: string;
+  parent_agent_id: string;
+  role: string;
+  tool_id: string;
+  action: string;
+  purpose: string;
+  /** allow | deny | error, or '' when no policy check happened. */
+  decision: string;
+  policy_decision_id: string;
+  rule_id: string;
+  policy_latency_ms: number;
+  policy_cached: boolean;
+  enforced: boolean;
+  cohort: string;
+  status: string;
+  error_type: string;
+  token_jti: string;
+  request_hash: string;
+  response_hash: string;
+  duration_ms: number;
+  audit_seq: number;
+}
+
+export interface AgentSummary {
+  agent_instance_id: string;
+  parent_agent_id: string | null;
+  sponsor_id: string | null;
+  role: string | null;
+  agent_name: string | null;
+  first_seen: string | null;
+  last_seen: string | null;
+  /** Tool calls stored for this instance. */
+  call_count: number;
+}
+
+export interface AgentNode extends AgentSummary {
+  /** The most recent calls, oldest first. */
+  calls: AuditEvent[];
+  calls_truncated: boolean;
+  children: AgentNode[];
+}
+
+export interface AuditTrail {
+  agent_instance_id: string;
+  /** The instance's sponsor, or the nearest ancestor's when its own rows carry none. */
+  sponsor_id: string | null;
+  /** Root first, the direct parent last. */
+  ancestors: AgentSummary[];
+  agent: AgentNode;
+  /** Depth or size limits cut the descendants. */
+  truncated: boolean;
+}
+
+export interface TrailOptions {
+  /** Levels of sub-agents below the instance (default 10). */
+  depth?: number;
+  /** Calls shown per instance, the most recent (default 1000). */
+  callsPerAgent?: number;
+  /** Instances in the subtree (default 1000). */
+  maxAgents?: number;
+}
+
+export const DECISION_FILTERS = ['allow', 'deny', 'error', 'none'] as const;
+export type DecisionFilter = (typeof DECISION_FILTERS)[number];
+
+export interface EventFilters {
+  sponsor?: string;
+  agentInstanceId?: string;
+  tool?: string;
+  /** `none`: calls that had no policy check. */
+  decision?: DecisionFilter;
+  /** epoch ms, inclusive */
+  from?: number;
+  /** epoch ms, exclusive */
+  to?: number;
+  limit?: number;
+  cursor?: string;
+}
+
+export interface EventPage {
+  events: AuditEvent[];
+  /** Pass back as `cursor` for the next (older) page; null on the last page. */
+  next_cursor: string | null;
+}
+
+export class AuditQueryError extends CustodyError {
+  readonly parameter: string;
+  constructor(parameter: string, message: string) {
+    super('ERR_AUDIT_QUERY', message);
+    this.parameter = parameter;
+  }
+}
+
+export const MAX_EVENTS_LIMIT = 1000;
+const LOOK_BACK_MS = [3_600_000, 86_400_000, 7 * 86_400_000, undefined];
+const MAX_ANCESTORS = 32;
+
+const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trace_id, span_id, sponsor_id, agent_instance_id,
+  parent_agent_id, toString(role) AS role, toString(tool_id) AS tool_id, toString(action) AS action, purpose,
+  toString(decision) AS decision, policy_decision_id, toString(rule_id) AS rule_id, policy_latency_ms, policy_cached,
+  enforced, toString(cohort) AS cohort, toString(status) AS status, toString(error_type) AS error_type, token_jti,
+  request_hash, response_hash, duration_ns, audit_seq`;
+
+interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ms' | 'audit_seq'> {
+  ts_ns: string;
+  duration_ns: string | number;
+  audit_seq: string | number;
+}
+
+/** Nanoseconds since the epoch (decimal string) as ISO-8601 with nine fraction digits. */
+export function isoFromNanos(ns: string): string {
+  const big = BigInt(ns);
+  const seconds = big / 1_000_000_000n;
+  const fraction = (big % 1_000_000_000n).toString().padStart(9, '0');
+  return `${new Date(Number(seconds) * 1000).toISOString().slice(0, 19)}.${fraction}Z`;
+}
+
+function toEvent(r: EventRow): AuditEvent {
+  const { ts_ns, duration_ns, audit_seq, ...rest } = r;
+  return {
+    timestamp: isoFromNanos(ts_ns),
+    ...rest,
+    policy_latency_ms: Number(rest.policy_latency_ms),
+    policy_cached: Boolean(rest.policy_cached),
+    enforced: Boolean(rest.enforced),
+    duration_ms: Number(duration_ns) / 1e6,
+    audit_seq: Number(audit_seq),
+  };
+}
+
+async function rows<T>(store: Store, query: string, query_params: Record<string, unknown>): Promise<T[]> {
+  const rs = await store.client.query({ query, query_params, format: 'JSONEachRow' });
+  return rs.json<T>();
+}
+
+// ---- events ----
+
+export function encodeCursor(tsNs: string, spanId: string, traceId: string): string {
+  return Buffer.from(JSON.stringify([tsNs, spanId, traceId])).toString('base64url');
+}
+
+export function decodeCursor(cursor: string): { tsNs: string; spanId: string; traceId: string } {
+  try {
+    const v: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+    if (Array.isArray(v) && v.length === 3 && /^\d{1,19}$/.test(String(v[0])) && typeof v[1] === 'string' && typeof v[2] === 'string') {
+      return { tsNs: v[0] as string, spanId: v[1], traceId: v[2] };
+    }
+  } catch {
+    /* reported below */
+  }
+  throw new AuditQueryError('cursor', `cursor '${cursor.slice(0, 64)}' is not one this API returned`);
+}
+
+/** An instant as ISO-8601 (with a date) or epoch milliseconds. */
+export function parseInstant(text: string, parameter: string): number {
+  const t = text.trim();
+  if (/^\d{1,16}$/.test(t)) return Number(t);
+  if (/^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(t)) {
+    const ms = Date.parse(t);
+    if (!Number.isNaN(ms)) return ms;
+  }
+  throw new AuditQueryError(parameter, `${parameter} '${text}' is neither an ISO-8601 time nor epoch milliseconds`);
+}
+
+export async function auditEvents(store: Store, filters: EventFilters = {}): Promise<EventPage> {
+  const limit = filters.limit ?? 100;
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_EVENTS_LIMIT) {
+    throw new AuditQueryError('limit', `limit must be an integer from 1 to ${MAX_EVENTS_LIMIT}`);
+  }
+  if (filters.from !== undefined && filters.to !== undefined && filters.from >= filters.to) {
+    throw new AuditQueryError('to', `to (${new Date(filters.to).toISOString()}) must be later than from (${new Date(filters.from).toISOString()})`);
+  }
+  const where: string[] = [];
+  const params: Record<string, unknown> = { limit: limit + 1 };
+  if (filters.sponsor !== undefined) {
+    where.push('sponsor_id = {sponsor:String}');
+    params.sponsor = filters.sponsor;
+  }
+  if (filters.agentInstanceId !== undefined) {
+    where.push('agent_instance_id = {agent:String}');
+    params.agent = filters.agentInstanceId;
+  }
+  if (filters.tool !== undefined) {
+    where.push('tool_id = {tool:String}');
+    params.tool = filters.tool;
+  }
+  if (filters.decision !== undefined) {
+    where.push('decision = {decision:String}');
+    params.decision = filters.decision === 'none' ? '' : filters.decision;
+  }
+  if (filters.from !== undefined) {
+    where.push('timestamp >= fromUnixTimestamp64Milli({from:Int64})');
+    params.from = filters.from;
+  }
+  if (filters.to !== undefined) {
+    where.push('timestamp < fromUnixTimestamp64Milli({to:Int64})');
+    params.to = filters.to;
+  }
+  let anchorMs = Math.max(Date.now(), filters.to ?? 0);
+  if (filters.cursor !== undefined) {
+    const c = decodeCursor(filters.cursor);
+    where.push('(timestamp, span_id, trace_id) < (fromUnixTimestamp64Nano({c_ts:Int64}), {c_span:String}, {c_trace:String})');
+    Object.assign(params, { c_ts: c.tsNs, c_span: c.spanId, c_trace: c.traceId });
+    anchorMs = Number(BigInt(c.tsNs) / 1_000_000n) + 1;
+  }
+  if (filters.to !== undefined) anchorMs = Math.min(anchorMs, filters.to);
+  // Newest first without sorting the whole table: look back an hour from the page's upper end,
+  // then a day, a week, everything, and stop as soon as a window holds a full page. Rows older
+  // than a window cannot outrank the rows inside it.
+  let found: EventRow[] = [];
+  for (const lookBackMs of LOOK_BACK_MS) {
+    const lower = lookBackMs === undefined ? undefined : anchorMs - lookBackMs;
+    const bounded = lower !== undefined && (filters.from === undefined || lower > filters.from);
+    found = await rows<EventRow>(
+      store,
+      `SELECT ${EVENT_COLUMNS}
+       FROM ${store.database}.${TABLE.AUDIT_EVENTS}
+       WHERE ${[...where, ...(bounded ? ['timestamp >= fromUnixTimestamp64Milli({lower:Int64})'] : []), '1'].join(' AND ')}
+       ORDER BY timestamp DESC, span_id DESC, trace_id DESC
+       LIMIT {limit:UInt32}`,
+      bounded ? { ...params, lower } : params,
+    );
+    if (found.length > limit || !bounded) break;
+  }
+  // a span stored twice (an export retried) is listed once; its copies sort next to each other
+  const unique = found.filter((r, i) => {
+    const prev = found[i - 1];
+    return !prev || prev.ts_ns !== r.ts_ns || prev.span_id !== r.span_id || prev.trace_id !== r.trace_id;
+  });
+  const page = unique.slice(0, limit);
+  const more = found.length > limit;
+  const last = page[page.length - 1];
+  return {
+    events: page.map(toEvent),
+    next_cursor: more && last ? encodeCursor(last.ts_ns, last.span_id, last.trace_id) : null,
+  };
+}
+
+// ---- trail ----
+
+interface IdentityRow {
+  agent_instance_id: string;
+  parent_agent_id: string;
+  sponsor_id: string;
+  role: string;
+  agent_name: string;
+  first_ns: string;
+  last_ns: string;
+  call_count: string | number;
+}
+
+/** Who each instance is, from every table that names it. */
+async function identities(store: Store, ids: string[]): Promise<Map<string, AgentSummary>> {
+  const db = store.database;
+  const found = new Map<string, AgentSummary>();
+  if (ids.length === 0) return found;
+  const list = await rows<IdentityRow>(
+    store,
+    `SELECT agent_instance_id,
+        argMaxIf(parent_agent_id, timestamp, parent_agent_id != '') AS parent_agent_id,
+        argMaxIf(sponsor_id, timestamp, sponsor_id != '') AS sponsor_id,
+        argMaxIf(role, timestamp, role != '') AS role,
+        argMaxIf(agent_name, timestamp, agent_name != '') AS agent_name,
+        toString(toUnixTimestamp64Nano(min(timestamp))) AS first_ns,
+        toString(toUnixTimestamp64Nano(max(timestamp))) AS last_ns,
+        sum(is_call) AS call_count
+     FROM (
+       SELECT agent_instance_id, parent_agent_id, sponsor_id, toString(role) AS role, toString(agent_name) AS agent_name, timestamp, toUInt8(1) AS is_call
+       FROM ${db}.${TABLE.AUDIT_EVENTS} WHERE agent_instance_id IN {ids:Array(String)}
+       UNION ALL
+       SELECT agent_instance_id, parent_agent_id, sponsor_id, toString(role), '', timestamp, toUInt8(0)
+       FROM ${db}.${TABLE.POLICY_DECISIONS} WHERE agent_instance_id IN {ids:Array(String)}
+       UNION ALL
+       SELECT agent_instance_id, parent_agent_id, sponsor_id, toString(role), '', timestamp, toUInt8(0)
+       FROM ${db}.${TABLE.TOKEN_EVENTS} WHERE agent_instance_id IN {ids:Array(String)}
+     )
+     GROUP BY agent_instance_id`,
+    { ids },
+  );
+  const orNull = (s: string) => (s === '' ? null : s);
+  for (const r of list) {
+    found.set(r.agent_instance_id, {
+      agent_instance_id: r.agent_instance_id,
+      parent_agent_id: orNull(r.parent_agent_id),
+      sponsor_id: orNull(r.sponsor_id),
+      role: orNull(r.role),
+      agent_name: orNull(r.agent_name),
+      first_seen: isoFromNanos(r.first_ns),
+      last_seen: isoFromNanos(r.last_ns),
+      call_count: Number(r.call_count),
+    });
+  }
+  return found;
+}
+
+/** Instances whose parent is one of `parents`: [child, parent] pairs. */
+async function childrenOf(store: Store, parents: string[], limit: number): Promise<[string, string][]> {
+  const db = store.database;
+  const list = await rows<{ agent_instance_id: string; parent_agent_id: string }>(
+    store,
+    `SELECT DISTINCT agent_instance_id, parent_agent_id FROM (
+       SELECT agent_instance_id, parent_agent_id FROM ${db}.${TABLE.AUDIT_EVENTS} WHERE parent_agent_id IN {ids:Array(String)}
+       UNION ALL
+       SELECT agent_instance_id, parent_agent_id FROM ${db}.${TABLE.POLICY_DECISIONS} WHERE parent_agent_id IN {ids:Array(String)}
+       UNION ALL
+       SELECT agent_instance_id, parent_agent_id FROM ${db}.${TABLE.TOKEN_EVENTS} WHERE parent_agent_id IN {ids:Array(String)}
+     )
+     WHERE agent_instance_id != ''
+     ORDER BY parent_agent_id, agent_instance_id
+     LIMIT {limit:UInt32}`,
+    { ids: parents, limit },
+  );
+  return list.map((r) => [r.agent_instance_id, r.parent_agent_id]);
+}
+
+const unknownAgent = (id: string): AgentSummary => ({
+  agent_instance_id: id,
+  parent_agent_id: null,
+  sponsor_id: null,
+  role: null,
+  agent_name: null,
+  first_seen: null,
+  last_seen: null,
+  call_count: 0,
+});
+
+/** The chain of custody of one agent instance; null when nothing names it. */
+export async function auditTrail(store: Store, agentInstanceId: string, options: TrailOptions = {}): Promise<AuditTrail | null> {
+  const depth = options.depth ?? 10;
+  const perAgent = options.callsPerAgent ?? 1000;
+  const maxAgents = options.maxAgents ?? 1000;
+
+  // descendants, level by level; `parentOf` keeps the first parent found for each instance
+  const parentOf = new Map<string, string>();
+  const inTree = new Set([agentInstanceId]);
+  let level = [agentInstanceId];
+  let truncated = false;
+  for (let d = 0; d < depth && level.length > 0; d++) {
+    const pairs = await childrenOf(store, level, maxAgents + 1);
+    const next: string[] = [];
+    for (const [child, parent] of pairs) {
+      if (inTree.has(child)) continue; // a cycle or a second parent: the first one wins
+      if (inTree.size >= maxAgents) {
+        truncated = true;
+        break;
+      }
+      inTree.add(child);
+      parentOf.set(child, parent);
+      next.push(child);
+    }
+    level = next;
+    if (d === depth - 1 && level.length > 0 && (await childrenOf(store, level, 1)).length > 0) truncated = true;
+  }
+
+  const ids = [...inTree];
+  const who = await identities(store, ids);
+  const self = who.get(agentInstanceId);
+  if (!self && parentOf.size === 0) return null;
+
+  // ancestors: walk parent_agent_id up, guarding against cycles
+  const ancestors: AgentSummary[] = [];
+  const seen = new Set(inTree);
+  let up = self?.parent_agent_id ?? null;
+  while (up && !seen.has(up) && ancestors.length < MAX_ANCESTORS) {
+    seen.add(up);
+    const info = (await identities(store, [up])).get(up) ?? unknownAgent(up);
+    ancestors.unshift(info);
+    up = info.parent_agent_id;
+  }
+
+  const calls = await rows<EventRow & { agent_instance_id: string }>(
+    store,
+    `SELECT * FROM (
+       SELECT ${EVENT_COLUMNS} FROM ${store.database}.${TABLE.AUDIT_EVENTS}
+       WHERE agent_instance_id IN {ids:Array(String)}
+       ORDER BY agent_instance_id, timestamp DESC, span_id DESC, trace_id DESC
+       LIMIT 1 BY agent_instance_id, timestamp, span_id, trace_id
+     )
+     ORDER BY agent_instance_id, toUInt64(ts_ns) DESC, span_id DESC, trace_id DESC
+     LIMIT {per:UInt32} BY agent_instance_id`,
+    { ids, per: perAgent },
+  );
+  const callsOf = new Map<string, AuditEvent[]>();
+  for (const r of calls) {
+    const list = callsOf.get(r.agent_instance_id) ?? [];
+    list.push(toEvent(r));
+    callsOf.set(r.agent_instance_id, list);
+  }
+
+  const nodes = new Map<string, AgentNode>();
+  for (const id of ids) {
+    const info = who.get(id) ?? { ...unknownAgent(id), parent_agent_id: parentOf.get(id) ?? null };
+    const mine = (callsOf.get(id) ?? []).reverse();
+    nodes.set(id, { ...info, calls: mine, calls_truncated: info.call_count > mine.length && mine.length === perAgent, children: [] });
+  }
+  for (const [child, parent] of parentOf) nodes.get(parent)?.children.push(nodes.get(child)!);
+  // sub-agents in the order they appeared
+  for (const node of nodes.values()) node.children.sort((a, b) => (a.first_seen ?? '').localeCompare(b.first_seen ?? ''));
+  const agent = nodes.get(agentInstanceId)!;
+  const sponsor = agent.sponsor_id ?? [...ancestors].reverse().find((a) => a.sponsor_id)?.sponsor_id ?? null;
+  return { agent_instance_id: agentInstanceId, sponsor_id: sponsor, ancestors, agent, truncated };
+}

@@ -1,0 +1,344 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { promisify } from 'node:util';
+import zlib from 'node:zlib';
+import { ConfigError } from '../../common/errors';
+import { listen, type Listening } from '../../common/http';
+import type { Logger } from '../../common/log';
+import { counter } from '../../common/metrics';
+import { ENV, METRIC } from '../../common/names';
+import type { RoleContext } from '../../common/role';
+import { mapSpans } from './mapping';
+import {
+  GRPC_CODE,
+  OtlpDecodeError,
+  decodeJson,
+  decodeProtobuf,
+  encodeExportResponse,
+  encodeStatus,
+  type DecodedRequest,
+  type WireFormat,
+} from '../otlp';
+import { StoreWriteError, type Store } from '../store';
+import { WriteRefusedError, createBatchWriter, type BatchWriter } from './writer';
+
+/**
+ * The OTLP/HTTP trace receiver: `POST /v1/traces`, protobuf or JSON, optionally gzip. Answers as
+ * the OTLP/HTTP spec says: 200 with an ExportTraceServiceResponse (partial_success when spans were
+ * refused) in the request's encoding; 4xx/5xx with a google.rpc.Status (the JSON form also carries
+ * custody's `{"error":{"code","message"}}`); 429/503 with Retry-After when it cannot take more.
+ * A 200 is sent only once the request's rows are inserted.
+ */
+export interface ReceiverOptions {
+  host: string;
+  port: number;
+  writer: BatchWriter;
+  log: Logger;
+  /** When set, requests need `Authorization: Bearer <token>`. */
+  token?: string;
+  /** Largest body, compressed and decompressed, in bytes. Default 16 MiB. */
+  maxBodyBytes?: number;
+  /** How long a request waits for its rows to be stored before a 503. Default 30 s. */
+  writeTimeoutMs?: number;
+}
+
+export const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
+export const TRACES_PATH = '/v1/traces';
+
+const gunzip = promisify(zlib.gunzip);
+const inflate = promisify(zlib.inflate);
+
+/** An error answer: HTTP status, gRPC code for the Status body, custody's code, headers. */
+class OtlpHttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly grpcCode: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+// Bounded label values: tool names come from clients.
+const MAX_TOOL_LABELS = 500;
+
+export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'>) {
+  const { writer, log } = options;
+  const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const writeTimeoutMs = options.writeTimeoutMs ?? 30_000;
+  const expected = options.token ? Buffer.from(`Bearer ${options.token}`) : undefined;
+  // how much of an unwanted body is read and dropped before the connection is cut instead
+  const discardLimit = Math.max(4 * maxBody, 64 * 1024 * 1024);
+
+  const ingested = counter({ name: METRIC.SPANS_INGESTED_TOTAL, help: 'Spans stored' });
+  const rejected = counter<'reason'>({ name: METRIC.SPANS_REJECTED_TOTAL, help: 'Spans refused, by reason', labelNames: ['reason'] });
+  const toolCalls = counter<'tool' | 'decision' | 'cohort'>({
+    name: METRIC.TOOL_CALLS_TOTAL,
+    help: 'Tool calls stored, by tool, policy decision and rollout cohort',
+    labelNames: ['tool', 'decision', 'cohort'],
+  });
+  const requests = counter<'code'>({ name: METRIC.INGEST_REQUESTS_TOTAL, help: 'OTLP export requests, by HTTP status', labelNames: ['code'] });
+  const seenTools = new Set<string>();
+
+  function authorized(req: IncomingMessage): boolean {
+    if (!expected) return true;
+    const got = Buffer.from(req.headers.authorization ?? '');
+    return got.length === expected.length && timingSafeEqual(got, expected);
+  }
+
+  function formatOf(req: IncomingMessage): WireFormat | undefined {
+    const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+    if (type === 'application/x-protobuf' || type === 'application/protobuf') return 'protobuf';
+    if (type === 'application/json') return 'json';
+    return undefined;
+  }
+
+  /**
+   * Reads the body up to the limit. Past it (or when the declared length is already past it) the
+   * rest is read and dropped rather than left unread: a client still writing its body when the
+   * connection closes would see a broken pipe instead of the 413.
+   */
+  function readBody(req: IncomingMessage): Promise<Buffer> {
+    const declared = Number(req.headers['content-length']);
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      let over = declared > maxBody;
+      req.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > maxBody) over = true;
+        if (over) {
+          chunks.length = 0;
+          // never read forever: past this the connection is cut
+          if (size > discardLimit) req.destroy();
+        } else {
+          chunks.push(chunk);
+        }
+      });
+      req.once('end', () => {
+        if (over) reject(tooLarge(`request body${declared > maxBody ? ` of ${declared} bytes` : ''} is over the ${maxBody}-byte limit`));
+        else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+      });
+      req.once('error', reject);
+      req.once('close', () => reject(new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'invalid_request', 'request aborted')));
+    });
+  }
+
+  async function decompress(req: IncomingMessage, body: Buffer): Promise<Buffer> {
+    const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+    if (encoding === 'identity' || encoding === '') return body;
+    const codec = encoding === 'gzip' || encoding === 'x-gzip' ? gunzip : encoding === 'deflate' ? inflate : undefined;
+    if (!codec) {
+      throw new OtlpHttpError(415, GRPC_CODE.INVALID_ARGUMENT, 'unsupported_encoding', `Content-Encoding '${encoding}' is not supported (use gzip)`);
+    }
+    try {
+      // the output limit stops a small body that inflates to gigabytes
+      return await codec(body, { maxOutputLength: maxBody });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw tooLarge(`decompressed request body is over the ${maxBody}-byte limit`);
+      }
+      throw new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'invalid_request', `malformed ${encoding} body: ${(err as Error).message}`);
+    }
+  }
+
+  const tooLarge = (message: string) =>
+    new OtlpHttpError(413, GRPC_CODE.RESOURCE_EXHAUSTED, 'payload_too_large', message, { Connection: 'close' });
+
+  function countToolCalls(calls: Map<string, number>): void {
+    for (const [key, n] of calls) {
+      const [tool = '', decision = '', cohort = ''] = key.split('\0');
+      let label = tool || 'unknown';
+      if (!seenTools.has(label)) {
+        if (seenTools.size < MAX_TOOL_LABELS) seenTools.add(label);
+        else label = 'other';
+      }
+      toolCalls.inc({ tool: label, decision: decision || 'none', cohort: cohort || 'none' }, n);
+    }
+  }
+
+  function send(res: ServerResponse, status: number, format: WireFormat, body: Buffer, headers: Record<string, string> = {}): void {
+    requests.inc({ code: String(status) });
+    res.writeHead(status, {
+      'Content-Type': format === 'json' ? 'application/json' : 'application/x-protobuf',
+      'Content-Length': String(body.length),
+      ...headers,
+    });
+    res.end(body);
+  }
+
+  function sendError(res: ServerResponse, format: WireFormat, err: OtlpHttpError): void {
+    send(res, err.status, format, encodeStatus(format, err.grpcCode, err.message, { code: err.code, message: err.message }), err.headers);
+  }
+
+  async function waitForWrite(promise: Promise<void>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        promise,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new WriteRefusedError(503, `storage did not confirm the write within ${writeTimeoutMs} ms; retry later`, 5)),
+            writeTimeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Reads, decodes and maps one request. Only the row buffers and a few counts leave this
+   * function: the decoded spans die here instead of living on while the rows wait for their
+   * insert, which would have them copied into the old generation and cost full collections.
+   */
+  async function receive(req: IncomingMessage, format: WireFormat) {
+    const body = await decompress(req, await readBody(req));
+    let decoded: DecodedRequest;
+    try {
+      decoded = format === 'protobuf' ? decodeProtobuf(body) : decodeJson(body.toString('utf8'));
+    } catch (err) {
+      if (err instanceof OtlpDecodeError) throw new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'invalid_request', err.message);
+      throw err;
+    }
+    const { rows, counts, spans, toolCalls } = mapSpans(decoded.spans);
+    const { rejected: refused, rejectedCount, rejectionMessages } = decoded;
+    const message = rejectedCount
+      ? `${rejectedCount} span(s) rejected: ${rejectionMessages.join('; ')}${rejectedCount > rejectionMessages.length ? '; …' : ''}`
+      : '';
+    return { write: { rows, counts }, spans, toolCalls, refused, rejectedCount, message };
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse, format: WireFormat): Promise<void> {
+    if (!writer.available) {
+      throw new OtlpHttpError(503, GRPC_CODE.UNAVAILABLE, 'storage_unavailable', 'storage is unavailable; retry later', { 'Retry-After': '5' });
+    }
+    const { write, spans, toolCalls, refused, rejectedCount, message } = await receive(req, format);
+    try {
+      await waitForWrite(writer.write(write));
+    } catch (err) {
+      if (err instanceof WriteRefusedError) {
+        rejected.inc({ reason: err.status === 429 ? 'queue_full' : 'storage_unavailable' }, spans);
+        throw new OtlpHttpError(
+          err.status,
+          err.status === 429 ? GRPC_CODE.RESOURCE_EXHAUSTED : GRPC_CODE.UNAVAILABLE,
+          err.status === 429 ? 'overloaded' : 'storage_unavailable',
+          err.message,
+          { 'Retry-After': String(err.retryAfterSeconds) },
+        );
+      }
+      if (err instanceof StoreWriteError) {
+        rejected.inc({ reason: 'storage_refused' }, spans);
+        throw new OtlpHttpError(500, GRPC_CODE.INTERNAL, 'storage_refused', 'the spans could not be stored');
+      }
+      throw err;
+    }
+    ingested.inc(spans);
+    countToolCalls(toolCalls);
+    for (const [reason, n] of refused) rejected.inc({ reason }, n);
+    send(res, 200, format, encodeExportResponse(format, rejectedCount, message));
+  }
+
+  return async function otlpReceiver(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const format = formatOf(req);
+    try {
+      const path = (req.url ?? '/').split('?')[0];
+      if (path !== TRACES_PATH) throw new OtlpHttpError(404, GRPC_CODE.NOT_FOUND, 'not_found', `no route for ${req.method} ${path}; OTLP traces go to POST ${TRACES_PATH}`);
+      if (req.method !== 'POST') {
+        throw new OtlpHttpError(405, GRPC_CODE.UNIMPLEMENTED, 'method_not_allowed', `${req.method} is not allowed on ${TRACES_PATH}; use POST`, { Allow: 'POST' });
+      }
+      if (!authorized(req)) {
+        throw new OtlpHttpError(401, GRPC_CODE.UNAUTHENTICATED, 'unauthorized', 'missing or invalid bearer token', { 'WWW-Authenticate': 'Bearer' });
+      }
+      if (!format) {
+        throw new OtlpHttpError(
+          415,
+          GRPC_CODE.INVALID_ARGUMENT,
+          'unsupported_media_type',
+          `Content-Type '${req.headers['content-type'] ?? ''}' is not supported; use application/x-protobuf or application/json`,
+        );
+      }
+      await handle(req, res, format);
+    } catch (err) {
+      if (res.headersSent) return;
+      const known =
+        err instanceof OtlpHttpError
+          ? err
+          : (log.error({ err }, 'OTLP request failed'), new OtlpHttpError(500, GRPC_CODE.INTERNAL, 'internal', 'internal error'));
+      if (!req.readableEnded && !req.destroyed) {
+        // the body is not wanted: drop it before answering (closing on unread data could reset
+        // the connection before the client reads the answer), within a bound
+        await discard(req, discardLimit);
+      }
+      if (!res.writableEnded && !res.destroyed) sendError(res, format ?? 'json', known);
+    }
+  };
+}
+
+/** Reads and drops what is left of a request body, up to `limit` bytes; past that, cuts the connection. */
+function discard(req: IncomingMessage, limit: number): Promise<void> {
+  return new Promise((resolve) => {
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) req.destroy();
+    });
+    req.once('end', resolve);
+    req.once('close', resolve);
+    req.resume();
+  });
+}
+
+/** Starts the receiver on host:port (0: any free port). */
+export async function startOtlpReceiver(options: ReceiverOptions): Promise<Listening> {
+  const handler = createOtlpHandler(options);
+  return listen((req, res) => void handler(req, res), options.host, options.port);
+}
+
+function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n <= 0) throw new ConfigError(`${name} must be a positive integer, got '${raw}'`);
+  return n;
+}
+
+export interface RunningIngest {
+  readonly writer: BatchWriter;
+  readonly url: string;
+  readonly banner: string[];
+  /** Stops taking requests, then inserts what is queued. */
+  close(): Promise<void>;
+}
+
+/**
+ * Ingest inside the collector role: the batching writer on the store and the OTLP receiver on
+ * --otlp-port, configured from CUSTODY_INGEST_TOKEN, CUSTODY_INGEST_MAX_BODY_BYTES and
+ * CUSTODY_INGEST_MAX_QUEUE_ROWS. Writes are refused (503) until the store's schema is in place.
+ */
+export async function startIngest(ctx: RoleContext, store: Store, env: NodeJS.ProcessEnv = process.env): Promise<RunningIngest> {
+  const { options, log } = ctx;
+  const maxBodyBytes = positiveInt(env, ENV.INGEST_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES);
+  const maxQueuedRows = positiveInt(env, ENV.INGEST_MAX_QUEUE_ROWS, 200_000);
+  const token = env[ENV.INGEST_TOKEN] || undefined;
+  const writer = createBatchWriter({ store, log, maxQueuedRows, startUnavailable: !store.migrated });
+  if (!store.migrated) void store.whenMigrated().then(() => store.migrated && writer.setAvailable(true));
+  const listening = await startOtlpReceiver({ host: options.host, port: options.otlpPort, writer, log, maxBodyBytes, ...(token ? { token } : {}) });
+  // the address reporters and people can use, also when bound to every interface
+  const host = options.host === '0.0.0.0' ? '127.0.0.1' : options.host === '::' ? '[::1]' : new URL(listening.url).hostname;
+  const url = `http://${host}:${listening.port}`;
+  ctx.setOtlpUrl(url);
+  ctx.addReadinessCheck('ingest', () => writer.available);
+  return {
+    writer,
+    url,
+    banner: [`OTLP          ${url}${token ? ' (bearer token required)' : ''}`],
+    async close() {
+      await listening.close();
+      await writer.close();
+    },
+  };
+}

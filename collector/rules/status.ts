@@ -1,0 +1,113 @@
+import { Router } from 'express';
+import { badRequest, HttpError } from '../../common/errors';
+import { queryString } from '../../common/http';
+import type { Logger } from '../../common/log';
+import { ENV } from '../../common/names';
+import { SERVICE, type RoleContext, type Services } from '../../common/role';
+import { registerRuleMetrics } from './metrics';
+import { evaluateRules, parseCohort, parseMinSample, parseWindow, resolveRulesConfig, RuleInputError, type RulesConfig } from './evaluate';
+import type { Store } from '../store';
+
+/**
+ * GET /v1/rollback/status?window=15m&cohort=canary[&min_sample=N]: the rollback rules for one
+ * cohort, as CONTRACT.md shapes them (Argo Rollouts' web metric provider reads it as is).
+ * Besides the contract's fields it names the cohort, the evaluated minute range and the alerts
+ * behind a `hold`.
+ */
+
+const ROLLOUT_TIMEOUT_MS = 1000;
+const PARAMETERS = ['window', 'cohort', 'min_sample'];
+
+/** The current rollout percent, or null when no policy plane can be asked. */
+export type RolloutPercent = () => Promise<number | null>;
+
+/**
+ * In `custody up` the policy plane offers its rollout state in-process; a lone collector asks
+ * `${CUSTODY_POLICY_URL}/v1/rollout`. Looked up per request: the plane starts after the collector.
+ */
+export function rolloutPercent(services: Services, log: Logger, policyUrl = process.env[ENV.POLICY_URL]): RolloutPercent {
+  const valid = (p: unknown): number | null => (typeof p === 'number' && Number.isFinite(p) && p >= 0 && p <= 100 ? p : null);
+  return async () => {
+    const local = services.lookup<{ get(): Promise<{ percent: number }> }>(SERVICE.ROLLOUT);
+    try {
+      if (local) {
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          const timeout = new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error('rollout service timed out')), ROLLOUT_TIMEOUT_MS);
+          });
+          return valid((await Promise.race([local.get(), timeout])).percent);
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+      if (!policyUrl) return null;
+      const res = await fetch(new URL('/v1/rollout', policyUrl), { signal: AbortSignal.timeout(ROLLOUT_TIMEOUT_MS) });
+      if (!res.ok) throw new Error(`GET /v1/rollout answered ${res.status}`);
+      return valid(((await res.json()) as { percent?: unknown }).percent);
+    } catch (err) {
+      // the rollout percent is context for the reader, not part of the verdict
+      log.warn({ err }, 'rollback status: rollout percent unavailable');
+      return null;
+    }
+  };
+}
+
+function rejectUnknown(query: Record<string, unknown>, allowed: readonly string[]): void {
+  for (const name of Object.keys(query)) {
+    if (!allowed.includes(name)) throw badRequest('invalid_parameter', `unknown query parameter '${name}' (expected ${allowed.join(', ')})`);
+  }
+}
+
+function parsed<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof RuleInputError) throw badRequest('invalid_parameter', `query parameter '${err.parameter}': ${err.message}`);
+    throw err;
+  }
+}
+
+export function rollbackStatusRouter(store: Store, options: { config: Readonly<RulesConfig>; rollout: RolloutPercent; log: Logger }): Router {
+  const { config } = options;
+  const router = Router();
+  router.get('/v1/rollback/status', async (req, res) => {
+    const q = req.query as Record<string, unknown>;
+    rejectUnknown(q, PARAMETERS);
+    const window = queryString(q, 'window');
+    const cohort = queryString(q, 'cohort');
+    const minSample = queryString(q, 'min_sample');
+    const windowS = window === undefined ? config.windowS : parsed(() => parseWindow(window));
+    const opts = {
+      windowS,
+      cohort: cohort === undefined ? config.cohort : parsed(() => parseCohort(cohort)),
+      minSample: minSample === undefined ? config.minSample : parsed(() => parseMinSample(minSample)),
+      thresholds: config.thresholds,
+    };
+    let result;
+    try {
+      result = await evaluateRules(store, opts);
+    } catch (err) {
+      options.log.error({ err }, 'rollback status: storage did not answer');
+      throw new HttpError(503, 'storage_unavailable', `the store did not answer: ${(err as Error).message}`, { 'Retry-After': '5' });
+    }
+    res.json({
+      action: result.action,
+      window_s: result.window_s,
+      sample_size: result.sample_size,
+      rules: result.rules,
+      rollout: { percent: await options.rollout() },
+      cohort: result.cohort,
+      window: result.window,
+      alerts: result.alerts,
+    });
+  });
+  return router;
+}
+
+/** Mounts GET /v1/rollback/status and the rule gauges; the collector role calls it once its store is open. */
+export function mountRules(ctx: RoleContext, store: Store, options: { config?: Readonly<RulesConfig> } = {}): { close(): void } {
+  const config = options.config ?? resolveRulesConfig();
+  ctx.control.use(rollbackStatusRouter(store, { config, rollout: rolloutPercent(ctx.services, ctx.log, ctx.options.policyUrl), log: ctx.log }));
+  return registerRuleMetrics(store, { config, log: ctx.log });
+}

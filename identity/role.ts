@@ -1,0 +1,86 @@
+import net from 'node:net';
+import path from 'node:path';
+import { ConfigError } from '../common/errors';
+import { ENV } from '../common/names';
+import { SERVICE, type RoleContext, type RunningRole } from '../common/role';
+import { loadTokenConfig, type TokenMode, type TokenServiceConfig } from './config';
+import { createKeyRing, keySourceFor } from './keys';
+import { openAgentRegistry } from './registry';
+import { adminRouter, tokenRouter, TOKEN_PATHS, unreadableBodyReporter } from './routes';
+import { createTokenService, type ServiceMode } from './service';
+
+/** What the token service offers other roles in the same process (SERVICE.TOKEN_KEYS). */
+export interface TokenKeysService {
+  readonly issuer: string;
+  jwks(): import('jose').JSONWebKeySet;
+}
+
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (h === 'localhost') return true;
+  if (net.isIPv4(h)) return h.startsWith('127.');
+  if (net.isIPv6(h)) return h === '::1' || /^::ffff:127\./.test(h);
+  return false;
+}
+
+/** auto: open on loopback, registered elsewhere. Open on any other address is refused. */
+export function resolveMode(mode: TokenMode, host: string, configFile: string): ServiceMode {
+  const loopback = isLoopback(host);
+  if (mode === 'open' && !loopback) {
+    throw new ConfigError(
+      `${configFile}: field 'mode': open mode (/issue trusts the request body) is for loopback only, and --host is ${host}; ` +
+        `use mode: registered (agents present a credential from 'custody agent register') or listen on 127.0.0.1`,
+    );
+  }
+  if (mode === 'auto') return loopback ? 'open' : 'registered';
+  return mode;
+}
+
+export const AGENT_REGISTRY_FILE = path.join('tokens', 'agents.json');
+
+/** The token-service role: POST /issue, POST /token, the JWKS, and the agent admin API. */
+export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRole> {
+  const { options, log } = ctx;
+  const config: TokenServiceConfig = loadTokenConfig(options.tokenConfigFile);
+  const mode = resolveMode(config.mode, options.host, config.file);
+  const keys = await createKeyRing(keySourceFor(config), { clockSkewSeconds: config.clock_skew_seconds });
+  const registry = openAgentRegistry({ config, file: path.join(options.dataDir, AGENT_REGISTRY_FILE) });
+  const adminToken = process.env[ENV.ADMIN_TOKEN] || undefined;
+  const service = createTokenService({
+    config,
+    keys,
+    mode,
+    registry,
+    log,
+    reporter: { event: (name, attrs, opts) => ctx.reporter.event(name, attrs, opts) },
+  });
+
+  ctx.control.use(tokenRouter(service));
+  ctx.control.use(adminRouter({ registry, keys, adminToken, openMode: mode === 'open' }));
+  ctx.control.use([TOKEN_PATHS.ISSUE, TOKEN_PATHS.TOKEN], unreadableBodyReporter(service));
+  const keysService: TokenKeysService = { issuer: config.issuer, jwks: () => keys.jwks() };
+  ctx.services.provide(SERVICE.TOKEN_KEYS, keysService);
+  ctx.addReadinessCheck('token-keys', () => keys.jwks().keys.length > 0);
+
+  const key = keys.current();
+  const banner = [
+    `token service issuer '${config.issuer}', ${key.alg} key ${key.kid} (${keys.source.description})`,
+    `  config      ${config.file}`,
+    `  agents      ${registry.list({ status: 'active' }).length} registered (${registry.file})`,
+  ];
+  if (mode === 'open') {
+    banner.push(
+      '!! OPEN MODE: /issue trusts the sponsor and role in the request body, for a first day on loopback only.',
+      '!!   Register agents (custody agent register) and set mode: registered before anyone else can reach this port.',
+    );
+    log.warn({ host: options.host }, 'token service in open mode: /issue trusts the request body (loopback only)');
+  } else if (!adminToken) {
+    banner.push(`registered mode; the admin API is disabled until ${ENV.ADMIN_TOKEN} is set`);
+  } else {
+    banner.push('registered mode: /issue needs an agent credential');
+  }
+  if (keys.source.kind === 'generated') {
+    banner.push('signing key generated in memory: tokens do not outlive this process (set signing.key_file for production)');
+  }
+  return { name: 'token-service', banner, close: async () => undefined };
+}

@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually, startCustody, type RunningCustody } from '../../helpers/custody';
+import { startOtlpSink, type OtlpSink } from '../../helpers/policy-otlp-sink';
+import { ADMIN_TOKEN, check, issue, policyFile, putRollout } from '../../helpers/policy';
+
+// The decision log as the plane sends it over OTLP: `custody policy-plane` alone, reporting to a
+// test receiver, tokens from a separate `custody up`.
+describe('decision log', () => {
+  let sink: OtlpSink;
+  let tokens: RunningCustody;
+  let plane: RunningCustody;
+
+  beforeAll(async () => {
+    sink = await startOtlpSink();
+    tokens = await startCustody();
+    plane = await startCustody({
+      command: 'policy-plane',
+      args: ['--token-url', tokens.url, '--policy', policyFile(), '--otlp-url', sink.url],
+      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN },
+    });
+  });
+  afterAll(async () => {
+    await plane?.stop();
+    await tokens?.stop();
+    await sink?.close();
+  });
+
+  it('reports every decision to the collector, joined to the caller\'s trace', async () => {
+    const t = await issue(tokens.url, { tool: 'search', sponsor_id: 'bob', agent_instance_id: 'trace-1', role: 'support', purpose: 'ticket:42' });
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const parent = '00f067aa0ba902b7';
+    const r = await check(plane.url, { token: t.token, tool: 'search', action: 'call' }, { traceparent: `00-${traceId}-${parent}-01` });
+    const id = r.body.policy_decision_id;
+    const span = await eventually(async () => sink.spans.find((s) => s.attributes['custody.policy_decision_id'] === id));
+    expect(span.name).toBe('custody.policy.decision');
+    expect(span.traceId).toBe(traceId);
+    expect(span.parentSpanId).toBe(parent);
+    expect(span.attributes).toMatchObject({
+      'custody.policy.decision': 'allow',
+      'custody.policy.rule_id': 'allow-support-search',
+      'custody.sponsor_id': 'bob',
+      'custody.agent_instance_id': 'trace-1',
+      'custody.role': 'support',
+      'custody.tool_id': 'search',
+      'custody.action': 'call',
+      'custody.purpose': 'ticket:42',
+      'custody.rollout.cohort': r.body.cohort,
+      'custody.enforced': r.body.enforced,
+      'custody.token.jti': t.claims.jti,
+      'custody.policy.version': 'starter-1',
+    });
+    expect(span.attributes['custody.policy.reason']).toBe(r.body.reason);
+    expect(typeof span.attributes['custody.policy.latency_ms']).toBe('number');
+
+    // a denied bad token is logged too, without an identity
+    const bad = await check(plane.url, { token: 'x.y.z', tool: 'billing', action: 'refund' });
+    const logged = await eventually(async () => sink.spans.find((s) => s.attributes['custody.policy_decision_id'] === bad.body.policy_decision_id));
+    expect(logged.attributes).toMatchObject({ 'custody.policy.decision': 'deny', 'custody.policy.rule_id': 'token-invalid', 'custody.tool_id': 'billing' });
+    expect(logged.attributes['custody.sponsor_id']).toBeUndefined();
+  });
+
+
+  it('reports every rollout change and incident switch', async () => {
+    expect((await putRollout(plane.url, { percent: 30, reason: 'healthy for 24h', actor: 'ops-alice' })).status).toBe(200);
+    const span = await eventually(async () => sink.spans.find((s) => s.name === 'custody.rollout.change'));
+    expect(span.attributes).toMatchObject({
+      'custody.rollout.from_percent': 10,
+      'custody.rollout.to_percent': 30,
+      'custody.rollout.reason': 'healthy for 24h',
+      'custody.rollout.actor': 'ops-alice',
+    });
+    expect((await putRollout(plane.url, { cache_ttl_s: 600, reason: 'plane degraded' }, undefined, '/v1/rollout/incident')).status).toBe(200);
+    const incident = await eventually(async () => sink.spans.find((s) => String(s.attributes['custody.rollout.reason']).includes('incident switch on')));
+    expect(incident.attributes).toMatchObject({ 'custody.rollout.from_percent': 30, 'custody.rollout.to_percent': 30 });
+    expect(String(incident.attributes['custody.rollout.reason'])).toContain('plane degraded');
+  });
+});
