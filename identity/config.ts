@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { loadConfigFile } from '../common/config';
+import { packageRoot } from '../common/package-root';
 import { ConfigError } from '../common/errors';
 import { DEFAULTS, ENV } from '../common/names';
 
@@ -78,21 +79,6 @@ export interface TokenServiceConfig extends TokenServiceConfigFile {
 }
 
 export const TOKEN_CONFIG_FILE = 'token-service-config.yml';
-
-/** The package's own directory (holding package.json), found from this module's location in src or dist. */
-export function packageRoot(from = __dirname): string {
-  for (let dir = from; ; dir = path.dirname(dir)) {
-    const pkg = path.join(dir, 'package.json');
-    if (fs.existsSync(pkg)) {
-      try {
-        if ((JSON.parse(fs.readFileSync(pkg, 'utf8')) as { name?: string }).name === 'custody') return dir;
-      } catch {
-        /* not ours */
-      }
-    }
-    if (path.dirname(dir) === dir) return path.resolve(from, '../..');
-  }
-}
 
 /**
  * The configuration file to use: the one given (--token-config), else ./token-service-config.yml

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { packageRoot } from '../../common/package-root';
 import Ajv2020, { type ValidateFunction } from 'ajv/dist/2020';
 import addFormats from 'ajv-formats';
 import { counter } from '../../common/metrics';
@@ -24,12 +25,7 @@ const violations = counter<'field'>({
 let validator: ValidateFunction | undefined;
 
 export function schemaPath(): string {
-  // dist/collector/audit/schema.js and collector/audit-schema.ts both sit two levels below the package root
-  for (const dir of [path.resolve(__dirname, '..'), path.resolve(__dirname, '../..')]) {
-    const file = path.join(dir, 'audit-log-schema.json');
-    if (fs.existsSync(file)) return file;
-  }
-  throw new Error('audit-log-schema.json not found beside the custody package');
+  return path.join(packageRoot(), 'audit-log-schema.json');
 }
 
 function compile(): ValidateFunction {
