@@ -1,4 +1,5 @@
 import { collectProcessMetrics, registry } from '../common/metrics';
+import { createFastRouter } from '../common/fast-route';
 import { createJsonApp, finish, listen, type Listening } from '../common/http';
 import { createLogger, type Logger } from '../common/log';
 import { createReporter, type Reporter } from '../common/report';
@@ -22,6 +23,7 @@ export interface Host {
 export async function startHost(options: CommonOptions, starters: RoleStarter[], log = createLogger('custody')): Promise<Host> {
   collectProcessMetrics();
   const app = createJsonApp();
+  const fast = createFastRouter(log);
   const checks = new Map<string, () => Promise<boolean> | boolean>();
   // Created on first use, after the collector (if hosted here) has bound its port.
   let reporter: Reporter | undefined;
@@ -52,6 +54,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   const roles: RunningRole[] = [];
   const ctx: RoleContext = {
     control: app,
+    fast,
     log,
     get reporter() {
       return getReporter();
@@ -75,7 +78,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
     throw err;
   }
   finish(app, log);
-  const control = await listen(app, options.host, options.port);
+  const control = await listen(fast.listener(app), options.host, options.port);
 
   let closing: Promise<void> | undefined;
   return {

@@ -1,4 +1,5 @@
 import type { Router } from 'express';
+import type { FastRoutes } from './fast-route';
 import type { Logger } from './log';
 import type { Reporter } from './report';
 
@@ -10,6 +11,8 @@ import type { Reporter } from './report';
 export interface RoleContext {
   /** Control API (default :8080) router; routes are mounted at the paths in CONTRACT.md. */
   readonly control: Router;
+  /** Hot-path JSON routes on the same port, served before Express (POST /v1/check). */
+  readonly fast: FastRoutes;
   readonly log: Logger;
   /** Reports events (token issuance, decisions, rollout changes) to the collector over OTLP. */
   readonly reporter: Reporter;

@@ -13,7 +13,7 @@ import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
 import { createChecker } from './check';
 import { planeMetrics } from './metrics';
 import { watchPolicyFile } from './reload';
-import { mountPlaneRoutes } from './routes';
+import { mountPlaneRoutes, traceContextOf } from './routes';
 
 export const POLICY_FILE = 'policy-config.yaml';
 /** The rollout state, under --data-dir. */
@@ -72,8 +72,9 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       };
       const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, metrics });
 
+      // the hot path: served on the bare request, before Express
+      ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers)));
       mountPlaneRoutes(ctx.control, {
-        check,
         policy: policies.current,
         rollout,
         adminToken,

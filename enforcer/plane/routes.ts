@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
 import { ROOT_CONTEXT, defaultTextMapGetter, type Context } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import type { Request, RequestHandler, Router } from 'express';
@@ -6,10 +7,8 @@ import { z } from 'zod';
 import { HttpError, badRequest, forbidden } from '../../common/errors';
 import type { Policy } from '../policy/compile';
 import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
-import type { CheckResponse } from './check';
 
 export interface PlaneRoutesOptions {
-  check: (body: unknown, traceContext?: Context) => Promise<CheckResponse>;
   policy: () => Policy;
   rollout: RolloutStore;
   /** CUSTODY_ADMIN_TOKEN; absent: every change is refused. */
@@ -38,16 +37,12 @@ const incidentChange = z.strictObject({
 });
 
 /**
- * The policy plane's control-API routes: POST /v1/check; GET and PUT /v1/rollout; PUT
+ * The policy plane's control-API routes (POST /v1/check is a fast route: see role.ts): GET and PUT /v1/rollout; PUT
  * /v1/rollout/incident (the incident switch: agents keep allows cached longer); GET /v1/policy
  * (what is in force, and the tool_map agents resolve tool names with).
  */
 export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
   const admin = requireAdmin(o.adminToken);
-
-  router.post('/v1/check', async (req, res) => {
-    res.json(await o.check(req.body, traceContextOf(req)));
-  });
 
   const sendRollout = (res: import('express').Response) => {
     const state = o.rollout.get();
@@ -101,9 +96,10 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
   });
 }
 
-function traceContextOf(req: Request): Context | undefined {
-  if (!req.headers.traceparent) return undefined;
-  return propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter);
+/** The caller's trace, so the decision-log record joins it. */
+export function traceContextOf(headers: IncomingHttpHeaders): Context | undefined {
+  if (!headers.traceparent) return undefined;
+  return propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter);
 }
 
 function parse<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {

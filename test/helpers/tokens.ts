@@ -4,6 +4,7 @@ import path from 'node:path';
 import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { importPKCS8, SignJWT, type CryptoKey, type JWTPayload } from 'jose';
 import { stringify } from 'yaml';
+import { createFastRouter } from '../../common/fast-route';
 import { createJsonApp, finish, listen } from '../../common/http';
 import { createLogger } from '../../common/log';
 import { SPAN } from '../../common/names';
@@ -57,6 +58,7 @@ export async function startTokenRole(configOver: Record<string, unknown> = {}): 
   const services = new Map<string, unknown>();
   const ctx: RoleContext = {
     control: app,
+    fast: createFastRouter(log),
     log,
     reporter,
     options: {
