@@ -63,7 +63,7 @@ export const BAGGAGE = {
 
 /** Span names the collector classifies on. */
 export const SPAN = {
-  /** Tool-call spans are named `execute_tool {tool}` and carry gen_ai.operation.name=execute_tool. */
+  /** Tool-call spans are named `execute_tool {gen_ai.tool.name}` (the name the agent called) and carry gen_ai.operation.name=execute_tool. */
   TOOL_CALL_PREFIX: 'execute_tool',
   TOOL_CALL_OPERATION: 'execute_tool',
   /** One per policy decision (the decision log). */

@@ -11,8 +11,9 @@ import {
   type Tracer,
 } from '@opentelemetry/api';
 import { CompositePropagator, ExportResultCode, getNumberFromEnv, getStringFromEnv, W3CBaggagePropagator, W3CTraceContextPropagator, type ExportResult } from '@opentelemetry/core';
+import { OTLPTraceExporter as JsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
-import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { JsonTraceSerializer, ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import {
@@ -79,8 +80,9 @@ export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
   // The exporter keeps the OTel defaults (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s, retries inside it): a
   // slow collector must not cost audit spans. The price: with the collector down, a short-lived
   // agent's exit waits for those retries; lower the timeout to shorten it.
-  const exporter = new FailOpenExporter(options.exporter ?? new OTLPTraceExporter({ url: endpoint }), endpoint);
-  const processor = new AuditSpanProcessor(exporter, endpoint, batchConfig(env));
+  const protocol = tracesProtocol(env);
+  const exporter = new FailOpenExporter(options.exporter ?? (protocol === 'http/json' ? new JsonTraceExporter({ url: endpoint }) : new OTLPTraceExporter({ url: endpoint })), endpoint);
+  const processor = new AuditSpanProcessor(exporter, endpoint, batchConfig(env), protocol);
   const sampler = new AuditSampler(samplerFromEnv(env));
 
   let tracer: Tracer;
@@ -124,6 +126,19 @@ export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
   };
   if (options.exitHooks !== false) installExitHooks(telemetry, processor);
   return telemetry;
+}
+
+/**
+ * OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL: `http/protobuf` (the
+ * default) or `http/json`. custody/register speaks OTLP over HTTP only; `grpc` or anything else
+ * is said once and exported as http/protobuf.
+ */
+export function tracesProtocol(env: Readonly<Record<string, string | undefined>>): 'http/protobuf' | 'http/json' {
+  const raw = (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? '').trim().toLowerCase();
+  if (raw === '' || raw === 'http/protobuf') return 'http/protobuf';
+  if (raw === 'http/json') return 'http/json';
+  diag.warn(`custody: OTLP protocol '${raw}' is not one custody/register exports with; using http/protobuf (or set http/json)`);
+  return 'http/protobuf';
 }
 
 /** OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is), else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else 127.0.0.1:4318. */
@@ -254,6 +269,7 @@ class AuditSpanProcessor implements SpanProcessor {
     readonly exporter: FailOpenExporter,
     readonly endpoint: string,
     config: ConstructorParameters<typeof BatchSpanProcessor>[1],
+    readonly protocol: 'http/protobuf' | 'http/json' = 'http/protobuf',
   ) {
     this.batch = new BatchSpanProcessor(exporter, config);
     exporter.onSettled = (spans) => {
@@ -323,18 +339,19 @@ const SYNC_SENDER = `
 const chunks = [];
 process.stdin.on('data', (c) => chunks.push(c)).on('end', async () => {
   try {
-    await fetch(process.argv[1], { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: Buffer.concat(chunks), signal: AbortSignal.timeout(2500) });
+    await fetch(process.argv[1], { method: 'POST', headers: { 'content-type': process.argv[2] }, body: Buffer.concat(chunks), signal: AbortSignal.timeout(2500) });
   } catch {}
 });`;
 
 function sendPendingSync(processor: AuditSpanProcessor): void {
   if (processor.pending.size === 0 || !/^https?:/.test(processor.endpoint)) return;
   try {
-    const body = ProtobufTraceSerializer.serializeRequest([...processor.pending]);
+    const json = processor.protocol === 'http/json';
+    const body = (json ? JsonTraceSerializer : ProtobufTraceSerializer).serializeRequest([...processor.pending]);
     if (!body) return;
     const env = { ...process.env };
     delete env.NODE_OPTIONS; // the sender must not load custody itself
-    spawnSync(process.execPath, ['-e', SYNC_SENDER, processor.endpoint], { input: body, env, timeout: 3_000, stdio: ['pipe', 'ignore', 'ignore'] });
+    spawnSync(process.execPath, ['-e', SYNC_SENDER, processor.endpoint, json ? 'application/json' : 'application/x-protobuf'], { input: body, env, timeout: 3_000, stdio: ['pipe', 'ignore', 'ignore'] });
   } catch {
     /* telemetry fails open */
   }

@@ -12,7 +12,7 @@ import type { EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } 
 
 /**
  * The one lifecycle every tool call goes through, whatever framework made it:
- * span `execute_tool {tool}` → ask the enforcer → on refusal throw its typed error without running
+ * span `execute_tool {gen_ai.tool.name}` → ask the enforcer → on refusal throw its typed error without running
  * the body → otherwise run the body inside the span (with the agent's baggage) → hash the result →
  * number the record in the instance's audit chain → end the span, exactly once.
  */
@@ -52,7 +52,8 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   attributes[ATTR.REQUEST_HASH] = requestHash;
   if (runtime.captureContent) attributes[ATTR.REQUEST_CONTENT] = requestJson;
 
-  const span = runtime.tracer.startSpan(`${SPAN.TOOL_CALL_PREFIX} ${tool}`, { kind: SpanKind.INTERNAL, attributes }, parent);
+  // GenAI conventions: the span is named after gen_ai.tool.name (the name the agent called), not the policy tool
+  const span = runtime.tracer.startSpan(`${SPAN.TOOL_CALL_PREFIX} ${request.name}`, { kind: SpanKind.INTERNAL, attributes }, parent);
   const call = new CallRecord(span, scope, tool, action);
   call.requestHash = requestHash;
 

@@ -64,7 +64,7 @@ describe('an allowed call', () => {
       { tool: 'billing', action: 'refund', purpose: 'ticket 42', identity: expect.objectContaining({ agentInstanceId: 'inst-1', sponsorId: 'alice', role: 'support' }) },
     ]);
     const span = only();
-    expect(span.name).toBe('execute_tool billing');
+    expect(span.name).toBe('execute_tool billing.refund');
     expect(span.status.code).toBe(SpanStatusCode.OK);
     expect(span.attributes).toMatchObject({
       [ATTR.GEN_AI_OPERATION_NAME]: 'execute_tool',
@@ -128,7 +128,7 @@ describe('an allowed call', () => {
       };
       child.end();
     });
-    const tool = spans().find((s) => s.name === 'execute_tool search')!;
+    const tool = spans().find((s) => s.name === 'execute_tool search.query')!;
     expect(inner).toEqual({ traceId: tool.spanContext().traceId, parent: tool.spanContext().spanId, sponsor: 'alice', instance: 'inst-1' });
   });
 
@@ -139,7 +139,7 @@ describe('an allowed call', () => {
     await toolCall('weather', {}, () => 2);
     await toolCall('lookup', {}, () => 3, { tool: 'billing', action: 'read' });
     expect(enforcer.asked.map((r) => `${r.tool}/${r.action}`)).toEqual(['billing/refund', 'weather/call', 'billing/read']);
-    expect(spans().map((s) => s.name)).toEqual(['execute_tool billing', 'execute_tool weather', 'execute_tool billing']);
+    expect(spans().map((s) => s.name)).toEqual(['execute_tool refund_customer', 'execute_tool weather', 'execute_tool lookup']);
   });
 
   it('uses the enforcer’s resolver (the plane’s tool_map) for names the local map does not have', async () => {
@@ -268,7 +268,7 @@ describe('the root context from a parent process', () => {
     const parent = tracer.startSpan('parent-process');
     configureRuntime({ rootContext: trace.setSpan(context.active(), parent) });
     await toolCall('search.query', {}, () => 1);
-    const span = spans().find((s) => s.name === 'execute_tool search')!;
+    const span = spans().find((s) => s.name === 'execute_tool search.query')!;
     expect(span.spanContext().traceId).toBe(parent.spanContext().traceId);
     expect(span.parentSpanContext?.spanId).toBe(parent.spanContext().spanId);
     parent.end();

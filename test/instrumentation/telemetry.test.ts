@@ -24,7 +24,7 @@ describe('custody/register telemetry', () => {
     OTEL_BSP_SCHEDULE_DELAY: '60000',
     ...extra,
   });
-  const toolSpans = (instance: string) => sink.spans.filter((s) => s.name === 'execute_tool search' && s.attributes['custody.agent_instance_id'] === instance);
+  const toolSpans = (instance: string) => sink.spans.filter((s) => s.name === 'execute_tool search.query' && s.attributes['custody.agent_instance_id'] === instance);
 
   beforeAll(async () => {
     sink = await startOtlpSink();
