@@ -6,7 +6,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import generatedRoot from 'otlp-proto-root/build/src/generated/root';
 import { AUDIT_COLUMNS, DECISION_COLUMNS, ROLLOUT_COLUMNS, TOKEN_COLUMNS, TRACE_COLUMNS, mapSpans, nsText } from '../../../collector/ingest/mapping';
-import { OtlpDecodeError, decodeJson, decodeProtobuf, encodeExportResponse, encodeStatus } from '../../../collector/otlp';
+import { CustodyError, HttpError } from '../../../common/errors';
+import { OtlpDecodeError, OtlpHttpError, decodeJson, decodeProtobuf, encodeExportResponse, encodeStatus } from '../../../collector/otlp';
 
 // the generated OTLP messages, to read what the receiver writes
 const collectorTrace = (generatedRoot as any).opentelemetry.proto.collector.trace.v1;
@@ -383,6 +384,22 @@ describe('OTLP/JSON', () => {
       expect(() => decodeJson(body), body).toThrow(OtlpDecodeError);
       expect(() => decodeJson(body), body).toThrow(message);
     }
+  });
+
+  it("raises the project's errors, with stable codes", () => {
+    const err = (() => {
+      try {
+        decodeJson('{bad');
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    expect(err).toBeInstanceOf(CustodyError);
+    expect(err).toMatchObject({ name: 'OtlpDecodeError', code: 'ERR_OTLP_MALFORMED' });
+    const http = new OtlpHttpError(413, 8, 'payload_too_large', 'too big', { Connection: 'close' });
+    expect(http).toBeInstanceOf(HttpError);
+    expect(http).toMatchObject({ name: 'OtlpHttpError', status: 413, grpcCode: 8, code: 'payload_too_large', headers: { Connection: 'close' } });
   });
 
   it('keeps any string through the row format unchanged (property)', () => {
