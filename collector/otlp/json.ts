@@ -13,12 +13,14 @@ import {
   type SpanEvent,
   type SpanLink,
 } from './span';
-import { DecodedRequestBuilder, MAX_NS, accept, acceptEvents } from './validate';
+import { makeStringsWellFormed, mayHoldLoneSurrogates } from './text';
+import { DecodedRequestBuilder, MAX_ANY_VALUE_DEPTH, accept, acceptEventTimes, shown, tooLate, type Nanos } from './validate';
 
 /**
  * OTLP/JSON, by the OTLP/JSON rules: hex trace and span ids, enums as integers (names accepted
  * too), 64-bit integers as strings or numbers, lowerCamelCase field names (the original snake_case
- * names accepted too). The parsed values are checked and used as they are.
+ * names accepted too). The parsed values are checked and used as they are; lone UTF-16 surrogates
+ * (escapes such as `\ud800`) become U+FFFD.
  */
 
 type Json = Record<string, unknown>;
@@ -72,6 +74,8 @@ const HEX16 = /^[0-9a-fA-F]{16}$/;
 const ZERO32 = '0'.repeat(32);
 const ZERO16 = '0'.repeat(16);
 const DIGITS = /^\d{1,20}$/;
+const UNSIGNED = /^\d+$/;
+const NEGATIVE = /^-\d+$/;
 const INT = /^-?\d{1,20}$/;
 const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
 
@@ -94,12 +98,23 @@ function jsonParentId(v: unknown): string | undefined {
   return id === ZERO16 ? '' : id;
 }
 
-/** fixed64 nanoseconds: a decimal string (proto3 JSON) or a number; undefined when unusable. */
-function jsonNanos(v: unknown): bigint | undefined {
-  if (v === undefined || v === null) return undefined;
-  if (typeof v === 'string') return DIGITS.test(v) ? BigInt(v) : undefined;
-  if (typeof v === 'number') return Number.isSafeInteger(v) && v >= 0 ? BigInt(v) : undefined;
-  return undefined;
+/** fixed64 nanoseconds: a decimal string (proto3 JSON) or a number. */
+function jsonNanos(v: unknown, absent: Nanos): Nanos {
+  if (v === undefined || v === null) return absent;
+  if (typeof v === 'string') {
+    if (DIGITS.test(v)) return BigInt(v);
+    // past 20 digits it is out of range whatever it says; BigInt of a long string costs
+    if (UNSIGNED.test(v)) return tooLate(v);
+    if (NEGATIVE.test(v)) return `(${shown(v)}) is negative`;
+    return `(${shown(v)}) is not a whole number of nanoseconds`;
+  }
+  if (typeof v === 'number') {
+    if (Number.isSafeInteger(v)) return v >= 0 ? BigInt(v) : `(${v}) is negative`;
+    if (v < 0) return `(${v}) is negative`;
+    if (Number.isInteger(v)) return `(${v}) is a JSON number too large to be exact; send it as a decimal string`;
+    return `(${shown(v)}) is not a whole number of nanoseconds`;
+  }
+  return `(${shown(v)}) must be a decimal string`;
 }
 
 const SNAKE_VALUE_FIELDS: Record<string, keyof AnyValue> = {
@@ -116,8 +131,11 @@ const SNAKE_VALUE_FIELDS: Record<string, keyof AnyValue> = {
  * Checks an AnyValue read from JSON and returns it for use as it is; a value written with the
  * snake_case field names comes back renamed.
  */
-function jsonValue(raw: unknown, where: string): AnyValue | null {
+function jsonValue(raw: unknown, where: string, depth: number): AnyValue | null {
   if (raw === undefined || raw === null) return null;
+  if (depth > MAX_ANY_VALUE_DEPTH) {
+    throw new OtlpDecodeError(`${where}: an attribute value nests arrays/kvlists more than ${MAX_ANY_VALUE_DEPTH} levels deep`);
+  }
   if (!isObject(raw)) throw new OtlpDecodeError(`${where} must be an AnyValue object`);
   let v = raw as AnyValue & Json;
   for (const k in v) {
@@ -146,12 +164,12 @@ function jsonValue(raw: unknown, where: string): AnyValue | null {
     const arr = jsonObject(v.arrayValue, `${where}.arrayValue`)!;
     const values = jsonArray(arr.values, `${where}.arrayValue.values`);
     for (let i = 0; i < values.length; i++) {
-      const checked = jsonValue(values[i], `${where}.arrayValue.values[${i}]`);
+      const checked = jsonValue(values[i], `${where}.arrayValue.values[${i}]`, depth + 1);
       if (checked !== values[i]) values[i] = checked;
     }
   } else if (v.kvlistValue != null) {
     const kv = jsonObject(v.kvlistValue, `${where}.kvlistValue`)!;
-    jsonAttributes(kv.values, `${where}.kvlistValue.values`);
+    jsonAttributes(kv.values, `${where}.kvlistValue.values`, depth + 1);
   } else if (v.bytesValue != null) {
     if (typeof v.bytesValue !== 'string' || !BASE64.test(v.bytesValue)) {
       throw new OtlpDecodeError(`${where}.bytesValue must be base64`);
@@ -161,14 +179,14 @@ function jsonValue(raw: unknown, where: string): AnyValue | null {
 }
 
 /** Checks a JSON KeyValue list and returns it for use as it is. */
-function jsonAttributes(raw: unknown, where: string): Attributes {
+function jsonAttributes(raw: unknown, where: string, depth = 1): Attributes {
   if (raw === undefined || raw === null) return NO_ATTRIBUTES;
   const list = jsonArray(raw, where) as KeyValue[];
   for (let i = 0; i < list.length; i++) {
     const kv = list[i];
     if (!isObject(kv)) throw new OtlpDecodeError(`${where}[${i}] must be a KeyValue object`);
     if (typeof kv.key !== 'string') throw new OtlpDecodeError(`${where}[${i}].key must be a string`);
-    const checked = jsonValue(kv.value, `${where}[${i}].value`);
+    const checked = jsonValue(kv.value, `${where}[${i}].value`, depth);
     if (checked !== kv.value) kv.value = checked;
   }
   return list;
@@ -187,6 +205,7 @@ export function decodeJson(text: string): DecodedRequest {
     throw new OtlpDecodeError(`malformed OTLP JSON: ${(err as Error).message}`);
   }
   if (!isObject(parsed)) throw new OtlpDecodeError('request body must be a JSON object');
+  if (mayHoldLoneSurrogates(text)) makeStringsWellFormed(parsed);
   const out = new DecodedRequestBuilder();
   const rsList = jsonArray(field(parsed, 'resourceSpans', 'resource_spans'), 'resourceSpans');
   for (let r = 0; r < rsList.length; r++) {
@@ -209,8 +228,8 @@ export function decodeJson(text: string): DecodedRequest {
         const traceId = jsonTraceId(field(s, 'traceId', 'trace_id'));
         const spanId = jsonSpanId(field(s, 'spanId', 'span_id'));
         const parentSpanId = jsonParentId(field(s, 'parentSpanId', 'parent_span_id'));
-        const startNs = jsonNanos(field(s, 'startTimeUnixNano', 'start_time_unix_nano'));
-        const endNs = jsonNanos(field(s, 'endTimeUnixNano', 'end_time_unix_nano'));
+        const startNs = jsonNanos(field(s, 'startTimeUnixNano', 'start_time_unix_nano'), 'is missing');
+        const endNs = jsonNanos(field(s, 'endTimeUnixNano', 'end_time_unix_nano'), 'is missing');
         // the structure is checked before the span's ids and times: a malformed body is a 400
         const attributes = jsonAttributes(s.attributes, `${where}.attributes`);
         const status = jsonObject(s.status, `${where}.status`);
@@ -219,15 +238,18 @@ export function decodeJson(text: string): DecodedRequest {
         const statusMessage = jsonString(status?.message, `${where}.status.message`);
         const traceState = jsonString(field(s, 'traceState', 'trace_state'), `${where}.traceState`);
         let events: SpanEvent[] = NO_EVENTS;
+        let eventTimes: Nanos[] | undefined;
         const evList = jsonArray(s.events, `${where}.events`);
         if (evList.length) {
           events = [];
+          eventTimes = [];
           for (let e = 0; e < evList.length; e++) {
             const ev = jsonObject(evList[e], `${where}.events[${e}]`) ?? {};
-            const raw = field(ev, 'timeUnixNano', 'time_unix_nano');
+            // an unusable event time fails the span below
+            const time = jsonNanos(field(ev, 'timeUnixNano', 'time_unix_nano'), 0n);
+            eventTimes.push(time);
             events.push({
-              // an unusable event time fails the span below
-              timeNs: raw === undefined || raw === null ? 0n : (jsonNanos(raw) ?? MAX_NS + 1n),
+              timeNs: typeof time === 'bigint' ? time : 0n,
               name: jsonString(ev.name, `${where}.events[${e}].name`),
               attributes: jsonAttributes(ev.attributes, `${where}.events[${e}].attributes`),
             });
@@ -248,7 +270,7 @@ export function decodeJson(text: string): DecodedRequest {
           }
         }
         if (!accept(out, name, traceId, spanId, parentSpanId, startNs, endNs)) continue;
-        if (events.length && !acceptEvents(out, name, events)) continue;
+        if (eventTimes && !acceptEventTimes(out, name, spanId!, eventTimes)) continue;
         out.spans.push({
           resource,
           scope,
@@ -258,8 +280,8 @@ export function decodeJson(text: string): DecodedRequest {
           traceState,
           name,
           kind,
-          startNs: startNs!,
-          endNs: endNs!,
+          startNs: startNs as bigint,
+          endNs: endNs as bigint,
           attributes,
           events,
           links,

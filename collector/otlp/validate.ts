@@ -1,12 +1,31 @@
-import type { DecodedRequest, RejectReason, Span, SpanEvent } from './span';
+import type { DecodedRequest, RejectReason, Span } from './span';
 
 /**
- * The per-span checks both decoders share. A span with bad ids or timestamps is rejected alone and
- * counted; the rest of the request is kept.
+ * The per-span checks both decoders share, and the limits of what is stored. A span with bad ids
+ * or timestamps is rejected alone and counted, with a message naming the span and the field; the
+ * rest of the request is kept.
  */
 
-/** DateTime64(9) stores signed 64-bit nanoseconds: later timestamps cannot be stored. */
-export const MAX_NS = 9_223_372_036_854_775_807n;
+/**
+ * The latest timestamp stored: 2106-02-07T06:28:15Z, the last second of ClickHouse's DateTime.
+ * The columns are DateTime64(9) (good to 2262), but the tables' retention (TTL) and the per-minute
+ * rollups are computed in DateTime: a later row would be acknowledged and then silently dropped.
+ */
+export const MAX_TIMESTAMP_NS = 4_294_967_295_999_999_999n;
+const MAX_TIMESTAMP_TEXT = '2106-02-07T06:28:15Z';
+
+/**
+ * How deep an attribute value may nest arrays and kvlists: a span attribute's value is level 1.
+ * Deeper requests are refused whole (400), before anything recurses into them.
+ */
+export const MAX_ANY_VALUE_DEPTH = 64;
+
+/**
+ * A timestamp as a decoder read it: nanoseconds since the epoch, or what is wrong with it, worded
+ * to follow the field's name ("is missing", "(-5) is negative").
+ */
+export type Nanos = bigint | string;
+
 const MAX_MESSAGES = 5;
 
 /** What a decoder keeps: the accepted spans, and the refused ones counted by reason. */
@@ -29,8 +48,28 @@ export class DecodedRequestBuilder {
   }
 }
 
-function label(name: string): string {
-  return `span '${name.length > 64 ? name.slice(0, 64) + '…' : name}'`;
+/** A value from the request, shown in a message: quoted as JSON, cut short. */
+export function shown(v: unknown): string {
+  const text = typeof v === 'bigint' ? String(v) : (JSON.stringify(v) ?? String(v));
+  return text.length > 40 ? text.slice(0, 40) + '…' : text;
+}
+
+/** `span 'name' (span_id …)`: the span a message is about. */
+function spanLabel(name: string, spanId: string | undefined): string {
+  return `span '${name.length > 64 ? name.slice(0, 64) + '…' : name}'${spanId ? ` (span_id ${spanId})` : ''}`;
+}
+
+/** What is wrong with a timestamp past MAX_TIMESTAMP_NS. */
+export function tooLate(t: unknown): string {
+  return `(${shown(t)}) is after ${MAX_TIMESTAMP_TEXT}, the latest time custody stores`;
+}
+
+/** What is wrong with a timestamp, or undefined when it can be stored. */
+function timeProblem(t: Nanos, zeroAllowed: boolean): string | undefined {
+  if (typeof t === 'string') return t;
+  if (t === 0n && !zeroAllowed) return 'is zero';
+  if (t > MAX_TIMESTAMP_NS) return tooLate(t);
+  return undefined;
 }
 
 /** Checks a decoded span's ids and times; a span that fails is counted and left out. */
@@ -40,23 +79,27 @@ export function accept(
   traceId: string | undefined,
   spanId: string | undefined,
   parentSpanId: string | undefined,
-  startNs: bigint | undefined,
-  endNs: bigint | undefined,
+  start: Nanos,
+  end: Nanos,
 ): boolean {
-  if (traceId === undefined) return out.reject('invalid_trace_id', `${label(name)}: trace_id must be 16 bytes, not all zero`);
-  if (spanId === undefined) return out.reject('invalid_span_id', `${label(name)}: span_id must be 8 bytes, not all zero`);
-  if (parentSpanId === undefined) return out.reject('invalid_parent_span_id', `${label(name)}: parent_span_id must be empty or 8 bytes`);
-  if (startNs === undefined || startNs <= 0n) return out.reject('invalid_timestamp', `${label(name)}: start_time_unix_nano is missing or zero`);
-  if (endNs === undefined || endNs < startNs) {
-    return out.reject('invalid_timestamp', `${label(name)}: end_time_unix_nano is missing or before start_time_unix_nano`);
+  if (traceId === undefined) return out.reject('invalid_trace_id', `${spanLabel(name, spanId)}: trace_id must be 16 bytes, not all zero`);
+  if (spanId === undefined) return out.reject('invalid_span_id', `${spanLabel(name, spanId)}: span_id must be 8 bytes, not all zero`);
+  if (parentSpanId === undefined) return out.reject('invalid_parent_span_id', `${spanLabel(name, spanId)}: parent_span_id must be empty or 8 bytes`);
+  const startProblem = timeProblem(start, false);
+  if (startProblem) return out.reject('invalid_timestamp', `${spanLabel(name, spanId)}: start_time_unix_nano ${startProblem}`);
+  const endProblem = timeProblem(end, false);
+  if (endProblem) return out.reject('invalid_timestamp', `${spanLabel(name, spanId)}: end_time_unix_nano ${endProblem}`);
+  if ((end as bigint) < (start as bigint)) {
+    return out.reject('invalid_timestamp', `${spanLabel(name, spanId)}: end_time_unix_nano is before start_time_unix_nano`);
   }
-  if (endNs > MAX_NS) return out.reject('invalid_timestamp', `${label(name)}: timestamp beyond 2262-04-11`);
   return true;
 }
 
-export function acceptEvents(out: DecodedRequestBuilder, name: string, events: readonly SpanEvent[]): boolean {
-  for (const e of events) {
-    if (e.timeNs > MAX_NS) return out.reject('invalid_timestamp', `${label(name)}: an event's time_unix_nano is not a usable timestamp`);
+/** Checks the times of a span's events (absent reads as 0); false when the span was refused for one. */
+export function acceptEventTimes(out: DecodedRequestBuilder, name: string, spanId: string, times: readonly Nanos[]): boolean {
+  for (let i = 0; i < times.length; i++) {
+    const problem = timeProblem(times[i]!, true);
+    if (problem !== undefined) return out.reject('invalid_timestamp', `${spanLabel(name, spanId)}: events[${i}].time_unix_nano ${problem}`);
   }
   return true;
 }
