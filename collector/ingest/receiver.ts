@@ -12,6 +12,7 @@ import { mapSpans } from './mapping';
 import {
   GRPC_CODE,
   OtlpDecodeError,
+  OtlpHttpError,
   decodeJson,
   decodeProtobuf,
   encodeExportResponse,
@@ -47,19 +48,6 @@ export const TRACES_PATH = '/v1/traces';
 
 const gunzip = promisify(zlib.gunzip);
 const inflate = promisify(zlib.inflate);
-
-/** An error answer: HTTP status, gRPC code for the Status body, custody's code, headers. */
-class OtlpHttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly grpcCode: number,
-    readonly code: string,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
 
 // Bounded label values: tool names come from clients.
 const MAX_TOOL_LABELS = 500;

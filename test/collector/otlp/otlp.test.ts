@@ -6,7 +6,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import generatedRoot from 'otlp-proto-root/build/src/generated/root';
 import { AUDIT_COLUMNS, DECISION_COLUMNS, ROLLOUT_COLUMNS, TOKEN_COLUMNS, TRACE_COLUMNS, mapSpans, nsText } from '../../../collector/ingest/mapping';
-import { OtlpDecodeError, decodeJson, decodeProtobuf, encodeExportResponse, encodeStatus } from '../../../collector/otlp';
+import { CustodyError, HttpError } from '../../../common/errors';
+import { OtlpDecodeError, OtlpHttpError, decodeJson, decodeProtobuf, encodeExportResponse, encodeStatus } from '../../../collector/otlp';
 
 // the generated OTLP messages, to read what the receiver writes
 const collectorTrace = (generatedRoot as any).opentelemetry.proto.collector.trace.v1;
@@ -385,17 +386,34 @@ describe('OTLP/JSON', () => {
     }
   });
 
-  it('keeps any string through the row format unchanged (property)', () => {
+  it("raises the project's errors, with stable codes", () => {
+    const err = (() => {
+      try {
+        decodeJson('{bad');
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    expect(err).toBeInstanceOf(CustodyError);
+    expect(err).toMatchObject({ name: 'OtlpDecodeError', code: 'ERR_OTLP_MALFORMED' });
+    const http = new OtlpHttpError(413, 8, 'payload_too_large', 'too big', { Connection: 'close' });
+    expect(http).toBeInstanceOf(HttpError);
+    expect(http).toMatchObject({ name: 'OtlpHttpError', status: 413, grpcCode: 8, code: 'payload_too_large', headers: { Connection: 'close' } });
+  });
+
+  it('keeps any well-formed string through the row format unchanged, and only lone surrogates become U+FFFD (property)', () => {
+    // code points of every plane, and lone surrogates: 'binary' alone never makes one
+    const unit = fc.oneof(fc.string({ unit: 'binary', minLength: 1, maxLength: 1 }), fc.constantFrom('\ud800', '\udbff', '\udc00', '\udfff', '\ud83d'));
     fc.assert(
-      fc.property(fc.dictionary(fc.string({ unit: 'grapheme' }), fc.string({ unit: 'binary' }), { maxKeys: 8 }), fc.string(), (attrs, name) => {
+      fc.property(fc.dictionary(fc.string({ unit: 'grapheme' }), fc.string({ unit }), { maxKeys: 8 }), fc.string({ unit }), (attrs, name) => {
         const attributes = Object.entries(attrs).map(([key, v]) => ({ key, value: { stringValue: v } }));
         const decoded = decodeJson(jsonRequest([okSpan({ name, attributes })]));
         const [row] = rowsOf(mapSpans(decoded.spans).rows.otel_traces, TRACE_COLUMNS);
-        expect(row!.SpanName).toBe(name);
-        // JSON cannot hold lone surrogates: both sides read them back as U+FFFD the same way
-        expect(row!.SpanAttributes).toEqual(JSON.parse(JSON.stringify(Object.fromEntries(Object.entries(attrs)))));
+        expect(row!.SpanName).toBe(name.toWellFormed());
+        expect(row!.SpanAttributes).toEqual(Object.fromEntries(Object.entries(attrs).map(([k, v]) => [k, v.toWellFormed()])));
       }),
-      { numRuns: 200 },
+      { numRuns: 300 },
     );
   });
 });
