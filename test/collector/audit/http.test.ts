@@ -182,7 +182,7 @@ describe('custody audit trail', () => {
     expect(lines[6]).toMatch(/^ {9}├─ \S+ {2}email\.send {2}purpose=notify {2}allow {2}decision_id=pd-4/);
     expect(lines[7]).toMatch(/^ {9}└─ \S+ {2}email\.send {2}purpose=ticket-42 {2}error {2}status=error \(policy_unavailable\)$/);
     expect(lines).toHaveLength(8);
-  });
+  }, 120_000);
 
   it('prints JSON with --json, exits 1 for an unknown instance and 2 on a usage error', async () => {
     const json = await cli(['audit', 'trail', 'helper-1', '--json', '--url', custody.url]);
@@ -197,5 +197,5 @@ describe('custody audit trail', () => {
     expect(usage.code).toBe(2);
     const missingArg = await cli(['audit', 'trail', '--url', custody.url]);
     expect(missingArg.code).toBe(2);
-  });
+  }, 180_000);
 });
