@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { CustodyError } from '../common/errors';
+import { safeLines } from '../common/terminal';
 import { registerPolicyCommands } from './commands/policy';
 import { registerServerCommands } from './commands/servers';
 import { registerRollbackCommands } from './commands/rollback';
@@ -28,9 +29,10 @@ registerExportCommand(program);
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
   if (err instanceof CustodyError) {
-    process.stderr.write(`custody: ${err.message}\n`);
+    // messages may quote what a server or an agent sent
+    process.stderr.write(safeLines(`custody: ${err.message}\n`));
     process.exit(2);
   }
-  process.stderr.write(`custody: ${(err as Error)?.stack ?? String(err)}\n`);
+  process.stderr.write(safeLines(`custody: ${(err as Error)?.stack ?? String(err)}\n`));
   process.exit(2);
 });

@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration, parseSince } from '../../common/duration';
 import { CustodyError } from '../../common/errors';
 import { DEFAULTS, ENV, TABLE } from '../../common/names';
+import { safeJson, safeLines, safeText as t } from '../../common/terminal';
 import { openStore, type Store } from '../../collector/store';
 import { readJwksFile } from '../../collector/evidence/keys';
 import { verifyAudit, type VerifyProgress, type VerifyReport } from '../../collector/evidence/verify';
@@ -70,10 +71,10 @@ function progressPrinter(): { onProgress: (p: VerifyProgress) => void; done(): v
   let shown = false;
   return {
     onProgress(p) {
-      const t = Date.now();
-      if (t - started < 1000 || t - last < (tty ? 200 : 5000)) return;
-      last = t;
-      const line = `verifying ${p.phase}: ${p.done.toLocaleString('en')}${p.total ? ` / ${p.total.toLocaleString('en')}` : ''} (${((t - started) / 1000).toFixed(1)} s)`;
+      const now = Date.now();
+      if (now - started < 1000 || now - last < (tty ? 200 : 5000)) return;
+      last = now;
+      const line = `verifying ${t(p.phase)}: ${p.done.toLocaleString('en')}${p.total ? ` / ${p.total.toLocaleString('en')}` : ''} (${((now - started) / 1000).toFixed(1)} s)`;
       process.stderr.write(tty ? `\r${line}\x1b[K` : `${line}\n`);
       shown = true;
     },
@@ -84,33 +85,36 @@ function progressPrinter(): { onProgress: (p: VerifyProgress) => void; done(): v
 }
 
 export function formatReport(r: VerifyReport, location: string): string {
-  const out: string[] = [`custody audit verify: ${location}`];
+  // everything below but the labels comes from the store, that is from agents: escaped (common/terminal)
+  const out: string[] = [`custody audit verify: ${t(location)}`];
   const c = r.checked;
   out.push(
-    `checkpoints  ${c.checkpoints}${r.head ? ` (head #${r.head.seq} ${r.head.checkpoint_hash} through ${r.head.period_end})` : ''}`,
+    `checkpoints  ${c.checkpoints}${r.head ? ` (head #${t(r.head.seq)} ${t(r.head.checkpoint_hash)} through ${t(r.head.period_end)})` : ''}`,
     `periods      ${c.periods_verified} verified, ${c.rows_verified} rows${c.rows_unsealed_after_last ? `, ${c.rows_unsealed_after_last} written since the last checkpoint` : ''}`,
     `chains       ${c.instances} agent instances, ${c.chained_calls} chained calls${c.unchained_calls ? `, ${c.unchained_calls} without custody.audit.seq` : ''}`,
     `calls        ${c.calls.calls}: ${c.calls.executed} executed (${c.calls.gated_executed} gated, ${c.calls.shadow} shadow), ${c.calls.blocked} blocked`,
-    `keys         ${r.keys.map((k) => k.kid).join(', ') || '(none)'}`,
+    `keys         ${r.keys.map((k) => t(k.kid)).join(', ') || '(none)'}`,
   );
   const total = Object.values(r.counts).reduce((a, b) => a + (b ?? 0), 0);
   if (total) {
-    out.push('', `FINDINGS: ${total} (${Object.entries(r.counts).map(([k, n]) => `${k} ${n}`).join(', ')})`);
+    out.push('', `FINDINGS: ${total} (${Object.entries(r.counts).map(([k, n]) => `${t(k)} ${n}`).join(', ')})`);
     const order = { critical: 0, high: 1, medium: 2 } as const;
     for (const f of [...r.findings].sort((a, b) => order[a.severity] - order[b.severity])) {
-      out.push(`  ${f.severity.toUpperCase().padEnd(8)} ${f.kind.padEnd(26)} ${f.message}`);
+      out.push(`  ${t(f.severity.toUpperCase()).padEnd(8)} ${t(f.kind).padEnd(26)} ${t(f.message)}`);
     }
     if (r.not_listed) out.push(`  … ${r.not_listed} more not listed (--max-findings, or --json)`);
   }
+  const call = (s: { time: string; tool_id: string; action?: string; agent_instance_id: string; seq: unknown }) =>
+    `  ${t(s.time)}  ${t(s.tool_id)}${s.action ? `.${t(s.action)}` : ''} by ${t(s.agent_instance_id)} #${t(s.seq)}`;
   if (r.shadow.calls) {
     out.push('', `shadow calls: ${r.shadow.calls} ran in the baseline cohort, not gated by design; the plane would have denied ${r.shadow.would_deny}`);
-    for (const s of r.shadow.listed) out.push(`  ${s.time}  ${s.tool_id}${s.action ? `.${s.action}` : ''} by ${s.agent_instance_id} #${s.seq}  decision ${s.policy_decision_id}`);
+    for (const s of r.shadow.listed) out.push(`${call(s)}  decision ${t(s.policy_decision_id)}`);
   }
   if (r.blocked_without_sponsor.calls) {
     out.push('', `calls without a sponsor that custody refused: ${r.blocked_without_sponsor.calls}`);
-    for (const s of r.blocked_without_sponsor.listed) out.push(`  ${s.time}  ${s.tool_id}${s.action ? `.${s.action}` : ''} by ${s.agent_instance_id} #${s.seq}`);
+    for (const s of r.blocked_without_sponsor.listed) out.push(call(s));
   }
-  if (r.notes.length) out.push('', 'notes:', ...r.notes.map((n) => `  - ${n}`));
+  if (r.notes.length) out.push('', 'notes:', ...r.notes.map((n) => `  - ${t(n)}`));
   out.push('', r.ok ? 'result: CLEAN — every period, chain and call verified' : `result: ${total} FINDINGS`);
   return out.join('\n') + '\n';
 }
@@ -139,7 +143,7 @@ async function verify(flags: VerifyFlags): Promise<void> {
     await store.close().catch(() => undefined);
   }
   if (!journalDir) report.notes.push('no checkpoint directory given: only the copies in the database were checked (pass --checkpoints DIR)');
-  process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report, store.location));
+  process.stdout.write(flags.json ? `${safeJson(report, 2)}\n` : safeLines(formatReport(report, store.location)));
   process.exitCode = report.ok ? 0 : 1;
 }
 

@@ -1,5 +1,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { AgentNode, AgentSummary, AuditEvent, AuditTrail } from '../../collector/audit/queries';
+import { safeJson, safeLines, safeText as t } from '../../common/terminal';
 import { ControlApiError, getJson } from '../control-client';
 import { addAuditVerify } from './audit-verify';
 import { withClientOptions } from '../options';
@@ -19,24 +20,24 @@ interface TrailFlags {
 }
 
 function describeAgent(a: AgentSummary): string {
-  const bits = [a.role ? `role ${a.role}` : '', a.agent_name ? `name ${a.agent_name}` : '', a.sponsor_id ? `sponsor ${a.sponsor_id}` : 'no sponsor_id'];
-  bits.push(a.call_count === 1 ? '1 call' : `${a.call_count} calls`);
-  return `${a.agent_instance_id}  (${bits.filter(Boolean).join(', ')})`;
+  const bits = [a.role ? `role ${t(a.role)}` : '', a.agent_name ? `name ${t(a.agent_name)}` : '', a.sponsor_id ? `sponsor ${t(a.sponsor_id)}` : 'no sponsor_id'];
+  bits.push(a.call_count === 1 ? '1 call' : `${t(a.call_count)} calls`);
+  return `${t(a.agent_instance_id)}  (${bits.filter(Boolean).join(', ')})`;
 }
 
 function describeCall(c: AuditEvent): string {
-  const parts = [c.timestamp, `${c.tool_id}${c.action ? `.${c.action}` : ''}`];
-  if (c.purpose) parts.push(`purpose=${c.purpose}`);
-  parts.push(c.decision || 'no policy check');
-  if (c.policy_decision_id) parts.push(`decision_id=${c.policy_decision_id}`);
-  if (c.rule_id) parts.push(`rule=${c.rule_id}`);
-  parts.push(`status=${c.status || 'unset'}${c.error_type ? ` (${c.error_type})` : ''}`);
+  const parts = [t(c.timestamp), `${t(c.tool_id)}${c.action ? `.${t(c.action)}` : ''}`];
+  if (c.purpose) parts.push(`purpose=${t(c.purpose)}`);
+  parts.push(c.decision ? t(c.decision) : 'no policy check');
+  if (c.policy_decision_id) parts.push(`decision_id=${t(c.policy_decision_id)}`);
+  if (c.rule_id) parts.push(`rule=${t(c.rule_id)}`);
+  parts.push(`status=${c.status ? t(c.status) : 'unset'}${c.error_type ? ` (${t(c.error_type)})` : ''}`);
   return parts.join('  ');
 }
 
 /** The trail as text: one line per agent and per call, children indented under their parent. */
 export function formatTrail(trail: AuditTrail): string {
-  const out: string[] = [`sponsor ${trail.sponsor_id ?? '(none: no sponsor_id anywhere in the chain)'}`];
+  const out: string[] = [`sponsor ${trail.sponsor_id != null ? t(trail.sponsor_id) : '(none: no sponsor_id anywhere in the chain)'}`];
   let indent = '';
   for (const a of trail.ancestors) {
     out.push(`${indent}└─ ${describeAgent(a)}`);
@@ -49,7 +50,7 @@ export function formatTrail(trail: AuditTrail): string {
     let i = 0;
     if (node.calls_truncated) {
       i += 1;
-      out.push(`${inner}├─ … ${node.call_count - node.calls.length} earlier calls not shown`);
+      out.push(`${inner}├─ … ${t(node.call_count - node.calls.length)} earlier calls not shown`);
     }
     for (const c of node.calls) {
       i += 1;
@@ -75,13 +76,13 @@ async function trail(id: string, flags: TrailFlags): Promise<void> {
     ({ body } = await getJson<AuditTrail>(flags.url, path));
   } catch (err) {
     if (err instanceof ControlApiError && err.status === 404) {
-      process.stderr.write(`custody: no agent instance '${id}' in the audit\n`);
+      process.stderr.write(`custody: no agent instance '${t(id)}' in the audit\n`);
       process.exitCode = 1;
       return;
     }
     throw err;
   }
-  process.stdout.write(flags.json ? `${JSON.stringify(body, null, 2)}\n` : formatTrail(body));
+  process.stdout.write(flags.json ? `${safeJson(body, 2)}\n` : safeLines(formatTrail(body)));
 }
 
 function intOption(flag: string, description: string, max: number): Option {

@@ -5,6 +5,7 @@ import { Option } from 'commander';
 import type { AuditEvent, EventPage } from '../../collector/audit/queries';
 import { parseSince } from '../../common/duration';
 import { CustodyError } from '../../common/errors';
+import { safeJson } from '../../common/terminal';
 import { getJson } from '../control-client';
 import { withClientOptions } from '../options';
 
@@ -63,11 +64,12 @@ export async function exportEvents(options: ExportOptions): Promise<number> {
     if (cursor) params.set('cursor', cursor);
     const page: EventPage = (await getJson<EventPage>(options.url, `/v1/audit/events?${params}`, { timeoutMs: 60_000 })).body;
     let chunk = '';
-    for (const e of page.events) chunk += JSON.stringify(options.format === 'ecs' ? toEcs(e) : e) + '\n';
+    for (const e of page.events) chunk += safeJson(options.format === 'ecs' ? toEcs(e) : e) + '\n';
     if (chunk && !options.out.write(chunk)) await once(options.out, 'drain');
     written += page.events.length;
     const oldest = page.events.at(-1);
-    options.progress?.(written, oldest ? Date.parse(oldest.timestamp) : options.from);
+    const oldestMs = oldest ? Date.parse(oldest.timestamp) : NaN;
+    options.progress?.(written, Number.isFinite(oldestMs) ? oldestMs : options.from);
     cursor = page.next_cursor;
   } while (cursor);
   return written;

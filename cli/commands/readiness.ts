@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { CustodyError } from '../../common/errors';
+import { safeJson, safeLines, safeText as t } from '../../common/terminal';
 import { DEFAULTS, THRESHOLDS } from '../../common/names';
 import { parseWindow } from '../../collector/rules/evaluate';
 import { createEnforcer } from '../../enforcer/client/enforcer';
@@ -259,9 +260,10 @@ export async function evaluateReadiness(options: ReadinessOptions): Promise<Read
 }
 
 export function formatReadiness(url: string, items: ReadinessItem[]): string {
-  const esc = (s: string) => s.replace(/\|/g, '\\|');
+  // `found` holds what the servers answered (error messages, values agents wrote): escaped
+  const esc = (s: string) => t(s).replace(/\|/g, '\\|');
   const lines = [
-    `# custody readiness: ${url}`,
+    `# custody readiness: ${t(url)}`,
     '',
     '| result | item | expected | found |',
     '| --- | --- | --- | --- |',
@@ -288,7 +290,7 @@ export function registerReadinessCommand(program: Command): void {
       throw new CustodyError('ERR_USAGE', `--window: ${(err as Error).message}`);
     }
     const items = await evaluateReadiness({ url: flags.url, windowS, rulesFile: path.resolve(flags.rules) });
-    process.stdout.write(flags.json ? `${JSON.stringify(items, null, 2)}\n` : formatReadiness(flags.url, items));
+    process.stdout.write(flags.json ? `${safeJson(items, 2)}\n` : safeLines(formatReadiness(flags.url, items)));
     process.exitCode = items.every((i) => i.pass) ? 0 : 1;
   });
 }

@@ -1,6 +1,7 @@
 import os from 'node:os';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration } from '../../common/duration';
+import { safeText as t } from '../../common/terminal';
 import { CustodyError } from '../../common/errors';
 import { createLogger } from '../../common/log';
 import { ENV } from '../../common/names';
@@ -100,7 +101,7 @@ async function watch(flags: WatchFlags): Promise<void> {
   });
   if (flags.once) {
     const result = await watcher.tick();
-    process.stdout.write(describe(result) + '\n');
+    process.stdout.write(t(describe(result)) + '\n');
     process.exitCode = result.error ? 2 : 0;
     return;
   }
@@ -115,7 +116,7 @@ async function watch(flags: WatchFlags): Promise<void> {
       const result = await watcher.tick();
       const line = describe(result);
       const notable = result.error || result.applied || result.action?.kind !== 'hold';
-      if (notable && line !== last) process.stdout.write(`${new Date().toISOString()} ${line}\n`);
+      if (notable && line !== last) process.stdout.write(`${new Date().toISOString()} ${t(line)}\n`);
       last = notable ? line : '';
       await new Promise<void>((resolve) => {
         wake = resolve;
@@ -153,7 +154,7 @@ async function approve(flags: ApproveFlags): Promise<void> {
   const state = await plane.getRollout();
   const to = flags.to ?? nextStage(state.percent, state.stages);
   if (to === undefined) {
-    process.stdout.write(`nothing to approve: the rollout is at ${state.percent}%, its last stage\n`);
+    process.stdout.write(`nothing to approve: the rollout is at ${t(state.percent)}%, its last stage\n`);
     process.exitCode = 1;
     return;
   }
@@ -170,7 +171,7 @@ async function approve(flags: ApproveFlags): Promise<void> {
     manualGates: true,
   });
   if (view.kind !== 'await_approval' && !flags.force) {
-    process.stdout.write(`not approved: ${view.reason}\n(--force approves anyway)\n`);
+    process.stdout.write(`not approved: ${t(view.reason)}\n(--force approves anyway)\n`);
     process.exitCode = 1;
     return;
   }
@@ -178,10 +179,10 @@ async function approve(flags: ApproveFlags): Promise<void> {
   const reason = `approved ${state.percent}% → ${to}% by ${actor}${flags.force && view.kind !== 'await_approval' ? ' (forced)' : ''}${flags.reason ? `: ${flags.reason}` : ''}`;
   try {
     const next = await plane.setRollout({ percent: to, reason, actor, expected: state });
-    process.stdout.write(`rollout ${state.percent}% → ${next.percent}%: ${reason}\n`);
+    process.stdout.write(`rollout ${t(state.percent)}% → ${t(next.percent)}%: ${t(reason)}\n`);
   } catch (err) {
     if (err instanceof RolloutConflictError) {
-      process.stdout.write(`not approved: the rollout changed meanwhile (${err.message}); look again\n`);
+      process.stdout.write(`not approved: the rollout changed meanwhile (${t(err.message)}); look again\n`);
       process.exitCode = 1;
       return;
     }

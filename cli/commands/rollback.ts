@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CustodyError } from '../../common/errors';
 import { COHORT } from '../../common/names';
+import { safeJson, safeLines, safeText as t } from '../../common/terminal';
 import { COHORTS, parseMinSample, parseWindow, type AlertResult, type RollbackAction, type RuleResult } from '../../collector/rules/evaluate';
 import { getJson } from '../control-client';
 import { withClientOptions } from '../options';
@@ -33,7 +34,7 @@ interface CheckFlags {
 
 function show(value: number | null, rule: string): string {
   if (value === null) return 'no data';
-  if (rule.endsWith('_ms')) return `${value} ms`;
+  if (rule.endsWith('_ms')) return `${t(value)} ms`;
   return `${+(value * 100).toPrecision(4)}%`;
 }
 
@@ -45,16 +46,16 @@ export function formatStatus(body: StatusBody): string {
   const percent = body.rollout?.percent;
   const head = [
     `${body.action.toUpperCase().replace('_', ' ')}`,
-    `cohort ${body.cohort ?? '?'}, last ${humanWindow(body.window_s)}, ${body.sample_size} calls`,
-    percent === null || percent === undefined ? 'rollout unknown' : `rollout ${percent}%`,
+    `cohort ${t(body.cohort ?? '?')}, last ${t(humanWindow(body.window_s))}, ${t(body.sample_size)} calls`,
+    percent === null || percent === undefined ? 'rollout unknown' : `rollout ${t(percent)}%`,
   ];
   const width = Math.max(...body.rules.map((r) => r.rule.length), ...(body.alerts ?? []).map((a) => a.alert.length + 6));
   const lines = [`${head[0]}  (${head.slice(1).join(', ')})`];
   for (const r of body.rules) {
-    lines.push(`  ${r.rule.padEnd(width)}  ${show(r.value, r.rule).padStart(10)}  > ${show(r.threshold, r.rule).padEnd(8)}  ${r.breached ? 'BREACHED' : 'ok'}`);
+    lines.push(`  ${t(r.rule).padEnd(width)}  ${show(r.value, r.rule).padStart(10)}  > ${show(r.threshold, r.rule).padEnd(8)}  ${r.breached ? 'BREACHED' : 'ok'}`);
   }
   for (const a of body.alerts ?? []) {
-    lines.push(`  ${`alert ${a.alert}`.padEnd(width)}  ${show(a.value, a.alert).padStart(10)}  > ${show(a.threshold, a.alert).padEnd(8)}  ${a.firing ? 'FIRING' : 'ok'}`);
+    lines.push(`  ${`alert ${t(a.alert)}`.padEnd(width)}  ${show(a.value, a.alert).padStart(10)}  > ${show(a.threshold, a.alert).padEnd(8)}  ${a.firing ? 'FIRING' : 'ok'}`);
   }
   return lines.join('\n') + '\n';
 }
@@ -65,7 +66,7 @@ async function check(flags: CheckFlags): Promise<void> {
   const { body } = await getJson<StatusBody>(flags.url, `/v1/rollback/status?${q}`);
   const code = CHECK_EXIT[body.action];
   if (code === undefined) throw new CustodyError('ERR_RESPONSE', `/v1/rollback/status answered an unknown action '${String(body.action)}'`);
-  process.stdout.write(flags.json ? `${JSON.stringify(body, null, 2)}\n` : formatStatus(body));
+  process.stdout.write(flags.json ? `${safeJson(body, 2)}\n` : safeLines(formatStatus(body)));
   process.exitCode = code;
 }
 

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { decodeJwt } from 'jose';
 import { createLogger } from '../../common/log';
+import { safeText as t } from '../../common/terminal';
 import { ENV } from '../../common/names';
 import {
   endpoint,
@@ -37,7 +38,7 @@ async function refusalsExit1(run: () => Promise<void>): Promise<void> {
     await run();
   } catch (err) {
     if ((err instanceof TokenRequestError && err.code === 'ERR_TOKEN_REFUSED') || err instanceof TokenError) {
-      process.stderr.write(`custody: refused: ${err instanceof TokenError ? `${err.code}: ` : ''}${err.message}\n`);
+      process.stderr.write(`custody: refused: ${err instanceof TokenError ? `${err.code}: ` : ''}${t(err.message)}\n`);
       process.exitCode = 1;
       return;
     }
@@ -69,8 +70,9 @@ async function admin<T>(url: string, path: string, method: 'GET' | 'POST', body?
 }
 
 function agentLine(a: AgentRecord): string {
-  const state = a.status === 'active' ? 'active' : `revoked ${new Date(a.revoked_at ?? 0).toISOString()} (${a.revoked_reason ?? ''})`;
-  return `${a.agent_id}  ${a.name}  sponsor ${a.sponsor_id}  role ${a.role}  tools ${a.tools.join(',')}  max ttl ${a.max_ttl_seconds}s  ${state}`;
+  const revokedAt = new Date(a.revoked_at ?? 0);
+  const state = a.status === 'active' ? 'active' : `revoked ${Number.isNaN(revokedAt.getTime()) ? t(a.revoked_at) : revokedAt.toISOString()} (${t(a.revoked_reason ?? '')})`;
+  return `${t(a.agent_id)}  ${t(a.name)}  sponsor ${t(a.sponsor_id)}  role ${t(a.role)}  tools ${t((a.tools ?? []).join(','))}  max ttl ${t(a.max_ttl_seconds)}s  ${state}`;
 }
 
 function printCredential(r: IssuedCredential, json: boolean | undefined, verb: string): void {

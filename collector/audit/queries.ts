@@ -164,7 +164,17 @@ export function encodeCursor(tsNs: string, spanId: string, traceId: string): str
 export function decodeCursor(cursor: string): { tsNs: string; spanId: string; traceId: string } {
   try {
     const v: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-    if (Array.isArray(v) && v.length === 3 && /^\d{1,19}$/.test(String(v[0])) && typeof v[1] === 'string' && typeof v[2] === 'string') {
+    if (
+      Array.isArray(v) &&
+      v.length === 3 &&
+      typeof v[0] === 'string' &&
+      /^\d{1,19}$/.test(v[0]) &&
+      BigInt(v[0]) <= MAX_INT64 &&
+      typeof v[1] === 'string' &&
+      v[1].length <= 256 &&
+      typeof v[2] === 'string' &&
+      v[2].length <= 256
+    ) {
       return { tsNs: v[0] as string, spanId: v[1], traceId: v[2] };
     }
   } catch {
@@ -173,15 +183,24 @@ export function decodeCursor(cursor: string): { tsNs: string; spanId: string; tr
   throw new AuditQueryError('cursor', `cursor '${cursor.slice(0, 64)}' is not one this API returned`);
 }
 
-/** An instant as ISO-8601 (with a date) or epoch milliseconds. */
+/** The latest instant a DateTime64(9) column holds (2262-04-11T23:47:16.854Z), in epoch ms. */
+export const MAX_INSTANT_MS = 9_223_372_036_854;
+const MAX_INT64 = 9_223_372_036_854_775_807n;
+
+/** An instant as ISO-8601 (with a date) or epoch milliseconds, from 1970 to 2262 (what the store holds). */
 export function parseInstant(text: string, parameter: string): number {
   const t = text.trim();
-  if (/^\d{1,16}$/.test(t)) return Number(t);
-  if (/^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(t)) {
-    const ms = Date.parse(t);
-    if (!Number.isNaN(ms)) return ms;
+  let ms: number | undefined;
+  if (/^\d{1,16}$/.test(t)) ms = Number(t);
+  else if (/^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(t)) {
+    const parsed = Date.parse(t);
+    if (!Number.isNaN(parsed)) ms = parsed;
   }
-  throw new AuditQueryError(parameter, `${parameter} '${text}' is neither an ISO-8601 time nor epoch milliseconds`);
+  if (ms === undefined) throw new AuditQueryError(parameter, `${parameter} '${text}' is neither an ISO-8601 time nor epoch milliseconds`);
+  if (ms < 0 || ms > MAX_INSTANT_MS) {
+    throw new AuditQueryError(parameter, `${parameter} '${text}' is out of range (from 1970-01-01T00:00:00Z to ${new Date(MAX_INSTANT_MS).toISOString()})`);
+  }
+  return ms;
 }
 
 export async function auditEvents(store: Store, filters: EventFilters = {}): Promise<EventPage> {

@@ -35,7 +35,7 @@ function identifier(value: string | undefined, name: string): string | undefined
   if (value === undefined) return undefined;
   // eslint-disable-next-line no-control-regex
   if (value.length > MAX_ID_LENGTH || /[\u0000-\u001f]/.test(value)) {
-    throw badRequest('invalid_parameter', `${name} must be at most ${MAX_ID_LENGTH} printable characters`);
+    throw badRequest('invalid_parameter', `query parameter '${name}' must be at most ${MAX_ID_LENGTH} printable characters`);
   }
   return value;
 }

@@ -21,7 +21,7 @@ import {
   type WireFormat,
 } from '../otlp';
 import { StoreWriteError, type Store } from '../store';
-import { WriteRefusedError, createBatchWriter, type BatchWriter } from './writer';
+import { RowsRefusedError, WriteRefusedError, createBatchWriter, type BatchWriter } from './writer';
 
 /**
  * The OTLP/HTTP trace receiver: `POST /v1/traces`, protobuf or JSON, optionally gzip. Answers as
@@ -217,6 +217,11 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
           err.message,
           { 'Retry-After': String(err.retryAfterSeconds) },
         );
+      }
+      if (err instanceof RowsRefusedError) {
+        // the rows of this request, not the storage: a retry would fail the same way (OTLP: 400 is not retried)
+        rejected.inc({ reason: 'storage_refused' }, spans);
+        throw new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'rows_refused', `${spans} span(s) not stored: ${err.message}`);
       }
       if (err instanceof StoreWriteError) {
         rejected.inc({ reason: 'storage_refused' }, spans);

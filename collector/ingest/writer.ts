@@ -12,7 +12,8 @@ import { StoreWriteError, type Store } from '../store';
  * company). A request's promise settles only when all of ITS rows are inserted, so an
  * acknowledged span is stored. Memory is bounded: past `maxQueuedRows` / `maxQueuedBytes` writes
  * are refused (429) rather than queued; while storage fails they are refused at once (503) and a
- * probe watches for its return.
+ * probe watches for its return. Rows that ClickHouse refuses (a data error, not an outage) fail only
+ * the request they came from (RowsRefusedError); the others in the same insert are stored.
  */
 export interface WriterOptions {
   store: Pick<Store, 'insertRaw' | 'ping'>;
@@ -72,7 +73,7 @@ interface TableQueue {
 }
 
 export interface BatchWriter {
-  /** Resolves once every row of the request is inserted; rejects with WriteRefusedError or StoreWriteError. */
+  /** Resolves once every row of the request is inserted; rejects with WriteRefusedError or RowsRefusedError. */
   write(request: WriteRequest): Promise<void>;
   /** Whether writes are taken now (false while storage is failing). */
   readonly available: boolean;
@@ -82,6 +83,69 @@ export interface BatchWriter {
   setAvailable(available: boolean): void;
   /** Stops taking writes and inserts everything queued. */
   close(): Promise<void>;
+}
+
+/**
+ * ClickHouse refused this request's rows (a value it cannot parse or store), not the storage being
+ * down: sending them again fails again. Names the span and the column where ClickHouse said so.
+ */
+export class RowsRefusedError extends CustodyError {
+  readonly table: string;
+  readonly spanId: string | undefined;
+  readonly column: string | undefined;
+  readonly reason: string;
+  constructor(table: string, spanId: string | undefined, column: string | undefined, reason: string, options?: { cause?: unknown }) {
+    const where = `${spanId ? `span ${spanId}` : 'a span'}${column ? `, column ${table}.${column}` : ` (table ${table})`}`;
+    super('ERR_ROWS_REFUSED', `storage refused ${where}: ${reason}`, options);
+    this.table = table;
+    this.spanId = spanId;
+    this.column = column;
+    this.reason = reason;
+  }
+}
+
+/** Index of the part holding `row` (1-based over the parts' bodies in order), -1 when past them. */
+function partOfRow(parts: readonly Part[], row: number): number {
+  let first = 1;
+  for (let i = 0; i < parts.length; i++) {
+    if (row < first + parts[i]!.rows) return i;
+    first += parts[i]!.rows;
+  }
+  return -1;
+}
+
+const SPAN_ID_COLUMNS = new Set(['SpanId', 'span_id']);
+
+/** ClickHouse's reason, without its `Code: N. DB::Exception:` prefixes, on one bounded line. */
+function reasonOf(err: StoreWriteError): string {
+  const cause = err.cause as { message?: string } | undefined;
+  const text = (cause?.message ?? err.message).replace(/^insert failed: /, '');
+  const first = text.replace(/(?:Code: \d+\. DB::Exception: )+/g, '').split('\n')[0]!.trim();
+  return first.length > 200 ? `${first.slice(0, 200)}…` : first;
+}
+
+function rowsRefused(q: TableQueue, part: Part, err: StoreWriteError): RowsRefusedError {
+  let spanId: string | undefined;
+  const spanColumn = q.columns.findIndex((c) => SPAN_ID_COLUMNS.has(c));
+  if (err.row !== undefined && err.row <= part.rows && spanColumn >= 0) {
+    // the body is JSONCompactEachRow lines of `[…],[…]`, written by serializeRows
+    let first = 1;
+    for (const line of part.body.toString('utf8').split('\n')) {
+      if (!line) continue;
+      try {
+        const rows = JSON.parse(`[${line}]`) as unknown[][];
+        if (err.row < first + rows.length) {
+          const id = rows[err.row - first]?.[spanColumn];
+          if (typeof id === 'string') spanId = id;
+          break;
+        }
+        first += rows.length;
+      } catch {
+        break;
+      }
+    }
+  }
+  return new RowsRefusedError(q.table, spanId, err.column, reasonOf(err), { cause: err });
 }
 
 const RETRY_BUSY_S = 1;
@@ -234,32 +298,40 @@ export function createBatchWriter(options: WriterOptions): BatchWriter {
     }
   }
 
+  /**
+   * An insert of several requests' rows failed. When ClickHouse refused rows (not an outage), the
+   * requests are inserted again in halves (or without the one it named) until only the requests
+   * whose own rows are refused are left: those fail with RowsRefusedError, every other one is
+   * stored. An outage refuses all of them (503) and starts the probe.
+   */
   async function failed(q: TableQueue, parts: Part[], err: unknown): Promise<void> {
-    if (err instanceof StoreWriteError && !err.retryable) {
-      if (parts.length > 1) {
-        // one request's rows were refused: insert each request alone so that only it fails
-        for (const p of parts) {
-          try {
-            await insert(q, [p]);
-            settle(p.entry);
-          } catch (e) {
-            if (e instanceof StoreWriteError && !e.retryable) {
-              log?.error({ err: e, table: q.table }, 'rows refused by storage');
-              settle(p.entry, e);
-            } else {
-              settle(p.entry, refusedUnavailable(e));
-              markUnavailable(e as Error);
-            }
-          }
-        }
-        return;
-      }
-      log?.error({ err, table: q.table }, 'rows refused by storage');
-      for (const p of parts) settle(p.entry, err);
+    if (!(err instanceof StoreWriteError) || err.retryable) {
+      for (const p of parts) settle(p.entry, refusedUnavailable(err));
+      markUnavailable(err as Error);
       return;
     }
-    for (const p of parts) settle(p.entry, refusedUnavailable(err));
-    markUnavailable(err as Error);
+    if (parts.length === 1) {
+      const refused = rowsRefused(q, parts[0]!, err);
+      log?.warn({ table: q.table, spanId: refused.spanId, column: refused.column, reason: refused.reason }, 'rows refused by storage');
+      settle(parts[0]!.entry, refused);
+      return;
+    }
+    // the part holding the row ClickHouse named is tried alone, the others together
+    const named = err.row === undefined ? -1 : partOfRow(parts, err.row);
+    const groups = named >= 0 ? [[parts[named]!], parts.filter((_, i) => i !== named)] : [parts.slice(0, parts.length >> 1), parts.slice(parts.length >> 1)];
+    for (const group of groups) {
+      if (group.length === 0) continue;
+      if (!available && !closing) {
+        for (const p of group) settle(p.entry, refusedUnavailable());
+        continue;
+      }
+      try {
+        await insert(q, group);
+        for (const p of group) settle(p.entry);
+      } catch (e) {
+        await failed(q, group, e);
+      }
+    }
   }
 
   return {

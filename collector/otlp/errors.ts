@@ -19,6 +19,7 @@ export type OtlpErrorCode =
   | 'overloaded'
   | 'storage_unavailable'
   | 'storage_refused'
+  | 'rows_refused'
   | 'internal';
 
 /** An OTLP/HTTP error answer: HTTP status, the gRPC code for the google.rpc.Status body, custody's code, headers. */

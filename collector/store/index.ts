@@ -42,25 +42,47 @@ export interface RawInsert {
 
 /**
  * An insert that failed. `retryable`: the storage is down, slow or refusing for now (connection,
- * timeout, memory, too many parts, missing table); otherwise the rows themselves were refused
- * and sending them again fails again.
+ * timeout, memory, disk, too many parts, missing table or column); otherwise ClickHouse answered
+ * that these rows cannot be stored as they are, and sending them again fails again. `row` (1-based,
+ * within the insert's body) and `column` say where, when ClickHouse said so.
  */
 export class StoreWriteError extends CustodyError {
   readonly retryable: boolean;
-  constructor(message: string, retryable: boolean, options?: { cause?: unknown }) {
-    super(retryable ? 'ERR_STORE_UNAVAILABLE' : 'ERR_STORE_REJECTED', message, options);
+  readonly row: number | undefined;
+  readonly column: string | undefined;
+  constructor(message: string, retryable: boolean, options?: { cause?: unknown; row?: number; column?: string }) {
+    super(retryable ? 'ERR_STORE_UNAVAILABLE' : 'ERR_STORE_REJECTED', message, options?.cause !== undefined ? { cause: options.cause } : undefined);
     this.retryable = retryable;
+    this.row = options?.row;
+    this.column = options?.column;
   }
 }
 
-// ClickHouse error codes that mean "these rows cannot be read or stored as they are".
-const DATA_ERRORS = new Set([6, 26, 27, 32, 38, 41, 53, 62, 69, 70, 72, 117, 130, 131, 132, 173, 190, 321, 407]);
+/**
+ * ClickHouse error codes that mean "the storage cannot take writes now", whatever the rows: a
+ * schema not (yet) in place, limits of the server, disk, network, replication, access. Any other
+ * error ClickHouse answers an insert with is taken as caused by the rows (a parse error such as
+ * 25 or 27, a value out of range, …): those rows are refused and the storage stays in use. An
+ * error without a ClickHouse code (connection refused, reset, timeout) is an outage.
+ */
+const OUTAGE_CODES = new Set([
+  16, 47, 60, 74, 75, 76, 81, 107, 159, 160, 164, 192, 193, 194, 202, 203, 209, 210, 225, 236, 241, 242, 243, 252, 285, 286,
+  289, 319, 372, 373, 394, 425, 439, 473, 497, 516, 999, 1000, 1001, 1002,
+]);
 
-function writeError(err: unknown): StoreWriteError {
-  const e = err as { message?: string; code?: unknown; clickhouseCode?: unknown };
+/** Classifies a failed insert: see OUTAGE_CODES. */
+export function writeError(err: unknown): StoreWriteError {
+  const e = err as { message?: string; code?: unknown; clickhouseCode?: unknown; failedAtRow?: unknown };
   const code = typeof e?.clickhouseCode === 'number' ? e.clickhouseCode : Number(e?.code);
-  const data = Number.isInteger(code) && DATA_ERRORS.has(code);
-  return new StoreWriteError(`insert failed: ${e?.message ?? String(err)}`, !data, { cause: err });
+  const message = e?.message ?? String(err);
+  const outage = !Number.isInteger(code) || code <= 0 || OUTAGE_CODES.has(code);
+  const row = typeof e?.failedAtRow === 'number' && e.failedAtRow > 0 ? e.failedAtRow : Number(/\(at row (\d+)\)/.exec(message)?.[1]) || undefined;
+  const column = /while reading the value of key ([^)\s]+)\)/.exec(message)?.[1] ?? /name: ([^,\s]+),[^\n]*ERROR/.exec(message)?.[1];
+  return new StoreWriteError(`insert failed: ${message}`, outage, {
+    cause: err,
+    ...(outage || row === undefined ? {} : { row }),
+    ...(outage || column === undefined ? {} : { column }),
+  });
 }
 
 export interface StoreOptions extends SchemaOptions {

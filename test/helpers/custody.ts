@@ -42,12 +42,19 @@ export async function startCustody(
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
-  const deadline = Date.now() + (opts.readyTimeoutMs ?? 60_000);
+  // the banner comes first and may take long on a loaded machine; readyTimeoutMs bounds the wait
+  // for /readyz after it (a test of a collector that never becomes ready sets it short)
+  const start = Date.now();
+  const bannerDeadline = start + 90_000;
+  let readyDeadline = start + (opts.readyTimeoutMs ?? 60_000);
   let url: string | undefined;
   let otlpUrl: string | undefined;
-  while (Date.now() < deadline) {
+  while (url ? Date.now() < readyDeadline : Date.now() < bannerDeadline) {
     if (proc.exitCode !== null) throw new Error(`custody exited with ${proc.exitCode}:\n${out}`);
-    url ??= /control API\s+(http:\/\/\S+)/.exec(out)?.[1];
+    if (!url) {
+      url = /control API\s+(http:\/\/\S+)/.exec(out)?.[1];
+      if (url) readyDeadline = Math.max(readyDeadline, Date.now() + (opts.readyTimeoutMs ?? 60_000));
+    }
     otlpUrl ??= /OTLP\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
     if (url) {
       try {

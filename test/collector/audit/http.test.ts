@@ -87,6 +87,8 @@ describe('GET /v1/audit/trail/:agent_instance_id', () => {
       ['depth=x', 'depth'],
       ['calls=100000', 'calls'],
       ['limit=5', 'limit'],
+      ['depth=99999999999999999999', 'depth'],
+      ['calls=1.5', 'calls'],
     ] as const) {
       const { status, body } = await get(`${custody.url}/v1/audit/trail/worker-1?${query}`);
       expect(status, query).toBe(400);
@@ -126,8 +128,39 @@ describe('GET /v1/audit/events', () => {
       ['cursor=abc', 'cursor'],
       ['sponsor_id=alice', 'sponsor_id'],
       ['tool=a&tool=b', 'tool'],
+      // past what the store holds: a 400, not a storage error
+      ['from=9999999999999999', 'from'],
+      ['to=9999-12-31', 'to'],
+      ['from=0000-01-01', 'from'],
+      [`cursor=${Buffer.from(JSON.stringify(['9999999999999999999', 'span-0001', 'trace-0001'])).toString('base64url')}`, 'cursor'],
+      [`cursor=${Buffer.from(JSON.stringify([1, 'span-0001', 'trace-0001'])).toString('base64url')}`, 'cursor'],
+      [`sponsor=${'x'.repeat(300)}`, 'sponsor'],
+      ['tool=a%00b', 'tool'],
+      ['agent_instance_id=a%1B%5B2Jb', 'agent_instance_id'],
+      ['limit=1e2', 'limit'],
+      ['limit=-1', 'limit'],
     ] as const) {
       const { status, body } = await get(`${custody.url}/v1/audit/events?${query}`);
+      expect(status, query).toBe(400);
+      expect(body.error.code).toBe('invalid_parameter');
+      expect(body.error.message, query).toContain(`'${name}'`);
+    }
+  });
+});
+
+describe('GET /v1/audit/health', () => {
+  it('answers for a window and 400 naming each bad parameter', async () => {
+    const ok = await get(`${custody.url}/v1/audit/health?window=2h`);
+    expect(ok.status).toBe(200);
+    for (const [query, name] of [
+      ['window=soon', 'window'],
+      ['window=0s', 'window'],
+      ['window=-1h', 'window'],
+      ['window=99999999999999999999d', 'window'],
+      ['window=1h&window=2h', 'window'],
+      ['windows=1h', 'windows'],
+    ] as const) {
+      const { status, body } = await get(`${custody.url}/v1/audit/health?${query}`);
       expect(status, query).toBe(400);
       expect(body.error.code).toBe('invalid_parameter');
       expect(body.error.message, query).toContain(`'${name}'`);
@@ -149,7 +182,7 @@ describe('custody audit trail', () => {
     expect(lines[6]).toMatch(/^ {9}├─ \S+ {2}email\.send {2}purpose=notify {2}allow {2}decision_id=pd-4/);
     expect(lines[7]).toMatch(/^ {9}└─ \S+ {2}email\.send {2}purpose=ticket-42 {2}error {2}status=error \(policy_unavailable\)$/);
     expect(lines).toHaveLength(8);
-  });
+  }, 120_000);
 
   it('prints JSON with --json, exits 1 for an unknown instance and 2 on a usage error', async () => {
     const json = await cli(['audit', 'trail', 'helper-1', '--json', '--url', custody.url]);
@@ -164,5 +197,5 @@ describe('custody audit trail', () => {
     expect(usage.code).toBe(2);
     const missingArg = await cli(['audit', 'trail', '--url', custody.url]);
     expect(missingArg.code).toBe(2);
-  });
+  }, 180_000);
 });

@@ -112,6 +112,10 @@ describe('GET /v1/rollback/status', () => {
       ['min_sample=0', 'min_sample'],
       ['window=1m&window=2m', 'window'],
       ['windows=15m', 'windows'],
+      ['min_sample=99999999999999999999', 'min_sample'],
+      ['window=99999999999999999999d', 'window'],
+      ['window=-5m', 'window'],
+      ['cohort=canary%1B%5B2J', 'cohort'],
     ] as const) {
       const { status, body } = await get(`${custody!.url}/v1/rollback/status?${query}`);
       expect(status, query).toBe(400);

@@ -114,7 +114,7 @@ describe('backpressure', () => {
     expect(ok.map((r) => stored.get(r.traceId))).toEqual(ok.map(() => 200));
     // refused requests were refused whole
     expect(busy.filter((r) => stored.has(r.traceId))).toEqual([]);
-  });
+  }, 180_000);
 });
 
 // The same ingest path against a ClickHouse server. None can be installed on the machine these
