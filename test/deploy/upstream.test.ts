@@ -156,3 +156,127 @@ describe("the Argo controller's checks", () => {
     expect(effectiveCount({ name: 'x' })).toBe(1);
   });
 });
+
+// ---- the Collector configs ----
+
+type Section = 'extensions' | 'receivers' | 'processors' | 'exporters';
+interface CollectorConfig {
+  extensions?: Record<string, unknown>;
+  receivers: Record<string, unknown>;
+  processors?: Record<string, unknown>;
+  exporters: Record<string, unknown>;
+  connectors?: Record<string, unknown>;
+  service: { extensions?: string[]; pipelines: Record<string, { receivers: string[]; processors?: string[]; exporters: string[] }> };
+}
+
+const components = JSON.parse(fs.readFileSync(path.join(SCHEMAS, 'otelcol-components.schema.json'), 'utf8')).components as Record<Section, Record<string, object>>;
+const componentValidators = Object.fromEntries(
+  (Object.entries(components) as [Section, Record<string, object>][]).map(([section, byType]) => [
+    section,
+    Object.fromEntries(Object.entries(byType).map(([type, s]) => [type, ajv.compile(s)])),
+  ]),
+) as Record<Section, Record<string, ReturnType<typeof ajv.compile>>>;
+
+const SIEMS = { elasticsearch: ['ELASTICSEARCH_URL'], splunk: ['SPLUNK_HEC_URL', 'SPLUNK_HEC_TOKEN'], datadog: ['DD_API_KEY', 'DD_SITE'] } as const;
+const COLLECTOR_FILES = ['otel-config.yaml', ...Object.keys(SIEMS).map((s) => `deploy/collector/otel-config.${s}.yaml`)];
+
+/** What the Collector checks before it starts: every component's config, every reference, every defined component used. */
+function collectorErrors(config: CollectorConfig): string[] {
+  const errors: string[] = [];
+  const allowedTop = new Set(['extensions', 'receivers', 'processors', 'exporters', 'connectors', 'service']);
+  for (const key of Object.keys(config)) if (!allowedTop.has(key)) errors.push(`unknown top-level key '${key}'`);
+  for (const section of ['extensions', 'receivers', 'processors', 'exporters'] as Section[]) {
+    for (const [id, cfg] of Object.entries(config[section] ?? {})) {
+      const type = id.split('/')[0]!;
+      const validate = componentValidators[section][type];
+      if (!validate) {
+        errors.push(`${section}::${id}: unknown type '${type}'`);
+        continue;
+      }
+      if (!validate(cfg ?? {})) errors.push(...validate.errors!.map((e) => `${section}::${id}${e.instancePath} ${e.message}${'additionalProperty' in e.params ? ` '${e.params.additionalProperty}'` : ''}`));
+    }
+  }
+  const used: Record<Section, Set<string>> = { extensions: new Set(config.service.extensions ?? []), receivers: new Set(), processors: new Set(), exporters: new Set() };
+  for (const [name, p] of Object.entries(config.service.pipelines)) {
+    if (!/^traces(\/.+)?$/.test(name)) errors.push(`pipeline ${name}: custody's pipelines are traces pipelines`);
+    for (const [section, ids] of [['receivers', p.receivers], ['processors', p.processors ?? []], ['exporters', p.exporters]] as [Section, string[]][]) {
+      if (section !== 'processors' && ids.length === 0) errors.push(`pipeline ${name}: no ${section}`);
+      for (const id of ids) {
+        used[section].add(id);
+        if (!(id in (config[section] ?? {}))) errors.push(`pipeline ${name}: ${section} ${id} is not defined`);
+      }
+    }
+  }
+  for (const id of used.extensions) if (!(id in (config.extensions ?? {}))) errors.push(`service extension ${id} is not defined`);
+  // the Collector builds (and validates) every configured exporter; one defined for an absent SIEM stops it
+  for (const section of ['receivers', 'processors', 'exporters'] as Section[]) {
+    for (const id of Object.keys(config[section] ?? {})) if (!used[section].has(id)) errors.push(`${section} ${id} is defined but in no pipeline`);
+  }
+  // a sending queue's storage is an extension the service runs
+  for (const [id, cfg] of Object.entries(config.exporters)) {
+    const storage = (cfg as { sending_queue?: { storage?: string } }).sending_queue?.storage;
+    if (storage && !used.extensions.has(storage)) errors.push(`exporters::${id}: storage ${storage} is not a running extension`);
+  }
+  return errors;
+}
+
+/** The environment variables a config needs: `${env:NAME}` without a default, in its values (comments do not count). */
+function envOf(file: string): string[] {
+  const found = new Set<string>();
+  const walk = (v: unknown): void => {
+    if (typeof v === 'string') {
+      for (const m of v.matchAll(/\$\{env:([A-Z0-9_]+)(:-[^}]*)?\}/g)) if (!m[2]) found.add(m[1]!);
+    } else if (v && typeof v === 'object') {
+      Object.values(v).forEach(walk);
+    }
+  };
+  walk(parse(fs.readFileSync(path.join(ROOT, file), 'utf8')));
+  return [...found].sort();
+}
+
+describe('the Collector configs', () => {
+  for (const file of COLLECTOR_FILES) {
+    it(`${file}: every component's config as the Collector defines it, every reference resolved, nothing unused`, () => {
+      const config = parse(fs.readFileSync(path.join(ROOT, file), 'utf8')) as CollectorConfig;
+      expect(collectorErrors(config)).toEqual([]);
+    });
+  }
+
+  it('each SIEM file needs only its own SIEM settings; the root file needs none', () => {
+    expect(envOf('otel-config.yaml')).toEqual([]);
+    for (const [siem, vars] of Object.entries(SIEMS)) expect(envOf(`deploy/collector/otel-config.${siem}.yaml`), siem).toEqual([...vars].sort());
+  });
+
+  it('custody gets every span from an on-disk queue; the SIEM pipeline cannot make agents resend', () => {
+    for (const file of COLLECTOR_FILES) {
+      const config = parse(fs.readFileSync(path.join(ROOT, file), 'utf8')) as CollectorConfig;
+      const custody = config.service.pipelines['traces/custody']!;
+      // nothing that samples or holds acknowledged spans in memory before custody's queue
+      expect(custody.processors ?? [], file).toEqual(['memory_limiter']);
+      expect(custody.exporters).toEqual(['otlphttp/custody']);
+      const exporter = config.exporters['otlphttp/custody'] as { sending_queue: { enabled: boolean; storage: string }; retry_on_failure: { max_elapsed_time: string } };
+      expect(exporter.sending_queue).toMatchObject({ enabled: true, storage: 'file_storage/queue' });
+      expect(exporter.retry_on_failure.max_elapsed_time).toBe('0s');
+      expect((config.extensions!['file_storage/queue'] as { fsync: boolean }).fsync).toBe(true);
+      const siem = config.service.pipelines['traces/siem'];
+      if (file === 'otel-config.yaml') {
+        expect(siem).toBeUndefined();
+        continue;
+      }
+      // tail_sampling first: it buffers what it is given and never returns an error to the shared receiver
+      expect(siem!.processors![0]).toMatch(/^tail_sampling(\/|$)/);
+      expect(siem!.processors).not.toContain('memory_limiter');
+      expect(siem!.exporters).toHaveLength(1);
+      expect((config.exporters[siem!.exporters[0]!] as { sending_queue: { storage: string } }).sending_queue.storage).toBe('file_storage/queue');
+    }
+  });
+
+  it('the old single file, with every SIEM defined, is refused as the Collector refused it', () => {
+    const config = parse(fs.readFileSync(path.join(ROOT, 'deploy/collector/otel-config.elasticsearch.yaml'), 'utf8')) as CollectorConfig;
+    const splunk = parse(fs.readFileSync(path.join(ROOT, 'deploy/collector/otel-config.splunk.yaml'), 'utf8')) as CollectorConfig;
+    config.exporters['splunk_hec/siem'] = splunk.exporters['splunk_hec/siem'];
+    expect(collectorErrors(config)).toEqual(['exporters splunk_hec/siem is defined but in no pipeline']);
+    (config.exporters['splunk_hec/siem'] as Record<string, unknown>).sourcetyp = 'x';
+    expect(collectorErrors(config)).toContain("exporters::splunk_hec/siem must NOT have additional properties 'sourcetyp'");
+  });
+});
