@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { CustodyError } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import { gauge, histogram } from '../../common/metrics';
@@ -60,6 +61,8 @@ interface Part {
   entry: Entry;
   body: Buffer;
   rows: number;
+  /** The insert's deduplication token: the same rows sent again (a retry) are stored once. */
+  token: string;
 }
 
 interface TableQueue {
@@ -147,6 +150,18 @@ function rowsRefused(q: TableQueue, part: Part, err: StoreWriteError): RowsRefus
   }
   return new RowsRefusedError(q.table, spanId, err.column, reasonOf(err), { cause: err });
 }
+
+/** The same rows give the same token, so a request sent again is deduplicated by ClickHouse. */
+export function dedupToken(body: Buffer): string {
+  return createHash('sha256').update(body).digest('base64url');
+}
+
+const dedupSettings = (token: string) => ({
+  ...INSERT_SETTINGS,
+  insert_deduplicate: 1,
+  insert_deduplication_token: token,
+  deduplicate_blocks_in_dependent_materialized_views: 1,
+});
 
 const RETRY_BUSY_S = 1;
 const RETRY_UNAVAILABLE_S = 5;
@@ -257,12 +272,14 @@ export function createBatchWriter(options: WriterOptions): BatchWriter {
   }
 
   async function insert(q: TableQueue, parts: Part[]): Promise<void> {
-    const body = parts.length === 1 ? parts[0]!.body : Buffer.concat(parts.map((p) => p.body));
-    const rows = parts.reduce((n, p) => n + p.rows, 0);
-    const end = insertSeconds.startTimer({ table: q.table });
-    await store.insertRaw({ table: q.table, columns: q.columns, format: ROW_FORMAT, body, settings: INSERT_SETTINGS });
-    end();
-    insertRows.observe({ table: q.table }, rows);
+    // One insert per request, each with its own deduplication token: a retried request is then
+    // skipped by ClickHouse (and so are its materialized views' rows) whatever it is batched with.
+    for (const p of parts) {
+      const end = insertSeconds.startTimer({ table: q.table });
+      await store.insertRaw({ table: q.table, columns: q.columns, format: ROW_FORMAT, body: p.body, settings: dedupSettings(p.token) });
+      end();
+      insertRows.observe({ table: q.table }, p.rows);
+    }
   }
 
   async function flush(q: TableQueue): Promise<void> {
@@ -352,7 +369,7 @@ export function createBatchWriter(options: WriterOptions): BatchWriter {
         tables.forEach((t, i) => {
           const q = queues.get(t)!;
           const n = request.counts[t] ?? 0;
-          q.parts.push({ entry, body: bodies[i]!, rows: n });
+          q.parts.push({ entry, body: bodies[i]!, rows: n, token: dedupToken(bodies[i]!) });
           q.rows += n;
           q.bytes += bodies[i]!.length;
           schedule(q);

@@ -21,6 +21,15 @@ export interface Migration {
   statements: string[];
 }
 
+/** Inserts per table whose deduplication tokens a single server remembers. */
+export const DEDUP_WINDOW = 100_000;
+
+/** Every table ingest writes, directly or through a materialized view. */
+export const DEDUP_TABLES: readonly string[] = [
+  TABLE.OTEL_TRACES, 'otel_traces_trace_id_ts', TABLE.AUDIT_EVENTS, TABLE.POLICY_DECISIONS, TABLE.TOKEN_EVENTS,
+  TABLE.ROLLOUT_EVENTS, TABLE.AUDIT_ROLLUP_1M, TABLE.TOKEN_ROLLUP_1M,
+];
+
 export function migrations(options: SchemaOptions = {}): Migration[] {
   const db = options.database ?? DATABASE;
   const days = options.retentionDays ?? 90;
@@ -321,6 +330,20 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         TABLE.OTEL_TRACES, 'otel_traces_trace_id_ts', TABLE.AUDIT_EVENTS, TABLE.POLICY_DECISIONS, TABLE.TOKEN_EVENTS,
         TABLE.ROLLOUT_EVENTS, TABLE.AUDIT_ROLLUP_1M, TABLE.TOKEN_ROLLUP_1M,
       ].map((name) => `ALTER TABLE ${t(name)}${onCluster} MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1`),
+    },
+    {
+      version: 7,
+      name: 'insert_deduplication',
+      // Delivery is at least once: an exporter resends a request whose answer it did not get, and
+      // a request whose rows went into some tables but not others is sent again whole. Ingest
+      // gives each request's insert a deduplication token (a hash of its rows), and ClickHouse
+      // skips an insert whose token it has already seen in the table, together with what the
+      // insert would have written through materialized views (the rollups): each tool call is
+      // stored once. On one server the window is the last DEDUP_WINDOW inserts per table; on a
+      // cluster the replicated tables' own deduplication (Keeper) applies with its window.
+      statements: options.cluster
+        ? []
+        : DEDUP_TABLES.map((name) => `ALTER TABLE ${t(name)} MODIFY SETTING non_replicated_deduplication_window = ${DEDUP_WINDOW}`),
     },
   ];
 }
