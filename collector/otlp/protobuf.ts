@@ -78,9 +78,13 @@ function valueDepth(v: AnyValue | null | undefined, level: number, limit: number
   return level;
 }
 
-/** Whether no value in the list nests deeper than MAX_ANY_VALUE_DEPTH; one pass of property reads when none nests at all. */
+/** Whether no value in the list nests deeper than MAX_ANY_VALUE_DEPTH; a read or two per attribute when none nests at all. */
 function shallow(attributes: Attributes): boolean {
-  return attributes.length === 0 || depthOf(attributes, 1, MAX_ANY_VALUE_DEPTH) <= MAX_ANY_VALUE_DEPTH;
+  for (let i = 0; i < attributes.length; i++) {
+    const v = attributes[i]!.value;
+    if (v && (v.arrayValue || v.kvlistValue) && valueDepth(v, 1, MAX_ANY_VALUE_DEPTH) > MAX_ANY_VALUE_DEPTH) return false;
+  }
+  return true;
 }
 
 function tooDeep(where: string): OtlpDecodeError {
