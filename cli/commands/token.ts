@@ -108,7 +108,6 @@ export function registerTokenCommands(program: Command): void {
     .option('--purpose <purpose>', 'why the token is needed')
     .option('--tools <tools>', 'tools the token may be exchanged for (comma-separated), for a delegation token', list)
     .option('--agent-instance-id <id>', 'the agent instance (default: a new one)')
-    .option('--parent-agent-id <id>', 'the parent agent instance')
     .option('--credential <credential>', `the agent credential (default $${ENV.AGENT_CREDENTIAL})`)
     .option('--json', 'print the token and its claims as JSON')
     .action((f) =>
@@ -121,7 +120,6 @@ export function registerTokenCommands(program: Command): void {
           ...(f.purpose ? { purpose: f.purpose } : {}),
           ...(f.tools ? { tools: f.tools } : {}),
           ...(f.agentInstanceId ? { agent_instance_id: f.agentInstanceId } : {}),
-          ...(f.parentAgentId ? { parent_agent_id: f.parentAgentId } : {}),
         };
         const credential = f.credential ?? process.env[ENV.AGENT_CREDENTIAL];
         printToken(await issueToken(f.url, body, { timeoutMs: 10_000, ...(credential ? { credential } : {}) }), f.json);
