@@ -67,20 +67,15 @@ export function indexRevocations(list: readonly Revocation[], version = revocati
     version,
     count: list.length,
     match(c) {
-      if (c.agent_id !== undefined) {
-        const a = agents.get(c.agent_id);
-        if (a) return a;
-        if (c.credential_id !== undefined) {
-          const k = credentials.get(`${c.agent_id}\0${c.credential_id}`);
-          if (k) return k;
-        }
-      }
       if (c.sponsor_id !== undefined) {
         const s = sponsors.get(c.sponsor_id);
         // issued before (or in the second of) the offboarding; a reinstated sponsor's new tokens pass
         if (s && c.iat * 1000 <= s.revoked_at) return s;
       }
-      return undefined;
+      if (c.agent_id === undefined) return undefined;
+      const a = agents.get(c.agent_id);
+      if (a) return a;
+      return c.credential_id !== undefined ? credentials.get(`${c.agent_id}\0${c.credential_id}`) : undefined;
     },
   };
 }
