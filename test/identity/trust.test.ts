@@ -8,6 +8,7 @@ import { TOKEN_ERROR, TokenError } from '../../identity/errors';
 import { createTokenVerifier } from '../../identity/verify';
 import { AGENTS, auditEventsOf, auditTrailOf, runAgent } from '../helpers/agents';
 import { eventually, ROOT, startCustody, tempDir, type RunningCustody } from '../helpers/custody';
+import { startOtlpSink, type OtlpSink } from '../helpers/policy-otlp-sink';
 import { call, EXCHANGE, SEED } from '../helpers/tokens';
 
 /**
@@ -177,5 +178,48 @@ describe('identity and revocation against custody up (registered mode)', () => {
       expect.objectContaining({ kind: 'credential', agent_id: frank.agent.agent_id, credential_id: frank.agent.credential_id }),
     ]));
     expect(JSON.stringify(feed.body)).not.toMatch(/compromised|cag\./);
+  }, 60_000);
+});
+
+describe('revocations reach standalone policy-plane replicas through the feed', () => {
+  let sink: OtlpSink;
+  let tokens: RunningCustody;
+  const planes: RunningCustody[] = [];
+  beforeAll(async () => {
+    sink = await startOtlpSink();
+    tokens = await startCustody({ args: ['--otlp-url', sink.url], env: { CUSTODY_ADMIN_TOKEN: ADMIN } });
+    for (let i = 0; i < 2; i++) {
+      planes.push(await startCustody({ command: 'policy-plane', args: ['--token-url', tokens.url, '--otlp-url', sink.url], env: { CUSTODY_ADMIN_TOKEN: ADMIN } }));
+    }
+  }, 120_000);
+  afterAll(async () => {
+    for (const p of planes) await p.stop();
+    await tokens?.stop();
+    await sink?.close();
+  });
+
+  it('both replicas deny an offboarded sponsor\'s live token within 5 s and announce the change with the rollout', async () => {
+    const issued = await call(`${tokens.url}/issue`, { json: { tool: 'search', sponsor_id: 'dave', role: 'support', agent_instance_id: 'dave-replica-0' } });
+    expect(issued.status).toBe(201);
+    const other = await call(`${tokens.url}/issue`, { json: { tool: 'search', sponsor_id: 'erin', role: 'support', agent_instance_id: 'erin-replica-0' } });
+    const versions: string[] = [];
+    for (const plane of planes) {
+      expect(plane.output()).toContain(`${tokens.url}/v1/tokens/revocations`);
+      expect((await call(`${plane.url}/v1/check`, { json: { token: issued.body.token, tool: 'search', action: 'call' } })).body.decision).toBe('allow');
+      versions.push((await call(`${plane.url}/v1/rollout`)).body.revocations.version);
+    }
+
+    expect((await call(`${tokens.url}/v1/sponsors/dave/offboard`, { method: 'POST', auth: `Bearer ${ADMIN}` })).status).toBe(200);
+    const offboardedAt = Date.now();
+    for (const [i, plane] of planes.entries()) {
+      await eventually(async () => {
+        const r = await call(`${plane.url}/v1/check`, { json: { token: issued.body.token, tool: 'search', action: 'call' } });
+        return r.body.decision === 'deny' ? r.body : undefined;
+      }, 10_000, 100);
+      expect(Date.now() - offboardedAt).toBeLessThan(5000);
+      expect((await call(`${plane.url}/v1/rollout`)).body.revocations.version).not.toBe(versions[i]);
+      // another sponsor's token is untouched
+      expect((await call(`${plane.url}/v1/check`, { json: { token: other.body.token, tool: 'search', action: 'call' } })).body.decision).toBe('allow');
+    }
   }, 60_000);
 });
