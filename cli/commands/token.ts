@@ -242,16 +242,18 @@ export function registerTokenCommands(program: Command): void {
     );
 
   const sponsor = program.command('sponsor').description('the sponsor lifecycle (admin API: $CUSTODY_ADMIN_TOKEN)');
-  withClientOptions(sponsor.command('offboard').description('the sponsor leaves: revokes every agent they sponsor and refuses new tokens in their name'))
+  withClientOptions(sponsor.command('offboard').description('the sponsor leaves: revokes every agent they sponsor, refuses new tokens in their name, and has the policy plane deny their live ones'))
     .argument('<sponsor_id>')
     .option('--reason <reason>', 'why')
     .action((id: string, f) =>
       refusalsExit1(async () => {
         const r = await admin<{ revoked: AgentRecord[] }>(f.url, `/v1/sponsors/${encodeURIComponent(id)}/offboard`, 'POST', f.reason ? { reason: f.reason } : {});
-        process.stdout.write(`sponsor ${id} offboarded; ${r.revoked.length} agent(s) revoked\n${r.revoked.map((a) => `${agentLine(a)}\n`).join('')}`);
+        process.stdout.write(
+          `sponsor ${id} offboarded; ${r.revoked.length} agent(s) revoked; tokens issued in their name are denied from now on\n${r.revoked.map((a) => `${agentLine(a)}\n`).join('')}`,
+        );
       }),
     );
-  withClientOptions(sponsor.command('reinstate').description('lets an offboarded sponsor sponsor agents again (revoked agents stay revoked)'))
+  withClientOptions(sponsor.command('reinstate').description('lets an offboarded sponsor sponsor agents again (revoked agents, and tokens issued before the offboarding, stay revoked)'))
     .argument('<sponsor_id>')
     .action((id: string, f) =>
       refusalsExit1(async () => {
