@@ -114,7 +114,7 @@ describe('custody/register telemetry', () => {
     const run = await runAgent('telemetry.cjs', {
       args: ['natural'],
       env: {
-        ...env({ CUSTODY_AGENT_INSTANCE_ID: 'tele-registered', CUSTODY_AGENT_CREDENTIAL: credential, CUSTODY_PARENT_AGENT_ID: 'someone-else' }),
+        ...env({ CUSTODY_AGENT_INSTANCE_ID: 'tele-registered', CUSTODY_AGENT_CREDENTIAL: credential, CUSTODY_PARENT_AGENT_ID: 'someone-else', CUSTODY_POLICY_TIMEOUT_MS: '3000' }),
         CUSTODY_SPONSOR_ID: '',
         CUSTODY_ROLE: '',
       },
