@@ -108,9 +108,10 @@ export interface RevocationChecker {
 }
 
 /**
- * Checks tokens against a revocation source. A remote feed is fetched when the copy is older than
- * `refreshMs` (concurrent callers share one request, bounded by `timeoutMs`); while the feed cannot
- * be reached the last copy is used, for at most `maxStaleMs`, after which every token is refused.
+ * Checks tokens against a revocation source. A remote feed is renewed in the background once the
+ * copy is half `refreshMs` old, and waited for when it is `refreshMs` old (concurrent callers share
+ * one request, bounded by `timeoutMs`); while the feed cannot be reached the last copy is used, for
+ * at most `maxStaleMs`, after which every token is refused.
  */
 export function createRevocationChecker(source: RevocationSource, o: RevocationCheckerOptions = {}): RevocationChecker {
   const now = o.now ?? Date.now;
@@ -147,13 +148,15 @@ export function createRevocationChecker(source: RevocationSource, o: RevocationC
     };
     current = async () => {
       const t = now();
-      if ((!copy || t - copy.at >= refreshMs) && !inflight && t - lastAttempt >= Math.min(refreshMs, 1000)) {
+      const age = copy ? t - copy.at : Infinity;
+      // Busy: the copy is renewed in the background from half its interval, and no check waits.
+      if (age >= refreshMs / 2 && !inflight && t - lastAttempt >= Math.min(refreshMs, 1000) / 2) {
         lastAttempt = t;
         inflight = fetchFeed();
       }
-      // A feed that answers is waited for (a revocation counts from the next check); one that does
-      // not is not, until the copy is too old to use.
-      if (inflight && (healthy || !copy || t - copy.at >= maxStaleMs)) await inflight;
+      // Due: a feed that answers is waited for (a revocation counts from the next check); one that
+      // does not is not, until the copy is too old to use.
+      if (inflight && ((age >= refreshMs && healthy) || age >= maxStaleMs)) await inflight;
       if (!copy || now() - copy.at >= maxStaleMs) {
         throw new TokenError(
           TOKEN_ERROR.REVOCATIONS_UNAVAILABLE,
