@@ -9,7 +9,10 @@ export type { ReplayCache, ReplayCacheOptions } from './identity/replay';
 export type { TokenClaims, ActorClaim } from './identity/claims';
 export { TokenError, TOKEN_ERROR, TokenRequestError } from './identity/errors';
 export type { TokenErrorCode } from './identity/errors';
-export { issueToken, exchangeToken, jwksUrl } from './identity/client';
+export { issueToken, exchangeToken, jwksUrl, revocationsUrl } from './identity/client';
+export { createRevocationChecker } from './identity/revocation';
+export type { Revocation, RevocationChecker, RevocationCheckerOptions, RevocationSource, RevocationFeedBody } from './identity/revocation';
+export { instanceBelongsTo, instanceOwner } from './identity/instance';
 export type { IssueTokenBody, ExchangeTokenParams, ObtainedToken, TokenRequestOptions } from './identity/client';
 // Policy: the enforcer agents ask before every tool call, its refusals, and the pure decision function.
 export { createEnforcer, ENFORCER_RULE } from './enforcer/client/enforcer';

@@ -28,7 +28,8 @@ export interface TokenClaims {
   /** The human sponsor; absent only when the service does not require one. */
   sponsor_id?: string;
   agent_instance_id: string;
-  parent_agent_id?: string;
+  /** The delegating agent instance; null at the root. Set only by token exchange (RFC 8693), never asked for. */
+  parent_agent_id: string | null;
   tool: string;
   /** What the token may be exchanged for; always holds `tool`. */
   tools: string[];
@@ -38,8 +39,10 @@ export interface TokenClaims {
   /** Delegation depth: 0 for an issued token, the length of the `act` chain for an exchanged one. */
   depth: number;
   act?: ActorClaim;
-  /** The registered agent the token was issued to (registered mode). */
+  /** The registered agent the token was issued to (registered mode); kept through exchanges. */
   agent_id?: string;
+  /** Which of the agent's credentials the token was issued with (revocable on its own); kept through exchanges. */
+  credential_id?: string;
 }
 
 export const DEFAULT_ROLE_ORDER: readonly string[] = Object.freeze(['user', 'support', 'admin']);
@@ -113,7 +116,11 @@ export function checkChain(c: TokenClaims, roleOrder: readonly string[] = DEFAUL
   const length = actorChainLength(c.act);
   if (c.depth !== length) throw chainError(`depth ${c.depth} does not match the \`act\` chain of ${length}`);
   if (maxDepth !== undefined && c.depth > maxDepth) throw chainError(`delegation depth ${c.depth} exceeds ${maxDepth}`);
-  if (!c.act) return;
+  if (!c.act) {
+    // a parent exists only through exchange: a root token that names one was not issued by custody's rules
+    if (c.parent_agent_id !== null) throw chainError(`parent_agent_id '${c.parent_agent_id}' without an \`act\` chain: a parent comes only from token exchange`);
+    return;
+  }
   if (c.parent_agent_id !== c.act.sub) {
     throw chainError(`parent_agent_id '${c.parent_agent_id ?? ''}' is not the actor '${c.act.sub}'`);
   }
@@ -141,7 +148,9 @@ export function checkClaims(payload: unknown, o: ClaimCheckOptions): TokenClaims
   const p = payload;
   for (const n of ['iss', 'sub', 'jti', 'agent_instance_id', 'tool']) requireString(p, n);
   for (const n of ['iat', 'nbf', 'exp', 'ttl_seconds', 'depth']) requireSeconds(p, n);
-  for (const n of ['parent_agent_id', 'role', 'purpose', 'agent_id']) requireString(p, n, true);
+  for (const n of ['role', 'purpose', 'agent_id', 'credential_id']) requireString(p, n, true);
+  if (p.parent_agent_id === undefined) throw claimsError("claim 'parent_agent_id' is missing (null at the root)");
+  if (p.parent_agent_id !== null) requireString(p, 'parent_agent_id');
   requireString(p, 'sponsor_id', o.requireSponsor === false);
   if (!isNonEmptyString(p.aud)) throw claimsError(`claim 'aud' must be one tool (a non-empty string)`);
   if (!isStringArray(p.tools) || p.tools.length === 0) throw claimsError(`claim 'tools' must be a non-empty array of tool names`);

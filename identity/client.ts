@@ -9,7 +9,6 @@ export interface IssueTokenBody {
   tools?: string[];
   sponsor_id?: string;
   agent_instance_id?: string;
-  parent_agent_id?: string;
   role?: string;
   purpose?: string;
   /** Seconds. */
@@ -51,6 +50,9 @@ export function endpoint(baseUrl: string | URL, path: string): URL {
 
 /** Where the token service publishes its keys, for createTokenVerifier({ jwks }). */
 export const jwksUrl = (baseUrl: string | URL): URL => endpoint(baseUrl, '/.well-known/jwks.json');
+
+/** Where the token service publishes its revocations, for createTokenVerifier({ revocations }). */
+export const revocationsUrl = (baseUrl: string | URL): URL => endpoint(baseUrl, '/v1/tokens/revocations');
 
 /**
  * One JSON request to the control API, bounded by a timeout. Refusals become TokenRequestError with

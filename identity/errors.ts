@@ -16,6 +16,10 @@ export const TOKEN_ERROR = {
   MALFORMED: 'ERR_TOKEN_MALFORMED',
   /** The remote key set could not be fetched and no copy of it is cached. */
   JWKS_UNAVAILABLE: 'ERR_TOKEN_JWKS_UNAVAILABLE',
+  /** Its sponsor was offboarded, its agent or credential revoked (the revocation feed). */
+  REVOKED: 'ERR_TOKEN_REVOKED',
+  /** The revocation feed could not be had for longer than the verifier tolerates: nothing is accepted. */
+  REVOCATIONS_UNAVAILABLE: 'ERR_TOKEN_REVOCATIONS_UNAVAILABLE',
 } as const;
 export type TokenErrorCode = (typeof TOKEN_ERROR)[keyof typeof TOKEN_ERROR];
 
@@ -49,6 +53,10 @@ export const REFUSAL = {
   SPONSOR_OFFBOARDED: 'sponsor_offboarded',
   TOOL_NOT_ALLOWED: 'tool_not_allowed',
   ROLE_NOT_ALLOWED: 'role_not_allowed',
+  /** /issue named a parent: parents come only from token exchange. */
+  PARENT_REQUIRES_EXCHANGE: 'parent_requires_exchange',
+  /** An instance id outside the requester's namespace, or inside a registered agent's. */
+  INSTANCE_NOT_BOUND: 'instance_not_bound',
   // POST /token (RFC 6749 §5.2 / RFC 8693 §2.2.2 codes)
   INVALID_GRANT: 'invalid_grant',
   INVALID_TARGET: 'invalid_target',

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { ActorClaim, TokenClaims } from './claims';
 import { maxTtlFor, roleRank, type TokenServiceConfig } from './config';
 import { REFUSAL, refuse } from './errors';
+import { boundInstanceId, instanceBelongsTo, instanceOwner } from './instance';
 import { idString, optionalId, parseBody, toolList, ttlField } from './request';
 
 /** RFC 8693 identifiers. */
@@ -104,7 +105,7 @@ export function decideExchange(subject: TokenClaims, req: ExchangeRequest, ctx: 
   }
   const ttl = req.ttl ?? Math.min(config.default_ttl_seconds, roleMax, remaining);
 
-  const instance = req.agent_instance_id ?? ctx.newId();
+  const instance = delegateInstance(subject, req, ctx.newId);
   if (instance === subject.agent_instance_id) {
     throw refuse(REFUSAL.INVALID_REQUEST, 'agent_instance_id must be the delegate\'s, not the subject token\'s own');
   }
@@ -135,5 +136,25 @@ export function decideExchange(subject: TokenClaims, req: ExchangeRequest, ctx: 
     depth,
     act,
     ...(subject.agent_id !== undefined ? { agent_id: subject.agent_id } : {}),
+    ...(subject.credential_id !== undefined ? { credential_id: subject.credential_id } : {}),
   };
+}
+
+/** A registered agent's delegates stay in its namespace; an open-mode delegate may not enter one. */
+function delegateInstance(subject: TokenClaims, req: ExchangeRequest, newId: () => string): string {
+  const asked = req.agent_instance_id;
+  if (subject.agent_id !== undefined) {
+    if (asked === undefined) return boundInstanceId(subject.agent_id, newId());
+    if (!instanceBelongsTo(subject.agent_id, asked)) {
+      throw refuse(
+        REFUSAL.INSTANCE_NOT_BOUND,
+        `a delegate of agent ${subject.agent_id} is one of its instances ('${subject.agent_id}:<name>'), not '${asked}'`,
+        403,
+      );
+    }
+    return asked;
+  }
+  const owner = asked !== undefined ? instanceOwner(asked) : undefined;
+  if (owner !== undefined) throw refuse(REFUSAL.INSTANCE_NOT_BOUND, `instance '${asked}' belongs to registered agent ${owner}`, 403);
+  return asked ?? newId();
 }

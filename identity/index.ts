@@ -6,6 +6,8 @@ export * from './replay';
 export * from './verify';
 export * from './issue';
 export * from './exchange';
+export * from './instance';
+export * from './revocation';
 export * from './registry';
 export * from './service';
 export * from './routes';

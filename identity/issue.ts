@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { TokenClaims } from './claims';
 import { maxTtlFor, roleRank, type TokenServiceConfig } from './config';
 import { REFUSAL, refuse } from './errors';
+import { boundInstanceId, instanceBelongsTo, instanceOwner } from './instance';
 import type { AgentRecord } from './registry';
 import { idString, optionalId, parseBody, toolList, ttlField } from './request';
 
@@ -35,11 +36,20 @@ export interface IssueContext {
 /**
  * Decides an issuance: the claims of the token to sign, or a refusal. Pure but for `newId`.
  * A registered agent's sponsor, role, tools and maximum TTL come from its registration; the body may
- * only narrow them. A TTL above a maximum is refused, never shortened.
+ * only narrow them. A TTL above a maximum is refused, never shortened. Identity is issued, not
+ * claimed: an issued token is a root token (parent_agent_id null; a parent comes only from token
+ * exchange), and a registered agent's instance ids lie in its own namespace (instance.ts).
  */
 export function decideIssue(req: IssueRequest, ctx: IssueContext): TokenClaims {
   const { config, requester } = ctx;
   if (!req.tool) throw refuse(REFUSAL.INVALID_REQUEST, "field 'tool' is required");
+  if (req.parent_agent_id !== undefined) {
+    throw refuse(
+      REFUSAL.PARENT_REQUIRES_EXCHANGE,
+      "field 'parent_agent_id' is not accepted: a sub-agent's token comes from exchanging its parent's token (POST /token, RFC 8693)",
+    );
+  }
+  const instance = issuedInstance(req, requester, ctx.newId);
   const tools = [...new Set([req.tool, ...(req.tools ?? [])])];
   const unsupported = tools.filter((t) => !config.supported_tools.includes(t));
   if (unsupported.length) {
@@ -94,7 +104,6 @@ export function decideIssue(req: IssueRequest, ctx: IssueContext): TokenClaims {
   }
   const ttl = req.ttl ?? Math.min(config.default_ttl_seconds, ceiling);
   const iat = Math.floor(ctx.now / 1000);
-  const instance = req.agent_instance_id ?? ctx.newId();
   return {
     iss: config.issuer,
     sub: instance,
@@ -105,13 +114,38 @@ export function decideIssue(req: IssueRequest, ctx: IssueContext): TokenClaims {
     jti: ctx.newId(),
     ...(sponsor !== undefined ? { sponsor_id: sponsor } : {}),
     agent_instance_id: instance,
-    ...(req.parent_agent_id !== undefined ? { parent_agent_id: req.parent_agent_id } : {}),
+    parent_agent_id: null,
     tool: req.tool,
     tools,
     ...(role !== undefined ? { role } : {}),
     ...(req.purpose ? { purpose: req.purpose } : {}),
     ttl_seconds: ttl,
     depth: 0,
-    ...(requester.kind === 'agent' ? { agent_id: requester.agent.agent_id } : {}),
+    ...(requester.kind === 'agent' ? { agent_id: requester.agent.agent_id, credential_id: requester.agent.credential_id } : {}),
   };
+}
+
+/**
+ * The instance the token is for: a registered agent's must be in its namespace (generated there
+ * when the body names none); in open mode any id but one inside a registered agent's namespace.
+ */
+function issuedInstance(req: IssueRequest, requester: Requester, newId: () => string): string {
+  const asked = req.agent_instance_id;
+  if (requester.kind === 'agent') {
+    const agentId = requester.agent.agent_id;
+    if (asked === undefined) return boundInstanceId(agentId, newId());
+    if (!instanceBelongsTo(agentId, asked)) {
+      throw refuse(
+        REFUSAL.INSTANCE_NOT_BOUND,
+        `agent ${agentId} may name only its own instances ('${agentId}' or '${agentId}:<name>'), not '${asked}'`,
+        403,
+      );
+    }
+    return asked;
+  }
+  const owner = asked !== undefined ? instanceOwner(asked) : undefined;
+  if (owner !== undefined) {
+    throw refuse(REFUSAL.INSTANCE_NOT_BOUND, `instance '${asked}' belongs to registered agent ${owner}: ask with its credential`, 403);
+  }
+  return asked ?? newId();
 }

@@ -6,6 +6,7 @@ import { ConfigError, HttpError } from '../common/errors';
 import { maxTtlFor, roleRank, type TokenServiceConfig } from './config';
 import { REFUSAL, refuse } from './errors';
 import { optionalId, parseBody, toolList, ttlField } from './request';
+import { indexRevocations, revocationSchema, type Revocation, type RevocationIndex } from './revocation';
 
 /** A registered agent as the admin API shows it: never the credential, never its hash. */
 export interface AgentRecord {
@@ -20,11 +21,13 @@ export interface AgentRecord {
   created_at: number;
   created_by: string;
   credential_issued_at: number;
+  /** Names the current credential in the tokens issued with it (claim credential_id), never reveals it. */
+  credential_id: string;
   revoked_at?: number;
   revoked_reason?: string;
 }
 
-interface StoredAgent extends AgentRecord {
+interface StoredAgent extends Omit<AgentRecord, 'credential_id'> {
   /** SHA-256 (hex) of the credential's secret part. */
   credential_hash: string;
 }
@@ -33,6 +36,8 @@ interface StoredRegistry {
   version: 1;
   agents: StoredAgent[];
   offboarded_sponsors: Record<string, { at: number; reason: string }>;
+  /** Every offboarding and revocation, oldest first (the revocation feed); kept after a reinstatement. */
+  revocations?: Revocation[];
 }
 
 /** The credential is shown once, at registration or rotation: `cag.<agent_id>.<secret>`. */
@@ -66,6 +71,10 @@ export interface AgentRegistry {
   reinstateSponsor(sponsorId: string): Promise<void>;
   isSponsorOffboarded(sponsorId: string): boolean;
   isAgentActive(agentId: string): boolean;
+  /** The revocations, indexed; the same object until the next change. */
+  revocations(): RevocationIndex;
+  /** The list as stored, oldest first. */
+  revocationList(): readonly Revocation[];
 }
 
 export interface RegistryOptions {
@@ -78,9 +87,12 @@ export interface RegistryOptions {
 const CREDENTIAL_PREFIX = 'cag';
 const hashSecret = (secret: string) => crypto.createHash('sha256').update(secret).digest('hex');
 
+/** A stable, non-secret name for a credential: derived from its hash, so nothing new is stored. */
+const credentialIdOf = (credentialHash: string) => crypto.createHash('sha256').update(`credential-id:${credentialHash}`).digest('hex').slice(0, 16);
+
 function publicRecord(a: StoredAgent): AgentRecord {
-  const { credential_hash: _hidden, ...rest } = a;
-  return structuredClone(rest);
+  const { credential_hash: hash, ...rest } = a;
+  return { ...structuredClone(rest), credential_id: credentialIdOf(hash) };
 }
 
 async function writeAtomically(file: string, data: string): Promise<void> {
@@ -116,6 +128,7 @@ const storedSchema = z.object({
     }),
   ),
   offboarded_sponsors: z.record(z.string(), z.object({ at: z.number(), reason: z.string() })),
+  revocations: z.array(revocationSchema).optional(),
 });
 
 function readStored(file: string): StoredRegistry {
@@ -152,11 +165,21 @@ export function openAgentRegistry(options: RegistryOptions): AgentRegistry {
   const byId = new Map(state.agents.map((a) => [a.agent_id, a]));
   // A Map, not an object: sponsor ids are user input ('__proto__').
   const offboarded = new Map(Object.entries(state.offboarded_sponsors));
+  // A registry written before revocations were listed: what it says is revoked, as of when.
+  const revocations: Revocation[] = state.revocations ?? [
+    ...[...offboarded].map(([sponsor_id, o]): Revocation => ({ kind: 'sponsor', sponsor_id, revoked_at: o.at })),
+    ...state.agents.filter((a) => a.status === 'revoked').map((a): Revocation => ({ kind: 'agent', agent_id: a.agent_id, revoked_at: a.revoked_at ?? 0 })),
+  ];
+  let index = indexRevocations(revocations);
+  const revoked = (...entries: Revocation[]) => {
+    revocations.push(...entries);
+    index = indexRevocations(revocations);
+  };
   let writing: Promise<void> = Promise.resolve();
 
   const persist = () => {
     if (!file) return Promise.resolve();
-    const snapshot = JSON.stringify({ version: 1, agents: state.agents, offboarded_sponsors: Object.fromEntries(offboarded) }, null, 2);
+    const snapshot = JSON.stringify({ version: 1, agents: state.agents, offboarded_sponsors: Object.fromEntries(offboarded), revocations }, null, 2);
     writing = writing.catch(() => undefined).then(() => writeAtomically(file, snapshot));
     return writing;
   };
@@ -234,7 +257,10 @@ export function openAgentRegistry(options: RegistryOptions): AgentRegistry {
     async rotate(agentId) {
       const agent = find(agentId);
       if (agent.status !== 'active') throw new HttpError(409, 'agent_revoked', `agent ${agentId} has been revoked`);
+      const old = credentialIdOf(agent.credential_hash);
       const credential = newCredential(agent);
+      // the old credential's tokens go with it
+      revoked({ kind: 'credential', agent_id: agentId, credential_id: old, revoked_at: agent.credential_issued_at });
       await persist();
       return { agent: publicRecord(agent), credential };
     },
@@ -244,12 +270,13 @@ export function openAgentRegistry(options: RegistryOptions): AgentRegistry {
         agent.status = 'revoked';
         agent.revoked_at = now();
         agent.revoked_reason = reason;
+        revoked({ kind: 'agent', agent_id: agentId, revoked_at: agent.revoked_at });
         await persist();
       }
       return publicRecord(agent);
     },
     async offboardSponsor(sponsorId, reason = 'sponsor offboarded') {
-      const revoked: AgentRecord[] = [];
+      const revokedAgents: AgentRecord[] = [];
       const at = now();
       offboarded.set(sponsorId, { at, reason });
       for (const agent of state.agents) {
@@ -257,10 +284,11 @@ export function openAgentRegistry(options: RegistryOptions): AgentRegistry {
         agent.status = 'revoked';
         agent.revoked_at = at;
         agent.revoked_reason = reason;
-        revoked.push(publicRecord(agent));
+        revokedAgents.push(publicRecord(agent));
       }
+      revoked({ kind: 'sponsor', sponsor_id: sponsorId, revoked_at: at }, ...revokedAgents.map((a): Revocation => ({ kind: 'agent', agent_id: a.agent_id, revoked_at: at })));
       await persist();
-      return { sponsor_id: sponsorId, revoked };
+      return { sponsor_id: sponsorId, revoked: revokedAgents };
     },
     async reinstateSponsor(sponsorId) {
       if (!offboarded.delete(sponsorId)) return;
@@ -268,5 +296,7 @@ export function openAgentRegistry(options: RegistryOptions): AgentRegistry {
     },
     isSponsorOffboarded: (sponsorId) => offboarded.has(sponsorId),
     isAgentActive: (agentId) => byId.get(agentId)?.status === 'active',
+    revocations: () => index,
+    revocationList: () => revocations,
   };
 }

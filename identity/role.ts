@@ -6,6 +6,7 @@ import { SERVICE, type RoleContext, type RunningRole } from '../common/role';
 import { loadTokenConfig, type TokenMode, type TokenServiceConfig } from './config';
 import { createKeyRing, keySourceFor } from './keys';
 import { openAgentRegistry } from './registry';
+import type { RevocationIndex } from './revocation';
 import { adminRouter, tokenRouter, TOKEN_PATHS, unreadableBodyReporter } from './routes';
 import { createTokenService, type ServiceMode } from './service';
 
@@ -13,6 +14,8 @@ import { createTokenService, type ServiceMode } from './service';
 export interface TokenKeysService {
   readonly issuer: string;
   jwks(): import('jose').JSONWebKeySet;
+  /** Offboardings and revocations as the registry holds them now. */
+  revocations(): RevocationIndex;
 }
 
 export function isLoopback(host: string): boolean {
@@ -58,7 +61,7 @@ export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRo
   ctx.control.use(tokenRouter(service));
   ctx.control.use(adminRouter({ registry, keys, adminToken, openMode: mode === 'open' }));
   ctx.control.use([TOKEN_PATHS.ISSUE, TOKEN_PATHS.TOKEN], unreadableBodyReporter(service));
-  const keysService: TokenKeysService = { issuer: config.issuer, jwks: () => keys.jwks() };
+  const keysService: TokenKeysService = { issuer: config.issuer, jwks: () => keys.jwks(), revocations: () => registry.revocations() };
   ctx.services.provide(SERVICE.TOKEN_KEYS, keysService);
   ctx.addReadinessCheck('token-keys', () => keys.jwks().keys.length > 0);
 

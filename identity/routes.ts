@@ -3,11 +3,12 @@ import express, { Router, type ErrorRequestHandler, type RequestHandler } from '
 import { HttpError } from '../common/errors';
 import { queryString } from '../common/http';
 import { JWT_TOKEN_TYPE } from './exchange';
+import { REVOCATIONS_PATH } from './revocation';
 import type { KeyRing } from './keys';
 import type { AgentRegistry } from './registry';
 import type { IssuedToken, TokenKind, TokenService } from './service';
 
-export const TOKEN_PATHS = { ISSUE: '/issue', TOKEN: '/token', JWKS: '/.well-known/jwks.json' } as const;
+export const TOKEN_PATHS = { ISSUE: '/issue', TOKEN: '/token', JWKS: '/.well-known/jwks.json', REVOCATIONS: REVOCATIONS_PATH } as const;
 
 const form = express.urlencoded({ extended: false, limit: '64kb', parameterLimit: 50 });
 
@@ -39,6 +40,10 @@ export function tokenRouter(service: TokenService): Router {
         scope: issued.claims.tools.join(' '),
         ...tokenBody(issued),
       });
+  });
+  // Offboardings and revocations, for the policy plane and offline verifiers (createTokenVerifier({ revocations })).
+  router.get(TOKEN_PATHS.REVOCATIONS, (_req, res) => {
+    res.set('Cache-Control', 'no-store').json(service.revocationFeed());
   });
   router.get(TOKEN_PATHS.JWKS, (_req, res) => {
     res.set('Cache-Control', 'public, max-age=60').json(service.keys.jwks());

@@ -13,6 +13,7 @@ import { decideIssue, parseIssueRequest, type Requester } from './issue';
 import type { KeyRing } from './keys';
 import type { AgentRegistry } from './registry';
 import { bodyField } from './request';
+import { indexRevocations, revocationsVersion, type RevocationFeedBody } from './revocation';
 import { createTokenVerifier, type TokenVerifier } from './verify';
 
 export type TokenKind = 'issue' | 'exchange';
@@ -51,7 +52,13 @@ export interface TokenService {
   sign(claims: TokenClaims): Promise<string>;
   /** Reports a refusal that happened before issue()/exchange() saw the request (an unreadable body). */
   reportRefusal(kind: TokenKind, error: HttpError, body?: unknown): void;
+  /** GET /v1/tokens/revocations: every offboarding and revocation, for the plane and offline verifiers. */
+  revocationFeed(): RevocationFeedBody;
 }
+
+/** How often readers of the revocation feed are told to ask again, s. */
+export const REVOCATION_REFRESH_S = 2;
+const NO_REVOCATIONS = indexRevocations([]);
 
 const issuedTotal = () =>
   counter<'result'>({ name: METRIC.TOKENS_ISSUED_TOTAL, help: 'Tokens issued and refused by the token service', labelNames: ['result'] });
@@ -71,7 +78,7 @@ function claimAttributes(kind: TokenKind, c: TokenClaims): Attributes {
     [ATTR.TOKEN_EXPIRES_AT]: c.exp * 1000,
   };
   setIf(attrs, ATTR.SPONSOR_ID, c.sponsor_id);
-  setIf(attrs, ATTR.PARENT_AGENT_ID, c.parent_agent_id);
+  setIf(attrs, ATTR.PARENT_AGENT_ID, c.parent_agent_id ?? undefined);
   setIf(attrs, ATTR.ROLE, c.role);
   setIf(attrs, ATTR.PURPOSE, c.purpose);
   return attrs;
@@ -125,6 +132,8 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     maxDepth: config.delegation.max_depth,
     maxTtlSeconds: config.max_ttl_seconds,
     roleOrder: config.roleOrder,
+    // a revoked party's tokens are not exchanged either
+    revocations: () => registry?.revocations() ?? NO_REVOCATIONS,
   });
 
   const report = (name: 'issued' | 'refused', attrs: Attributes, error?: string) => {
@@ -167,6 +176,10 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     keys,
     mode,
     sign,
+    revocationFeed() {
+      const list = registry ? [...registry.revocationList()] : [];
+      return { issuer: config.issuer, version: registry?.revocations().version ?? revocationsVersion([]), refresh_seconds: REVOCATION_REFRESH_S, revocations: list };
+    },
     reportRefusal: (kind, error, body) => {
       report('refused', refusalAttributes(kind, error.code, body, {}), error.code);
     },

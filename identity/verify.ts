@@ -11,6 +11,7 @@ import {
 import { checkClaims, DEFAULT_ROLE_ORDER, type TokenClaims } from './claims';
 import { TOKEN_ERROR, TokenError } from './errors';
 import { createReplayCache, type ReplayCache } from './replay';
+import { createRevocationChecker, type RevocationChecker, type RevocationSource } from './revocation';
 
 /** Asymmetric algorithms only: `none` and every HS* (an HMAC made with a public key) are refused. */
 export const ALLOWED_ALGORITHMS = ['EdDSA', 'ES256'] as const;
@@ -44,6 +45,16 @@ export interface TokenVerifierOptions {
    * signature check (claims, clock, audience and replay are checked every time). 0 disables. Default 10000.
    */
   verifiedCacheSize?: number;
+  /**
+   * Refuse revoked tokens (offboarded sponsor, revoked agent or credential) with ERR_TOKEN_REVOKED:
+   * the token service's feed URL (GET /v1/tokens/revocations, see revocationsUrl), a getter of the
+   * current list (same process), or a checker shared between verifiers. Default: none.
+   */
+  revocations?: RevocationSource | RevocationChecker;
+  /** Feed URL: ask again once the copy is this old, ms. Default 2000. */
+  revocationRefreshMs?: number;
+  /** Feed URL: with no answer for this long, refuse every token (ERR_TOKEN_REVOCATIONS_UNAVAILABLE), ms. Default 60000. */
+  revocationMaxStaleMs?: number;
 }
 
 export interface VerifyOptions {
@@ -192,6 +203,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
   const { getKey, current } = keyGetter(options.jwks, options);
   const verified = new Map<string, Verified>();
   const roleOrder = options.roleOrder ?? DEFAULT_ROLE_ORDER;
+  const revocations = revocationChecker(options);
 
   const claimOptions = (audience: VerifyOptions['audience']) => ({
     issuer: options.issuer,
@@ -270,8 +282,28 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
           verified.set(token, { claims: Object.freeze(claims) as TokenClaims, ...(set ? { set } : {}) });
         }
       }
+      if (revocations) await revocations.check(claims);
       if (verifyOptions.singleUse) replay.use(claims.jti, claims.exp);
       return claims;
     },
   };
+}
+
+function isChecker(v: unknown): v is RevocationChecker {
+  return typeof v === 'object' && v !== null && typeof (v as RevocationChecker).check === 'function';
+}
+
+function revocationChecker(o: TokenVerifierOptions): RevocationChecker | undefined {
+  const r = o.revocations;
+  if (r === undefined || r === null) return undefined;
+  if (isChecker(r)) return r;
+  if (!(r instanceof URL) && typeof r !== 'string' && typeof r !== 'function') {
+    throw new TypeError('revocations must be the feed URL, a function returning the current list, or a revocation checker');
+  }
+  return createRevocationChecker(r, {
+    ...(o.revocationRefreshMs !== undefined ? { refreshMs: o.revocationRefreshMs } : {}),
+    ...(o.revocationMaxStaleMs !== undefined ? { maxStaleMs: o.revocationMaxStaleMs } : {}),
+    ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+    ...(o.now ? { now: o.now } : {}),
+  });
 }

@@ -45,7 +45,6 @@ export function delegationRequest(scope: AgentScope, tools?: readonly string[]):
   const list = tools?.length ? [...tools] : defaultTools();
   // tool '' is filled in from the policy's tools when the request is made
   const issue: IssueTokenBody = { tool: list[0] ?? '', tools: list, agent_instance_id: id.agentInstanceId };
-  if (id.parentAgentId) issue.parent_agent_id = id.parentAgentId;
   if (!id.credential) {
     // open mode: the body speaks for the agent; registered mode: the registration does
     if (id.sponsorId) issue.sponsor_id = id.sponsorId;

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { DEFAULTS, ENV } from '../common/names';
+import { boundInstanceId, credentialAgentId, isAgentId } from '../identity/instance';
 
 /**
  * Who an agent instance is, as the enforcer and the token service need it. Read once from the
@@ -47,7 +48,12 @@ export function flag(raw: string | undefined, fallback: boolean): boolean {
   return /^(1|true|yes|on)$/i.test(raw.trim());
 }
 
-/** The process's identity; a fresh agent_instance_id when CUSTODY_AGENT_INSTANCE_ID is unset. */
+/**
+ * The process's identity; a fresh agent_instance_id when CUSTODY_AGENT_INSTANCE_ID is unset. A
+ * registered agent (credential, no delegation token) is a root instance in its own namespace
+ * (`<agent_id>:<name>`, the only instances the token service issues it tokens for), and a parent
+ * it did not get through a delegation token is not its to claim.
+ */
 export function readIdentity(env: Env = process.env, newId: () => string = randomUUID): AgentIdentity {
   const identity: AgentIdentity = { agentInstanceId: value(env, ENV.AGENT_INSTANCE_ID) ?? newId() };
   const set = (key: keyof AgentIdentity, name: string): void => {
@@ -60,7 +66,28 @@ export function readIdentity(env: Env = process.env, newId: () => string = rando
   set('agentName', ENV.AGENT_NAME);
   set('credential', ENV.AGENT_CREDENTIAL);
   set('delegationToken', ENV.DELEGATION_TOKEN);
+  if (identity.delegationToken) {
+    // a registered agent's delegate is one of its instances too
+    const owner = delegatedAgentId(identity.delegationToken);
+    if (owner) identity.agentInstanceId = boundInstanceId(owner, identity.agentInstanceId);
+  } else if (identity.credential) {
+    const agentId = credentialAgentId(identity.credential);
+    if (agentId) {
+      identity.agentInstanceId = boundInstanceId(agentId, identity.agentInstanceId);
+      delete identity.parentAgentId;
+    }
+  }
   return identity;
+}
+
+/** The registered agent a delegation token was issued under (claim agent_id), read without verifying: the token service verifies it. */
+function delegatedAgentId(token: string): string | undefined {
+  try {
+    const claims = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as { agent_id?: unknown };
+    return typeof claims.agent_id === 'string' && isAgentId(claims.agent_id) ? claims.agent_id : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export function readSettings(env: Env = process.env): AgentSettings {

@@ -32,7 +32,7 @@ async function learn(scope: AgentScope, tool: string): Promise<void> {
     } else {
       const got = await issueToken(
         getRuntime().settings.tokenUrl,
-        { tool, agent_instance_id: id.agentInstanceId, ...(id.parentAgentId ? { parent_agent_id: id.parentAgentId } : {}) },
+        { tool, agent_instance_id: id.agentInstanceId },
         { credential: id.credential!, timeoutMs: TIMEOUT_MS },
       );
       claims = got.claims;

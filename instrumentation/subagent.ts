@@ -16,6 +16,7 @@ import {
 } from '@opentelemetry/api';
 import { W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { ATTR, BAGGAGE, ENV, PROPAGATION } from '../common/names';
+import { boundInstanceId, instanceOwner } from '../identity/instance';
 import { delegationToken, delegationTokenSync } from './delegation';
 import type { AgentIdentity } from './identity';
 import { getRuntime } from './runtime';
@@ -75,7 +76,10 @@ export async function startSubAgent<T>(
 
   const parent = currentScope();
   const p = parent.identity;
-  const identity: AgentIdentity = { agentInstanceId: options.agentInstanceId ?? randomUUID(), parentAgentId: p.agentInstanceId };
+  // a registered agent's sub-agents are instances in its namespace, as the token service requires
+  const owner = instanceOwner(p.agentInstanceId);
+  const local = options.agentInstanceId ?? randomUUID();
+  const identity: AgentIdentity = { agentInstanceId: owner ? boundInstanceId(owner, local) : local, parentAgentId: p.agentInstanceId };
   if (p.sponsorId) identity.sponsorId = p.sponsorId;
   if (p.role) identity.role = p.role;
   const name = options.name ?? p.agentName;

@@ -110,7 +110,6 @@ export function registerTokenCommands(program: Command): void {
     .option('--purpose <purpose>', 'why the token is needed')
     .option('--tools <tools>', 'tools the token may be exchanged for (comma-separated), for a delegation token', list)
     .option('--agent-instance-id <id>', 'the agent instance (default: a new one)')
-    .option('--parent-agent-id <id>', 'the parent agent instance')
     .option('--credential <credential>', `the agent credential (default $${ENV.AGENT_CREDENTIAL})`)
     .option('--json', 'print the token and its claims as JSON')
     .action((f) =>
@@ -123,7 +122,6 @@ export function registerTokenCommands(program: Command): void {
           ...(f.purpose ? { purpose: f.purpose } : {}),
           ...(f.tools ? { tools: f.tools } : {}),
           ...(f.agentInstanceId ? { agent_instance_id: f.agentInstanceId } : {}),
-          ...(f.parentAgentId ? { parent_agent_id: f.parentAgentId } : {}),
         };
         const credential = f.credential ?? process.env[ENV.AGENT_CREDENTIAL];
         printToken(await issueToken(f.url, body, { timeoutMs: 10_000, ...(credential ? { credential } : {}) }), f.json);
@@ -246,16 +244,18 @@ export function registerTokenCommands(program: Command): void {
     );
 
   const sponsor = program.command('sponsor').description('the sponsor lifecycle (admin API: $CUSTODY_ADMIN_TOKEN)');
-  withClientOptions(sponsor.command('offboard').description('the sponsor leaves: revokes every agent they sponsor and refuses new tokens in their name'))
+  withClientOptions(sponsor.command('offboard').description('the sponsor leaves: revokes every agent they sponsor, refuses new tokens in their name, and has the policy plane deny their live ones'))
     .argument('<sponsor_id>')
     .option('--reason <reason>', 'why')
     .action((id: string, f) =>
       refusalsExit1(async () => {
         const r = await admin<{ revoked: AgentRecord[] }>(f.url, `/v1/sponsors/${encodeURIComponent(id)}/offboard`, 'POST', f.reason ? { reason: f.reason } : {});
-        process.stdout.write(`sponsor ${id} offboarded; ${r.revoked.length} agent(s) revoked\n${r.revoked.map((a) => `${agentLine(a)}\n`).join('')}`);
+        process.stdout.write(
+          `sponsor ${id} offboarded; ${r.revoked.length} agent(s) revoked; tokens issued in their name are denied from now on\n${r.revoked.map((a) => `${agentLine(a)}\n`).join('')}`,
+        );
       }),
     );
-  withClientOptions(sponsor.command('reinstate').description('lets an offboarded sponsor sponsor agents again (revoked agents stay revoked)'))
+  withClientOptions(sponsor.command('reinstate').description('lets an offboarded sponsor sponsor agents again (revoked agents, and tokens issued before the offboarding, stay revoked)'))
     .argument('<sponsor_id>')
     .action((id: string, f) =>
       refusalsExit1(async () => {

@@ -72,7 +72,7 @@ export interface EnforcerOptions {
   cacheTtlS?: number;
   /** The incident switch: a longer TTL for allows, s. Default $CUSTODY_INCIDENT_CACHE_TTL_S (unset: off). */
   incidentCacheTtlS?: number;
-  /** Ask GET /v1/rollout again after this long, ms. Default 5000. */
+  /** Ask GET /v1/rollout again after this long, ms; also how late a revocation may reach cached allows. Default 2000. */
   rolloutRefreshMs?: number;
   /** A rollout answer older than this is unknown (calls are enforced), ms. Default 30000. */
   rolloutMaxAgeMs?: number;
@@ -151,7 +151,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     timeoutMs: options.timeoutMs ?? envNumber(env, ENV.POLICY_TIMEOUT_MS, DEFAULTS.POLICY_TIMEOUT_MS, 1, 60_000),
     cacheTtlS: options.cacheTtlS ?? envNumber(env, ENV.DECISION_CACHE_TTL_S, DEFAULTS.DECISION_CACHE_TTL_S, 0, MAX_INCIDENT_CACHE_TTL_S),
     incidentCacheTtlS: options.incidentCacheTtlS ?? (env[ENV.INCIDENT_CACHE_TTL_S] ? envNumber(env, ENV.INCIDENT_CACHE_TTL_S, 0, 1, MAX_INCIDENT_CACHE_TTL_S) : null),
-    rolloutRefreshMs: options.rolloutRefreshMs ?? 5_000,
+    rolloutRefreshMs: options.rolloutRefreshMs ?? 2_000,
     rolloutMaxAgeMs: options.rolloutMaxAgeMs ?? 30_000,
   });
   for (const [name, v] of Object.entries({ timeoutMs: settings.timeoutMs, cacheTtlS: settings.cacheTtlS })) {
@@ -201,7 +201,14 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       planeIncidentS = ttl;
       announceIncident();
     },
+    onRevocations: dropCachedAllows,
   });
+
+  /** The plane's revocations changed: no allow or token kept from before is reused. */
+  function dropCachedAllows(): void {
+    allows.clear();
+    tokens.clear();
+  }
   void rollout.refresh();
 
   let toolMap: { map: Record<string, { tool: string; action?: string }>; fetchedAt: number } | undefined;
@@ -310,7 +317,6 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
         tool,
         agent_instance_id: identity.agentInstanceId,
         ...(identity.sponsorId ? { sponsor_id: identity.sponsorId } : {}),
-        ...(identity.parentAgentId ? { parent_agent_id: identity.parentAgentId } : {}),
         ...(identity.role ? { role: identity.role } : {}),
         ...(purpose ? { purpose } : {}),
         ...(options.tokenTtlS ? { ttl: options.tokenTtlS } : {}),
@@ -457,6 +463,8 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     }
 
     const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}`;
+    // a cached allow is reused only once the plane's latest revocations are known (or it cannot answer in time)
+    if (allows.get(key, now(), effectiveTtlMs())) await rollout.settle(settings.timeoutMs);
     const hit = allows.get(key, now(), effectiveTtlMs());
     if (hit) {
       const a = hit.value;

@@ -5,6 +5,8 @@ export interface RolloutSnapshot {
   percent: number;
   /** The plane's incident switch: allows stay cached this long; null when off. */
   incidentCacheTtlS: number | null;
+  /** The version of the revocations the plane enforces; undefined when it does not say. */
+  revocationsVersion?: string;
   /** Epoch ms of the answer. */
   fetchedAt: number;
 }
@@ -20,6 +22,8 @@ export interface RolloutClientOptions {
   now: () => number;
   /** Called when the plane's incident switch changes (null: off). */
   onIncident?: (cacheTtlS: number | null) => void;
+  /** Called when the plane's revocations change: someone's tokens are no longer accepted. */
+  onRevocations?: () => void;
 }
 
 /**
@@ -30,6 +34,9 @@ export interface RolloutClientOptions {
 export function createRolloutClient(o: RolloutClientOptions) {
   let snapshot: RolloutSnapshot | undefined;
   let incident: number | null = null;
+  let revocations: string | undefined;
+  /** Whether the last ask was answered: a plane in trouble is not waited for. */
+  let answering = true;
   let inflight: Promise<void> | undefined;
   let lastAttempt = -Infinity;
   let closed = false;
@@ -41,13 +48,20 @@ export function createRolloutClient(o: RolloutClientOptions) {
       try {
         const body = await requestJson(o.url, { method: 'GET', signal: AbortSignal.timeout(o.timeoutMs), timeoutMs: o.timeoutMs });
         const parsed = parseRollout(body);
+        answering = parsed !== undefined;
         if (!parsed) return; // a malformed answer leaves what we knew to age out
         snapshot = { ...parsed, fetchedAt: o.now() };
         if (parsed.incidentCacheTtlS !== incident) {
           incident = parsed.incidentCacheTtlS;
           o.onIncident?.(incident);
         }
+        if (parsed.revocationsVersion !== undefined && parsed.revocationsVersion !== revocations) {
+          // the first answer too: allows cached before it may be for a party revoked since
+          revocations = parsed.revocationsVersion;
+          o.onRevocations?.();
+        }
       } catch {
+        answering = false;
         /* unknown rollout fails closed (enforce); the next call tries again */
       } finally {
         inflight = undefined;
@@ -70,6 +84,24 @@ export function createRolloutClient(o: RolloutClientOptions) {
      * the switch exists for the time the plane is in trouble.
      */
     incidentCacheTtlS: (): number | null => incident,
+    /**
+     * Before reusing a cached allow: when the last answer is older than the refresh interval, ask
+     * again and wait for it (at most `maxWaitMs`), so a revocation the plane announced is seen first.
+     * A plane that did not answer last time is not waited for.
+     */
+    async settle(maxWaitMs: number): Promise<void> {
+      const now = o.now();
+      if (closed || now - (snapshot?.fetchedAt ?? -Infinity) < o.refreshMs) return;
+      if (!answering) {
+        // the plane is in trouble (what cached allows are for): ask in the background, at most once a second
+        if (!inflight && now - lastAttempt >= Math.min(o.refreshMs, 1000)) void refresh();
+        return;
+      }
+      const pending = inflight ?? refresh();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([pending, new Promise<void>((resolve) => (timer = setTimeout(resolve, maxWaitMs)))]);
+      clearTimeout(timer);
+    },
     refresh,
     close(): void {
       closed = true;
@@ -81,7 +113,7 @@ export type RolloutClient = ReturnType<typeof createRolloutClient>;
 
 function parseRollout(body: unknown): Omit<RolloutSnapshot, 'fetchedAt'> | undefined {
   if (typeof body !== 'object' || body === null) return undefined;
-  const b = body as { percent?: unknown; incident?: unknown };
+  const b = body as { percent?: unknown; incident?: unknown; revocations?: unknown };
   if (typeof b.percent !== 'number' || !(b.percent >= 0 && b.percent <= 100)) return undefined;
   let incidentCacheTtlS: number | null = null;
   if (b.incident !== undefined && b.incident !== null) {
@@ -89,5 +121,6 @@ function parseRollout(body: unknown): Omit<RolloutSnapshot, 'fetchedAt'> | undef
     if (typeof ttl !== 'number' || !(ttl > 0)) return undefined;
     incidentCacheTtlS = ttl;
   }
-  return { percent: b.percent, incidentCacheTtlS };
+  const version = (b.revocations as { version?: unknown } | null | undefined)?.version;
+  return { percent: b.percent, incidentCacheTtlS, ...(typeof version === 'string' && version ? { revocationsVersion: version } : {}) };
 }

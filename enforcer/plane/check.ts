@@ -73,7 +73,8 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
       outcome = decideFor(req, claims, policy, now());
     } catch (err) {
       if (!(err instanceof TokenError)) throw err;
-      if (err.code === TOKEN_ERROR.JWKS_UNAVAILABLE) {
+      // Keys or revocations that cannot be had: nothing was decided.
+      if (err.code === TOKEN_ERROR.JWKS_UNAVAILABLE || err.code === TOKEN_ERROR.REVOCATIONS_UNAVAILABLE) {
         const seconds = (performance.now() - started) / 1000;
         const id = decisionId(now());
         options.metrics?.decided(DECISION.ERROR, metricTool(policy, req.tool), seconds);
@@ -91,7 +92,8 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
           Date.now(),
           err.message,
         );
-        throw new HttpError(503, 'token_keys_unavailable', `cannot verify tokens: ${err.message}`, { 'retry-after': '1' });
+        const code = err.code === TOKEN_ERROR.JWKS_UNAVAILABLE ? 'token_keys_unavailable' : 'token_revocations_unavailable';
+        throw new HttpError(503, code, `cannot verify tokens: ${err.message}`, { 'retry-after': '1' });
       }
       outcome = { decision: 'deny', rule_id: BUILTIN_RULE.TOKEN_INVALID, reason: `token refused (${err.code}): ${err.message}` };
     }
@@ -144,7 +146,7 @@ function decideFor(req: CheckRequest, claims: TokenClaims, policy: Policy, now: 
       identity: {
         sponsorId: claims.sponsor_id,
         agentInstanceId: claims.agent_instance_id,
-        parentAgentId: claims.parent_agent_id,
+        parentAgentId: claims.parent_agent_id ?? undefined,
         role: claims.role,
         delegationDepth: claims.depth,
       },

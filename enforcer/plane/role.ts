@@ -7,7 +7,8 @@ import type { RoleStarter } from '../../common/role';
 import { openRolloutStore } from '../policy/rollout';
 import { packageRoot } from '../../common/package-root';
 import { loadTokenConfig } from '../../identity/config';
-import { jwksUrl } from '../../identity/client';
+import { jwksUrl, revocationsUrl } from '../../identity/client';
+import { createRevocationChecker, type RevocationChecker } from '../../identity/revocation';
 import type { TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
 import { createChecker } from './check';
@@ -60,7 +61,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
     try {
       const rollout = openRolloutStore(path.join(options.dataDir, ROLLOUT_STATE_FILE), policies.current().rollout.percent);
       metrics.rollout(rollout.get().percent);
-      const { verifier, describe } = tokenVerifier(ctx, planeOptions);
+      const { verifier, describe, revocations } = tokenVerifier(ctx, planeOptions);
       const adminToken = planeOptions.adminToken ?? (process.env[ENV.ADMIN_TOKEN] || undefined);
 
       const report = (attributes: Attributes, parent: Context | undefined, time: number, error?: string) => {
@@ -78,6 +79,10 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         policy: policies.current,
         rollout,
         adminToken,
+        revocations: async () => {
+          const r = await revocations.current();
+          return { version: r.version, count: r.count };
+        },
         onRolloutChange: ({ from, to, reason, actor }) => {
           metrics.rollout(to);
           log.warn({ from, to, reason, actor }, `rollout moved ${from}% → ${to}%`);
@@ -136,7 +141,7 @@ export const startPolicyPlaneRole: RoleStarter = (ctx) => policyPlaneRole()(ctx)
  * service's configuration (--token-config, as the token service resolves it) gives the role order
  * delegation chains are checked against, and the issuer when none is given.
  */
-function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: TokenVerifier; describe: string } {
+function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: TokenVerifier; describe: string; revocations: RevocationChecker } {
   const keys = ctx.services.lookup<TokenKeysService>(SERVICE.TOKEN_KEYS);
   const explicitIssuer = o.tokenIssuer ?? (process.env[ENV.TOKEN_ISSUER] || undefined);
   let config: ReturnType<typeof loadTokenConfig> | undefined;
@@ -149,16 +154,29 @@ function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: Tok
   }
   const chain = config ? { roleOrder: config.roleOrder, maxDepth: config.delegation.max_depth } : {};
   if (keys) {
+    // the registry's list itself: a revocation counts from the next check
+    const revocations = createRevocationChecker(() => keys.revocations());
     return {
-      verifier: createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks(), ...chain }),
-      describe: `verified with the in-process token service's keys (issuer '${keys.issuer}')`,
+      verifier: createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks(), revocations, ...chain }),
+      describe: `verified with the in-process token service's keys and revocations (issuer '${keys.issuer}')`,
+      revocations,
     };
   }
   const base = o.tokenUrl ?? process.env[ENV.TOKEN_URL] ?? process.env[ENV.URL] ?? DEFAULTS.URL;
   const issuer = explicitIssuer ?? config!.issuer;
   const url = jwksUrl(base);
-  return { verifier: createTokenVerifier({ issuer, jwks: url, ...chain }), describe: `verified with ${url} (issuer '${issuer}')` };
+  const feed = revocationsUrl(base);
+  // Asked again every second while checks come in; unreachable for a minute, every token is refused.
+  const revocations = createRevocationChecker(feed, { refreshMs: PLANE_REVOCATION_REFRESH_MS, maxStaleMs: 60_000 });
+  return {
+    verifier: createTokenVerifier({ issuer, jwks: url, revocations, ...chain }),
+    describe: `verified with ${url}, revocations from ${feed} (issuer '${issuer}')`,
+    revocations,
+  };
 }
+
+/** A standalone plane's revocation feed refresh: with the agents' 2 s rollout poll, a revocation reaches every cache within 5 s. */
+export const PLANE_REVOCATION_REFRESH_MS = 1000;
 
 function reportRollout(ctx: RoleContext, c: { from: number; to: number; reason: string; actor: string }): void {
   try {

@@ -13,6 +13,11 @@ export interface PlaneRoutesOptions {
   rollout: RolloutStore;
   /** CUSTODY_ADMIN_TOKEN; absent: every change is refused. */
   adminToken: string | undefined;
+  /**
+   * The revocations in force (version, count), announced with the rollout so that enforcers drop
+   * cached allows when it changes. Absent or failing: not announced.
+   */
+  revocations?: () => Promise<{ version: string; count: number }>;
   /** Called after a change has been stored. */
   onRolloutChange: (change: { from: number; to: number; reason: string; actor: string }) => void;
   onIncidentChange: (change: { cacheTtlS: number | null; percent: number; reason: string; actor: string }) => void;
@@ -44,9 +49,18 @@ const incidentChange = z.strictObject({
 export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
   const admin = requireAdmin(o.adminToken);
 
-  const sendRollout = (res: import('express').Response) => {
+  const sendRollout = async (res: import('express').Response) => {
     const state = o.rollout.get();
-    res.set('etag', `"${state.revision}"`).set('cache-control', 'no-store').json(rolloutView(state, o.policy().rollout));
+    let revocations: { version: string; count: number } | null = null;
+    try {
+      revocations = o.revocations ? await o.revocations() : null;
+    } catch {
+      /* unknown: enforcers keep what they know; the checks themselves fail closed */
+    }
+    res
+      .set('etag', `"${state.revision}"`)
+      .set('cache-control', 'no-store')
+      .json({ ...rolloutView(state, o.policy().rollout), ...(o.revocations ? { revocations } : {}) });
   };
 
   router.get('/v1/rollout', (_req, res) => sendRollout(res));
@@ -70,7 +84,7 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
       }
       throw err;
     }
-    sendRollout(res);
+    await sendRollout(res);
   });
 
   router.put('/v1/rollout/incident', admin, async (req, res) => {
@@ -79,7 +93,7 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
     const ttl = body.cache_ttl_s ? body.cache_ttl_s : null;
     const { state } = await o.rollout.setIncident({ cache_ttl_s: ttl, reason: body.reason, actor });
     o.onIncidentChange({ cacheTtlS: ttl, percent: state.percent, reason: body.reason, actor });
-    sendRollout(res);
+    await sendRollout(res);
   });
 
   router.get('/v1/policy', (_req, res) => {

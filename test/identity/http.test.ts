@@ -51,12 +51,30 @@ describe('token service over HTTP, open mode (loopback)', () => {
     expect(header).toMatchObject({ alg: 'EdDSA', kid: svc.kid });
   });
 
-  it('accepts a form as well as JSON, and keeps the asked instance, parent, role and purpose', async () => {
+  it('accepts a form as well as JSON, and keeps the asked instance, role and purpose; an issued token is a root', async () => {
     const r = await call(`${svc.url}/issue`, {
-      form: { tool: 'search', sponsor_id: 'bob', ttl: '60', role: 'user', agent_instance_id: 'run-7', parent_agent_id: 'run-1', purpose: 'triage' },
+      form: { tool: 'search', sponsor_id: 'bob', ttl: '60', role: 'user', agent_instance_id: 'run-7', purpose: 'triage' },
     });
     expect(r.status).toBe(201);
-    expect(r.body.claims).toMatchObject({ sub: 'run-7', agent_instance_id: 'run-7', parent_agent_id: 'run-1', role: 'user', purpose: 'triage', ttl_seconds: 60 });
+    expect(r.body.claims).toMatchObject({ sub: 'run-7', agent_instance_id: 'run-7', parent_agent_id: null, role: 'user', purpose: 'triage', ttl_seconds: 60 });
+    // every seed claim is present, parent_agent_id as null
+    const payload = JSON.parse(Buffer.from(r.body.token.split('.')[1], 'base64url').toString());
+    for (const claim of ['sponsor_id', 'agent_instance_id', 'parent_agent_id', 'ttl_seconds']) expect(payload, claim).toHaveProperty(claim);
+    expect(payload.parent_agent_id).toBeNull();
+  });
+
+  it('takes no parent from a request body, even in open mode: parents come from token exchange', async () => {
+    const r = await call(`${svc.url}/issue`, { json: { tool: 'search', sponsor_id: 'bob', agent_instance_id: 'run-8', parent_agent_id: 'alice-root-0' } });
+    expect([r.status, r.body.error.code]).toEqual([400, 'parent_requires_exchange']);
+    expect(r.body.error.message).toMatch(/POST \/token/);
+  });
+
+  it('in open mode, refuses an instance id inside a registered agent\'s namespace', async () => {
+    for (const instance of ['agt_abc123', 'agt_abc123:root-0']) {
+      const r = await call(`${svc.url}/issue`, { json: { tool: 'search', sponsor_id: 'bob', agent_instance_id: instance } });
+      expect([r.status, r.body.error.code], instance).toEqual([403, 'instance_not_bound']);
+    }
+    expect((await call(`${svc.url}/issue`, { json: { tool: 'search', sponsor_id: 'bob', agent_instance_id: 'agt-lookalike' } })).status).toBe(201);
   });
 
   it('refuses a missing sponsor, a TTL above the maximum (never shortened), an unknown tool, a bad body', async () => {
@@ -268,9 +286,14 @@ describe('token service over HTTP, registered mode', () => {
     expect(agent).not.toHaveProperty('credential_hash');
     expect(credential).toMatch(new RegExp(`^cag\\.${agent.agent_id}\\.[A-Za-z0-9_-]{43}$`));
 
-    const ok = await issueAs(credential, { tool: 'billing', agent_instance_id: 'run-1' });
+    const ok = await issueAs(credential, { tool: 'billing', agent_instance_id: `${agent.agent_id}:run-1` });
     expect(ok.status).toBe(201);
-    expect(ok.body.claims).toMatchObject({ sponsor_id: 'alice', role: 'support', agent_id: agent.agent_id, agent_instance_id: 'run-1', ttl_seconds: 120 });
+    expect(ok.body.claims).toMatchObject({
+      sponsor_id: 'alice', role: 'support', agent_id: agent.agent_id, credential_id: agent.credential_id,
+      agent_instance_id: `${agent.agent_id}:run-1`, parent_agent_id: null, ttl_seconds: 120,
+    });
+    // an instance the body does not name is issued in the agent's namespace
+    expect((await issueAs(credential, { tool: 'billing' })).body.claims.agent_instance_id).toMatch(new RegExp(`^${agent.agent_id}:.+`));
     expect((await issueAs(credential, { tool: 'billing', sponsor_id: 'alice' })).status).toBe(201);
     expect((await issueAs(credential, { tool: 'billing', role: 'user', ttl: 60 })).body.claims.role).toBe('user');
 
@@ -281,6 +304,10 @@ describe('token service over HTTP, registered mode', () => {
       [{ tool: 'billing', tools: ['billing', 'file-store'] }, 403, 'tool_not_allowed'],
       [{ tool: 'billing', ttl: 121 }, 400, 'ttl_too_long'],
       [{ tool: 'payroll' }, 400, 'tool_not_supported'],
+      // identity is issued, not claimed
+      [{ tool: 'billing', agent_instance_id: 'run-1' }, 403, 'instance_not_bound'],
+      [{ tool: 'billing', agent_instance_id: 'agt_someoneelse:run-1' }, 403, 'instance_not_bound'],
+      [{ tool: 'billing', parent_agent_id: 'alice-root-0' }, 400, 'parent_requires_exchange'],
     ] as const;
     for (const [body, status, code] of refusals) {
       const r = await issueAs(credential, body);

@@ -32,8 +32,8 @@ const validIssue = fc
     tools: subset(TOOLS),
     sponsor_id: id,
     role: fc.option(fc.constantFrom(...ROLES), { nil: undefined }),
-    agent_instance_id: fc.option(id, { nil: undefined }),
-    parent_agent_id: fc.option(id, { nil: undefined }),
+    // ids under agt_… belong to registered agents (instance.ts)
+    agent_instance_id: fc.option(id.filter((s) => !s.startsWith('agt_')), { nil: undefined }),
     purpose: fc.option(id, { nil: undefined }),
     ttlFraction: fc.option(fc.double({ min: 0, max: 1, noNaN: true }), { nil: undefined }),
     at: fc.integer({ min: 0, max: 365 * 86400 }),
@@ -63,8 +63,9 @@ describe('properties', () => {
         const claims = await verifier().verify(issued.token, { audience: req.tool });
         expect(claims).toEqual(issued.claims);
         expect(claims).toMatchObject(strip({
-          sponsor_id: req.sponsor_id, tool: req.tool, aud: req.tool, role: req.role, purpose: req.purpose, parent_agent_id: req.parent_agent_id, depth: 0,
+          sponsor_id: req.sponsor_id, tool: req.tool, aud: req.tool, role: req.role, purpose: req.purpose, depth: 0,
         }));
+        expect(claims.parent_agent_id).toBeNull();
         expect(new Set(claims.tools)).toEqual(new Set(req.tools));
         if (req.agent_instance_id) expect(claims.agent_instance_id).toBe(req.agent_instance_id);
         const max = req.role ? config.roles[req.role]!.max_ttl_seconds : config.max_ttl_seconds;

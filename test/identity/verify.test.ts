@@ -24,6 +24,7 @@ function claims(over: Partial<TokenClaims> = {}): TokenClaims {
     jti: 'jti-1',
     sponsor_id: 'alice',
     agent_instance_id: 'inst-1',
+    parent_agent_id: null,
     tool: 'billing',
     tools: ['billing'],
     role: 'support',
@@ -63,7 +64,7 @@ describe('claim checks (pure, frozen clock)', () => {
     expect(await codeOf(() => checkClaims(claims({ iss: 'someone-else' }), opts))).toBe(TOKEN_ERROR.ISSUER);
     expect(await codeOf(() => checkClaims(claims(), { ...opts, audience: 'search' }))).toBe(TOKEN_ERROR.AUDIENCE);
     expect(await codeOf(() => checkClaims(claims(), { ...opts, audience: ['search', 'billing'] }))).toBe('accepted');
-    for (const missing of ['sub', 'jti', 'exp', 'iat', 'nbf', 'tool', 'tools', 'agent_instance_id', 'ttl_seconds', 'depth', 'sponsor_id', 'aud']) {
+    for (const missing of ['sub', 'jti', 'exp', 'iat', 'nbf', 'tool', 'tools', 'agent_instance_id', 'parent_agent_id', 'ttl_seconds', 'depth', 'sponsor_id', 'aud']) {
       const c = claims() as unknown as Record<string, unknown>;
       delete c[missing];
       expect(await codeOf(() => checkClaims(c, opts)), missing).toBe(TOKEN_ERROR.CLAIMS);
@@ -105,6 +106,9 @@ describe('claim checks (pure, frozen clock)', () => {
     expect(await chain(child({ depth: 0 }))).toBe(TOKEN_ERROR.CHAIN);
     expect(await chain(child({ parent_agent_id: 'someone' }))).toBe(TOKEN_ERROR.CHAIN);
     expect(await chain(claims({ depth: 1 }))).toBe(TOKEN_ERROR.CHAIN);
+    // a root token naming a parent: parents come only from exchange
+    expect(await chain(claims({ parent_agent_id: 'alice-root-0' }))).toBe(TOKEN_ERROR.CHAIN);
+    expect(await chain(claims({ parent_agent_id: '' }))).toBe(TOKEN_ERROR.CLAIMS);
     expect(await chain(child({ act: { sub: 'child' }, parent_agent_id: 'child' }))).toBe(TOKEN_ERROR.CHAIN);
     expect(await chain(child({ act: 'parent' as unknown as TokenClaims['act'] }))).toBe(TOKEN_ERROR.CHAIN);
     // a parent without a role cannot have delegated one

@@ -110,15 +110,22 @@ describe('custody/register telemetry', () => {
       body: JSON.stringify({ sponsor_id: 'bob', name: 'registered-bot', role: 'support', tools: ['search'] }),
     });
     expect(res.status).toBe(201);
-    const { credential } = (await res.json()) as { credential: string };
+    const { credential, agent } = (await res.json()) as { credential: string; agent: { agent_id: string } };
     const run = await runAgent('telemetry.cjs', {
       args: ['natural'],
-      env: { ...env({ CUSTODY_AGENT_INSTANCE_ID: 'tele-registered', CUSTODY_AGENT_CREDENTIAL: credential }), CUSTODY_SPONSOR_ID: '', CUSTODY_ROLE: '' },
+      env: {
+        ...env({ CUSTODY_AGENT_INSTANCE_ID: 'tele-registered', CUSTODY_AGENT_CREDENTIAL: credential, CUSTODY_PARENT_AGENT_ID: 'someone-else', CUSTODY_POLICY_TIMEOUT_MS: '3000' }),
+        CUSTODY_SPONSOR_ID: '',
+        CUSTODY_ROLE: '',
+      },
     });
     expect(run.code, run.stderr).toBe(0);
     expect(run.report).toMatchObject({ call: 'ok:natural', ran: true });
-    const [span] = await eventually(async () => (toolSpans('tele-registered').length ? toolSpans('tele-registered') : undefined), 10_000);
+    // its instance is bound to its registration, and a parent it was not delegated by is not claimed
+    const instance = `${agent.agent_id}:tele-registered`;
+    const [span] = await eventually(async () => (toolSpans(instance).length ? toolSpans(instance) : undefined), 10_000);
     expect(span!.attributes).toMatchObject({ 'custody.sponsor_id': 'bob', 'custody.role': 'support', 'custody.policy.decision': 'allow' });
+    expect(span!.attributes['custody.parent_agent_id']).toBeUndefined();
   });
 
   it('beside an SDK the app registered first: no second SDK; custody’s spans join the app’s trace and still reach custody', async () => {
