@@ -58,12 +58,26 @@ export interface TelemetryOptions {
   serviceName?: string | undefined;
   /** Instead of OTLP (tests, benchmarks). */
   exporter?: SpanExporter;
+  /** The credential sent with the spans (see export-credential.ts). */
+  credential?: () => string | undefined;
   /** Register exit and signal handlers (default true). */
   exitHooks?: boolean;
   env?: Readonly<Record<string, string | undefined>>;
 }
 
 const FLUSH_TIMEOUT_MS = 5_000;
+
+/**
+ * The exporter's `Authorization: Bearer <credential>` (asked at each export: tokens are renewed),
+ * unless OTEL_EXPORTER_OTLP_HEADERS already sets one (e.g. a gateway's).
+ */
+function authorizationHeader(env: Readonly<Record<string, string | undefined>>, credential: (() => string | undefined) | undefined) {
+  const configured = /(^|,)\s*authorization\s*=/i.test(`${env.OTEL_EXPORTER_OTLP_HEADERS ?? ''},${env.OTEL_EXPORTER_OTLP_TRACES_HEADERS ?? ''}`);
+  return async (): Promise<Record<string, string>> => {
+    const c = configured ? undefined : credential?.();
+    return c ? { Authorization: `Bearer ${c}` } : {};
+  };
+}
 const WARN_INTERVAL_MS = 60_000;
 
 export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
@@ -79,7 +93,7 @@ export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
   // The exporter keeps the OTel defaults (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s, retries inside it): a
   // slow collector must not cost audit spans. The price: with the collector down, a short-lived
   // agent's exit waits for those retries; lower the timeout to shorten it.
-  const exporter = new FailOpenExporter(options.exporter ?? new OTLPTraceExporter({ url: endpoint }), endpoint);
+  const exporter = new FailOpenExporter(options.exporter ?? new OTLPTraceExporter({ url: endpoint, headers: authorizationHeader(env, options.credential) }), endpoint);
   const processor = new AuditSpanProcessor(exporter, endpoint, batchConfig(env));
   const sampler = new AuditSampler(samplerFromEnv(env));
 

@@ -1,9 +1,9 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { ROOT_CONTEXT, defaultTextMapGetter, type Context } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import type { Request, RequestHandler, Router } from 'express';
+import type { Request, Router } from 'express';
 import { z } from 'zod';
-import { HttpError, badRequest, forbidden } from '../../common/errors';
+import { SCOPE, requireScope, type ServiceCredentials } from '../../common/credentials';
+import { HttpError, badRequest } from '../../common/errors';
 import type { Policy } from '../policy/compile';
 import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
 import type { CheckResponse } from './check';
@@ -12,8 +12,12 @@ export interface PlaneRoutesOptions {
   check: (body: unknown, traceContext?: Context) => Promise<CheckResponse>;
   policy: () => Policy;
   rollout: RolloutStore;
-  /** CUSTODY_ADMIN_TOKEN; absent: every change is refused. */
-  adminToken: string | undefined;
+  /**
+   * Who may move the rollout: the rollout credential (CUSTODY_ROLLOUT_TOKEN) or the admin one;
+   * with neither configured every change is refused (an open PUT would let anyone switch
+   * enforcement off).
+   */
+  credentials: ServiceCredentials;
   /** Called after a change has been stored. */
   onRolloutChange: (change: { from: number; to: number; reason: string; actor: string }) => void;
   onIncidentChange: (change: { cacheTtlS: number | null; percent: number; reason: string; actor: string }) => void;
@@ -43,7 +47,7 @@ const incidentChange = z.strictObject({
  * (what is in force, and the tool_map agents resolve tool names with).
  */
 export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
-  const admin = requireAdmin(o.adminToken);
+  const admin = requireScope(SCOPE.ROLLOUT, o.credentials, { what: 'rollout changes', disabled: { status: 403, code: 'forbidden' } });
 
   router.post('/v1/check', async (req, res) => {
     res.json(await o.check(req.body, traceContextOf(req)));
@@ -121,22 +125,4 @@ function ifMatchRevision(req: Request): number | undefined {
   const m = /^\s*(?:W\/)?"?(\d+)"?\s*$/.exec(header);
   if (!m) throw badRequest('invalid_request', `If-Match must be the rollout's ETag (e.g. "7"), got '${header}'`);
   return Number(m[1]);
-}
-
-/**
- * Rollout changes need `Authorization: Bearer $CUSTODY_ADMIN_TOKEN`. Without a configured admin
- * token every change is refused: an open PUT would let anyone switch enforcement off.
- */
-function requireAdmin(adminToken: string | undefined): RequestHandler {
-  const want = adminToken ? createHash('sha256').update(adminToken).digest() : undefined;
-  return function requireAdminToken(req, _res, next) {
-    if (!want) {
-      return next(forbidden('rollout changes are disabled: no CUSTODY_ADMIN_TOKEN is configured on the policy plane'));
-    }
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.get('authorization') ?? '');
-    if (!m) return next(new HttpError(401, 'unauthorized', 'rollout changes need Authorization: Bearer <admin token>', { 'www-authenticate': 'Bearer' }));
-    const got = createHash('sha256').update(m[1]!).digest();
-    if (!timingSafeEqual(got, want)) return next(new HttpError(401, 'unauthorized', 'the admin token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' }));
-    next();
-  };
 }
