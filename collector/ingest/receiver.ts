@@ -273,7 +273,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       ? `${rejectedCount} span(s) rejected: ${rejectionMessages.join('; ')}${rejectedCount > rejectionMessages.length ? '; …' : ''}`
       : '';
     const flagged: [string, number][] = [
-      ['no_credential', principal.kind === 'anonymous' ? spans : 0],
+      [principal.kind === 'anonymous' ? principal.reason : 'no_credential', principal.kind === 'anonymous' ? spans : 0],
       ['identity_mismatch', mismatched],
       ['service_record_from_other_source', untrustedRecords],
     ];
@@ -415,7 +415,7 @@ export async function startIngest(ctx: RoleContext, store: Store, env: NodeJS.Pr
   const url = `http://${host}:${listening.port}`;
   ctx.setOtlpUrl(url);
   ctx.addReadinessCheck('ingest', () => writer.available);
-  const banner = [`OTLP          ${url} (${describe})`];
+  const banner = [`OTLP          ${url}`, `  credentials ${describe}`];
   if (!auth.required) {
     banner.push(
       '!! OPEN INGEST: spans without a credential are accepted and stored as unverified (loopback, first day);',
