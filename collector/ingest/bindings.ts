@@ -1,7 +1,9 @@
 import type { Logger } from '../../common/log';
-import { ATTR, TABLE } from '../../common/names';
+import { ATTR, SPAN, TABLE } from '../../common/names';
+import { findAttribute, type Span } from '../otlp';
 import type { Store } from '../store';
 import type { Binding, BindingLookup } from './auth';
+import { attrString, claimedIdentity } from './mapping';
 
 /**
  * Which agent instances the token service bound tokens to, and under what: learned from the token
@@ -78,4 +80,13 @@ export function createBindingIndex(options: BindingIndexOptions = {}): BindingIn
       }
     },
   };
+}
+
+/** Learns the instances that the token service's own token events (issued ones) bind. */
+export function learnFromTokenEvents(index: Pick<BindingIndex, 'learn'>, spans: readonly Span[]): void {
+  for (const span of spans) {
+    if (span.name !== SPAN.TOKEN_ISSUE || attrString(findAttribute(span.attributes, ATTR.TOKEN_RESULT)) !== 'issued') continue;
+    const id = claimedIdentity(span);
+    index.learn(id.instance, { sponsor: id.sponsor, parent: id.parent, agentId: attrString(findAttribute(span.attributes, ATTR.AGENT_ID)) });
+  }
 }

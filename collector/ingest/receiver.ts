@@ -5,14 +5,13 @@ import { ConfigError } from '../../common/errors';
 import { listen, type Listening } from '../../common/http';
 import type { Logger } from '../../common/log';
 import { counter } from '../../common/metrics';
-import { DEFAULTS, ENV, METRIC } from '../../common/names';
 import { credentialsFromEnv } from '../../common/credentials';
 import { SERVICE, type RoleContext } from '../../common/role';
 import { jwksUrl } from '../../identity/client';
 import { loadTokenConfig, type TokenServiceConfig } from '../../identity/config';
 import { isLoopback, type TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
-import { ATTR, SPAN, TRUST, type Trust } from '../../common/names';
+import { DEFAULTS, ENV, METRIC, TRUST, type Trust } from '../../common/names';
 import {
   IngestAuthError,
   TOKEN_GRACE_SECONDS,
@@ -23,8 +22,8 @@ import {
   type IngestPrincipal,
 } from './auth';
 import { createServiceSink } from './sink';
-import { createBindingIndex, type BindingIndex } from './bindings';
-import { attrString, claimedIdentity, mapSpans } from './mapping';
+import { createBindingIndex, learnFromTokenEvents, type BindingIndex } from './bindings';
+import { claimedIdentity, mapSpans } from './mapping';
 import {
   GRPC_CODE,
   OtlpDecodeError,
@@ -32,7 +31,6 @@ import {
   decodeProtobuf,
   encodeExportResponse,
   encodeStatus,
-  findAttribute,
   type DecodedRequest,
   type Span,
   type WireFormat,
@@ -138,15 +136,6 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       return v.trust;
     });
     return { trust, mismatched };
-  }
-
-  /** Token events the service wrote: the instances they bind, for later agent spans. */
-  function learnBindings(spans: readonly Span[]): void {
-    for (const span of spans) {
-      if (span.name !== SPAN.TOKEN_ISSUE || attrString(findAttribute(span.attributes, ATTR.TOKEN_RESULT)) !== 'issued') continue;
-      const id = claimedIdentity(span);
-      bindings.learn(id.instance, { sponsor: id.sponsor, parent: id.parent, agentId: attrString(findAttribute(span.attributes, ATTR.AGENT_ID)) });
-    }
   }
 
   function formatOf(req: IncomingMessage): WireFormat | undefined {
@@ -266,7 +255,8 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       throw err;
     }
     const { trust, mismatched } = await trustOf(principal, decoded.spans);
-    if (trust === TRUST.SERVICE) learnBindings(decoded.spans);
+    // token events the service wrote: the instances they bind, for later agent spans
+    if (trust === TRUST.SERVICE) learnFromTokenEvents(bindings, decoded.spans);
     const { rows, counts, spans, toolCalls, untrustedRecords } = mapSpans(decoded.spans, trust);
     const { rejected: refused, rejectedCount, rejectionMessages } = decoded;
     const message = rejectedCount
@@ -399,13 +389,7 @@ export async function startIngest(ctx: RoleContext, store: Store, env: NodeJS.Pr
   ctx.services.provide(
     SERVICE.SERVICE_SINK,
     createServiceSink(async (spans) => {
-      for (const span of spans) {
-        if (span.name !== SPAN.TOKEN_ISSUE) continue;
-        const id = claimedIdentity(span);
-        if (attrString(findAttribute(span.attributes, ATTR.TOKEN_RESULT)) === 'issued') {
-          bindings.learn(id.instance, { sponsor: id.sponsor, parent: id.parent, agentId: attrString(findAttribute(span.attributes, ATTR.AGENT_ID)) });
-        }
-      }
+      learnFromTokenEvents(bindings, spans);
       await writer.write(mapSpans(spans, TRUST.SERVICE));
     }),
   );
