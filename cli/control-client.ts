@@ -1,5 +1,12 @@
 import { CustodyError } from '../common/errors';
-import { DEFAULTS } from '../common/names';
+import { DEFAULTS, ENV } from '../common/names';
+
+/** Audit reads carry the reader credential (or the admin one) when one is set: required off loopback. */
+function readHeaders(pathname: string): Record<string, string> {
+  if (!pathname.startsWith('/v1/audit/')) return {};
+  const credential = process.env[ENV.AUDIT_READER_TOKEN] || process.env[ENV.ADMIN_TOKEN];
+  return credential ? { authorization: `Bearer ${credential}` } : {};
+}
 
 /** GET a control-API path for the client commands; anything but a 2xx JSON answer is an error naming it. */
 export async function getJson<T>(base: string, path: string, options: { timeoutMs?: number } = {}): Promise<{ status: number; body: T }> {
@@ -11,7 +18,7 @@ export async function getJson<T>(base: string, path: string, options: { timeoutM
   }
   let res: Response;
   try {
-    res = await fetch(url, { signal: AbortSignal.timeout(options.timeoutMs ?? 15_000) });
+    res = await fetch(url, { headers: readHeaders(url.pathname), signal: AbortSignal.timeout(options.timeoutMs ?? 15_000) });
   } catch (err) {
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;
     throw new CustodyError('ERR_CONNECTION', `cannot reach ${url.origin}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);

@@ -3,7 +3,9 @@ import { createFastRouter } from '../common/fast-route';
 import { createJsonApp, finish, listen, type Listening } from '../common/http';
 import { createLogger, type Logger } from '../common/log';
 import { createReporter, type Reporter } from '../common/report';
-import type { CommonOptions, RoleContext, RoleStarter, RunningRole } from '../common/role';
+import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
+import { ENV } from '../common/names';
+import { SERVICE, type CommonOptions, type RoleContext, type RoleStarter, type RunningRole } from '../common/role';
 
 export type { RoleStarter } from '../common/role';
 
@@ -27,8 +29,22 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   const checks = new Map<string, () => Promise<boolean> | boolean>();
   // Created on first use, after the collector (if hosted here) has bound its port.
   let reporter: Reporter | undefined;
-  const getReporter = () => (reporter ??= createReporter({ serviceName: 'custody', endpoint: options.otlpUrl }));
   const services = new Map<string, unknown>();
+  // The hosted roles' records: into the collector's store in process when it is hosted here (and
+  // no --otlp-url sends them elsewhere); over OTLP with the service credential otherwise.
+  const getReporter = () => {
+    if (reporter) return reporter;
+    const sink = options.otlpUrlGiven ? undefined : (services.get(SERVICE.SERVICE_SINK) as SpanExporter | undefined);
+    const serviceToken = process.env[ENV.SERVICE_TOKEN];
+    if (!sink && !serviceToken) {
+      log.warn(`records are reported to ${options.otlpUrl} without ${ENV.SERVICE_TOKEN}: the collector stores them as unverified, never as this service's records`);
+    }
+    return (reporter = createReporter({
+      serviceName: 'custody',
+      endpoint: options.otlpUrl,
+      ...(sink ? { exporter: sink } : serviceToken ? { headers: { authorization: `Bearer ${serviceToken}` } } : {}),
+    }));
+  };
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });

@@ -1,7 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { bootstrapCredentialFile } from '../common/credentials';
 import { DEFAULTS, ENV } from '../common/names';
 import type { CommonOptions } from '../common/role';
 
@@ -69,19 +68,27 @@ export function withClientOptions(cmd: Command): Command {
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 
 /**
- * `custody up` on loopback with no admin token configured: a first day on one machine. Generates
- * one (kept in `<data-dir>/admin-token`, mode 0600) so that the rollback job and the person at the
- * keyboard can move the rollout. Returns the file, or undefined when nothing was done.
+ * `custody up` on loopback: a first day on one machine. Each of the admin and rollout credentials
+ * that is not configured is generated once into `<data-dir>/admin-token` / `rollout-token` (mode
+ * 0600), so that the rollback job (rollout only) and the person at the keyboard (admin) can act.
+ * Returns the files generated or reused, or nothing off loopback.
  */
-export function bootstrapAdminToken(options: CommonOptions): string | undefined {
-  if (process.env[ENV.ADMIN_TOKEN] || !LOOPBACK.test(options.host)) return undefined;
-  const file = path.join(options.dataDir, 'admin-token');
-  let token = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : '';
-  if (!token) {
-    fs.mkdirSync(options.dataDir, { recursive: true });
-    token = randomBytes(24).toString('base64url');
-    fs.writeFileSync(file, `${token}\n`, { mode: 0o600 });
+export function bootstrapCredentials(options: CommonOptions): { admin?: string; rollout?: string } {
+  if (!LOOPBACK.test(options.host)) return {};
+  const out: { admin?: string; rollout?: string } = {};
+  for (const [key, name, file] of [
+    ['admin', ENV.ADMIN_TOKEN, 'admin-token'],
+    ['rollout', ENV.ROLLOUT_TOKEN, 'rollout-token'],
+  ] as const) {
+    if (process.env[name]) continue;
+    const made = bootstrapCredentialFile(options.dataDir, file);
+    process.env[name] = made.token;
+    out[key] = made.file;
   }
-  process.env[ENV.ADMIN_TOKEN] = token;
-  return file;
+  return out;
+}
+
+/** The admin credential alone (see bootstrapCredentials). */
+export function bootstrapAdminToken(options: CommonOptions): string | undefined {
+  return bootstrapCredentials(options).admin;
 }

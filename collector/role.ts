@@ -4,7 +4,7 @@ import type { RoleContext, RunningRole } from '../common/role';
 import { openStore } from './store';
 import { startIngest } from './ingest/receiver';
 import { mountRules } from './rules/status';
-import { mountAudit } from './audit/routes';
+import { mountAudit, mountAuditReadGuard } from './audit/routes';
 import { startCheckpointer } from './evidence/checkpoint';
 
 /** The collector role: the store, the OTLP receiver, rules and audit queries. */
@@ -18,6 +18,8 @@ export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole>
       : { dataDir: options.dataDir, log, ...retention },
   );
   ctx.addReadinessCheck('storage', async () => store.migrated && (await store.ping()));
+  // before any audit route (the checkpointer mounts some)
+  const auditRead = mountAuditReadGuard(ctx);
   // before ingest: the checkpointer seals the time since its last checkpoint, when nothing could write
   const checkpointer = await startCheckpointer(ctx, store);
   const ingest = await startIngest(ctx, store);
@@ -25,7 +27,12 @@ export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole>
   mountAudit(ctx, store);
   return {
     name: 'collector',
-    banner: [...ingest.banner, `storage       ${store.kind} (${store.location})`, ...checkpointer.banner],
+    banner: [
+      ...ingest.banner,
+      `storage       ${store.kind} (${store.location})`,
+      ...checkpointer.banner,
+      `audit API     ${auditRead.open ? 'open to anyone who can reach this port (loopback)' : `reads need ${ENV.AUDIT_READER_TOKEN} or ${ENV.ADMIN_TOKEN}`}`,
+    ],
     // the checkpointer seals the open period, so it stops after ingest and before the store
     close: async () => {
       await ingest.close();

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
+import { bearerToken, secretEquals } from './credentials';
 import { CustodyError, HttpError, badRequest, unauthorized } from './errors';
 import type { Logger } from './log';
 
@@ -43,8 +44,8 @@ export function finish(app: Express, log: Logger): Express {
 export function bearerAuth(token: string | undefined): RequestHandler {
   return function requireBearer(req, _res, next) {
     if (!token) return next();
-    const header = req.get('authorization') ?? '';
-    if (header !== `Bearer ${token}`) return next(unauthorized());
+    const given = bearerToken(req.get('authorization'));
+    if (given === undefined || !secretEquals(given, token)) return next(unauthorized());
     next();
   };
 }

@@ -53,7 +53,21 @@ export const ATTR = {
   TOOL_RISK: 'custody.tool.risk',
   POLICY_INCIDENT_MODE: 'custody.policy.incident_mode',
   POLICY_CACHE_TTL_S: 'custody.policy.cache_ttl_s',
+
+  /** The registered agent a token was issued under (token events). */
+  AGENT_ID: 'custody.agent_id',
+  /** Set by the collector on every stored span: who could have written it (see TRUST). */
+  INGEST_TRUST: 'custody.ingest.trust',
 } as const;
+
+/**
+ * Who could have written a stored record: `service` a custody role (in process, or with the
+ * service credential); `verified` an agent whose credential proves the identity on the span;
+ * `gateway` a gateway credential's forwarded spans; `unverified` no credential (open mode) or an
+ * identity the credential does not prove.
+ */
+export const TRUST = { SERVICE: 'service', VERIFIED: 'verified', GATEWAY: 'gateway', UNVERIFIED: 'unverified' } as const;
+export type Trust = (typeof TRUST)[keyof typeof TRUST];
 
 export const BAGGAGE = {
   SPONSOR_ID: 'custody.sponsor_id',
@@ -97,6 +111,13 @@ export const ENV = {
   DECISION_CACHE_TTL_S: 'CUSTODY_DECISION_CACHE_TTL_S',
   CAPTURE_CONTENT: 'CUSTODY_CAPTURE_CONTENT',
   ADMIN_TOKEN: 'CUSTODY_ADMIN_TOKEN',
+  /** Moves the rollout only (the rollback job, Argo Rollouts, Flagger). */
+  ROLLOUT_TOKEN: 'CUSTODY_ROLLOUT_TOKEN',
+  /** Reads the audit API only. */
+  AUDIT_READER_TOKEN: 'CUSTODY_AUDIT_READER_TOKEN',
+  /** Roles in other processes writing their own records to the collector; no agent holds it. */
+  SERVICE_TOKEN: 'CUSTODY_SERVICE_TOKEN',
+  /** A gateway (upstream OpenTelemetry Collector) forwarding agents' spans to /v1/traces. */
   INGEST_TOKEN: 'CUSTODY_INGEST_TOKEN',
   /** The token service's private signing key (PKCS8 PEM or JWK JSON), when not in a key file. */
   TOKEN_SIGNING_KEY: 'CUSTODY_TOKEN_SIGNING_KEY',
@@ -210,6 +231,7 @@ export const METRIC = {
   TOOL_CALLS_TOTAL: 'custody_tool_calls_total',
   SPANS_INGESTED_TOTAL: 'custody_spans_ingested_total',
   SPANS_REJECTED_TOTAL: 'custody_spans_rejected_total',
+  SPANS_UNVERIFIED_TOTAL: 'custody_spans_unverified_total',
   INGEST_REQUESTS_TOTAL: 'custody_ingest_requests_total',
   INGEST_QUEUE_ROWS: 'custody_ingest_queue_rows',
   INGEST_INSERT_DURATION_SECONDS: 'custody_ingest_insert_duration_seconds',

@@ -41,6 +41,10 @@ export const SERVICE = {
   TOKEN_KEYS: 'token-keys',
   /** `{ get(): Promise<{ percent: number }> }`: the policy plane's rollout state. */
   ROLLOUT: 'rollout',
+  /** A SpanExporter into the collector's store: where the hosted roles' records go in process. */
+  SERVICE_SINK: 'service-sink',
+  /** `{ authenticate(credential) }`: the token service's agent registry, to check agents' OTLP credentials. */
+  AGENT_CREDENTIALS: 'agent-credentials',
 } as const;
 
 export interface CommonOptions {

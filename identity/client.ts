@@ -99,11 +99,28 @@ interface TokenResponse {
   claims: TokenClaims;
 }
 
+type TokenListener = (token: ObtainedToken) => void;
+const listeners = new Set<TokenListener>();
+
+/** Calls `listener` with every token this process obtains (custody/register binds its telemetry with them). */
+export function onTokenObtained(listener: TokenListener): () => void {
+  listeners.add(listener);
+  return () => void listeners.delete(listener);
+}
+
 function obtained(r: TokenResponse): ObtainedToken {
   if (typeof r?.token !== 'string' || typeof r.claims?.exp !== 'number') {
     throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', 200, 'bad_response', 'the token service answered without a token');
   }
-  return { token: r.token, claims: r.claims, expiresAt: r.claims.exp * 1000 };
+  const t = { token: r.token, claims: r.claims, expiresAt: r.claims.exp * 1000 };
+  for (const listener of listeners) {
+    try {
+      listener(t);
+    } catch {
+      // a listener never costs the caller its token
+    }
+  }
+  return t;
 }
 
 /** POST /issue. With a credential (registered agent), sponsor and role come from its registration. */

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import path from 'node:path';
+import { credentialsFromEnv } from '../common/credentials';
 import { ConfigError } from '../common/errors';
 import { ENV } from '../common/names';
 import { SERVICE, type RoleContext, type RunningRole } from '../common/role';
@@ -48,7 +49,8 @@ export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRo
   const mode = resolveMode(config.mode, options.host, config.file);
   const keys = await createKeyRing(keySourceFor(config), { clockSkewSeconds: config.clock_skew_seconds });
   const registry = openAgentRegistry({ config, file: path.join(options.dataDir, AGENT_REGISTRY_FILE) });
-  const adminToken = process.env[ENV.ADMIN_TOKEN] || undefined;
+  const credentials = credentialsFromEnv();
+  const adminToken = credentials.admin;
   const service = createTokenService({
     config,
     keys,
@@ -59,10 +61,12 @@ export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRo
   });
 
   ctx.control.use(tokenRouter(service));
-  ctx.control.use(adminRouter({ registry, keys, adminToken, openMode: mode === 'open' }));
+  ctx.control.use(adminRouter({ registry, keys, adminToken, openMode: mode === 'open', credentials }));
   ctx.control.use([TOKEN_PATHS.ISSUE, TOKEN_PATHS.TOKEN], unreadableBodyReporter(service));
   const keysService: TokenKeysService = { issuer: config.issuer, jwks: () => keys.jwks(), revocations: () => registry.revocations() };
   ctx.services.provide(SERVICE.TOKEN_KEYS, keysService);
+  // the collector in this process checks agents' OTLP credentials against the registry
+  ctx.services.provide(SERVICE.AGENT_CREDENTIALS, { authenticate: (credential: string) => registry.authenticate(credential) });
   ctx.addReadinessCheck('token-keys', () => keys.jwks().keys.length > 0);
 
   const key = keys.current();

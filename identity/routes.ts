@@ -1,5 +1,5 @@
-import crypto from 'node:crypto';
 import express, { Router, type ErrorRequestHandler, type RequestHandler } from 'express';
+import { SCOPE, requireScope, type ServiceCredentials } from '../common/credentials';
 import { HttpError } from '../common/errors';
 import { queryString } from '../common/http';
 import { JWT_TOKEN_TYPE } from './exchange';
@@ -86,25 +86,13 @@ export function unreadableBodyReporter(service: TokenService): ErrorRequestHandl
   };
 }
 
-const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
-
 /**
- * The admin API's guard: `Authorization: Bearer $CUSTODY_ADMIN_TOKEN`. Without a configured token
- * it is open only in open mode (loopback), and closed otherwise.
+ * The admin API's guard: `Authorization: Bearer $CUSTODY_ADMIN_TOKEN` (the rollout and audit-reader
+ * credentials are refused with 403). Without a configured admin token it is open only in open
+ * mode (loopback), and closed otherwise.
  */
-export function adminAuth(adminToken: string | undefined, openMode: boolean): RequestHandler {
-  const expected = adminToken ? digest(`Bearer ${adminToken}`) : undefined;
-  return function requireAdmin(req, _res, next) {
-    if (!expected) {
-      if (openMode) return next();
-      return next(new HttpError(403, 'admin_disabled', 'the admin API needs CUSTODY_ADMIN_TOKEN set where the token service runs'));
-    }
-    const given = digest(req.get('authorization') ?? '');
-    if (!crypto.timingSafeEqual(given, expected)) {
-      return next(new HttpError(401, 'unauthorized', 'send "Authorization: Bearer $CUSTODY_ADMIN_TOKEN"', { 'WWW-Authenticate': 'Bearer' }));
-    }
-    next();
-  };
+export function adminAuth(adminToken: string | undefined, openMode: boolean, credentials: ServiceCredentials = {}): RequestHandler {
+  return requireScope(SCOPE.ADMIN, { ...credentials, admin: adminToken }, { what: 'admin API calls', open: !adminToken && openMode });
 }
 
 export const ADMIN_PATHS = {
@@ -121,10 +109,17 @@ export const ADMIN_PATHS = {
  *   POST /v1/sponsors/:id/offboard {reason?} → {sponsor_id, revoked}   POST /v1/sponsors/:id/reinstate
  *   GET  /v1/tokens/keys → {keys}                        POST /v1/tokens/keys/rotate → {kid, retired, keys}
  */
-export function adminRouter(opts: { registry: AgentRegistry; keys: KeyRing; adminToken: string | undefined; openMode: boolean }): Router {
+export function adminRouter(opts: {
+  registry: AgentRegistry;
+  keys: KeyRing;
+  adminToken: string | undefined;
+  openMode: boolean;
+  /** The other configured credentials, so that holding one of them is told apart (403) from holding none (401). */
+  credentials?: ServiceCredentials;
+}): Router {
   const { registry, keys } = opts;
   const router = Router();
-  const guard = adminAuth(opts.adminToken, opts.openMode);
+  const guard = adminAuth(opts.adminToken, opts.openMode, opts.credentials);
   router.use([ADMIN_PATHS.AGENTS, ADMIN_PATHS.SPONSORS, ADMIN_PATHS.KEYS], guard, form);
   const reason = (body: unknown) => {
     const r = typeof body === 'object' && body !== null ? (body as { reason?: unknown }).reason : undefined;

@@ -81,6 +81,8 @@ function claimAttributes(kind: TokenKind, c: TokenClaims): Attributes {
   setIf(attrs, ATTR.PARENT_AGENT_ID, c.parent_agent_id ?? undefined);
   setIf(attrs, ATTR.ROLE, c.role);
   setIf(attrs, ATTR.PURPOSE, c.purpose);
+  // the registration it was issued under: the collector binds the agent's telemetry with it
+  setIf(attrs, ATTR.AGENT_ID, c.agent_id);
   return attrs;
 }
 

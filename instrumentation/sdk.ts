@@ -59,12 +59,26 @@ export interface TelemetryOptions {
   serviceName?: string | undefined;
   /** Instead of OTLP (tests, benchmarks). */
   exporter?: SpanExporter;
+  /** The credential sent with the spans (see export-credential.ts). */
+  credential?: () => string | undefined;
   /** Register exit and signal handlers (default true). */
   exitHooks?: boolean;
   env?: Readonly<Record<string, string | undefined>>;
 }
 
 const FLUSH_TIMEOUT_MS = 5_000;
+
+/**
+ * The exporter's `Authorization: Bearer <credential>` (asked at each export: tokens are renewed),
+ * unless OTEL_EXPORTER_OTLP_HEADERS already sets one (e.g. a gateway's).
+ */
+function authorizationHeader(env: Readonly<Record<string, string | undefined>>, credential: (() => string | undefined) | undefined) {
+  const configured = /(^|,)\s*authorization\s*=/i.test(`${env.OTEL_EXPORTER_OTLP_HEADERS ?? ''},${env.OTEL_EXPORTER_OTLP_TRACES_HEADERS ?? ''}`);
+  return async (): Promise<Record<string, string>> => {
+    const c = configured ? undefined : credential?.();
+    return c ? { Authorization: `Bearer ${c}` } : {};
+  };
+}
 const WARN_INTERVAL_MS = 60_000;
 
 export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
@@ -81,7 +95,8 @@ export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
   // slow collector must not cost audit spans. The price: with the collector down, a short-lived
   // agent's exit waits for those retries; lower the timeout to shorten it.
   const protocol = tracesProtocol(env);
-  const exporter = new FailOpenExporter(options.exporter ?? (protocol === 'http/json' ? new JsonTraceExporter({ url: endpoint }) : new OTLPTraceExporter({ url: endpoint })), endpoint);
+  const exporterConfig = { url: endpoint, headers: authorizationHeader(env, options.credential) };
+  const exporter = new FailOpenExporter(options.exporter ?? (protocol === 'http/json' ? new JsonTraceExporter(exporterConfig) : new OTLPTraceExporter(exporterConfig)), endpoint);
   const processor = new AuditSpanProcessor(exporter, endpoint, batchConfig(env), protocol);
   const sampler = new AuditSampler(samplerFromEnv(env));
 

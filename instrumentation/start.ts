@@ -2,6 +2,7 @@ import * as nodeModule from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { diag } from '@opentelemetry/api';
 import { registerInstrumentations, type Instrumentation } from '@opentelemetry/instrumentation';
+import { exportCredential } from './export-credential';
 import { readSettings } from './identity';
 import { custodyInstrumentations } from './instrumentations';
 import { loadToolMap } from './mapping';
@@ -71,7 +72,7 @@ export function start(): Registration {
     toolMap: settings.toolMap ? loadToolMap(settings.toolMap) : undefined,
     rootContext: contextFromEnv(),
   });
-  const telemetry = startTelemetry({ serviceName: root.identity.agentName });
+  const telemetry = startTelemetry({ serviceName: root.identity.agentName, credential: exportCredential(root.identity) });
   configureRuntime({ tracer: telemetry.tracer });
   const instrumentations = custodyInstrumentations();
   const unregister = registerInstrumentations({ instrumentations });

@@ -274,6 +274,21 @@ export function formatReadiness(url: string, items: ReadinessItem[]): string {
   return lines.join('\n') + '\n';
 }
 
+/** The open first-day mode, said in words: what it accepts that a registered setup refuses. */
+export async function modeNote(url: string): Promise<string> {
+  try {
+    const { body } = await getJson<TokenConfig>(url, '/v1/tokens/config', { timeoutMs: 5000 });
+    if (body.mode !== 'open') return '';
+  } catch {
+    return '';
+  }
+  return (
+    '\n**Open first-day mode (loopback):** `/issue` trusts the sponsor and role in the request body, and OTLP ingest ' +
+    'accepts spans without a credential, storing them as unverified (never counted as plane errors). ' +
+    'Register agents and set `mode: registered` before anyone else can reach these ports.\n'
+  );
+}
+
 export function registerReadinessCommand(program: Command): void {
   withClientOptions(
     program
@@ -290,7 +305,7 @@ export function registerReadinessCommand(program: Command): void {
       throw new CustodyError('ERR_USAGE', `--window: ${(err as Error).message}`);
     }
     const items = await evaluateReadiness({ url: flags.url, windowS, rulesFile: path.resolve(flags.rules) });
-    process.stdout.write(flags.json ? `${safeJson(items, 2)}\n` : safeLines(formatReadiness(flags.url, items)));
+    process.stdout.write(flags.json ? `${safeJson(items, 2)}\n` : safeLines(formatReadiness(flags.url, items)) + (await modeNote(flags.url)));
     process.exitCode = items.every((i) => i.pass) ? 0 : 1;
   });
 }

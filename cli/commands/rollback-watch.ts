@@ -42,9 +42,9 @@ function planeFor(flags: { url: string; policyUrl?: string; adminToken?: string;
 }
 
 function adminTokenOption(): Option {
-  return new Option('--admin-token <token>', `bearer token for PUT /v1/rollout (default $${ENV.ADMIN_TOKEN})`).default(
-    process.env[ENV.ADMIN_TOKEN],
-    `$${ENV.ADMIN_TOKEN}`,
+  return new Option('--admin-token <token>', `bearer token for PUT /v1/rollout (default $${ENV.ROLLOUT_TOKEN}, else $${ENV.ADMIN_TOKEN})`).default(
+    process.env[ENV.ROLLOUT_TOKEN] || process.env[ENV.ADMIN_TOKEN],
+    `$${ENV.ROLLOUT_TOKEN} or $${ENV.ADMIN_TOKEN}`,
   );
 }
 

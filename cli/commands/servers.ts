@@ -3,7 +3,7 @@ import { createLogger } from '../../common/log';
 import { ENV } from '../../common/names';
 import { playDemo } from '../demo/play';
 import { closeOnSignals, startHost } from '../host';
-import { bootstrapAdminToken, commonOptions, withServerOptions, type ServerFlags } from '../options';
+import { bootstrapCredentials, commonOptions, withServerOptions, type ServerFlags } from '../options';
 import { ROLES } from '../roles';
 
 async function serve(roleNames: string[], flags: ServerFlags & { demo?: boolean }): Promise<void> {
@@ -11,7 +11,7 @@ async function serve(roleNames: string[], flags: ServerFlags & { demo?: boolean 
   const options = commonOptions(flags);
   const isUp = roleNames.length === Object.keys(ROLES).length;
   const demo = isUp && flags.demo !== false && process.env[ENV.DEMO] !== 'off';
-  const adminTokenFile = isUp ? bootstrapAdminToken(options) : undefined;
+  const generated = isUp ? bootstrapCredentials(options) : {};
   // while the scenario plays, the rollback job looks every few seconds so its reaction shows
   if (demo) process.env[ENV.ROLLBACK_INTERVAL] ??= '5s';
   const starters = roleNames.map((name) => {
@@ -23,7 +23,8 @@ async function serve(roleNames: string[], flags: ServerFlags & { demo?: boolean 
   closeOnSignals(host);
   const lines = [`custody ${roleNames.join(' + ')} listening`, `  control API   ${host.control.url}`];
   for (const role of host.roles) for (const line of role.banner ?? []) lines.push(`  ${line}`);
-  if (adminTokenFile) lines.push(`  admin token   ${adminTokenFile} (generated; set ${ENV.ADMIN_TOKEN} to choose your own)`);
+  if (generated.admin) lines.push(`  admin token   ${generated.admin} (generated; set ${ENV.ADMIN_TOKEN} to choose your own)`);
+  if (generated.rollout) lines.push(`  rollout token ${generated.rollout} (generated, moves the rollout only; set ${ENV.ROLLOUT_TOKEN} to choose your own)`);
   process.stdout.write(lines.join('\n') + '\n');
   if (demo) await playDemo(host, options, log);
 }

@@ -41,6 +41,13 @@ export interface AuditEvent {
   response_hash: string;
   duration_ms: number;
   audit_seq: number;
+  /**
+   * Who could have written the row (TRUST in common/names.ts): `verified`, `gateway`,
+   * `unverified` (no credential, or an identity its credential does not prove), '' if stored
+   * before this was recorded. The decision and token fields of an unverified row are the agent's
+   * word only.
+   */
+  trust: string;
 }
 
 export interface AgentSummary {
@@ -121,7 +128,7 @@ const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trac
   parent_agent_id, toString(role) AS role, toString(tool_id) AS tool_id, toString(action) AS action, purpose,
   toString(decision) AS decision, policy_decision_id, toString(rule_id) AS rule_id, policy_latency_ms, policy_cached,
   enforced, toString(cohort) AS cohort, toString(status) AS status, toString(error_type) AS error_type, token_jti,
-  request_hash, response_hash, duration_ns, audit_seq`;
+  request_hash, response_hash, duration_ns, audit_seq, toString(trust) AS trust`;
 
 interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ms' | 'audit_seq'> {
   ts_ns: string;
@@ -340,7 +347,8 @@ async function childrenOf(store: Store, parents: string[], limit: number): Promi
   const list = await rows<{ agent_instance_id: string; parent_agent_id: string }>(
     store,
     `SELECT DISTINCT agent_instance_id, parent_agent_id FROM (
-       SELECT agent_instance_id, parent_agent_id FROM ${db}.${TABLE.AUDIT_EVENTS} WHERE parent_agent_id IN {ids:Array(String)}
+       -- an unverified call cannot make itself anyone's sub-agent
+       SELECT agent_instance_id, parent_agent_id FROM ${db}.${TABLE.AUDIT_EVENTS} WHERE parent_agent_id IN {ids:Array(String)} AND trust != 'unverified'
        UNION ALL
        SELECT agent_instance_id, parent_agent_id FROM ${db}.${TABLE.POLICY_DECISIONS} WHERE parent_agent_id IN {ids:Array(String)}
        UNION ALL

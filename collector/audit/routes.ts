@@ -1,5 +1,7 @@
 import { Router } from 'express';
+import { SCOPE, credentialsFromEnv, requireScope } from '../../common/credentials';
 import { badRequest, HttpError, notFound } from '../../common/errors';
+import { isLoopback } from '../../identity/role';
 import { queryInt, queryString } from '../../common/http';
 import type { Logger } from '../../common/log';
 import type { RoleContext } from '../../common/role';
@@ -116,6 +118,19 @@ export function auditRouter(store: Store, log: Logger): Router {
   });
 
   return router;
+}
+
+/** The audit API's read paths (the published audit keys are public and not among them). */
+export const AUDIT_READ_PATHS = ['/v1/audit/trail', '/v1/audit/events', '/v1/audit/health', '/v1/audit/checkpoints'] as const;
+
+/**
+ * Off loopback, reading the audit API needs the reader credential (CUSTODY_AUDIT_READER_TOKEN) or
+ * the admin one; /metrics and the rollback status stay open. Mounted before any audit route.
+ */
+export function mountAuditReadGuard(ctx: RoleContext, credentials = credentialsFromEnv()): { open: boolean } {
+  const open = isLoopback(ctx.options.host);
+  ctx.control.use([...AUDIT_READ_PATHS], requireScope(SCOPE.AUDIT_READ, credentials, { what: 'audit API reads', open }));
+  return { open };
 }
 
 /** Mounts the audit queries; the collector role calls it once its store is open. */

@@ -1,8 +1,9 @@
 import type { Request, Response } from 'express';
 import type { JWK } from 'jose';
+import { SCOPE, credentialsFromEnv, requireScope } from '../../common/credentials';
 import { CustodyError, HttpError } from '../../common/errors';
 import { queryInt } from '../../common/http';
-import { ENV, TABLE } from '../../common/names';
+import { TABLE } from '../../common/names';
 import type { RoleContext } from '../../common/role';
 import type { Store } from '../store';
 import type { CheckpointJournal } from './journal';
@@ -45,13 +46,12 @@ export function mountEvidenceRoutes(ctx: RoleContext, deps: { store: Store; keys
     }
   });
 
-  control.post(EVIDENCE_PATHS.ROTATE, async (req, res, next) => {
+  const admin = requireScope(SCOPE.ADMIN, credentialsFromEnv(), {
+    what: 'audit key rotations',
+    disabled: { status: 403, code: 'admin_disabled' },
+  });
+  control.post(EVIDENCE_PATHS.ROTATE, admin, async (_req, res, next) => {
     try {
-      const admin = process.env[ENV.ADMIN_TOKEN];
-      if (!admin) throw new HttpError(403, 'admin_disabled', `key rotation needs ${ENV.ADMIN_TOKEN} set where the collector runs`);
-      if (req.get('authorization') !== `Bearer ${admin}`) {
-        throw new HttpError(401, 'unauthorized', `send "Authorization: Bearer $${ENV.ADMIN_TOKEN}"`, { 'WWW-Authenticate': 'Bearer' });
-      }
       let rotated;
       try {
         rotated = await keys.rotate();

@@ -12,14 +12,16 @@ import { LEAF_PREFIX } from './merkle';
  * little-endian integer followed by x, and each value's bytes are: a string as it is (UTF-8);
  * DateTime64 as signed 64-bit little-endian nanoseconds since the epoch; Float64 as its 8 IEEE-754
  * bytes, little-endian; Bool as one byte 0/1; an unsigned integer as 64-bit little-endian; a Map as
- * lp(key) || lp(value) for each pair, sorted by key then value. The leaf is SHA-256(0x00 || bytes).
+ * lp(key) || lp(value) for each pair, sorted by key then value. A column added after rows were
+ * sealed (`audit_events.trust`) adds lp(value) only when its value is not empty, so the rows sealed
+ * before it existed keep their leaves. The leaf is SHA-256(0x00 || bytes).
  * Every stored column is covered, the write time included, so any UPDATE shows. The SQL below
  * computes exactly these bytes beside the data; `rowBytes` is the same definition in JavaScript,
  * for auditors and tests.
  */
 export const LEAF_FORMAT = 1;
 
-type Kind = 'string' | 'datetime64' | 'float64' | 'bool' | 'uint' | 'map';
+type Kind = 'string' | 'datetime64' | 'float64' | 'bool' | 'uint' | 'map' | 'added';
 
 interface Column {
   readonly name: string;
@@ -53,7 +55,7 @@ export const SEALED_TABLES: readonly SealedTable[] = Object.freeze([
       sponsor_id agent_instance_id parent_agent_id agent_name role tool_id tool_name action purpose request_hash
       response_hash policy_decision_id decision rule_id policy_latency_ms:float64 policy_cached:bool enforced:bool
       cohort status error_type token_jti tool_call_id audit_seq:uint audit_prev_hash duration_ns:uint
-      attributes:map ingested_at:datetime64`),
+      attributes:map ingested_at:datetime64 trust:added`),
     rowKey: `concat(trace_id, '/', span_id)`,
     label: `concat(agent_instance_id, ' #', toString(audit_seq), ' ', tool_id, if(action = '', '', concat('.', action)))`,
     timeColumn: 'timestamp',
@@ -94,6 +96,8 @@ function piecesSql(c: Column): string[] {
   switch (c.kind) {
     case 'string':
       return [u32(`length(${c.name})`), c.name];
+    case 'added':
+      return [`if(${c.name} = '', '', concat(${u32(`length(${c.name})`)}, ${c.name}))`];
     case 'datetime64':
       return fixed(`toUnixTimestamp64Nano(${c.name})`, 8);
     case 'float64':
@@ -159,6 +163,7 @@ function valueBytes(c: Column, v: RowValue): Buffer {
   const b = Buffer.alloc(8);
   switch (c.kind) {
     case 'string':
+    case 'added':
       return Buffer.from(String(v ?? ''), 'utf8');
     case 'datetime64':
       b.writeBigInt64LE(BigInt(v === undefined ? 0 : (v as number | bigint | string)));
@@ -181,7 +186,8 @@ function valueBytes(c: Column, v: RowValue): Buffer {
 
 /** Leaf format 1 bytes of a row (absent columns take their empty/zero value). */
 export function rowBytes(table: SealedTable, row: Record<string, RowValue>): Buffer {
-  return Buffer.concat([lp(Buffer.from(table.name)), ...table.columns.map((c) => lp(valueBytes(c, row[c.name])))]);
+  const present = table.columns.filter((c) => c.kind !== 'added' || String(row[c.name] ?? '') !== '');
+  return Buffer.concat([lp(Buffer.from(table.name)), ...present.map((c) => lp(valueBytes(c, row[c.name])))]);
 }
 
 export function rowLeaf(table: SealedTable, row: Record<string, RowValue>): Buffer {

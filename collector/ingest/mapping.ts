@@ -1,5 +1,5 @@
 import { validateAuditRow } from '../audit/schema';
-import { ATTR, SPAN, TABLE } from '../../common/names';
+import { ATTR, SPAN, TABLE, TRUST, type Trust } from '../../common/names';
 import { findAttribute, type AnyValue, type Attributes, type KeyValue, type PbLong, type Resource, type Span } from '../otlp';
 
 /**
@@ -27,7 +27,7 @@ export const AUDIT_COLUMNS = [
   'sponsor_id', 'agent_instance_id', 'parent_agent_id', 'agent_name', 'role', 'tool_id', 'tool_name',
   'action', 'purpose', 'request_hash', 'response_hash', 'policy_decision_id', 'decision', 'rule_id',
   'policy_latency_ms', 'policy_cached', 'enforced', 'cohort', 'status', 'error_type', 'token_jti',
-  'tool_call_id', 'audit_seq', 'audit_prev_hash', 'duration_ns', 'attributes',
+  'tool_call_id', 'audit_seq', 'audit_prev_hash', 'duration_ns', 'attributes', 'trust',
 ] as const;
 
 export const DECISION_COLUMNS = [
@@ -98,6 +98,8 @@ export interface MappedSpans {
   readonly toolCalls: Map<string, number>;
   /** Tool calls stored without a sponsor: the signal the rules watch. */
   readonly missingSponsor: number;
+  /** Spans named as a service's record (decision, token event, rollout change) from another source: kept in otel_traces only. */
+  readonly untrustedRecords: number;
   readonly spans: number;
   /** Bytes in all bodies, for the writer's memory bound. */
   readonly bytes: number;
@@ -346,6 +348,8 @@ function walk(attrs: Attributes, slots: Slots, mask: readonly boolean[] | undefi
   for (let i = 0; i < attrs.length; i++) {
     const kv: KeyValue = attrs[i]!;
     const key = kv.key ?? '';
+    // only the collector says who wrote a span
+    if (key === ATTR.INGEST_TRUST) continue;
     const value = attrString(kv.value);
     setKey(all, key, value);
     const s = SLOT.get(key);
@@ -397,7 +401,7 @@ interface Counts {
   missingSponsor: number;
 }
 
-function auditRow(span: Span, slots: Slots, start: string, duration: string, rest: StringMap, counts: Counts): unknown[] {
+function auditRow(span: Span, slots: Slots, start: string, duration: string, rest: StringMap, counts: Counts, trust: Trust): unknown[] {
   const r = span.resource;
   const tool = toolIdOf(span, slots);
   const sponsor = firstOf(slots, r, S.SPONSOR, S.SPONSOR_BAGGAGE);
@@ -413,7 +417,7 @@ function auditRow(span: Span, slots: Slots, start: string, duration: string, res
     text(slots, S.PURPOSE), text(slots, S.REQUEST_HASH), text(slots, S.RESPONSE_HASH), text(slots, S.DECISION_ID), decision,
     text(slots, S.RULE_ID), numberOf(slots[S.LATENCY]), boolOf(slots[S.CACHED]), boolOf(slots[S.ENFORCED]), cohort,
     AUDIT_STATUS[span.statusCode] ?? 'unset', text(slots, S.ERROR_TYPE), text(slots, S.JTI), text(slots, S.TOOL_CALL_ID),
-    uintOf(slots[S.SEQ], Number.MAX_SAFE_INTEGER), text(slots, S.PREV_HASH), duration, rest,
+    uintOf(slots[S.SEQ], Number.MAX_SAFE_INTEGER), text(slots, S.PREV_HASH), duration, rest, trust,
   ];
 }
 
@@ -469,26 +473,65 @@ function checkAuditSchema(span: Span, row: unknown[]): void {
   event.timestamp = new Date(Number(span.startNs / 1_000_000n)).toISOString();
   delete event.end_timestamp;
   delete event.attributes;
+  delete event.trust;
   event.duration_ns = Number(event.duration_ns);
   validateAuditRow(event);
 }
 
-/** Maps decoded spans to the rows of every table they belong in. */
-export function mapSpans(spans: readonly Span[]): MappedSpans {
+/**
+ * What a span claims about who made it, by the audit row's precedence: span attributes, then
+ * baggage copied onto the span, then the resource.
+ */
+export function claimedIdentity(span: Span): { sponsor: string; instance: string; parent: string } {
+  const pick = (...keys: string[]) => {
+    for (const k of keys) {
+      const v = attrString(findAttribute(span.attributes, k));
+      if (v) return v;
+    }
+    for (const k of keys) {
+      const v = attrString(findAttribute(span.resource.attributes, k));
+      if (v) return v;
+    }
+    return '';
+  };
+  return {
+    sponsor: pick(ATTR.SPONSOR_ID, `baggage.${ATTR.SPONSOR_ID}`),
+    instance: pick(ATTR.AGENT_INSTANCE_ID, ATTR.GEN_AI_AGENT_ID, `baggage.${ATTR.AGENT_INSTANCE_ID}`),
+    parent: pick(ATTR.PARENT_AGENT_ID, `baggage.${ATTR.PARENT_AGENT_ID}`),
+  };
+}
+
+/**
+ * Maps decoded spans to the rows of every table they belong in. `trust` says who could have
+ * written them (one value for all, or one per span; default `service`, for custody's own
+ * reporters): a span named as a service's record (decision log, token event, rollout change) goes
+ * to that service's table only when its trust is `service`, and otherwise is kept in otel_traces
+ * alone. Tool calls carry their trust in `audit_events.trust`; every span not written by a
+ * service carries it in otel_traces as SpanAttributes['custody.ingest.trust'].
+ */
+export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[] = TRUST.SERVICE): MappedSpans {
   const byTable: Partial<Record<IngestTable, unknown[][]>> = {};
   const add = (table: IngestTable, row: unknown[]) => (byTable[table] ??= []).push(row);
   const counts: Counts = { toolCalls: new Map(), missingSponsor: 0 };
   const slots: Slots = new Array(SLOT_KEYS.length);
-  for (const span of spans) {
+  let untrustedRecords = 0;
+  for (let i = 0; i < spans.length; i++) {
+    const span = spans[i]!;
+    const t: Trust = typeof trust === 'string' ? trust : (trust[i] ?? TRUST.UNVERIFIED);
     slots.fill(undefined);
-    const kind = kindOf(span);
+    let kind = kindOf(span);
+    if (t !== TRUST.SERVICE && (kind === Kind.Decision || kind === Kind.Token || kind === Kind.Rollout)) {
+      kind = Kind.Other;
+      untrustedRecords++;
+    }
     const [all, rest] = walk(span.attributes, slots, MASKS[kind]);
+    if (t !== TRUST.SERVICE) setKey(all, ATTR.INGEST_TRUST, t);
     const start = nsText(span.startNs);
     // a string: ClickHouse reads UInt64 from JSON strings, and a bigint has no JSON form
     const duration = String(span.endNs - span.startNs);
     add(TABLE.OTEL_TRACES, traceRow(span, start, duration, all));
     if (kind === Kind.ToolCall) {
-      const row = auditRow(span, slots, start, duration, rest, counts);
+      const row = auditRow(span, slots, start, duration, rest, counts, t);
       add(TABLE.AUDIT_EVENTS, row);
       checkAuditSchema(span, row);
     }
@@ -505,5 +548,5 @@ export function mapSpans(spans: readonly Span[]): MappedSpans {
     rowCounts[table] = byTable[table]!.length;
     bytes += body.length;
   }
-  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, spans: spans.length, bytes };
+  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, untrustedRecords, spans: spans.length, bytes };
 }

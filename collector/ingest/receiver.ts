@@ -1,4 +1,3 @@
-import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
@@ -6,9 +5,25 @@ import { ConfigError } from '../../common/errors';
 import { listen, type Listening } from '../../common/http';
 import type { Logger } from '../../common/log';
 import { counter } from '../../common/metrics';
-import { ENV, METRIC } from '../../common/names';
-import type { RoleContext } from '../../common/role';
-import { mapSpans } from './mapping';
+import { credentialsFromEnv } from '../../common/credentials';
+import { SERVICE, type RoleContext } from '../../common/role';
+import { jwksUrl } from '../../identity/client';
+import { loadTokenConfig, type TokenServiceConfig } from '../../identity/config';
+import { isLoopback, type TokenKeysService } from '../../identity/role';
+import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
+import { DEFAULTS, ENV, METRIC, TRUST, type Trust } from '../../common/names';
+import {
+  IngestAuthError,
+  TOKEN_GRACE_SECONDS,
+  createIngestAuth,
+  verdictFor,
+  type AgentCredentialChecker,
+  type IngestAuth,
+  type IngestPrincipal,
+} from './auth';
+import { createServiceSink } from './sink';
+import { createBindingIndex, learnFromTokenEvents, type BindingIndex } from './bindings';
+import { claimedIdentity, mapSpans } from './mapping';
 import {
   GRPC_CODE,
   OtlpDecodeError,
@@ -18,6 +33,7 @@ import {
   encodeExportResponse,
   encodeStatus,
   type DecodedRequest,
+  type Span,
   type WireFormat,
 } from '../otlp';
 import { StoreWriteError, type Store } from '../store';
@@ -35,8 +51,13 @@ export interface ReceiverOptions {
   port: number;
   writer: BatchWriter;
   log: Logger;
-  /** When set, requests need `Authorization: Bearer <token>`. */
-  token?: string;
+  /**
+   * Who may send spans and how far each is believed (see auth.ts). Without one, every request is
+   * accepted and its spans stored as unverified.
+   */
+  auth?: IngestAuth;
+  /** The token service's bindings of agent instances, for agent credentials and custody tokens. */
+  bindings?: BindingIndex;
   /** Largest body, compressed and decompressed, in bytes. Default 16 MiB. */
   maxBodyBytes?: number;
   /** How long a request waits for its rows to be stored before a 503. Default 30 s. */
@@ -56,7 +77,8 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
   const { writer, log } = options;
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const writeTimeoutMs = options.writeTimeoutMs ?? 30_000;
-  const expected = options.token ? Buffer.from(`Bearer ${options.token}`) : undefined;
+  const auth = options.auth;
+  const bindings = options.bindings ?? createBindingIndex();
   // how much of an unwanted body is read and dropped before the connection is cut instead
   const discardLimit = Math.max(4 * maxBody, 64 * 1024 * 1024);
 
@@ -67,13 +89,41 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     help: 'Tool calls stored, by tool, policy decision and rollout cohort',
     labelNames: ['tool', 'decision', 'cohort'],
   });
+  const unverified = counter<'reason'>({
+    name: METRIC.SPANS_UNVERIFIED_TOTAL,
+    help: 'Spans stored but not taken for what they claim, by reason: no credential (open mode), an identity the credential does not prove, a service record sent by someone else',
+    labelNames: ['reason'],
+  });
   const requests = counter<'code'>({ name: METRIC.INGEST_REQUESTS_TOTAL, help: 'OTLP export requests, by HTTP status', labelNames: ['code'] });
   const seenTools = new Set<string>();
 
-  function authorized(req: IncomingMessage): boolean {
-    if (!expected) return true;
-    const got = Buffer.from(req.headers.authorization ?? '');
-    return got.length === expected.length && timingSafeEqual(got, expected);
+  async function principalOf(req: IncomingMessage): Promise<IngestPrincipal> {
+    if (!auth) return { kind: 'anonymous', reason: 'no_credential' };
+    try {
+      return await auth.authenticate(req.headers.authorization);
+    } catch (err) {
+      if (err instanceof IngestAuthError) {
+        throw new OtlpHttpError(401, GRPC_CODE.UNAUTHENTICATED, 'unauthorized', err.message, { 'WWW-Authenticate': 'Bearer' });
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Each span's trust: one value for the request, unless an agent credential or a custody token
+   * sent it, when each span's claimed identity is checked against what the credential proves.
+   */
+  async function trustOf(principal: IngestPrincipal, spans: readonly Span[]): Promise<{ trust: Trust | Trust[]; mismatched: number }> {
+    if (principal.kind !== 'agent' && principal.kind !== 'token') return { trust: verdictFor(principal, { sponsor: '', instance: '', parent: '' }, bindings).trust, mismatched: 0 };
+    const claims = spans.map(claimedIdentity);
+    await bindings.load(claims.map((c) => c.instance));
+    let mismatched = 0;
+    const trust = claims.map((c) => {
+      const v = verdictFor(principal, c, bindings);
+      if (v.reason === 'identity_mismatch') mismatched++;
+      return v.trust;
+    });
+    return { trust, mismatched };
   }
 
   function formatOf(req: IncomingMessage): WireFormat | undefined {
@@ -183,7 +233,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
    * function: the decoded spans die here instead of living on while the rows wait for their
    * insert, which would have them copied into the old generation and cost full collections.
    */
-  async function receive(req: IncomingMessage, format: WireFormat) {
+  async function receive(req: IncomingMessage, format: WireFormat, principal: IngestPrincipal) {
     const body = await decompress(req, await readBody(req));
     let decoded: DecodedRequest;
     try {
@@ -192,19 +242,27 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       if (err instanceof OtlpDecodeError) throw new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'invalid_request', err.message);
       throw err;
     }
-    const { rows, counts, spans, toolCalls } = mapSpans(decoded.spans);
+    const { trust, mismatched } = await trustOf(principal, decoded.spans);
+    // token events the service wrote: the instances they bind, for later agent spans
+    if (trust === TRUST.SERVICE) learnFromTokenEvents(bindings, decoded.spans);
+    const { rows, counts, spans, toolCalls, untrustedRecords } = mapSpans(decoded.spans, trust);
     const { rejected: refused, rejectedCount, rejectionMessages } = decoded;
     const message = rejectedCount
       ? `${rejectedCount} span(s) rejected: ${rejectionMessages.join('; ')}${rejectedCount > rejectionMessages.length ? '; …' : ''}`
       : '';
-    return { write: { rows, counts }, spans, toolCalls, refused, rejectedCount, message };
+    const flagged: [string, number][] = [
+      [principal.kind === 'anonymous' ? principal.reason : 'no_credential', principal.kind === 'anonymous' ? spans : 0],
+      ['identity_mismatch', mismatched],
+      ['service_record_from_other_source', untrustedRecords],
+    ];
+    return { write: { rows, counts }, spans, toolCalls, refused, rejectedCount, message, flagged };
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse, format: WireFormat): Promise<void> {
+  async function handle(req: IncomingMessage, res: ServerResponse, format: WireFormat, principal: IngestPrincipal): Promise<void> {
     if (!writer.available) {
       throw new OtlpHttpError(503, GRPC_CODE.UNAVAILABLE, 'storage_unavailable', 'storage is unavailable; retry later', { 'Retry-After': '5' });
     }
-    const { write, spans, toolCalls, refused, rejectedCount, message } = await receive(req, format);
+    const { write, spans, toolCalls, refused, rejectedCount, message, flagged } = await receive(req, format, principal);
     try {
       await waitForWrite(writer.write(write));
     } catch (err) {
@@ -232,6 +290,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     ingested.inc(spans);
     countToolCalls(toolCalls);
     for (const [reason, n] of refused) rejected.inc({ reason }, n);
+    for (const [reason, n] of flagged) if (n > 0) unverified.inc({ reason }, n);
     send(res, 200, format, encodeExportResponse(format, rejectedCount, message));
   }
 
@@ -243,9 +302,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       if (req.method !== 'POST') {
         throw new OtlpHttpError(405, GRPC_CODE.UNIMPLEMENTED, 'method_not_allowed', `${req.method} is not allowed on ${TRACES_PATH}; use POST`, { Allow: 'POST' });
       }
-      if (!authorized(req)) {
-        throw new OtlpHttpError(401, GRPC_CODE.UNAUTHENTICATED, 'unauthorized', 'missing or invalid bearer token', { 'WWW-Authenticate': 'Bearer' });
-      }
+      const principal = await principalOf(req);
       if (!format) {
         throw new OtlpHttpError(
           415,
@@ -254,7 +311,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
           `Content-Type '${req.headers['content-type'] ?? ''}' is not supported; use application/x-protobuf or application/json`,
         );
       }
-      await handle(req, res, format);
+      await handle(req, res, format, principal);
     } catch (err) {
       if (res.headersSent) return;
       const known =
@@ -308,30 +365,92 @@ export interface RunningIngest {
 }
 
 /**
- * Ingest inside the collector role: the batching writer on the store and the OTLP receiver on
- * --otlp-port, configured from CUSTODY_INGEST_TOKEN, CUSTODY_INGEST_MAX_BODY_BYTES and
+ * Ingest inside the collector role: the batching writer on the store, the OTLP receiver on
+ * --otlp-port and the in-process sink of the hosted roles' records, configured from the
+ * credentials (see ingestAuth), CUSTODY_INGEST_MAX_BODY_BYTES and
  * CUSTODY_INGEST_MAX_QUEUE_ROWS. Writes are refused (503) until the store's schema is in place.
  */
 export async function startIngest(ctx: RoleContext, store: Store, env: NodeJS.ProcessEnv = process.env): Promise<RunningIngest> {
   const { options, log } = ctx;
   const maxBodyBytes = positiveInt(env, ENV.INGEST_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES);
   const maxQueuedRows = positiveInt(env, ENV.INGEST_MAX_QUEUE_ROWS, 200_000);
-  const token = env[ENV.INGEST_TOKEN] || undefined;
   const writer = createBatchWriter({ store, log, maxQueuedRows, startUnavailable: !store.migrated });
   if (!store.migrated) void store.whenMigrated().then(() => store.migrated && writer.setAvailable(true));
-  const listening = await startOtlpReceiver({ host: options.host, port: options.otlpPort, writer, log, maxBodyBytes, ...(token ? { token } : {}) });
+  const bindings = createBindingIndex({ store, log });
+  const { auth, describe } = ingestAuth(ctx, env);
+  // the hosted roles' own records: in process, written as the service's
+  ctx.services.provide(
+    SERVICE.SERVICE_SINK,
+    createServiceSink(async (spans) => {
+      learnFromTokenEvents(bindings, spans);
+      await writer.write(mapSpans(spans, TRUST.SERVICE));
+    }),
+  );
+  const listening = await startOtlpReceiver({ host: options.host, port: options.otlpPort, writer, log, maxBodyBytes, auth, bindings });
   // the address reporters and people can use, also when bound to every interface
   const host = options.host === '0.0.0.0' ? '127.0.0.1' : options.host === '::' ? '[::1]' : new URL(listening.url).hostname;
   const url = `http://${host}:${listening.port}`;
   ctx.setOtlpUrl(url);
   ctx.addReadinessCheck('ingest', () => writer.available);
+  const banner = [`OTLP          ${url}`, `  credentials ${describe}`];
+  if (!auth.required) {
+    banner.push(
+      '!! OPEN INGEST: spans without a credential are accepted and stored as unverified (loopback, first day);',
+      '!!   the rules never take them for plane errors or latency. Set mode: registered to refuse them (401).',
+    );
+  }
   return {
     writer,
     url,
-    banner: [`OTLP          ${url}${token ? ' (bearer token required)' : ''}`],
+    banner,
     async close() {
       await listening.close();
       await writer.close();
     },
   };
+}
+
+/**
+ * Who may send spans: a credential is required in mode: registered, off loopback, or when a
+ * gateway credential (CUSTODY_INGEST_TOKEN) is set; otherwise (open first-day mode on loopback)
+ * spans without one are stored as unverified. Agent credentials are checked against the token
+ * service's registry in this process; custody tokens against its keys (in process, or the JWKS at
+ * CUSTODY_TOKEN_URL / CUSTODY_URL).
+ */
+export function ingestAuth(ctx: RoleContext, env: NodeJS.ProcessEnv = process.env): { auth: IngestAuth; describe: string } {
+  const { options, log } = ctx;
+  const credentials = credentialsFromEnv(env);
+  let config: TokenServiceConfig | undefined;
+  try {
+    config = loadTokenConfig(options.tokenConfigFile);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'collector: token service configuration unreadable; custody tokens are checked with defaults');
+  }
+  const loopback = isLoopback(options.host);
+  const registered = config ? config.mode === 'registered' || (config.mode === 'auto' && !loopback) : !loopback;
+  const required = registered || !loopback || !!credentials.ingest;
+  let verifier: TokenVerifier | undefined;
+  const chain = config ? { roleOrder: config.roleOrder, maxDepth: config.delegation.max_depth, maxTtlSeconds: config.max_ttl_seconds } : {};
+  const verifyToken = () => {
+    if (!verifier) {
+      const keys = ctx.services.lookup<TokenKeysService>(SERVICE.TOKEN_KEYS);
+      const common = { clockSkewSeconds: TOKEN_GRACE_SECONDS, requireSponsor: false, ...chain };
+      if (keys) verifier = createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks(), ...common });
+      else {
+        const issuer = env[ENV.TOKEN_ISSUER] || config?.issuer;
+        if (!issuer) return undefined;
+        verifier = createTokenVerifier({ issuer, jwks: jwksUrl(env[ENV.TOKEN_URL] || env[ENV.URL] || DEFAULTS.URL), ...common });
+      }
+    }
+    const v = verifier;
+    return (token: string) => v.verify(token);
+  };
+  const auth = createIngestAuth({
+    credentials,
+    required,
+    agents: () => ctx.services.lookup<AgentCredentialChecker>(SERVICE.AGENT_CREDENTIALS),
+    verifyToken,
+  });
+  const describe = required ? 'credential required: agent credential, custody token, service or gateway credential' : 'open: spans without a credential stored as unverified';
+  return { auth, describe };
 }

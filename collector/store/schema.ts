@@ -345,6 +345,34 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         ? []
         : DEDUP_TABLES.map((name) => `ALTER TABLE ${t(name)} MODIFY SETTING non_replicated_deduplication_window = ${DEDUP_WINDOW}`),
     },
+    {
+      version: 8,
+      name: 'record_trust',
+      // Who could have written each tool-call row (TRUST in common/names.ts): written by ingest,
+      // '' for rows stored before it was recorded. The rollup's plane-side figures (policy errors,
+      // plane checks, their latency) leave out unverified rows: anyone who can reach an open
+      // OTLP port could write those.
+      statements: [
+        `ALTER TABLE ${t(TABLE.AUDIT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS trust LowCardinality(String) DEFAULT '' AFTER attributes`,
+        `DROP VIEW IF EXISTS ${t(TABLE.AUDIT_ROLLUP_1M + '_mv')}${onCluster}`,
+        `CREATE MATERIALIZED VIEW IF NOT EXISTS ${t(TABLE.AUDIT_ROLLUP_1M + '_mv')}${onCluster}
+        TO ${t(TABLE.AUDIT_ROLLUP_1M)}
+        AS SELECT
+          toStartOfMinute(timestamp) AS minute,
+          cohort,
+          tool_id,
+          count() AS calls,
+          countIf(sponsor_id = '') AS missing_sponsor,
+          countIf(parent_agent_id = '') AS missing_parent,
+          countIf(decision = 'error' AND trust != 'unverified') AS policy_errors,
+          countIf(decision = 'deny') AS denies,
+          countIf(decision = 'allow') AS allows,
+          countIf((decision = 'error' OR (decision != '' AND NOT policy_cached)) AND trust != 'unverified') AS policy_checks,
+          quantilesTimingStateIf(0.5, 0.95, 0.99)(toUInt32(ceil(policy_latency_ms)), (decision = 'error' OR (decision != '' AND NOT policy_cached)) AND trust != 'unverified') AS latency_ms
+        FROM ${t(TABLE.AUDIT_EVENTS)}
+        GROUP BY minute, cohort, tool_id`,
+      ],
+    },
   ];
 }
 

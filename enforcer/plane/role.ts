@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Attributes, Context } from '@opentelemetry/api';
+import { credentialsFromEnv } from '../../common/credentials';
 import { DEFAULTS, ENV, SPAN, ATTR } from '../../common/names';
 import { SERVICE, type RoleContext, type RunningRole } from '../../common/role';
 import type { RoleStarter } from '../../common/role';
@@ -25,7 +26,7 @@ export interface PolicyPlaneOptions {
   tokenUrl?: string;
   /** Standalone: the tokens' issuer. Default $CUSTODY_TOKEN_ISSUER, else the token service configuration's `issuer`. */
   tokenIssuer?: string;
-  /** Default $CUSTODY_ADMIN_TOKEN. */
+  /** Default $CUSTODY_ADMIN_TOKEN (every change); $CUSTODY_ROLLOUT_TOKEN moves the rollout only. */
   adminToken?: string;
   /** Policy file poll interval, ms. */
   pollMs?: number;
@@ -62,7 +63,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const rollout = openRolloutStore(path.join(options.dataDir, ROLLOUT_STATE_FILE), policies.current().rollout.percent);
       metrics.rollout(rollout.get().percent);
       const { verifier, describe, revocations } = tokenVerifier(ctx, planeOptions);
-      const adminToken = planeOptions.adminToken ?? (process.env[ENV.ADMIN_TOKEN] || undefined);
+      const fromEnv = credentialsFromEnv();
+      const credentials = { ...fromEnv, admin: planeOptions.adminToken ?? fromEnv.admin };
 
       const report = (attributes: Attributes, parent: Context | undefined, time: number, error?: string) => {
         try {
@@ -78,7 +80,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       mountPlaneRoutes(ctx.control, {
         policy: policies.current,
         rollout,
-        adminToken,
+        credentials,
         revocations: async () => {
           const r = await revocations.current();
           return { version: r.version, count: r.count };
@@ -108,7 +110,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         `policy plane  ${file} (version ${p.version}, ${p.ruleCount} rules), rollout ${state.percent}% canary (${rollout.file})`,
         `  tokens      ${describe}`,
       ];
-      if (!adminToken) banner.push(`  rollout changes disabled until ${ENV.ADMIN_TOKEN} is set`);
+      if (!credentials.admin && !credentials.rollout) banner.push(`  rollout changes disabled until ${ENV.ROLLOUT_TOKEN} or ${ENV.ADMIN_TOKEN} is set`);
       if (state.incident) {
         banner.push(`!! incident switch on since ${state.incident.since}: agents keep allows cached for ${state.incident.cache_ttl_s} s`);
       }

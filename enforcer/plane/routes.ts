@@ -1,18 +1,22 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { ROOT_CONTEXT, defaultTextMapGetter, type Context } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import type { Request, RequestHandler, Router } from 'express';
+import type { Request, Router } from 'express';
 import { z } from 'zod';
-import { HttpError, badRequest, forbidden } from '../../common/errors';
+import { SCOPE, requireScope, type ServiceCredentials } from '../../common/credentials';
+import { HttpError, badRequest } from '../../common/errors';
 import type { Policy } from '../policy/compile';
 import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
 
 export interface PlaneRoutesOptions {
   policy: () => Policy;
   rollout: RolloutStore;
-  /** CUSTODY_ADMIN_TOKEN; absent: every change is refused. */
-  adminToken: string | undefined;
+  /**
+   * Who may move the rollout: the rollout credential (CUSTODY_ROLLOUT_TOKEN) or the admin one;
+   * with neither configured every change is refused (an open PUT would let anyone switch
+   * enforcement off).
+   */
+  credentials: ServiceCredentials;
   /**
    * The revocations in force (version, count), announced with the rollout so that enforcers drop
    * cached allows when it changes. Absent or failing: not announced.
@@ -47,7 +51,7 @@ const incidentChange = z.strictObject({
  * (what is in force, and the tool_map agents resolve tool names with).
  */
 export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
-  const admin = requireAdmin(o.adminToken);
+  const admin = requireScope(SCOPE.ROLLOUT, o.credentials, { what: 'rollout changes', disabled: { status: 403, code: 'forbidden' } });
 
   const sendRollout = async (res: import('express').Response) => {
     const state = o.rollout.get();
@@ -131,22 +135,4 @@ function ifMatchRevision(req: Request): number | undefined {
   const m = /^\s*(?:W\/)?"?(\d+)"?\s*$/.exec(header);
   if (!m) throw badRequest('invalid_request', `If-Match must be the rollout's ETag (e.g. "7"), got '${header}'`);
   return Number(m[1]);
-}
-
-/**
- * Rollout changes need `Authorization: Bearer $CUSTODY_ADMIN_TOKEN`. Without a configured admin
- * token every change is refused: an open PUT would let anyone switch enforcement off.
- */
-function requireAdmin(adminToken: string | undefined): RequestHandler {
-  const want = adminToken ? createHash('sha256').update(adminToken).digest() : undefined;
-  return function requireAdminToken(req, _res, next) {
-    if (!want) {
-      return next(forbidden('rollout changes are disabled: no CUSTODY_ADMIN_TOKEN is configured on the policy plane'));
-    }
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.get('authorization') ?? '');
-    if (!m) return next(new HttpError(401, 'unauthorized', 'rollout changes need Authorization: Bearer <admin token>', { 'www-authenticate': 'Bearer' }));
-    const got = createHash('sha256').update(m[1]!).digest();
-    if (!timingSafeEqual(got, want)) return next(new HttpError(401, 'unauthorized', 'the admin token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' }));
-    next();
-  };
 }

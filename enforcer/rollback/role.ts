@@ -12,7 +12,7 @@ import { createRollbackWatcher, defaultActor } from './watch';
  * The rollback role `custody up` hosts last: the auto-rollback watch against the roles in the same
  * process. It reaches them through the host's own control app, served on a private loopback
  * listener of its own, so that each rollback goes through PUT /v1/rollout exactly as a person's
- * would: the admin token, the compare-and-set on the revision, the rollout-change audit span and
+ * would: the rollout credential, the compare-and-set on the revision, the rollout-change audit span and
  * the plane's metrics. (The public control port may be 0 and is bound only after the roles
  * start, so the role cannot simply call it.) Settings come from CUSTODY_ROLLBACK_* variables.
  */
@@ -35,7 +35,8 @@ export function rollbackRole(roleOptions: RollbackRoleOptions = {}): RoleStarter
       server.listen(0, '127.0.0.1', () => resolve());
     });
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    const adminToken = env[ENV.ADMIN_TOKEN] || undefined;
+    // the rollout credential: the job can move the rollout and nothing else
+    const adminToken = env[ENV.ROLLOUT_TOKEN] || env[ENV.ADMIN_TOKEN] || undefined;
     const watcher = createRollbackWatcher({
       plane: httpPlane({ url, ...(adminToken ? { adminToken } : {}) }),
       intervalS: settings.intervalS,
@@ -55,7 +56,7 @@ export function rollbackRole(roleOptions: RollbackRoleOptions = {}): RoleStarter
     const banner = [
       `rollback watch every ${settings.intervalS}s: roll back on a breach (window ${settings.windowS}s), advance after ${settings.healthyPeriodS}s healthy with ${settings.minSample} calls${mode ? ` (${mode})` : ''}`,
     ];
-    if (!adminToken && !settings.dryRun) banner.push(`  rollback watch cannot change the rollout until ${ENV.ADMIN_TOKEN} is set`);
+    if (!adminToken && !settings.dryRun) banner.push(`  rollback watch cannot change the rollout until ${ENV.ROLLOUT_TOKEN} is set`);
     return {
       name: 'rollback',
       banner,

@@ -117,6 +117,8 @@ describe('the same hashes computed by ClickHouse', () => {
           enforced: fc.boolean(),
           audit_seq: fc.nat(),
           attributes: fc.dictionary(text.filter((k) => k.length > 0), text, { maxKeys: 4 }),
+          // added after rows were sealed: counts only when set
+          trust: fc.constantFrom('', 'verified', 'unverified', 'gateway'),
           offsetNs: fc.nat({ max: 1_000_000_000 }),
         }),
         async (r) => {
