@@ -272,8 +272,10 @@ export function createBatchWriter(options: WriterOptions): BatchWriter {
   }
 
   async function insert(q: TableQueue, parts: Part[]): Promise<void> {
-    // One insert per request, each with its own deduplication token: a retried request is then
-    // skipped by ClickHouse (and so are its materialized views' rows) whatever it is batched with.
+    // One insert per request, each with its own deduplication token: a request sent again is
+    // skipped by ClickHouse (with what its materialized views would write) whatever it was
+    // queued with the first time. Coalescing requests into one insert would give a retry a
+    // different block, which ClickHouse cannot recognise.
     for (const p of parts) {
       const end = insertSeconds.startTimer({ table: q.table });
       await store.insertRaw({ table: q.table, columns: q.columns, format: ROW_FORMAT, body: p.body, settings: dedupSettings(p.token) });

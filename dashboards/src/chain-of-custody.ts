@@ -164,7 +164,7 @@ export function chainOfCustody(): Dashboard {
             WHERE $__timeFilter(timestamp) AND ${SPONSOR} AND ${AGENT} AND ${TOOL}
             GROUP BY time, tool
             ORDER BY time`,
-            'timeSeries',
+            'timeseries',
           ),
         ),
     )
@@ -188,7 +188,7 @@ export function chainOfCustody(): Dashboard {
             WHERE $__timeFilter(timestamp) AND ${SPONSOR} AND ${AGENT} AND ${TOOL}
             GROUP BY time
             ORDER BY time`,
-            'timeSeries',
+            'timeseries',
           ),
         ),
     )
@@ -316,7 +316,7 @@ export function chainOfCustody(): Dashboard {
             WHERE $__timeFilter(timestamp) AND ${AGENT} AND ${TOOL}
             GROUP BY time
             ORDER BY time`,
-            'timeSeries',
+            'timeseries',
           ),
         ),
     )
@@ -367,7 +367,7 @@ export function chainOfCustody(): Dashboard {
             WHERE $__timeFilter(timestamp) AND decision != '' AND NOT policy_cached AND ${SPONSOR} AND ${AGENT} AND ${TOOL}
             ORDER BY time
             LIMIT 100000`,
-            'timeSeries',
+            'timeseries',
           ),
         ),
     )
@@ -386,7 +386,7 @@ export function chainOfCustody(): Dashboard {
             WHERE $__timeFilter(timestamp) AND ${SPONSOR} AND ${AGENT} AND ${TOOL}
             GROUP BY time, decision
             ORDER BY time`,
-            'timeSeries',
+            'timeseries',
           ),
         ),
     )

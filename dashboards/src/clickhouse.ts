@@ -3,18 +3,22 @@ import type { DataSourceRef } from '@grafana/grafana-foundation-sdk/common';
 
 /**
  * A query for grafana-clickhouse-datasource (v4), which the foundation SDK does not ship: the raw
- * SQL editor's model. `format` is the backend's sqlutil format (0 time series, 1 table, 3 trace).
+ * SQL editor's model as the plugin defines it (its QueryType and Format enums). `format` is the
+ * backend's sqlutil format (0 time series, 1 table, 2 logs, 3 trace). `pluginVersion` marks the
+ * query as a v4 one: without it the plugin's editor takes it for a v3 query and migrates it.
  */
 export const CLICKHOUSE_TYPE = 'grafana-clickhouse-datasource';
+export const CLICKHOUSE_PLUGIN_VERSION = '4.20.0';
 
-export type ClickHouseQueryType = 'table' | 'timeSeries' | 'traces' | 'logs';
+export type ClickHouseQueryType = 'table' | 'timeseries' | 'traces' | 'logs';
 
-const FORMAT: Record<ClickHouseQueryType, number> = { timeSeries: 0, table: 1, logs: 2, traces: 3 };
+const FORMAT: Record<ClickHouseQueryType, number> = { timeseries: 0, table: 1, logs: 2, traces: 3 };
 
 export interface ClickHouseQuery extends Dataquery {
   refId?: string;
   hide?: boolean;
   datasource?: DataSourceRef;
+  pluginVersion: string;
   editorType: 'sql';
   queryType: ClickHouseQueryType;
   format: number;
@@ -26,6 +30,7 @@ export class ClickHouseQueryBuilder implements Builder<Dataquery> {
 
   constructor(rawSql: string, queryType: ClickHouseQueryType = 'table') {
     this.internal = {
+      pluginVersion: CLICKHOUSE_PLUGIN_VERSION,
       editorType: 'sql',
       queryType,
       format: FORMAT[queryType],

@@ -40,8 +40,12 @@ function prom(expr: string, legend: string, refId = 'A'): DataqueryBuilder {
 
 const legend = () => new VizLegendOptionsBuilder().showLegend(true).displayMode(LegendDisplayMode.Table).placement(LegendPlacement.Bottom).calcs(['lastNotNull', 'max']);
 
-/** A rule gauge per cohort with its threshold drawn as a dashed line. */
-function rulePanel(title: string, description: string, expr: string, unit: string, warn: number, crit: number | undefined, pos: GridPos) {
+/**
+ * A rule gauge with its threshold drawn as a dashed line: one series per cohort (`max by (cohort)`:
+ * every collector computes the same value from the shared store, whatever job or instance scrapes
+ * it), or one series for an unlabelled gauge (`legendText`).
+ */
+function rulePanel(title: string, description: string, expr: string, unit: string, warn: number, crit: number | undefined, pos: GridPos, legendText?: string) {
   return new TimeseriesBuilder()
     .title(title)
     .description(description)
@@ -52,7 +56,7 @@ function rulePanel(title: string, description: string, expr: string, unit: strin
     .thresholds(thresholdSteps(warn, crit))
     .thresholdsStyle(new GraphThresholdsStyleConfigBuilder().mode(GraphThresholdsStyleMode.DashedAndArea))
     .legend(legend())
-    .withTarget(prom(expr, '{{cohort}}'));
+    .withTarget(legendText ? prom(`max(${expr})`, legendText) : prom(`max by (cohort) (${expr})`, '{{cohort}}'));
 }
 
 const breachedMappings: ValueMapping[] = [
@@ -215,6 +219,7 @@ export function rolloutHealth(): Dashboard {
         t.token_issue_failure_ratio,
         undefined,
         at(0, 28, 6, 8),
+        'refused / requested',
       ),
     )
     .withPanel(
@@ -240,7 +245,7 @@ export function rolloutHealth(): Dashboard {
     .withPanel(
       new StatBuilder()
         .title('Scrape up')
-        .description('custody\'s /metrics answering Prometheus (job names starting with "custody").')
+        .description("custody's /metrics answering Prometheus: the lowest `up` of the targets, in any scrape job, that exposed custody_* metrics in the last hour.")
         .datasource(ds)
         .gridPos(at(20, 28, 4, 8))
         .mappings([{ type: MappingType.ValueToText, options: { '0': { text: 'DOWN', color: 'red', index: 0 }, '1': { text: 'UP', color: 'green', index: 1 } } }])
@@ -248,7 +253,11 @@ export function rolloutHealth(): Dashboard {
         .colorMode(BigValueColorMode.Background)
         .graphMode(BigValueGraphMode.None)
         .reduceOptions(lastValue())
-        .withTarget(prom('min(up{job=~"custody.*"})', 'up')),
+        .withTarget(prom(
+            // the targets exposing custody_* now, or in the last hour (a target that went down has no series left)
+            'min(up and on (job, instance) (count by (job, instance) ({__name__=~"custody_.+"}) or max_over_time(count by (job, instance) ({__name__=~"custody_.+"})[1h:15s])))',
+            'up',
+          )),
     )
     .build();
   return finalize(dashboard);

@@ -13,7 +13,7 @@ interface Panel {
   type: string;
   title: string;
   datasource?: { type: string; uid: string };
-  targets?: { refId: string; datasource?: { type: string; uid: string }; expr?: string; rawSql?: string; queryType?: string; format?: number }[];
+  targets?: { refId: string; datasource?: { type: string; uid: string }; expr?: string; legendFormat?: string; rawSql?: string; queryType?: string; format?: number; pluginVersion?: string; editorType?: string }[];
   panels?: Panel[];
 }
 
@@ -90,5 +90,44 @@ describe('dashboards', () => {
     const dashboards = parse(fs.readFileSync(path.join(dir, 'provisioning/dashboards.yaml'), 'utf8')) as { apiVersion: number; providers: { type: string; options: { path: string } }[] };
     expect(dashboards.apiVersion).toBe(1);
     expect(dashboards.providers[0]!.type).toBe('file');
+  });
+
+  it('ClickHouse targets are v4 queries as the plugin defines them', () => {
+    // grafana/clickhouse-datasource v4: QueryType table|logs|timeseries|traces, Format 1|2|0|3
+    const format: Record<string, number> = { table: 1, logs: 2, timeseries: 0, traces: 3 };
+    const targets = load('chain-of-custody.json').panels.flatMap((p) => p.targets ?? []);
+    expect(targets.length).toBeGreaterThan(8);
+    for (const t of targets) {
+      expect(t.pluginVersion, t.refId).toMatch(/^4\.\d+\.\d+$/);
+      expect(t.editorType).toBe('sql');
+      expect(Object.keys(format)).toContain(t.queryType);
+      expect(t.format).toBe(format[t.queryType!]);
+    }
+    expect(targets.some((t) => t.queryType === 'timeseries')).toBe(true);
+  });
+
+  it('Prometheus legends name only labels their query keeps, and no query depends on the scrape job name', () => {
+    for (const p of load('rollout-health.json').panels) {
+      for (const t of p.targets ?? []) {
+        expect(t.expr, `${p.title} ${t.refId}`).not.toMatch(/\bjob\s*(=|=~|!=|!~)\s*"/);
+        for (const [, label] of (t.legendFormat ?? '').matchAll(/\{\{\s*(\w+)\s*\}\}/g)) {
+          // an aggregation must keep the label: `by (…label…)`; a bare selector keeps every label of its metric
+          const by = [...t.expr!.matchAll(/\bby\s*\(([^)]*)\)/g)].map((m) => m[1]!.split(',').map((x) => x.trim()));
+          const aggregated = /\b(sum|max|min|avg|count|topk|bottomk|quantile)\s*(\(|by|without)/.test(t.expr!);
+          if (aggregated) expect(by.some((labels) => labels.includes(label!)), `${p.title} ${t.refId}: {{${label}}} on ${t.expr}`).toBe(true);
+        }
+      }
+    }
+    const token = load('rollout-health.json').panels.find((p) => p.title === 'Token issuance failures')!;
+    expect(token.targets![0]!.legendFormat).not.toMatch(/\{\{/);
+  });
+
+  it('the ClickHouse datasource reads traces with the OTel schema: otelEnabled with an otelVersion', () => {
+    const ds = parse(fs.readFileSync(path.join(dir, 'provisioning/datasources.yaml'), 'utf8')) as {
+      datasources: { type: string; jsonData: { traces?: { otelEnabled?: boolean; otelVersion?: string } } }[];
+    };
+    const traces = ds.datasources.find((d) => d.type === DATASOURCE.CLICKHOUSE.type)!.jsonData.traces!;
+    expect(traces.otelEnabled).toBe(true);
+    expect(traces.otelVersion).toBe('latest');
   });
 });

@@ -149,7 +149,8 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
   async function sendToolSpans(plan: [tool: string, decision: 'allow' | 'deny' | 'error', n: number][], count: boolean): Promise<void> {
     const provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ [ATTR.SERVICE_NAME]: 'prom-test-agent' }),
-      spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: `${custody.otlpUrl}/v1/traces` }))],
+      // one request per span, all at once: each is its own insert, so give them a loaded machine's time
+      spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: `${custody.otlpUrl}/v1/traces`, timeoutMillis: 60_000 }))],
     });
     const tracer = provider.getTracer('prom-test');
     const past = Date.now() - 30 * 60_000;

@@ -352,7 +352,9 @@ describe.skipIf(!hasPrometheus)('rollback consumers: custody not scraped', () =>
 describe('the docs carry the same templates as deploy/', () => {
   it('docs/rollback-consumers.md embeds every deploy/ file verbatim', () => {
     const doc = fs.readFileSync(path.join(ROOT, 'docs/rollback-consumers.md'), 'utf8');
-    for (const file of ['argo/analysis-template-web.yaml', 'argo/analysis-template-prometheus.yaml', 'flagger/metric-templates.yaml', 'flagger/canary-analysis.yaml']) {
+    const files = [...ARGO_FILES, 'argo/rollout.yaml', 'flagger/metric-templates.yaml', 'flagger/canary-analysis.yaml'];
+    expect(files.sort()).toEqual(fs.readdirSync(path.join(ROOT, 'deploy'), { recursive: true, encoding: 'utf8' }).filter((f) => /^(argo|flagger)\/.*\.yaml$/.test(f)).sort());
+    for (const file of files) {
       expect(doc, file).toContain(fs.readFileSync(path.join(ROOT, 'deploy', file), 'utf8').trim());
     }
   });

@@ -204,7 +204,7 @@ describe('metrics', () => {
 });
 
 describe('batching', () => {
-  it('coalesces concurrent requests into fewer, larger inserts', async () => {
+  it('inserts each request on its own (its deduplication token covers exactly its rows), none lost when many arrive at once', async () => {
     const inserts = async () => {
       const text = await (await fetch(`${custody.url}/metrics`)).text();
       return {
@@ -223,7 +223,7 @@ describe('batching', () => {
     const after = await inserts();
     // custody's own roles may report a few spans meanwhile: count only what grew
     expect(after.rows - before.rows).toBeGreaterThanOrEqual(requests * 100);
-    expect(after.count - before.count).toBeLessThan(requests);
+    expect(after.count - before.count).toBeGreaterThanOrEqual(requests);
   });
 });
 
