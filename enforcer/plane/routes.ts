@@ -4,12 +4,13 @@ import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import type { Request, RequestHandler, Router } from 'express';
 import { z } from 'zod';
 import { HttpError, badRequest, forbidden } from '../../common/errors';
+import { arrivedAt } from '../../common/http';
 import type { Policy } from '../policy/compile';
 import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
 import type { CheckResponse } from './check';
 
 export interface PlaneRoutesOptions {
-  check: (body: unknown, traceContext?: Context) => Promise<CheckResponse>;
+  check: (body: unknown, traceContext?: Context, arrivedAt?: number) => Promise<CheckResponse>;
   policy: () => Policy;
   rollout: RolloutStore;
   /** CUSTODY_ADMIN_TOKEN; absent: every change is refused. */
@@ -46,7 +47,8 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
   const admin = requireAdmin(o.adminToken);
 
   router.post('/v1/check', async (req, res) => {
-    res.json(await o.check(req.body, traceContextOf(req)));
+    // latency is measured from the request's arrival: time spent queued behind others counts
+    res.json(await o.check(req.body, traceContextOf(req), arrivedAt(req)));
   });
 
   const sendRollout = (res: import('express').Response) => {
