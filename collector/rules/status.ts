@@ -90,7 +90,8 @@ export function rollbackStatusRouter(store: Store, options: { config: Readonly<R
     const windowS = window === undefined ? config.windowS : parsed(() => parseWindow(window));
     const thresholds: RuleThresholds = { ...config.thresholds };
     for (const rule of Object.keys(THRESHOLD_PARAMETERS) as (keyof typeof THRESHOLD_PARAMETERS)[]) {
-      const v = queryString(q, rule);
+      // present but empty is a bad threshold, not the default
+      const v = q[rule] === '' ? '' : queryString(q, rule);
       if (v !== undefined) thresholds[rule] = parsed(() => parseThreshold(rule, v));
     }
     const opts = {
