@@ -139,6 +139,8 @@ export const ENV = {
   ROLLBACK_HEALTHY_PERIOD: 'CUSTODY_ROLLBACK_HEALTHY_PERIOD',
   ROLLBACK_MIN_SAMPLE: 'CUSTODY_ROLLBACK_MIN_SAMPLE',
   ROLLBACK_MANUAL_GATES: 'CUSTODY_ROLLBACK_MANUAL_GATES',
+  /** on: the rollback watch advances earned stages by itself (default off: each advance needs `custody rollback approve`). */
+  ROLLBACK_AUTO_ADVANCE: 'CUSTODY_ROLLBACK_AUTO_ADVANCE',
   ROLLBACK_DRY_RUN: 'CUSTODY_ROLLBACK_DRY_RUN',
   // policy plane / enforcer
   POLICY_URL: 'CUSTODY_POLICY_URL',

@@ -5,7 +5,7 @@ import { CustodyError } from '../../common/errors';
 import { createLogger } from '../../common/log';
 import { ENV } from '../../common/names';
 import { parseMinSample } from '../../enforcer/rollback/config';
-import { nextAction, nextStage, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
+import { nextAction, nextPercent, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
 import { httpPlane, RolloutConflictError } from '../../enforcer/rollback/plane';
 import { createRollbackWatcher, defaultActor, sinceChangeWindowS, WATCH_DEFAULTS, type TickResult } from '../../enforcer/rollback/watch';
 import { withClientOptions } from '../options';
@@ -64,6 +64,7 @@ interface WatchFlags {
   healthyPeriod: number;
   minSample: number;
   manualGates?: boolean;
+  autoAdvance?: boolean;
   dryRun?: boolean;
   once?: boolean;
   timeout: number;
@@ -86,6 +87,7 @@ function describe(result: TickResult): string {
 }
 
 async function watch(flags: WatchFlags): Promise<void> {
+  if (flags.manualGates && flags.autoAdvance) throw new CustodyError('ERR_USAGE', '--manual-gates and --auto-advance contradict each other: choose one');
   const log = createLogger('custody-rollback-watch');
   const watcher = createRollbackWatcher({
     plane: planeFor(flags),
@@ -93,7 +95,7 @@ async function watch(flags: WatchFlags): Promise<void> {
     windowS: flags.window,
     healthyPeriodS: flags.healthyPeriod,
     minSample: flags.minSample,
-    manualGates: Boolean(flags.manualGates),
+    manualGates: !flags.autoAdvance,
     dryRun: Boolean(flags.dryRun),
     actor: defaultActor(),
     log,
@@ -106,7 +108,7 @@ async function watch(flags: WatchFlags): Promise<void> {
   }
   process.stdout.write(
     `custody rollback watch: ${flags.url} every ${flags.interval}s, window ${flags.window}s, healthy period ${flags.healthyPeriod}s, ` +
-      `min sample ${flags.minSample}${flags.manualGates ? ', manual gates' : ''}${flags.dryRun ? ', dry run' : ''}\n`,
+      `min sample ${flags.minSample}${flags.autoAdvance ? ', advancing alone' : ', advances wait for approval'}${flags.dryRun ? ', dry run' : ''}\n`,
   );
   // Print what changes (or would); routine holds go to the debug log only.
   let last = '';
@@ -141,6 +143,7 @@ interface ApproveFlags {
   adminToken?: string;
   to?: number;
   reason?: string;
+  as?: string;
   force?: boolean;
   window: number;
   healthyPeriod: number;
@@ -151,7 +154,7 @@ interface ApproveFlags {
 async function approve(flags: ApproveFlags): Promise<void> {
   const plane = planeFor(flags);
   const state = await plane.getRollout();
-  const to = flags.to ?? nextStage(state.percent, state.stages);
+  const to = flags.to ?? nextPercent(state);
   if (to === undefined) {
     process.stdout.write(`nothing to approve: the rollout is at ${state.percent}%, its last stage\n`);
     process.exitCode = 1;
@@ -174,7 +177,7 @@ async function approve(flags: ApproveFlags): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const actor = `${os.userInfo().username}@${os.hostname()}`;
+  const actor = flags.as ?? `${os.userInfo().username}@${os.hostname()}`;
   const reason = `approved ${state.percent}% → ${to}% by ${actor}${flags.force && view.kind !== 'await_approval' ? ' (forced)' : ''}${flags.reason ? `: ${flags.reason}` : ''}`;
   try {
     const next = await plane.setRollout({ percent: to, reason, actor, expected: state });
@@ -219,17 +222,25 @@ export function registerRollbackWatchCommands(program: Command): void {
     .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
     .addOption(durationOption('--healthy-period <duration>', 'how long a stage stays healthy before the next', '24h'))
     .addOption(minSampleOption())
-    .option('--manual-gates', 'never advance alone: wait for `custody rollback approve` at each stage')
+    .option('--manual-gates', 'wait for `custody rollback approve` at each stage (the default)')
+    .option('--auto-advance', 'advance an earned stage without waiting for approval (rollback is always automatic)')
     .option('--dry-run', 'say what would be done; change nothing')
     .option('--once', 'evaluate once and exit (0 evaluated, 2 the plane could not be read)')
     .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
     .action((flags: WatchFlags) => watch(flags));
 
-  withClientOptions(group.command('approve').description('approve the next rollout stage (with --manual-gates)'))
+  withClientOptions(group.command('approve').description('approve the next rollout step (recorded with who approved)'))
     .addOption(policyUrlOption())
     .addOption(adminTokenOption())
     .addOption(stageOption())
     .option('--reason <text>', 'why, for the audit trail')
+    .addOption(
+      new Option('--as <person>', 'who approves, recorded as the change\'s actor (default: user@host)').argParser((v) => {
+        const t = v.trim();
+        if (!t || t.length > 128) throw new InvalidArgumentError(`'${v}' must be a name of 1 to 128 characters`);
+        return t;
+      }),
+    )
     .option('--force', 'approve even if the stage has not earned it (rules breached, period not over)')
     .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
     .addOption(durationOption('--healthy-period <duration>', 'the healthy period the stage must have lasted', '24h'))
