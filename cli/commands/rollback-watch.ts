@@ -212,8 +212,104 @@ function minSampleOption(): Option {
     });
 }
 
+/** PUT a JSON body to the policy plane's control API with the admin token; prints nothing, returns the rollout view. */
+async function putJson(flags: { url: string; policyUrl?: string; adminToken?: string; timeout: number }, path: string, body: unknown): Promise<Record<string, unknown>> {
+  if (!flags.adminToken) throw new CustodyError('ERR_USAGE', `changing the rollout needs the admin token: --admin-token or $${ENV.ADMIN_TOKEN}`);
+  const base = (flags.policyUrl ?? flags.url).replace(/\/+$/, '');
+  let res: Response;
+  try {
+    res = await fetch(`${base}${path}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${flags.adminToken}` },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(flags.timeout * 1000),
+    });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause;
+    throw new CustodyError('ERR_CONNECTION', `cannot reach ${base}: ${cause?.code ?? (err as Error).message}`);
+  }
+  const text = await res.text();
+  let parsed: Record<string, unknown> = {};
+  try {
+    parsed = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    /* reported below */
+  }
+  if (!res.ok) {
+    const e = parsed.error as { message?: string } | undefined;
+    throw new CustodyError(res.status === 401 || res.status === 403 ? 'ERR_UNAUTHORIZED' : 'ERR_RESPONSE', `PUT ${path} answered ${res.status}: ${e?.message ?? text.slice(0, 200)}`);
+  }
+  return parsed;
+}
+
+function percentArgument(v: string): number {
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v.trim()) || !(n >= 0 && n <= 100)) throw new InvalidArgumentError(`'${v}' is not a percent from 0 to 100`);
+  return n;
+}
+
+function reasonOption(): Option {
+  return new Option('--reason <text>', 'why, for the audit trail (required)').makeOptionMandatory().argParser((v) => {
+    const t = v.trim();
+    if (!t || t.length > 500) throw new InvalidArgumentError('the reason must be 1 to 500 characters');
+    return t;
+  });
+}
+
+function actorOption(): Option {
+  return new Option('--as <person>', 'who makes the change, recorded as its actor (default: user@host)').argParser((v) => {
+    const t = v.trim();
+    if (!t || t.length > 128) throw new InvalidArgumentError(`'${v}' must be a name of 1 to 128 characters`);
+    return t;
+  });
+}
+
 export function registerRollbackWatchCommands(program: Command): void {
   const group = rollbackGroup(program);
+
+  withClientOptions(group.command('set').description('set the rollout percent now (0: enforcement off, every agent in shadow)').argument('<percent>', '0 to 100', percentArgument))
+    .addOption(policyUrlOption())
+    .addOption(adminTokenOption())
+    .addOption(reasonOption())
+    .addOption(actorOption())
+    .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
+    .action(async (percent: number, flags: { url: string; policyUrl?: string; adminToken?: string; reason: string; as?: string; timeout: number }) => {
+      const actor = flags.as ?? `${os.userInfo().username}@${os.hostname()}`;
+      const view = await putJson(flags, '/v1/rollout', { percent, reason: flags.reason, actor });
+      process.stdout.write(`rollout now ${String(view.percent)}% (${actor}: ${flags.reason})\n`);
+    });
+
+  withClientOptions(
+    group
+      .command('incident')
+      .description('the incident switch: agents keep allows cached longer while the plane is in trouble (enforcement stays on)'),
+  )
+    .addOption(policyUrlOption())
+    .addOption(adminTokenOption())
+    .addOption(
+      new Option('--cache-ttl <duration>', 'how long agents keep a cached allow (e.g. 10m, at most 1h)').argParser((v) => {
+        try {
+          const s = parseDuration(v, '--cache-ttl');
+          if (s > 3600) throw new Error(`--cache-ttl '${v}' is longer than 1h`);
+          return s;
+        } catch (err) {
+          throw new InvalidArgumentError((err as Error).message);
+        }
+      }),
+    )
+    .option('--off', 'end the incident: the normal cache TTL again')
+    .addOption(reasonOption())
+    .addOption(actorOption())
+    .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
+    .action(async (flags: { url: string; policyUrl?: string; adminToken?: string; cacheTtl?: number; off?: boolean; reason: string; as?: string; timeout: number }) => {
+      if ((flags.cacheTtl === undefined) === !flags.off) throw new CustodyError('ERR_USAGE', 'give either --cache-ttl <duration> or --off');
+      const actor = flags.as ?? `${os.userInfo().username}@${os.hostname()}`;
+      const view = await putJson(flags, '/v1/rollout/incident', { cache_ttl_s: flags.off ? null : flags.cacheTtl, reason: flags.reason, actor });
+      const incident = view.incident as { cache_ttl_s?: number } | null;
+      process.stdout.write(
+        incident ? `incident switch on: agents keep allows cached for ${incident.cache_ttl_s} s (rollout ${String(view.percent)}%)\n` : `incident switch off (rollout ${String(view.percent)}%)\n`,
+      );
+    });
 
   withClientOptions(group.command('watch').description('the auto-rollback job: roll back on a breach, advance after a healthy period'))
     .addOption(policyUrlOption())
@@ -234,13 +330,7 @@ export function registerRollbackWatchCommands(program: Command): void {
     .addOption(adminTokenOption())
     .addOption(stageOption())
     .option('--reason <text>', 'why, for the audit trail')
-    .addOption(
-      new Option('--as <person>', 'who approves, recorded as the change\'s actor (default: user@host)').argParser((v) => {
-        const t = v.trim();
-        if (!t || t.length > 128) throw new InvalidArgumentError(`'${v}' must be a name of 1 to 128 characters`);
-        return t;
-      }),
-    )
+    .addOption(actorOption())
     .option('--force', 'approve even if the stage has not earned it (rules breached, period not over)')
     .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
     .addOption(durationOption('--healthy-period <duration>', 'the healthy period the stage must have lasted', '24h'))

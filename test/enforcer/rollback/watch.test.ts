@@ -55,7 +55,7 @@ function cli(url: string, ...args: string[]) {
     cwd: ROOT,
     encoding: 'utf8',
     env: { ...process.env, CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_LOG_LEVEL: 'warn' },
-    timeout: 30_000,
+    timeout: 120_000,
   });
 }
 
@@ -358,5 +358,5 @@ describe("the seed's rollout: an increment and no stages", () => {
     }
     const events = queryStore<{ to_percent: number; actor: string }>(dataDir, 'SELECT to_percent, actor FROM custody.rollout_events ORDER BY timestamp');
     expect(events.map((e) => [e.to_percent, e.actor])).toEqual([[12, 'erin'], [14, 'test-watcher']]);
-  });
+  }, 600_000);
 });
