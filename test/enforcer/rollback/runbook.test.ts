@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, ROOT, startCustody, tempDir, type RunningCustody } from '../../helpers/custody';
+import { CLI, ROOT, eventually, startCustody, tempDir, type RunningCustody } from '../../helpers/custody';
 import { ADMIN_TOKEN, calls, decisions, getRollout, queryStore, seedStore } from '../../helpers/rollback';
 
 /**
@@ -117,6 +117,8 @@ describe('docs/runbook.md', () => {
     expect(wrongToken.status).toBe(2);
     expect(wrongToken.stderr).toMatch(/401/);
     expect(wrongToken.stderr).not.toContain('not-the-token');
-    expect(await getRollout(custody.url)).toMatchObject({ percent: before.percent, revision: before.revision });
+    // a fresh connection: the CLI runs above can outlast the server's keep-alive
+    const after = await eventually(() => getRollout(custody.url).catch(() => undefined), 30_000);
+    expect(after).toMatchObject({ percent: before.percent, revision: before.revision });
   }, 600_000);
 });
