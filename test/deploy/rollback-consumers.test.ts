@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { ROOT, eventually, startCustody, tempDir, type RunningCustody } from '../helpers/custody';
 import { hasPrometheus, instant, startPrometheus, type RunningPrometheus } from '../helpers/prometheus';
-import { calls, seedStore } from '../helpers/rollback';
+import { calls, decisions, seedStore } from '../helpers/rollback';
 
 /**
  * The rollback consumers in deploy/ (Argo Rollouts AnalysisTemplates, Flagger MetricTemplates)
@@ -128,7 +128,8 @@ const allPass = { 'custody-rollback-rules': true, 'custody-missing-sponsor-ratio
 const scenarios: Scenario[] = [
   {
     name: 'healthy canary: advance',
-    rows: () => ({ audit_events: calls(300, Date.now()) }),
+    // enough calls for every rule to be settled healthy at 95 % confidence
+    rows: () => ({ audit_events: calls(3000, Date.now()), policy_decisions: decisions(3000, Date.now()) }),
     action: 'advance',
     web: { 'custody-rollback-action': 'Successful', ...ok },
     prom: { 'custody-rules-breached': 'Successful', 'custody-policy-latency-p95-ms': 'Successful' },
@@ -136,7 +137,7 @@ const scenarios: Scenario[] = [
   },
   {
     name: '5 % of calls without a sponsor: rollback',
-    rows: () => ({ audit_events: calls(300, Date.now(), (i) => (i % 20 === 0 ? { sponsor_id: '' } : {})) }),
+    rows: () => ({ audit_events: calls(300, Date.now(), (i) => (i % 20 === 0 ? { sponsor_id: '' } : {})), policy_decisions: decisions(300, Date.now()) }),
     action: 'rollback',
     web: { 'custody-rollback-action': 'Failed', ...ok, 'custody-missing-sponsor': 'Failed' },
     prom: { 'custody-rules-breached': 'Failed', 'custody-policy-latency-p95-ms': 'Successful' },
@@ -144,7 +145,7 @@ const scenarios: Scenario[] = [
   },
   {
     name: 'p95 at 250 ms (over the alert, under the rollback line): hold',
-    rows: () => ({ audit_events: calls(300, Date.now(), (i) => ({ policy_latency_ms: i % 10 === 0 ? 250 : 5 })) }),
+    rows: () => ({ audit_events: calls(3000, Date.now()), policy_decisions: decisions(3000, Date.now(), (i) => ({ latency_ms: i % 10 === 0 ? 250 : 5 })) }),
     action: 'hold',
     web: { 'custody-rollback-action': 'Inconclusive', ...ok },
     prom: { 'custody-rules-breached': 'Successful', 'custody-policy-latency-p95-ms': 'Successful' },
@@ -152,7 +153,7 @@ const scenarios: Scenario[] = [
   },
   {
     name: 'p95 at 400 ms: rollback',
-    rows: () => ({ audit_events: calls(300, Date.now(), (i) => ({ policy_latency_ms: i % 10 === 0 ? 400 : 5 })) }),
+    rows: () => ({ audit_events: calls(300, Date.now()), policy_decisions: decisions(300, Date.now(), (i) => ({ latency_ms: i % 10 === 0 ? 400 : 5 })) }),
     action: 'rollback',
     web: { 'custody-rollback-action': 'Failed', ...ok, 'custody-policy-latency-p95': 'Failed' },
     prom: { 'custody-rules-breached': 'Failed', 'custody-policy-latency-p95-ms': 'Failed' },
