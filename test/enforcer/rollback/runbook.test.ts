@@ -65,7 +65,11 @@ describe('docs/runbook.md', () => {
       // a check answers with a verdict (0 healthy, 1 breached, 3 not enough data); anything else succeeds
       if (argv[1] === 'check') expect([0, 1, 3], what).toContain(r.status);
       else expect(r.status, what).toBe(0);
-      const state = (await (await fetch(`${custody.url}/v1/rollout`)).json()) as { percent: number; incident: unknown };
+      // retried: a CLI run can outlast the server's keep-alive and leave a closed socket in the pool
+      const state = await eventually(
+        () => fetch(`${custody.url}/v1/rollout`).then((res) => res.json() as Promise<{ percent: number; incident: unknown }>).catch(() => undefined),
+        30_000,
+      );
       states.push({ percent: state.percent, incident: state.incident !== null });
     }
     expect(states).toEqual([
