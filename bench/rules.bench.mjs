@@ -5,7 +5,9 @@
 // Rows are generated inside chDB (INSERT … SELECT FROM numbers()), so the materialized views fill
 // the per-minute rollups exactly as ingest does. They are spread over the last 7 days (the 10M
 // store is ten times denser), across 8 tools, both cohorts (10 % canary), ~0.05 % without
-// sponsor, 60 % decisions from the cache, 2 % denies, 0.2 % plane errors and a latency tail.
+// sponsor, 60 % decisions from the cache, 2 % denies, 0.2 % errors (half of them failures only the
+// agent saw, with no plane decision) and a latency tail; every call not served from the cache also
+// has its row in the plane's decision log (policy_decisions), as the plane writes it.
 // Rule evaluation reads only the rollups, so its cost should not move between the two sizes.
 // Audit queries (which do read audit_events) are timed too, for information.
 import fs from 'node:fs';
@@ -15,7 +17,7 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 const { openStore } = require('../dist/collector/store/index.js');
-const { evaluateRules, evaluateCohorts } = require('../dist/collector/rules/evaluate.js');
+const { evaluateRules, evaluateCohorts, COHORTS } = require('../dist/collector/rules/evaluate.js');
 const { auditEvents, auditTrail } = require('../dist/collector/audit/queries.js');
 
 const sizes = (process.argv[2] ?? '1000000,10000000').split(',').map(Number);
@@ -60,7 +62,7 @@ async function generate(from, to) {
       concat('ticket #', toString(number % 5000)),
       lower(hex(SHA256(toString(number)))),
       lower(hex(SHA256(toString(number + 1)))),
-      concat('pd-', toString(number)),
+      if(bitShiftRight(h, 24) % 1000 < 1, '', concat('pd-', toString(number))),
       multiIf(bitShiftRight(h, 24) % 1000 < 2, 'error', bitShiftRight(h, 24) % 1000 < 22, 'deny', 'allow') AS decision,
       if(decision = 'deny', 'default-deny', 'allow-support'),
       if(bitShiftRight(h, 34) % 100 = 0, 150 + bitShiftRight(h, 40) % 250, 3 + (bitShiftRight(h, 40) % 1200) / 10.0),
@@ -73,6 +75,25 @@ async function generate(from, to) {
       number % 40 + 1,
       1000000 + (h % 5000000)
     FROM (SELECT number, cityHash64(number) AS h FROM numbers(${from}, ${to - from}))`,
+  });
+  // the plane's decision log: every call not served from the cache, except the agent-only failures
+  await client.command({
+    query: `INSERT INTO custody.policy_decisions
+      (timestamp, policy_decision_id, decision, rule_id, sponsor_id, agent_instance_id, tool_id, action, cohort, enforced, latency_ms)
+    SELECT
+      fromUnixTimestamp64Milli(toInt64(${now} - (h % ${SPAN_MS}))),
+      concat('pd-', toString(number)),
+      multiIf(bitShiftRight(h, 24) % 1000 < 2, 'error', bitShiftRight(h, 24) % 1000 < 22, 'deny', 'allow') AS decision,
+      if(decision = 'deny', 'default-deny', 'allow-support'),
+      'alice',
+      concat('agent-', toString(intDiv(number, 40))),
+      ['billing', 'crm', 'search', 'email', 'file-store', 'calendar', 'tickets', 'kb'][1 + bitShiftRight(h, 16) % 8],
+      'read',
+      if(bitShiftRight(h, 48) % 10 = 0, 'canary', 'baseline') AS cohort,
+      cohort = 'canary',
+      if(bitShiftRight(h, 34) % 100 = 0, 150 + bitShiftRight(h, 40) % 250, 3 + (bitShiftRight(h, 40) % 1200) / 10.0)
+    FROM (SELECT number, cityHash64(number) AS h FROM numbers(${from}, ${to - from}))
+    WHERE bitShiftRight(h, 24) % 1000 >= 1 AND (bitShiftRight(h, 24) % 1000 < 2 OR bitShiftRight(h, 44) % 10 >= 6)`,
   });
   // one token request per ten calls, 0.3 % refused
   await client.command({
@@ -113,22 +134,25 @@ for (const size of sizes) {
   );
   const status = await evaluateRules(store, { cohort: 'canary' });
   const canary = await time(() => evaluateRules(store, { cohort: 'canary' }), iterations);
-  const both = await time(() => evaluateCohorts(store, ['canary', 'baseline']), iterations);
+  const both = await time(() => evaluateCohorts(store, COHORTS), iterations);
+  const decisionRows = Number(await scalar('SELECT count() FROM custody.policy_decisions'));
   const events = await time(() => auditEvents(store, { sponsor: 'alice', limit: 100 }), 10);
   const trail = await time(() => auditTrail(store, 'agent-300'), 10);
   const parts = Number(await scalar(`SELECT count() FROM system.parts WHERE database = 'custody' AND table = 'audit_rollup_1m' AND active`));
   // the steady state once background merges have caught up
   await client.command({ query: 'OPTIMIZE TABLE custody.audit_rollup_1m FINAL' });
   await client.command({ query: 'OPTIMIZE TABLE custody.token_rollup_1m FINAL' });
+  await client.command({ query: 'OPTIMIZE TABLE custody.decision_rollup_1m FINAL' });
+  await client.command({ query: 'OPTIMIZE TABLE custody.agent_failure_rollup_1m FINAL' });
   const merged = await time(() => evaluateRules(store, { cohort: 'canary' }), iterations);
   const mergedRows = Number(await scalar('SELECT count() FROM custody.audit_rollup_1m'));
   results.push({ size, rows, canary, both, merged });
-  console.log(`\n${rows.toLocaleString('en')} stored tool calls (generated in ${genS.toFixed(1)} s); rollup rows ${rollupRows.toLocaleString('en')}, in the canary's 15-min window ${windowRows}`);
+  console.log(`\n${rows.toLocaleString('en')} stored tool calls, ${decisionRows.toLocaleString('en')} plane decisions (generated in ${genS.toFixed(1)} s); rollup rows ${rollupRows.toLocaleString('en')}, in the canary's 15-min window ${windowRows}`);
   console.log(`  canary window: ${status.sample_size} calls, action ${status.action}, ` +
-    status.rules.map((r) => `${r.rule}=${r.value === null ? 'null' : +r.value.toPrecision(4)}`).join(' '));
+    status.rules.map((r) => `${r.rule}=${r.value === null ? 'null' : +r.value.toPrecision(4)} (${r.verdict})`).join(' '));
   console.log(`  evaluateRules(canary, 15m)          ${fmt(canary)}   (${parts} rollup parts, as loaded)`);
   console.log(`  evaluateRules, rollups merged       ${fmt(merged)}   (${mergedRows.toLocaleString('en')} rollup rows)`);
-  console.log(`  evaluateCohorts(canary+baseline)    ${fmt(both)}   (the /metrics read)`);
+  console.log(`  evaluateCohorts(all three cohorts)  ${fmt(both)}   (the /metrics read)`);
   console.log(`  auditEvents(sponsor, 100 rows)      ${fmt(events)}`);
   console.log(`  auditTrail(one instance)            ${fmt(trail)}`);
 }

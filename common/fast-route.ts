@@ -1,6 +1,7 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import zlib from 'node:zlib';
 import { HttpError } from './errors';
+import { markArrival } from './http';
 import type { Logger } from './log';
 
 /**
@@ -36,6 +37,7 @@ export function createFastRouter(log: Logger): FastRouter {
     },
     listener(fallback) {
       return function custodyRequest(req, res) {
+        markArrival(req);
         if (req.method === 'POST' && posts.size > 0) {
           const url = req.url ?? '/';
           const q = url.indexOf('?');

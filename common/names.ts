@@ -160,6 +160,8 @@ export const ENV = {
   ROLLBACK_HEALTHY_PERIOD: 'CUSTODY_ROLLBACK_HEALTHY_PERIOD',
   ROLLBACK_MIN_SAMPLE: 'CUSTODY_ROLLBACK_MIN_SAMPLE',
   ROLLBACK_MANUAL_GATES: 'CUSTODY_ROLLBACK_MANUAL_GATES',
+  /** on: the rollback watch advances earned stages by itself (default off: each advance needs `custody rollback approve`). */
+  ROLLBACK_AUTO_ADVANCE: 'CUSTODY_ROLLBACK_AUTO_ADVANCE',
   ROLLBACK_DRY_RUN: 'CUSTODY_ROLLBACK_DRY_RUN',
   // policy plane / enforcer
   POLICY_URL: 'CUSTODY_POLICY_URL',
@@ -201,6 +203,8 @@ export type RuleName = (typeof RULES)[number];
 
 export const COHORT = { CANARY: 'canary', BASELINE: 'baseline' } as const;
 export type Cohort = (typeof COHORT)[keyof typeof COHORT];
+/** Tool calls from agents custody does not manage (no custody cohort): a cohort of their own in the rules. */
+export const UNMANAGED_COHORT = 'unmanaged';
 
 export const DECISION = { ALLOW: 'allow', DENY: 'deny', ERROR: 'error' } as const;
 export type DecisionResult = (typeof DECISION)[keyof typeof DECISION];
@@ -214,6 +218,10 @@ export const TABLE = {
   ROLLOUT_EVENTS: 'rollout_events',
   AUDIT_ROLLUP_1M: 'audit_rollup_1m',
   TOKEN_ROLLUP_1M: 'token_rollup_1m',
+  /** The plane's decision log per minute: decisions, errors, server-side latency histogram. */
+  DECISION_ROLLUP_1M: 'decision_rollup_1m',
+  /** Agent-reported failures no plane decision backs (timeout, unreachable, garbage), per instance. */
+  AGENT_FAILURE_ROLLUP_1M: 'agent_failure_rollup_1m',
   MIGRATIONS: 'schema_migrations',
   /** Signed Merkle checkpoints over the evidence tables, one per period. */
   AUDIT_CHECKPOINTS: 'audit_checkpoints',

@@ -6,7 +6,7 @@ import { CustodyError } from '../../common/errors';
 import { createLogger } from '../../common/log';
 import { ENV } from '../../common/names';
 import { parseMinSample } from '../../enforcer/rollback/config';
-import { nextAction, nextStage, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
+import { nextAction, nextPercent, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
 import { httpPlane, RolloutConflictError } from '../../enforcer/rollback/plane';
 import { createRollbackWatcher, defaultActor, sinceChangeWindowS, WATCH_DEFAULTS, type TickResult } from '../../enforcer/rollback/watch';
 import { withClientOptions } from '../options';
@@ -65,6 +65,7 @@ interface WatchFlags {
   healthyPeriod: number;
   minSample: number;
   manualGates?: boolean;
+  autoAdvance?: boolean;
   dryRun?: boolean;
   once?: boolean;
   timeout: number;
@@ -87,6 +88,7 @@ function describe(result: TickResult): string {
 }
 
 async function watch(flags: WatchFlags): Promise<void> {
+  if (flags.manualGates && flags.autoAdvance) throw new CustodyError('ERR_USAGE', '--manual-gates and --auto-advance contradict each other: choose one');
   const log = createLogger('custody-rollback-watch');
   const watcher = createRollbackWatcher({
     plane: planeFor(flags),
@@ -94,7 +96,7 @@ async function watch(flags: WatchFlags): Promise<void> {
     windowS: flags.window,
     healthyPeriodS: flags.healthyPeriod,
     minSample: flags.minSample,
-    manualGates: Boolean(flags.manualGates),
+    manualGates: !flags.autoAdvance,
     dryRun: Boolean(flags.dryRun),
     actor: defaultActor(),
     log,
@@ -107,7 +109,7 @@ async function watch(flags: WatchFlags): Promise<void> {
   }
   process.stdout.write(
     `custody rollback watch: ${flags.url} every ${flags.interval}s, window ${flags.window}s, healthy period ${flags.healthyPeriod}s, ` +
-      `min sample ${flags.minSample}${flags.manualGates ? ', manual gates' : ''}${flags.dryRun ? ', dry run' : ''}\n`,
+      `min sample ${flags.minSample}${flags.autoAdvance ? ', advancing alone' : ', advances wait for approval'}${flags.dryRun ? ', dry run' : ''}\n`,
   );
   // Print what changes (or would); routine holds go to the debug log only.
   let last = '';
@@ -142,6 +144,7 @@ interface ApproveFlags {
   adminToken?: string;
   to?: number;
   reason?: string;
+  as?: string;
   force?: boolean;
   window: number;
   healthyPeriod: number;
@@ -152,7 +155,7 @@ interface ApproveFlags {
 async function approve(flags: ApproveFlags): Promise<void> {
   const plane = planeFor(flags);
   const state = await plane.getRollout();
-  const to = flags.to ?? nextStage(state.percent, state.stages);
+  const to = flags.to ?? nextPercent(state);
   if (to === undefined) {
     process.stdout.write(`nothing to approve: the rollout is at ${t(state.percent)}%, its last stage\n`);
     process.exitCode = 1;
@@ -175,7 +178,7 @@ async function approve(flags: ApproveFlags): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const actor = `${os.userInfo().username}@${os.hostname()}`;
+  const actor = flags.as ?? `${os.userInfo().username}@${os.hostname()}`;
   const reason = `approved ${state.percent}% → ${to}% by ${actor}${flags.force && view.kind !== 'await_approval' ? ' (forced)' : ''}${flags.reason ? `: ${flags.reason}` : ''}`;
   try {
     const next = await plane.setRollout({ percent: to, reason, actor, expected: state });
@@ -210,8 +213,104 @@ function minSampleOption(): Option {
     });
 }
 
+/** PUT a JSON body to the policy plane's control API with the admin token; prints nothing, returns the rollout view. */
+async function putJson(flags: { url: string; policyUrl?: string; adminToken?: string; timeout: number }, path: string, body: unknown): Promise<Record<string, unknown>> {
+  if (!flags.adminToken) throw new CustodyError('ERR_USAGE', `changing the rollout needs the admin token: --admin-token or $${ENV.ADMIN_TOKEN}`);
+  const base = (flags.policyUrl ?? flags.url).replace(/\/+$/, '');
+  let res: Response;
+  try {
+    res = await fetch(`${base}${path}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${flags.adminToken}` },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(flags.timeout * 1000),
+    });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause;
+    throw new CustodyError('ERR_CONNECTION', `cannot reach ${base}: ${cause?.code ?? (err as Error).message}`);
+  }
+  const text = await res.text();
+  let parsed: Record<string, unknown> = {};
+  try {
+    parsed = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    /* reported below */
+  }
+  if (!res.ok) {
+    const e = parsed.error as { message?: string } | undefined;
+    throw new CustodyError(res.status === 401 || res.status === 403 ? 'ERR_UNAUTHORIZED' : 'ERR_RESPONSE', `PUT ${path} answered ${res.status}: ${e?.message ?? text.slice(0, 200)}`);
+  }
+  return parsed;
+}
+
+function percentArgument(v: string): number {
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v.trim()) || !(n >= 0 && n <= 100)) throw new InvalidArgumentError(`'${v}' is not a percent from 0 to 100`);
+  return n;
+}
+
+function reasonOption(): Option {
+  return new Option('--reason <text>', 'why, for the audit trail (required)').makeOptionMandatory().argParser((v) => {
+    const t = v.trim();
+    if (!t || t.length > 500) throw new InvalidArgumentError('the reason must be 1 to 500 characters');
+    return t;
+  });
+}
+
+function actorOption(): Option {
+  return new Option('--as <person>', 'who makes the change, recorded as its actor (default: user@host)').argParser((v) => {
+    const t = v.trim();
+    if (!t || t.length > 128) throw new InvalidArgumentError(`'${v}' must be a name of 1 to 128 characters`);
+    return t;
+  });
+}
+
 export function registerRollbackWatchCommands(program: Command): void {
   const group = rollbackGroup(program);
+
+  withClientOptions(group.command('set').description('set the rollout percent now (0: enforcement off, every agent in shadow)').argument('<percent>', '0 to 100', percentArgument))
+    .addOption(policyUrlOption())
+    .addOption(adminTokenOption())
+    .addOption(reasonOption())
+    .addOption(actorOption())
+    .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
+    .action(async (percent: number, flags: { url: string; policyUrl?: string; adminToken?: string; reason: string; as?: string; timeout: number }) => {
+      const actor = flags.as ?? `${os.userInfo().username}@${os.hostname()}`;
+      const view = await putJson(flags, '/v1/rollout', { percent, reason: flags.reason, actor });
+      process.stdout.write(`rollout now ${String(view.percent)}% (${actor}: ${flags.reason})\n`);
+    });
+
+  withClientOptions(
+    group
+      .command('incident')
+      .description('the incident switch: agents keep allows cached longer while the plane is in trouble (enforcement stays on)'),
+  )
+    .addOption(policyUrlOption())
+    .addOption(adminTokenOption())
+    .addOption(
+      new Option('--cache-ttl <duration>', 'how long agents keep a cached allow (e.g. 10m, at most 1h)').argParser((v) => {
+        try {
+          const s = parseDuration(v, '--cache-ttl');
+          if (s > 3600) throw new Error(`--cache-ttl '${v}' is longer than 1h`);
+          return s;
+        } catch (err) {
+          throw new InvalidArgumentError((err as Error).message);
+        }
+      }),
+    )
+    .option('--off', 'end the incident: the normal cache TTL again')
+    .addOption(reasonOption())
+    .addOption(actorOption())
+    .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
+    .action(async (flags: { url: string; policyUrl?: string; adminToken?: string; cacheTtl?: number; off?: boolean; reason: string; as?: string; timeout: number }) => {
+      if ((flags.cacheTtl === undefined) === !flags.off) throw new CustodyError('ERR_USAGE', 'give either --cache-ttl <duration> or --off');
+      const actor = flags.as ?? `${os.userInfo().username}@${os.hostname()}`;
+      const view = await putJson(flags, '/v1/rollout/incident', { cache_ttl_s: flags.off ? null : flags.cacheTtl, reason: flags.reason, actor });
+      const incident = view.incident as { cache_ttl_s?: number } | null;
+      process.stdout.write(
+        incident ? `incident switch on: agents keep allows cached for ${incident.cache_ttl_s} s (rollout ${String(view.percent)}%)\n` : `incident switch off (rollout ${String(view.percent)}%)\n`,
+      );
+    });
 
   withClientOptions(group.command('watch').description('the auto-rollback job: roll back on a breach, advance after a healthy period'))
     .addOption(policyUrlOption())
@@ -220,17 +319,19 @@ export function registerRollbackWatchCommands(program: Command): void {
     .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
     .addOption(durationOption('--healthy-period <duration>', 'how long a stage stays healthy before the next', '24h'))
     .addOption(minSampleOption())
-    .option('--manual-gates', 'never advance alone: wait for `custody rollback approve` at each stage')
+    .option('--manual-gates', 'wait for `custody rollback approve` at each stage (the default)')
+    .option('--auto-advance', 'advance an earned stage without waiting for approval (rollback is always automatic)')
     .option('--dry-run', 'say what would be done; change nothing')
     .option('--once', 'evaluate once and exit (0 evaluated, 2 the plane could not be read)')
     .addOption(durationOption('--timeout <duration>', 'per-request timeout', '5s'))
     .action((flags: WatchFlags) => watch(flags));
 
-  withClientOptions(group.command('approve').description('approve the next rollout stage (with --manual-gates)'))
+  withClientOptions(group.command('approve').description('approve the next rollout step (recorded with who approved)'))
     .addOption(policyUrlOption())
     .addOption(adminTokenOption())
     .addOption(stageOption())
     .option('--reason <text>', 'why, for the audit trail')
+    .addOption(actorOption())
     .option('--force', 'approve even if the stage has not earned it (rules breached, period not over)')
     .addOption(durationOption('--window <duration>', 'rule window for the breach check', '15m'))
     .addOption(durationOption('--healthy-period <duration>', 'the healthy period the stage must have lasted', '24h'))

@@ -2,7 +2,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { CustodyError } from '../../common/errors';
 import { COHORT } from '../../common/names';
 import { safeJson, safeLines, safeText as t } from '../../common/terminal';
-import { COHORTS, parseMinSample, parseWindow, type AlertResult, type RollbackAction, type RuleResult } from '../../collector/rules/evaluate';
+import { COHORTS, parseThreshold, parseWindow, type AlertResult, type RollbackAction, type RuleResult } from '../../collector/rules/evaluate';
 import { getJson } from '../control-client';
 import { withClientOptions } from '../options';
 
@@ -22,13 +22,16 @@ interface StatusBody {
   rollout: { percent: number | null };
   cohort?: string;
   alerts?: AlertResult[];
+  more_calls?: number | null;
+  by_cohort?: Record<string, { calls: number; missing_sponsor: number }>;
+  inputs?: { agent_failures: number; agent_failures_counted: number; excluded_instance: string | null };
 }
 
 interface CheckFlags {
   url: string;
   window: string;
   cohort: string;
-  minSample?: number;
+  threshold?: Record<string, number>;
   json?: boolean;
 }
 
@@ -52,17 +55,30 @@ export function formatStatus(body: StatusBody): string {
   const width = Math.max(...body.rules.map((r) => r.rule.length), ...(body.alerts ?? []).map((a) => a.alert.length + 6));
   const lines = [`${head[0]}  (${head.slice(1).join(', ')})`];
   for (const r of body.rules) {
-    lines.push(`  ${t(r.rule).padEnd(width)}  ${show(r.value, r.rule).padStart(10)}  > ${show(r.threshold, r.rule).padEnd(8)}  ${r.breached ? 'BREACHED' : 'ok'}`);
+    const verdict = r.verdict === undefined ? (r.breached ? 'BREACHED' : 'ok') : r.verdict === 'breached' ? 'BREACHED' : r.verdict === 'healthy' ? 'ok' : 'undecided';
+    const bounds = r.lower !== undefined ? `  95% [${r.lower === null ? '?' : show(r.lower, r.rule)}, ${r.upper === null || r.upper === undefined ? '?' : show(r.upper, r.rule)}] of ${r.sample}` : '';
+    const more = r.verdict === 'undecided' ? (r.more_calls === null ? ', cannot settle at this rate' : `, ~${r.more_calls} more calls to settle`) : '';
+    const scope = r.scope === 'fleet' ? ' (fleet)' : '';
+    lines.push(`  ${t(r.rule).padEnd(width)}  ${show(r.value, r.rule).padStart(10)}  > ${show(r.threshold, r.rule).padEnd(8)}  ${verdict}${bounds}${more}${scope}`);
   }
   for (const a of body.alerts ?? []) {
     lines.push(`  ${`alert ${t(a.alert)}`.padEnd(width)}  ${show(a.value, a.alert).padStart(10)}  > ${show(a.threshold, a.alert).padEnd(8)}  ${a.firing ? 'FIRING' : 'ok'}`);
+  }
+  if (body.by_cohort) {
+    lines.push(`  calls by cohort: ${Object.entries(body.by_cohort).map(([c, v]) => `${c} ${v.calls} (${v.missing_sponsor} without sponsor)`).join(', ')}`);
+  }
+  if (body.inputs?.excluded_instance) {
+    lines.push(`  left out: ${body.inputs.agent_failures - body.inputs.agent_failures_counted} failure reports of instance ${body.inputs.excluded_instance} (no single instance decides alone)`);
+  }
+  if (body.action === 'insufficient_data') {
+    lines.push(body.more_calls === null || body.more_calls === undefined ? '  no number of calls at the rates seen would settle it' : `  about ${body.more_calls} more calls at the rates seen would settle it`);
   }
   return lines.join('\n') + '\n';
 }
 
 async function check(flags: CheckFlags): Promise<void> {
   const q = new URLSearchParams({ window: flags.window, cohort: flags.cohort });
-  if (flags.minSample !== undefined) q.set('min_sample', String(flags.minSample));
+  for (const [rule, value] of Object.entries(flags.threshold ?? {})) q.set(rule, String(value));
   const { body } = await getJson<StatusBody>(flags.url, `/v1/rollback/status?${q}`);
   const code = CHECK_EXIT[body.action];
   if (code === undefined) throw new CustodyError('ERR_RESPONSE', `/v1/rollback/status answered an unknown action '${String(body.action)}'`);
@@ -105,10 +121,14 @@ function addCheck(group: Command): void {
         return v;
       }),
     )
-    .addOption(new Option('--cohort <cohort>', 'rollout cohort').choices([...COHORTS]).default(COHORT.CANARY))
+    .addOption(new Option('--cohort <cohort>', 'rollout cohort (unmanaged: agents custody does not manage)').choices([...COHORTS]).default(COHORT.CANARY))
     .addOption(
-      new Option('--min-sample <calls>', "calls needed in the window (default: the collector's, 100)").argParser(
-        argument((v) => parseMinSample(v, '--min-sample')),
+      new Option('--threshold <rule=value>', 'override a rule threshold, e.g. policy_error_rate=0.02 (repeatable)').argParser(
+        (v: string, previous: Record<string, number> | undefined) => {
+          const m = /^([a-z_0-9]+)=(.*)$/.exec(v);
+          if (!m) throw new InvalidArgumentError(`'${v}' must be rule=value, e.g. policy_error_rate=0.02`);
+          return { ...previous, [m[1]!]: argument((t) => parseThreshold(m[1]!, t))(m[2]!) };
+        },
       ),
     )
     .option('--json', 'print the status as JSON')

@@ -171,7 +171,7 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
   };
 
   try {
-    const [assistantId, secondShiftId] = pickInstances('support-assistant', 'canary', percent, 2);
+    const [assistantId, secondShiftId, nightShiftId] = pickInstances('support-assistant', 'canary', percent, 3);
     const [customerId] = pickInstances('customer-agent', 'canary', percent, 1);
     const [unsponsoredId] = pickInstances('unsponsored-agent', 'canary', percent, 1);
     const fleetIds = pickInstances('fleet-agent', 'baseline', percent, 4);
@@ -187,15 +187,26 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     );
 
     const outageMs = options.outageMs ?? 4000;
-    await say(`policy plane outage for ${outageMs / 1000} s while the assistant's second shift works: calls fail closed`);
+    // Two canary agents work through the outage: the rules never let one instance's failure reports
+    // roll the gate back on their own, and a real outage is seen by every agent that asks.
+    await say(`policy plane outage for ${outageMs / 1000} s while two assistants of the second shift work: calls fail closed`);
     outage.cut();
     const outageFrom = Date.now();
-    const secondShiftRun = agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: secondShiftId, TICKETS: '61-75', TICKET_PAUSE_MS: '150' });
+    const secondShiftRuns = [
+      agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: secondShiftId, TICKETS: '61-68', TICKET_PAUSE_MS: '150' }),
+      agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: nightShiftId, TICKETS: '69-75', TICKET_PAUSE_MS: '150' }),
+    ];
     await sleep(outageMs);
     outage.restore();
     const outageTo = Date.now();
-    await say('policy plane back: the same agent process succeeds again');
-    const duringOutage = await secondShiftRun;
+    await say('policy plane back: the same agent processes succeed again');
+    const [secondShift, nightShift] = await Promise.all(secondShiftRuns);
+    // one report for both, the second shift's agent first
+    const duringOutage: AgentReport = {
+      ...secondShift!,
+      calls: [...secondShift!.calls, ...nightShift!.calls],
+      ...(secondShift!.refunds || nightShift!.refunds ? { refunds: [...(secondShift!.refunds ?? []), ...(nightShift!.refunds ?? [])] } : {}),
+    };
 
     await say('an agent started without a sponsor');
     const unsponsored = await agent('anonymous-agent.cjs', { [ENV.AGENT_NAME]: 'unsponsored-agent', [ENV.AGENT_INSTANCE_ID]: unsponsoredId });

@@ -1,41 +1,59 @@
-import { COHORT, DATABASE, DEFAULTS, ENV, TABLE, THRESHOLDS, type Cohort, type RuleName } from '../../common/names';
+import { COHORT, DATABASE, DEFAULTS, TABLE, THRESHOLDS, UNMANAGED_COHORT, type Cohort, type RuleName } from '../../common/names';
 import { parseDuration } from '../../common/duration';
-import { ConfigError, CustodyError } from '../../common/errors';
+import { CustodyError } from '../../common/errors';
 import type { Store } from '../store';
+import { countAbove, mergeHistograms, p95Test, rateTest, type Histogram, type Verdict } from './stats';
 
 /**
- * The rollback rules, evaluated from the per-minute rollups only, so the cost depends on the
- * window and the number of tools, never on the number of stored spans.
+ * The rollback rules, evaluated from per-minute rollups only, so the cost depends on the window,
+ * the tools and the instances that reported failures, never on the number of stored spans.
  *
- * Definitions (all over the window, for one cohort):
- * - missing_sponsor_ratio = tool calls without sponsor_id / tool calls;
- * - policy_error_rate = calls whose decision is `error` / calls that asked the policy plane
- *   (decision present and not served from the decision cache; an error always counts as having
- *   asked). The denominator is plane calls, not all calls, so that a plane outage reads as a high
- *   rate however many calls the cache answers;
- * - policy_latency_p95_ms = p95 of the plane latency of those same calls, from ClickHouse's
- *   quantileTiming state over latencies rounded up to whole ms (see `latencyP95Ms`);
- * - token_issue_failure_ratio = refused / (issued + refused) token requests (all cohorts).
- * A rule breaches when value > threshold, strictly: 0.1 % missing is not a breach.
+ * Inputs, by who can vouch for them:
+ * - policy_error_rate and policy_latency_p95_ms, for one cohort: the plane's own decision log
+ *   (every decision, errors among them, latency measured by the plane from the request's arrival),
+ *   plus failures only agents can see (timeout, unreachable, a garbage or 5xx answer: an `error`
+ *   call with no plane decision behind it), each counted as an error and as a latency of at least
+ *   the policy timeout. Where two or more instances are in the cohort, the reports of the instance
+ *   that would weigh most on the rule are left out, so that no single instance carries a rule over
+ *   its threshold on its own. error rate = (plane errors + agent failures) / (plane decisions +
+ *   agent failures); p95 over the plane's latencies and the failures' latencies.
+ * - missing_sponsor_ratio, for the whole fleet: every tool call stored from an accepted source,
+ *   whatever its cohort — custody's agents, other instrumentations' GenAI `execute_tool` spans,
+ *   gateways — with calls that carry no custody cohort in a cohort of their own, `unmanaged`.
+ *   The status lists the split by cohort.
+ *
+ * Decision (see stats.ts): a rule breaches when the 95 % lower bound of its value is above the
+ * threshold (Wilson score bound for the rates, an order statistic for the p95), is healthy when the
+ * upper bound is at or below it, and is otherwise undecided. Action: `rollback` when a rule
+ * breaches; else `insufficient_data` while a rule is undecided (with how many more calls would
+ * settle it); else `hold` when an alert fires (p95 above 200 ms or token failures above 0.5 %, by
+ * the same test); else `advance`.
  *
  * Window: whole minutes. A window of W seconds is ceil(W/60) minute buckets: the current
  * (partial) minute and the ones before it, so it covers between W-60 s and W s of the past.
- *
- * Action: `insufficient_data` when fewer than minSample tool calls are in the window; else
- * `rollback` when any rule breaches; else `hold` when an alert fires (policy p95 > 200 ms or
- * token issuance failures > 0.5 %: keep the current stage, do not advance); else `advance`.
  */
 
 export type RollbackAction = 'rollback' | 'hold' | 'advance' | 'insufficient_data';
 export type AlertName = 'policy_latency_p95_ms' | 'token_issue_failure_ratio';
+export type RuleCohort = Cohort | typeof UNMANAGED_COHORT;
 
 export interface RuleResult {
   rule: RuleName;
-  /** null when the rule's denominator is empty in the window (no calls, or no plane calls). */
+  /** The observed value (a rate, or the p95 in whole ms); null without data. */
   value: number | null;
   threshold: number;
-  /** value > threshold with at least minSample calls in the window. */
+  /** The 95 % lower bound of the value is above the threshold. */
   breached: boolean;
+  verdict: Verdict;
+  /** 95 % one-sided bounds of the value (null where the data cannot bound it yet). */
+  lower: number | null;
+  upper: number | null;
+  /** Observations the rule was judged on (calls, or plane calls plus counted agent failures). */
+  sample: number;
+  /** More calls that would settle an undecided rule at the rate seen so far; 0 when decided, null when none would. */
+  more_calls: number | null;
+  /** `cohort`: the queried cohort's calls; `fleet`: every cohort's. */
+  scope: 'cohort' | 'fleet';
 }
 
 export interface AlertResult {
@@ -53,21 +71,34 @@ export interface RuleThresholds {
   alert_policy_latency_p95_ms: number;
 }
 
-/** What the rollups hold for one cohort over the window. */
-export interface CohortAggregates {
+export interface CallCounts {
   calls: number;
   missingSponsor: number;
-  policyErrors: number;
-  /** Calls that asked the policy plane (not cached, or failed). */
-  policyChecks: number;
-  /**
-   * p95 of plane latency in whole ms, null without plane calls. ClickHouse quantileTiming:
-   * up to about 5670 values it keeps them all and returns x[floor(0.95 n)] of the ascending
-   * 0-based order (so 100 values give the 96th smallest); above that it keeps a histogram exact
-   * to 1 ms below 1024 ms (16 ms steps up to 30 s, where it saturates) and returns the smallest
-   * value whose cumulative count reaches ceil(0.95 n).
-   */
-  latencyP95Ms: number | null;
+}
+
+/** One instance's failures that no plane decision backs. */
+export interface AgentFailures {
+  instance: string;
+  failures: number;
+  latency: Histogram;
+}
+
+/** What the rollups hold for one cohort's plane calls over the window. */
+export interface PlaneAggregates {
+  decisions: number;
+  errors: number;
+  latency: Histogram;
+  /** Agent-reported failures, per instance. */
+  failures: AgentFailures[];
+  /** Distinct instances the plane decided for or that reported failures. */
+  instances: number;
+}
+
+export interface RuleInputs {
+  /** Tool calls by cohort (canary, baseline, unmanaged), from every accepted source. */
+  calls: Map<RuleCohort, CallCounts>;
+  plane: Map<RuleCohort, PlaneAggregates>;
+  tokens: TokenAggregates;
 }
 
 export interface TokenAggregates {
@@ -86,22 +117,39 @@ export interface RuleWindow {
 
 export interface RulesConfig {
   windowS: number;
-  cohort: Cohort;
-  minSample: number;
+  cohort: RuleCohort;
   thresholds: RuleThresholds;
+}
+
+/** How the plane-call rules were fed, so that an operator can see what was counted and left out. */
+export interface PlaneInputs {
+  plane_decisions: number;
+  plane_errors: number;
+  agent_failures: number;
+  agent_failures_counted: number;
+  instances: number;
+  /** The instance whose reports were left out of policy_error_rate, if any. */
+  excluded_instance: string | null;
 }
 
 export interface RuleEvaluation {
   action: RollbackAction;
-  cohort: Cohort;
+  cohort: RuleCohort;
   window_s: number;
   window: { start: string; end: string };
+  /** Tool calls of the cohort in the window. */
   sample_size: number;
+  /** With insufficient_data: more calls that would settle every undecided rule (null: no number would). */
+  more_calls: number | null;
   rules: RuleResult[];
   alerts: AlertResult[];
+  inputs: PlaneInputs;
+  /** Calls and missing sponsors per cohort: what missing_sponsor_ratio (fleet) is made of. */
+  by_cohort: Record<RuleCohort, { calls: number; missing_sponsor: number }>;
 }
 
-export const COHORTS: readonly Cohort[] = [COHORT.CANARY, COHORT.BASELINE];
+/** The cohorts the rules know: custody's two, and the agents custody does not manage. */
+export const COHORTS: readonly RuleCohort[] = [COHORT.CANARY, COHORT.BASELINE, UNMANAGED_COHORT];
 /** Longest window accepted: the default audit retention, which the rollups share. */
 export const MAX_WINDOW_S = 90 * 86_400;
 
@@ -125,34 +173,43 @@ export function parseWindow(text: string): number {
   return seconds;
 }
 
-export function parseCohort(text: string): Cohort {
-  if ((COHORTS as readonly string[]).includes(text)) return text as Cohort;
+export function parseCohort(text: string): RuleCohort {
+  if ((COHORTS as readonly string[]).includes(text)) return text as RuleCohort;
   throw new RuleInputError('cohort', `cohort '${text}' must be one of ${COHORTS.join(', ')}`);
 }
 
-export function parseMinSample(text: string, what = 'min_sample'): number {
+/** The thresholds a caller may override, with what each accepts. */
+export const THRESHOLD_PARAMETERS = {
+  missing_sponsor_ratio: 'ratio',
+  policy_error_rate: 'ratio',
+  policy_latency_p95_ms: 'ms',
+} as const satisfies Partial<Record<keyof RuleThresholds, 'ratio' | 'ms'>>;
+export type ThresholdParameter = keyof typeof THRESHOLD_PARAMETERS;
+
+/** A rule threshold: a ratio strictly between 0 and 1, or whole ms from 1 to 60000. */
+export function parseThreshold(rule: string, text: string): number {
+  if (!(rule in THRESHOLD_PARAMETERS)) {
+    throw new RuleInputError('threshold', `unknown rule '${rule}' (expected ${Object.keys(THRESHOLD_PARAMETERS).join(', ')})`);
+  }
+  const kind = THRESHOLD_PARAMETERS[rule as ThresholdParameter];
   const n = Number(text);
-  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < 1) {
-    throw new RuleInputError(what, `${what} '${text}' must be a whole number of calls, at least 1`);
+  if (kind === 'ratio') {
+    if (!/^(0|0?\.\d+|\d+(\.\d+)?e-\d+)$/i.test(text.trim()) || !(n > 0 && n < 1)) {
+      throw new RuleInputError(rule, `${rule} threshold '${text}' must be a ratio between 0 and 1 (0.01 is 1 %)`);
+    }
+    return n;
+  }
+  if (!/^\d+$/.test(text.trim()) || !(n >= 1 && n <= 60_000)) {
+    throw new RuleInputError(rule, `${rule} threshold '${text}' must be whole milliseconds from 1 to 60000`);
   }
   return n;
 }
 
-/** Defaults, with CUSTODY_RULE_MIN_SAMPLE applied; read once at start. */
-export function resolveRulesConfig(env: NodeJS.ProcessEnv = process.env): Readonly<RulesConfig> {
-  let minSample: number = DEFAULTS.RULE_MIN_SAMPLE;
-  const raw = env[ENV.RULE_MIN_SAMPLE];
-  if (raw !== undefined && raw !== '') {
-    try {
-      minSample = parseMinSample(raw, ENV.RULE_MIN_SAMPLE);
-    } catch (err) {
-      throw new ConfigError((err as Error).message);
-    }
-  }
+/** Defaults; read once at start. */
+export function resolveRulesConfig(): Readonly<RulesConfig> {
   return Object.freeze({
     windowS: DEFAULTS.RULE_WINDOW_S,
     cohort: COHORT.CANARY,
-    minSample,
     thresholds: Object.freeze({ ...THRESHOLDS }),
   });
 }
@@ -164,142 +221,187 @@ export function ruleWindow(windowS: number, now: number): RuleWindow {
   return { windowS: minutes * 60, startS: current - (minutes - 1) * 60, endS: current + 60 };
 }
 
-const ratio = (part: number, whole: number): number | null => (whole > 0 ? part / whole : null);
-const above = (value: number | null, threshold: number): boolean => value !== null && value > threshold;
+const EMPTY_PLANE: PlaneAggregates = { decisions: 0, errors: 0, latency: new Map(), failures: [], instances: 0 };
+const EMPTY_CALLS: CallCounts = { calls: 0, missingSponsor: 0 };
 
-/** Pure: rule values, breaches and the action from the window's aggregates. */
+/**
+ * The agents' failure reports that count: all of them with one instance in the cohort; with two
+ * or more, all but those of the instance that weighs most by `weight`.
+ */
+export function countedFailures(plane: PlaneAggregates, weight: (f: AgentFailures) => number): { counted: AgentFailures[]; excluded: AgentFailures | null } {
+  if (plane.instances < 2 || plane.failures.length === 0) return { counted: plane.failures, excluded: null };
+  let worst = plane.failures[0]!;
+  for (const f of plane.failures) if (weight(f) > weight(worst)) worst = f;
+  return { counted: plane.failures.filter((f) => f !== worst), excluded: worst };
+}
+
+function latencyTest(plane: PlaneAggregates, threshold: number) {
+  const { counted } = countedFailures(plane, (f) => countAbove(f.latency, threshold));
+  return p95Test(mergeHistograms(plane.latency, ...counted.map((f) => f.latency)), threshold);
+}
+
+function fromRate(rule: RuleName, threshold: number, scope: RuleResult['scope'], x: number, n: number): RuleResult {
+  const t = rateTest(x, n, threshold);
+  return { rule, value: t.value, threshold, breached: t.verdict === 'breached', verdict: t.verdict, lower: n > 0 ? t.lower : null, upper: n > 0 ? t.upper : null, sample: n, more_calls: t.more_calls, scope };
+}
+
+/** Pure: the rules, alerts and action for one cohort from the window's inputs. */
 export function evaluate(
-  agg: CohortAggregates,
-  tokens: TokenAggregates,
-  options: { minSample: number; thresholds: RuleThresholds },
-): Pick<RuleEvaluation, 'action' | 'sample_size' | 'rules' | 'alerts'> {
-  const t = options.thresholds;
-  const enough = agg.calls >= options.minSample;
-  const values: Record<RuleName, number | null> = {
-    missing_sponsor_ratio: ratio(agg.missingSponsor, agg.calls),
-    policy_error_rate: ratio(agg.policyErrors, agg.policyChecks),
-    policy_latency_p95_ms: agg.policyChecks > 0 ? agg.latencyP95Ms : null,
-  };
-  const rules: RuleResult[] = (Object.keys(values) as RuleName[]).map((rule) => ({
-    rule,
-    value: values[rule],
-    threshold: t[rule],
-    breached: enough && above(values[rule], t[rule]),
-  }));
-  const tokenTotal = tokens.issued + tokens.refused;
-  const tokenRatio = ratio(tokens.refused, tokenTotal);
-  const alerts: AlertResult[] = [
+  inputs: RuleInputs,
+  cohort: RuleCohort,
+  thresholds: RuleThresholds,
+): Pick<RuleEvaluation, 'action' | 'sample_size' | 'more_calls' | 'rules' | 'alerts' | 'inputs' | 'by_cohort'> {
+  const t = thresholds;
+  const byCohort = Object.fromEntries(
+    COHORTS.map((c) => {
+      const v = inputs.calls.get(c) ?? EMPTY_CALLS;
+      return [c, { calls: v.calls, missing_sponsor: v.missingSponsor }];
+    }),
+  ) as RuleEvaluation['by_cohort'];
+  let fleetCalls = 0;
+  let fleetMissing = 0;
+  for (const v of inputs.calls.values()) {
+    fleetCalls += v.calls;
+    fleetMissing += v.missingSponsor;
+  }
+
+  const plane = inputs.plane.get(cohort) ?? EMPTY_PLANE;
+  const errors = countedFailures(plane, (f) => f.failures);
+  const agentFailures = plane.failures.reduce((n, f) => n + f.failures, 0);
+  const counted = errors.counted.reduce((n, f) => n + f.failures, 0);
+  const latency = latencyTest(plane, t.policy_latency_p95_ms);
+
+  const rules: RuleResult[] = [
+    fromRate('missing_sponsor_ratio', t.missing_sponsor_ratio, 'fleet', fleetMissing, fleetCalls),
+    fromRate('policy_error_rate', t.policy_error_rate, 'cohort', plane.errors + counted, plane.decisions + counted),
     {
-      alert: 'policy_latency_p95_ms',
-      value: values.policy_latency_p95_ms,
-      threshold: t.alert_policy_latency_p95_ms,
-      firing: enough && above(values.policy_latency_p95_ms, t.alert_policy_latency_p95_ms),
-    },
-    {
-      alert: 'token_issue_failure_ratio',
-      value: tokenRatio,
-      threshold: t.token_issue_failure_ratio,
-      firing: tokenTotal >= options.minSample && above(tokenRatio, t.token_issue_failure_ratio),
+      rule: 'policy_latency_p95_ms',
+      value: latency.value,
+      threshold: t.policy_latency_p95_ms,
+      breached: latency.verdict === 'breached',
+      verdict: latency.verdict,
+      lower: latency.lower,
+      upper: latency.upper,
+      sample: latency.n,
+      more_calls: latency.more_calls,
+      scope: 'cohort',
     },
   ];
-  const action: RollbackAction = !enough
-    ? 'insufficient_data'
-    : rules.some((r) => r.breached)
-      ? 'rollback'
+
+  const alertLatency = latencyTest(plane, t.alert_policy_latency_p95_ms);
+  const tokenTotal = inputs.tokens.issued + inputs.tokens.refused;
+  const tokenTest = rateTest(inputs.tokens.refused, tokenTotal, t.token_issue_failure_ratio);
+  const alerts: AlertResult[] = [
+    { alert: 'policy_latency_p95_ms', value: alertLatency.value, threshold: t.alert_policy_latency_p95_ms, firing: alertLatency.verdict === 'breached' },
+    { alert: 'token_issue_failure_ratio', value: tokenTest.value, threshold: t.token_issue_failure_ratio, firing: tokenTest.verdict === 'breached' },
+  ];
+
+  const undecided = rules.filter((r) => r.verdict === 'undecided');
+  const action: RollbackAction = rules.some((r) => r.breached)
+    ? 'rollback'
+    : undecided.length > 0
+      ? 'insufficient_data'
       : alerts.some((a) => a.firing)
         ? 'hold'
         : 'advance';
-  return { action, sample_size: agg.calls, rules, alerts };
+  const more =
+    action !== 'insufficient_data' ? 0 : undecided.some((r) => r.more_calls === null) ? null : Math.max(...undecided.map((r) => r.more_calls!));
+  return {
+    action,
+    sample_size: (inputs.calls.get(cohort) ?? EMPTY_CALLS).calls,
+    more_calls: more,
+    rules,
+    alerts,
+    inputs: {
+      plane_decisions: plane.decisions,
+      plane_errors: plane.errors,
+      agent_failures: agentFailures,
+      agent_failures_counted: counted,
+      instances: plane.instances,
+      excluded_instance: errors.excluded?.instance ?? null,
+    },
+    by_cohort: byCohort,
+  };
 }
 
-const EMPTY: CohortAggregates = { calls: 0, missingSponsor: 0, policyErrors: 0, policyChecks: 0, latencyP95Ms: null };
+type Num = string | number;
+const num = (v: Num | undefined | null): number => Number(v ?? 0);
+const histogram = (h: [Num[], Num[]] | undefined | null): Histogram => {
+  const out: Histogram = new Map();
+  if (!h) return out;
+  const [keys, counts] = h;
+  keys.forEach((k, i) => out.set(Number(k), num(counts[i])));
+  return out;
+};
 
-interface CohortRow {
-  cohort: string;
-  calls: string | number;
-  missing_sponsor: string | number;
-  policy_errors: string | number;
-  policy_checks: string | number;
-  latency_q: (number | null)[];
-}
+/** SQL: the rule cohort of a stored cohort value (anything but custody's two is unmanaged). */
+const RULE_COHORT_SQL = `if(cohort IN ('${COHORT.CANARY}', '${COHORT.BASELINE}'), cohort, '${UNMANAGED_COHORT}')`;
 
-/** Reads the window's aggregates per cohort and for token issuance: two small rollup reads. */
-export async function readAggregates(
-  store: Store,
-  window: RuleWindow,
-  cohorts: readonly Cohort[],
-): Promise<{ cohorts: Map<Cohort, CohortAggregates>; tokens: TokenAggregates }> {
+/** Reads the window's rule inputs: a handful of small rollup reads. */
+export async function readInputs(store: Store, window: RuleWindow, cohorts: readonly RuleCohort[]): Promise<RuleInputs> {
   const db = store.database ?? DATABASE;
   const query_params = { start: window.startS, end: window.endS, cohorts: [...cohorts] };
-  // The quantile levels must match the state's type in audit_rollup_1m.
-  const rs = await store.client.query({
-    query: `SELECT cohort,
-        sum(calls) AS calls,
-        sum(missing_sponsor) AS missing_sponsor,
-        sum(policy_errors) AS policy_errors,
-        sum(policy_checks) AS policy_checks,
-        quantilesTimingMerge(0.5, 0.95, 0.99)(latency_ms) AS latency_q
-      FROM ${db}.${TABLE.AUDIT_ROLLUP_1M}
-      WHERE cohort IN {cohorts:Array(String)}
-        AND minute >= toDateTime({start:UInt32}) AND minute < toDateTime({end:UInt32})
-      GROUP BY cohort`,
-    query_params,
-    format: 'JSONEachRow',
-  });
-  const byCohort = new Map<Cohort, CohortAggregates>(cohorts.map((c) => [c, EMPTY]));
-  for (const r of await rs.json<CohortRow>()) {
-    const checks = Number(r.policy_checks);
-    const p95 = r.latency_q?.[1];
-    byCohort.set(r.cohort as Cohort, {
-      calls: Number(r.calls),
-      missingSponsor: Number(r.missing_sponsor),
-      policyErrors: Number(r.policy_errors),
-      policyChecks: checks,
-      latencyP95Ms: checks > 0 && typeof p95 === 'number' && Number.isFinite(p95) ? p95 : null,
-    });
-  }
-  const ts = await store.client.query({
-    query: `SELECT sum(issued) AS issued, sum(refused) AS refused
-      FROM ${db}.${TABLE.TOKEN_ROLLUP_1M}
-      WHERE minute >= toDateTime({start:UInt32}) AND minute < toDateTime({end:UInt32})`,
-    query_params,
-    format: 'JSONEachRow',
-  });
-  const [t] = await ts.json<{ issued: string | number; refused: string | number }>();
-  return { cohorts: byCohort, tokens: { issued: Number(t?.issued ?? 0), refused: Number(t?.refused ?? 0) } };
+  const inWindow = `minute >= toDateTime({start:UInt32}) AND minute < toDateTime({end:UInt32})`;
+  const read = async <T>(query: string): Promise<T[]> => (await store.client.query({ query, query_params, format: 'JSONEachRow' })).json<T>();
+
+  const [callRows, decisionRows, failureRows, instanceRows, tokenRows] = await Promise.all([
+    read<{ c: string; calls: Num; missing: Num }>(
+      `SELECT ${RULE_COHORT_SQL} AS c, sum(calls) AS calls, sum(missing_sponsor) AS missing
+       FROM ${db}.${TABLE.AUDIT_ROLLUP_1M} WHERE ${inWindow} GROUP BY c`,
+    ),
+    read<{ c: string; decisions: Num; errors: Num; hist: [Num[], Num[]] }>(
+      `SELECT ${RULE_COHORT_SQL} AS c, sum(decisions) AS decisions, sum(errors) AS errors, sumMap(latency_hist) AS hist
+       FROM ${db}.${TABLE.DECISION_ROLLUP_1M} WHERE ${inWindow} AND c IN {cohorts:Array(String)} GROUP BY c`,
+    ),
+    read<{ c: string; instance: string; failures: Num; hist: [Num[], Num[]] }>(
+      `SELECT ${RULE_COHORT_SQL} AS c, agent_instance_id AS instance, sum(failures) AS failures, sumMap(latency_hist) AS hist
+       FROM ${db}.${TABLE.AGENT_FAILURE_ROLLUP_1M} WHERE ${inWindow} AND c IN {cohorts:Array(String)} GROUP BY c, instance`,
+    ),
+    read<{ c: string; n: Num }>(
+      `SELECT c, uniqExactMerge(s) AS n FROM (
+         SELECT ${RULE_COHORT_SQL} AS c, instances AS s FROM ${db}.${TABLE.DECISION_ROLLUP_1M} WHERE ${inWindow}
+         UNION ALL
+         SELECT ${RULE_COHORT_SQL} AS c, uniqExactState(agent_instance_id) AS s FROM ${db}.${TABLE.AGENT_FAILURE_ROLLUP_1M} WHERE ${inWindow} GROUP BY c
+       ) WHERE c IN {cohorts:Array(String)} GROUP BY c`,
+    ),
+    read<{ issued: Num; refused: Num }>(
+      `SELECT sum(issued) AS issued, sum(refused) AS refused FROM ${db}.${TABLE.TOKEN_ROLLUP_1M} WHERE ${inWindow}`,
+    ),
+  ]);
+
+  const calls = new Map<RuleCohort, CallCounts>();
+  for (const r of callRows) calls.set(r.c as RuleCohort, { calls: num(r.calls), missingSponsor: num(r.missing) });
+  const plane = new Map<RuleCohort, PlaneAggregates>();
+  const planeOf = (c: string): PlaneAggregates => {
+    let p = plane.get(c as RuleCohort);
+    if (!p) plane.set(c as RuleCohort, (p = { decisions: 0, errors: 0, latency: new Map(), failures: [], instances: 0 }));
+    return p;
+  };
+  for (const r of decisionRows) Object.assign(planeOf(r.c), { decisions: num(r.decisions), errors: num(r.errors), latency: histogram(r.hist) });
+  for (const r of failureRows) planeOf(r.c).failures.push({ instance: r.instance, failures: num(r.failures), latency: histogram(r.hist) });
+  for (const r of instanceRows) planeOf(r.c).instances = num(r.n);
+  const [tok] = tokenRows;
+  return { calls, plane, tokens: { issued: num(tok?.issued), refused: num(tok?.refused) } };
 }
 
 export interface EvaluateOptions {
   windowS?: number;
-  minSample?: number;
   thresholds?: RuleThresholds;
   /** Clock (epoch ms); default Date.now(). */
   now?: number;
 }
 
-/** Evaluates the rules for several cohorts from one read (the metrics use both cohorts). */
-export async function evaluateCohorts(
-  store: Store,
-  cohorts: readonly Cohort[],
-  options: EvaluateOptions = {},
-): Promise<RuleEvaluation[]> {
+/** Evaluates the rules for several cohorts from one read (the metrics use every cohort). */
+export async function evaluateCohorts(store: Store, cohorts: readonly RuleCohort[], options: EvaluateOptions = {}): Promise<RuleEvaluation[]> {
   const window = ruleWindow(options.windowS ?? DEFAULTS.RULE_WINDOW_S, options.now ?? Date.now());
-  const agg = await readAggregates(store, window, cohorts);
-  const settings = {
-    minSample: options.minSample ?? DEFAULTS.RULE_MIN_SAMPLE,
-    thresholds: options.thresholds ?? THRESHOLDS,
-  };
+  const inputs = await readInputs(store, window, cohorts);
+  const thresholds = options.thresholds ?? THRESHOLDS;
   const span = { start: new Date(window.startS * 1000).toISOString(), end: new Date(window.endS * 1000).toISOString() };
-  return cohorts.map((cohort) => ({
-    ...evaluate(agg.cohorts.get(cohort) ?? EMPTY, agg.tokens, settings),
-    cohort,
-    window_s: window.windowS,
-    window: span,
-  }));
+  return cohorts.map((cohort) => ({ ...evaluate(inputs, cohort, thresholds), cohort, window_s: window.windowS, window: span }));
 }
 
 /** The rollback rules for one cohort (default canary) over the window (default 15 min). */
-export async function evaluateRules(store: Store, options: EvaluateOptions & { cohort?: Cohort } = {}): Promise<RuleEvaluation> {
+export async function evaluateRules(store: Store, options: EvaluateOptions & { cohort?: RuleCohort } = {}): Promise<RuleEvaluation> {
   const [result] = await evaluateCohorts(store, [options.cohort ?? COHORT.CANARY], options);
   return result!;
 }

@@ -73,7 +73,6 @@ export function registerRuleMetrics(store: Store, options: RuleMetricsOptions): 
     () =>
       evaluateCohorts(store, COHORTS, {
         windowS: config.windowS,
-        minSample: config.minSample,
         thresholds: config.thresholds,
         ...(options.now ? { now: options.now() } : {}),
       }).catch((err: unknown) => {
@@ -86,13 +85,18 @@ export function registerRuleMetrics(store: Store, options: RuleMetricsOptions): 
   source = read;
 
   const window = `${config.windowS / 60} min`;
-  ruleGauge(METRIC.MISSING_SPONSOR_RATIO, `Tool calls without sponsor_id / tool calls, last ${window}`, ['cohort'], (g, evals) =>
-    setEach(g, evals, (e) => ruleValue(e, 'missing_sponsor_ratio')),
-  );
-  ruleGauge(METRIC.POLICY_ERROR_RATE, `Policy errors / calls that asked the policy plane, last ${window}`, ['cohort'], (g, evals) =>
+  // Per cohort (canary, baseline, unmanaged) and cohort="fleet", the value the rule judges.
+  ruleGauge(METRIC.MISSING_SPONSOR_RATIO, `Tool calls without sponsor_id / tool calls, last ${window}`, ['cohort'], (g, evals) => {
+    const first = evals[0];
+    if (!first) return;
+    for (const [cohort, c] of Object.entries(first.by_cohort)) if (c.calls > 0) g.set({ cohort }, c.missing_sponsor / c.calls);
+    const fleet = ruleValue(first, 'missing_sponsor_ratio');
+    if (fleet !== null) g.set({ cohort: 'fleet' }, fleet);
+  });
+  ruleGauge(METRIC.POLICY_ERROR_RATE, `Policy errors (plane's log and agents' failures) / plane calls, last ${window}`, ['cohort'], (g, evals) =>
     setEach(g, evals, (e) => ruleValue(e, 'policy_error_rate')),
   );
-  ruleGauge(METRIC.POLICY_LATENCY_P95_SECONDS, `p95 of policy plane latency (whole ms), last ${window}`, ['cohort'], (g, evals) =>
+  ruleGauge(METRIC.POLICY_LATENCY_P95_SECONDS, `p95 of policy plane latency, server-side from arrival, agents' failures at the timeout or more, last ${window}`, ['cohort'], (g, evals) =>
     setEach(g, evals, (e) => {
       const ms = ruleValue(e, 'policy_latency_p95_ms');
       return ms === null ? null : ms / 1000;
@@ -105,7 +109,7 @@ export function registerRuleMetrics(store: Store, options: RuleMetricsOptions): 
   });
   ruleGauge(
     METRIC.ROLLBACK_RULE_BREACHED,
-    `1 when a rollback rule is breached with enough calls, last ${window}`,
+    `1 when a rollback rule is breached at 95 % confidence, last ${window}`,
     ['rule', 'cohort'],
     (g, evals) => {
       for (const e of evals) for (const r of e.rules) g.set({ rule: r.rule, cohort: e.cohort }, r.breached ? 1 : 0);

@@ -5,18 +5,29 @@ import type { Logger } from '../../common/log';
 import { ENV } from '../../common/names';
 import { SERVICE, type RoleContext, type Services } from '../../common/role';
 import { registerRuleMetrics } from './metrics';
-import { evaluateRules, parseCohort, parseMinSample, parseWindow, resolveRulesConfig, RuleInputError, type RulesConfig } from './evaluate';
+import {
+  evaluateRules,
+  parseCohort,
+  parseThreshold,
+  parseWindow,
+  resolveRulesConfig,
+  RuleInputError,
+  THRESHOLD_PARAMETERS,
+  type RulesConfig,
+  type RuleThresholds,
+} from './evaluate';
 import type { Store } from '../store';
 
 /**
- * GET /v1/rollback/status?window=15m&cohort=canary[&min_sample=N]: the rollback rules for one
- * cohort, as CONTRACT.md shapes them (Argo Rollouts' web metric provider reads it as is).
- * Besides the contract's fields it names the cohort, the evaluated minute range and the alerts
- * behind a `hold`.
+ * GET /v1/rollback/status?window=15m&cohort=canary[&policy_error_rate=0.01…]: the rollback rules
+ * for one cohort (canary, baseline or unmanaged), as CONTRACT.md shapes them (Argo Rollouts' web
+ * metric provider reads it as is). A rule name as a parameter overrides its threshold. Besides the
+ * contract's fields it names the cohort, the evaluated minute range, each rule's confidence bounds,
+ * the calls that would settle an undecided rule, the inputs counted and the alerts behind a `hold`.
  */
 
 const ROLLOUT_TIMEOUT_MS = 1000;
-const PARAMETERS = ['window', 'cohort', 'min_sample'];
+const PARAMETERS = ['window', 'cohort', ...Object.keys(THRESHOLD_PARAMETERS)];
 
 /** The current rollout percent, or null when no policy plane can be asked. */
 export type RolloutPercent = () => Promise<number | null>;
@@ -76,13 +87,17 @@ export function rollbackStatusRouter(store: Store, options: { config: Readonly<R
     rejectUnknown(q, PARAMETERS);
     const window = queryString(q, 'window');
     const cohort = queryString(q, 'cohort');
-    const minSample = queryString(q, 'min_sample');
     const windowS = window === undefined ? config.windowS : parsed(() => parseWindow(window));
+    const thresholds: RuleThresholds = { ...config.thresholds };
+    for (const rule of Object.keys(THRESHOLD_PARAMETERS) as (keyof typeof THRESHOLD_PARAMETERS)[]) {
+      // present but empty is a bad threshold, not the default
+      const v = q[rule] === '' ? '' : queryString(q, rule);
+      if (v !== undefined) thresholds[rule] = parsed(() => parseThreshold(rule, v));
+    }
     const opts = {
       windowS,
       cohort: cohort === undefined ? config.cohort : parsed(() => parseCohort(cohort)),
-      minSample: minSample === undefined ? config.minSample : parsed(() => parseMinSample(minSample)),
-      thresholds: config.thresholds,
+      thresholds,
     };
     let result;
     try {
@@ -99,7 +114,10 @@ export function rollbackStatusRouter(store: Store, options: { config: Readonly<R
       rollout: { percent: await options.rollout() },
       cohort: result.cohort,
       window: result.window,
+      more_calls: result.more_calls,
       alerts: result.alerts,
+      inputs: result.inputs,
+      by_cohort: result.by_cohort,
     });
   });
   return router;

@@ -1,4 +1,25 @@
-import { DATABASE, TABLE } from '../../common/names';
+import { DATABASE, DEFAULTS, TABLE, TRUST } from '../../common/names';
+
+/**
+ * Which rows the rollback rules may count, as SQL over the source table's columns. Record
+ * authorship (a service's own row vs an agent-reported one, verified vs unverified spans) is
+ * decided at ingest; once ingest marks it, these two predicates are the one place the rules
+ * filter on it (a new migration re-creates the two views below with them).
+ */
+export const RULE_ROWS = {
+  /** policy_decisions rows that are the plane's own record. */
+  decisions: '1',
+  /** audit_events rows from an accepted agent source: never an unverified span (anyone who can reach an open OTLP port could write one). */
+  agentReports: `trust != '${TRUST.UNVERIFIED}'`,
+} as const;
+
+/**
+ * Latency histogram key for a latency in ms: whole ms (rounded up) to 1 s, 10 ms steps to 60 s,
+ * 60001 above. `x > T` is exact for every whole-ms threshold up to 1 s, every 10 ms above.
+ */
+export function latencyBucketSql(ms: string): string {
+  return `toUInt32(multiIf(${ms} <= 1000, ceil(greatest(${ms}, 0)), ${ms} <= 60000, ceil(${ms} / 10) * 10, 60001))`;
+}
 
 /**
  * The storage schema as versioned migrations. Every statement is idempotent (IF NOT EXISTS), so a
@@ -371,6 +392,71 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
           quantilesTimingStateIf(0.5, 0.95, 0.99)(toUInt32(ceil(policy_latency_ms)), (decision = 'error' OR (decision != '' AND NOT policy_cached)) AND trust != 'unverified') AS latency_ms
         FROM ${t(TABLE.AUDIT_EVENTS)}
         GROUP BY minute, cohort, tool_id`,
+      ],
+    },
+    {
+      version: 9,
+      name: 'rule_inputs',
+      statements: [
+        // The plane's own decision log, per minute: every decision it made, the errors among them,
+        // and a histogram of its server-side latency (from the request's arrival), so that order
+        // statistics for any threshold are exact. `instances` counts the agents it decided for.
+        `CREATE TABLE IF NOT EXISTS ${t(TABLE.DECISION_ROLLUP_1M)}${onCluster} (
+          minute DateTime,
+          cohort LowCardinality(String),
+          tool_id LowCardinality(String),
+          decisions SimpleAggregateFunction(sum, UInt64),
+          errors SimpleAggregateFunction(sum, UInt64),
+          latency_hist SimpleAggregateFunction(sumMap, Tuple(Array(UInt32), Array(UInt64))),
+          instances AggregateFunction(uniqExact, String)
+        ) ENGINE = ${engine('AggregatingMergeTree', TABLE.DECISION_ROLLUP_1M)}
+        ORDER BY (cohort, minute, tool_id)
+        TTL minute + toIntervalDay(${days})`,
+        `CREATE MATERIALIZED VIEW IF NOT EXISTS ${t(TABLE.DECISION_ROLLUP_1M + '_mv')}${onCluster}
+        TO ${t(TABLE.DECISION_ROLLUP_1M)}
+        AS SELECT
+          toStartOfMinute(timestamp) AS minute,
+          cohort,
+          tool_id,
+          count() AS decisions,
+          countIf(decision = 'error') AS errors,
+          sumMap([${latencyBucketSql('latency_ms')}], [toUInt64(1)]) AS latency_hist,
+          uniqExactStateIf(agent_instance_id, agent_instance_id != '') AS instances
+        FROM ${t(TABLE.POLICY_DECISIONS)}
+        WHERE ${RULE_ROWS.decisions}
+        GROUP BY minute, cohort, tool_id`,
+        // Failures only an agent sees: an error with no plane decision behind it (timeout,
+        // unreachable, a garbage or 5xx answer). Kept per reporting instance, so that the rules
+        // can leave out the worst one; a failure's latency counts at no less than the timeout.
+        `CREATE TABLE IF NOT EXISTS ${t(TABLE.AGENT_FAILURE_ROLLUP_1M)}${onCluster} (
+          minute DateTime,
+          cohort LowCardinality(String),
+          agent_instance_id String,
+          failures SimpleAggregateFunction(sum, UInt64),
+          latency_hist SimpleAggregateFunction(sumMap, Tuple(Array(UInt32), Array(UInt64)))
+        ) ENGINE = ${engine('AggregatingMergeTree', TABLE.AGENT_FAILURE_ROLLUP_1M)}
+        ORDER BY (cohort, minute, agent_instance_id)
+        TTL minute + toIntervalDay(${days})`,
+        `CREATE MATERIALIZED VIEW IF NOT EXISTS ${t(TABLE.AGENT_FAILURE_ROLLUP_1M + '_mv')}${onCluster}
+        TO ${t(TABLE.AGENT_FAILURE_ROLLUP_1M)}
+        AS SELECT
+          toStartOfMinute(timestamp) AS minute,
+          cohort,
+          agent_instance_id,
+          count() AS failures,
+          sumMap([${latencyBucketSql(`greatest(policy_latency_ms, ${DEFAULTS.POLICY_TIMEOUT_MS})`)}], [toUInt64(1)]) AS latency_hist
+        FROM ${t(TABLE.AUDIT_EVENTS)}
+        WHERE decision = 'error' AND policy_decision_id = '' AND (${RULE_ROWS.agentReports})
+        GROUP BY minute, cohort, agent_instance_id`,
+        ...[TABLE.DECISION_ROLLUP_1M, TABLE.AGENT_FAILURE_ROLLUP_1M].map(
+          (name) => `ALTER TABLE ${t(name)}${onCluster} MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1`,
+        ),
+        // exactly once, like every table ingest writes (migration 7)
+        ...(options.cluster
+          ? []
+          : [TABLE.DECISION_ROLLUP_1M, TABLE.AGENT_FAILURE_ROLLUP_1M].map(
+              (name) => `ALTER TABLE ${t(name)} MODIFY SETTING non_replicated_deduplication_window = ${DEDUP_WINDOW}`,
+            )),
       ],
     },
   ];

@@ -81,7 +81,7 @@ export function rolloutHealth(): Dashboard {
     .withVariable(
       new CustomVariableBuilder('cohort')
         .label('Cohort')
-        .values('canary,baseline')
+        .values('canary,baseline,unmanaged,fleet')
         .multi(true)
         .includeAll(true)
         .allValue('.*')
@@ -105,7 +105,7 @@ export function rolloutHealth(): Dashboard {
     .withPanel(
       rulePanel(
         'Missing sponsor_id',
-        `Tool calls without a sponsor / tool calls. Rollback and alert above ${t.missing_sponsor_ratio * 100} %.`,
+        `Tool calls without a sponsor / tool calls, per cohort; "unmanaged" is agents custody does not manage (other instrumentations, gateways), "fleet" all of them: the rule judges the fleet. Rollback and alert above ${t.missing_sponsor_ratio * 100} %.`,
         `${METRIC.MISSING_SPONSOR_RATIO}{${COHORT}}`,
         'percentunit',
         t.missing_sponsor_ratio,

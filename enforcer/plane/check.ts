@@ -28,7 +28,7 @@ export interface CheckResponse {
   reason: string;
   cohort: Cohort;
   enforced: boolean;
-  /** Plane-side time to verify and decide, ms. */
+  /** Plane-side time from the request's arrival to the decision, ms. */
   latency_ms: number;
   policy_version: string;
   risk: Risk;
@@ -56,11 +56,12 @@ const LIMITS = { token: 16_384, name: 256, purpose: 1024 } as const;
  * its reason; only keys that cannot be fetched make it an error (503), since then nothing was
  * decided.
  */
-export function createChecker(options: CheckerOptions): (body: unknown, traceContext?: Context) => Promise<CheckResponse> {
+export function createChecker(options: CheckerOptions): (body: unknown, traceContext?: Context, arrivedAt?: number) => Promise<CheckResponse> {
   const now = options.now ?? Date.now;
 
-  return async function check(body, traceContext) {
-    const started = performance.now();
+  return async function check(body, traceContext, arrivedAt) {
+    // From the request's arrival when the server knows it (queueing and body parsing included).
+    const started = arrivedAt ?? performance.now();
     const req = parseCheckRequest(body);
     const policy = options.policy();
     const settings = toolPolicy(policy, req.tool);

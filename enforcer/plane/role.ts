@@ -15,6 +15,7 @@ import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
 import { createChecker } from './check';
 import { planeMetrics } from './metrics';
 import { watchPolicyFile } from './reload';
+import { arrivedAt } from '../../common/http';
 import { mountPlaneRoutes, traceContextOf } from './routes';
 
 export const POLICY_FILE = 'policy-config.yaml';
@@ -76,7 +77,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, metrics });
 
       // the hot path: served on the bare request, before Express
-      ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers)));
+      // latency is measured from the request's arrival: time spent queued behind others counts
+      ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers), arrivedAt(req)));
       mountPlaneRoutes(ctx.control, {
         policy: policies.current,
         rollout,

@@ -38,6 +38,19 @@ export function parseMinSample(text: string, what = '--min-sample'): number {
   return n;
 }
 
+/**
+ * Advancing needs a person's approval unless CUSTODY_ROLLBACK_AUTO_ADVANCE=on (or, as before,
+ * CUSTODY_ROLLBACK_MANUAL_GATES=off). Rolling back never waits for anyone.
+ */
+function manualGates(env: NodeJS.ProcessEnv): boolean {
+  const auto = bool(env, ENV.ROLLBACK_AUTO_ADVANCE, false);
+  const gates = bool(env, ENV.ROLLBACK_MANUAL_GATES, !auto);
+  if (gates === auto) {
+    throw new ConfigError(`${ENV.ROLLBACK_AUTO_ADVANCE}=${env[ENV.ROLLBACK_AUTO_ADVANCE]} contradicts ${ENV.ROLLBACK_MANUAL_GATES}=${env[ENV.ROLLBACK_MANUAL_GATES]}`);
+  }
+  return gates;
+}
+
 /** Reads CUSTODY_ROLLBACK_* (see common/names.ts ENV); unset variables take the defaults. */
 export function watchSettingsFromEnv(env: NodeJS.ProcessEnv = process.env): WatchSettings {
   const minSample = env[ENV.ROLLBACK_MIN_SAMPLE];
@@ -47,7 +60,7 @@ export function watchSettingsFromEnv(env: NodeJS.ProcessEnv = process.env): Watc
     windowS: duration(env, ENV.ROLLBACK_WINDOW, WATCH_DEFAULTS.windowS),
     healthyPeriodS: duration(env, ENV.ROLLBACK_HEALTHY_PERIOD, WATCH_DEFAULTS.healthyPeriodS),
     minSample: minSample !== undefined && minSample.trim() !== '' ? parseMinSample(minSample, ENV.ROLLBACK_MIN_SAMPLE) : WATCH_DEFAULTS.minSample,
-    manualGates: bool(env, ENV.ROLLBACK_MANUAL_GATES, false),
+    manualGates: manualGates(env),
     dryRun: bool(env, ENV.ROLLBACK_DRY_RUN, false),
   };
 }

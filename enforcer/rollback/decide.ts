@@ -28,13 +28,19 @@ export interface RollbackStatus {
   alerts?: { alert: string; value: number | null; threshold: number; firing: boolean }[];
   rollout?: { percent: number };
   cohort?: string;
+  /** With insufficient_data: more calls that would settle the rules. */
+  more_calls?: number | null;
 }
 
 /** GET /v1/rollout, reduced to what the controller needs. */
 export interface RolloutState {
   percent: number;
-  /** Ascending stages, e.g. 10, 30, 60, 100. */
+  /** Ascending stages, e.g. 10, 30, 60, 100; empty when the policy advances by an increment. */
   stages: readonly number[];
+  /** Percent points per advance when there are no stages (the seed's `increment`). */
+  increment?: number;
+  /** The percent the plane says the next advance goes to (its policy decides); null at the last step. */
+  nextPercent?: number | null;
   /** When the percent last changed (epoch ms); the start of the current stage. */
   updatedAt?: number;
   /** Opaque revision for compare-and-set, when the plane offers one. */
@@ -60,7 +66,7 @@ export interface DecideOptions {
   healthyPeriodS: number;
   /** Calls the canary must have made since the stage began before it may advance. */
   minSample: number;
-  /** Never advance alone: report that the stage is ready and wait for `custody rollback approve`. */
+  /** Never advance alone: report that the stage is ready and wait for `custody rollback approve` (the default). */
   manualGates: boolean;
 }
 
@@ -86,6 +92,17 @@ export function statusCohort(percent: number): Cohort {
 /** The stage after `percent`, or undefined at the last one. */
 export function nextStage(percent: number, stages: readonly number[]): number | undefined {
   return [...stages].sort((a, b) => a - b).find((s) => s > percent);
+}
+
+/**
+ * Where the next advance goes: what the plane says (`next_percent`, from its policy), else the next
+ * stage, else the percent plus the increment (at most 100). undefined at the last step.
+ */
+export function nextPercent(state: RolloutState): number | undefined {
+  if (state.nextPercent !== undefined) return state.nextPercent === null || state.nextPercent <= state.percent ? undefined : state.nextPercent;
+  if (state.stages.length > 0) return nextStage(state.percent, state.stages);
+  if (state.increment && state.percent < 100) return Math.min(100, state.percent + state.increment);
+  return undefined;
 }
 
 /** Seconds the current stage has lasted, or undefined when the plane does not say when it began. */
@@ -127,7 +144,7 @@ export function nextAction(state: RolloutState, observed: Observed, clock: Clock
     return { kind: 'hold', percent, reason: `held at 0: ${why}` };
   }
 
-  const to = nextStage(percent, state.stages);
+  const to = nextPercent(state);
   if (to === undefined) return { kind: 'hold', percent, reason: `fully rolled out at ${percent}%` };
 
   const age = stageAgeS(state, clock);
@@ -155,12 +172,12 @@ export function nextAction(state: RolloutState, observed: Observed, clock: Clock
   if (since.action === 'hold') {
     return { kind: 'hold', percent, reason: `not advancing: ${describeAlerts(since)} since the last change (${since.window_s}s)` };
   }
-  if (since.action === 'insufficient_data' || since.sample_size < options.minSample) {
-    return {
-      kind: 'hold',
-      percent,
-      reason: `not advancing: ${since.sample_size} calls since the last change, too few (minimum ${options.minSample}${since.action === 'insufficient_data' ? ' here, and the collector\'s own' : ''})`,
-    };
+  if (since.action === 'insufficient_data') {
+    const more = since.more_calls === undefined ? '' : since.more_calls === null ? '; no number of calls at the rates seen would settle it' : `; about ${since.more_calls} more calls would settle it`;
+    return { kind: 'hold', percent, reason: `not advancing: ${since.sample_size} calls since the last change do not yet show the stage healthy at 95 % confidence${more}` };
+  }
+  if (since.sample_size < options.minSample) {
+    return { kind: 'hold', percent, reason: `not advancing: ${since.sample_size} calls since the last change, too few (minimum ${options.minSample})` };
   }
   const reason = `advance ${percent}% → ${to}%: healthy for ${Math.floor(age)}s (≥ ${options.healthyPeriodS}s) over ${since.sample_size} calls`;
   if (options.manualGates) return { kind: 'await_approval', from: percent, to, reason: `${reason}; waiting for approval` };

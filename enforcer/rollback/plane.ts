@@ -57,6 +57,8 @@ const rolloutSchema = z
     stages: z.array(z.number().min(0).max(100)).optional(),
     updated_at: timeValue.optional(),
     revision: z.union([z.string(), z.number()]).optional(),
+    next_percent: z.number().min(0).max(100).nullable().optional(),
+    increment: z.number().gt(0).max(100).nullable().optional(),
   })
   .loose();
 
@@ -68,6 +70,7 @@ const statusSchema = z
     rules: z.array(
       z.object({ rule: z.string(), value: z.number().nullable(), threshold: z.number(), breached: z.boolean() }).loose(),
     ),
+    more_calls: z.number().nullable().optional(),
     // null: the collector knows no policy plane; the watcher reads the percent from the plane itself
     rollout: z.object({ percent: z.number().nullable() }).loose().optional(),
     cohort: z.string().optional(),
@@ -80,10 +83,13 @@ export function parseRollout(body: unknown): RolloutState {
   if (!r.success) {
     throw new PlaneResponseError(200, 'ERR_PLANE_RESPONSE', `GET /v1/rollout answered an unexpected body: ${r.error.issues[0]?.message ?? ''}`);
   }
-  const { percent, stages, updated_at, revision } = r.data;
+  const { percent, stages, updated_at, revision, next_percent, increment } = r.data;
   return {
     percent,
-    stages: stages && stages.length > 0 ? stages : DEFAULTS.ROLLOUT_STAGES,
+    // a policy with `increment` and no `stages` has none: it advances by the increment
+    stages: stages && stages.length > 0 ? stages : increment ? [] : DEFAULTS.ROLLOUT_STAGES,
+    ...(increment ? { increment } : {}),
+    ...(next_percent !== undefined ? { nextPercent: next_percent } : {}),
     ...(updated_at !== undefined ? { updatedAt: updated_at } : {}),
     ...(revision !== undefined ? { revision: String(revision) } : {}),
   };

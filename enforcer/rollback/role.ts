@@ -52,10 +52,11 @@ export function rollbackRole(roleOptions: RollbackRoleOptions = {}): RoleStarter
     // First tick once the host has finished starting (the routes' 404 and error boundary come last).
     const startTimer = setTimeout(() => watcher.start(), 0);
 
-    const mode = [settings.manualGates ? 'manual gates' : '', settings.dryRun ? 'dry run' : ''].filter(Boolean).join(', ');
-    const banner = [
-      `rollback watch every ${settings.intervalS}s: roll back on a breach (window ${settings.windowS}s), advance after ${settings.healthyPeriodS}s healthy with ${settings.minSample} calls${mode ? ` (${mode})` : ''}`,
-    ];
+    const mode = settings.dryRun ? ' (dry run)' : '';
+    const advance = settings.manualGates
+      ? `a stage earned after ${settings.healthyPeriodS}s healthy waits for \`custody rollback approve\` (${ENV.ROLLBACK_AUTO_ADVANCE}=on advances alone)`
+      : `advance after ${settings.healthyPeriodS}s healthy with ${settings.minSample} calls`;
+    const banner = [`rollback watch every ${settings.intervalS}s: roll back on a breach (window ${settings.windowS}s); ${advance}${mode}`];
     if (!adminToken && !settings.dryRun) banner.push(`  rollback watch cannot change the rollout until ${ENV.ROLLOUT_TOKEN} is set`);
     return {
       name: 'rollback',

@@ -74,6 +74,35 @@ export function calls(n: number, end: number, shape: (i: number) => Partial<Call
   return Array.from({ length: n }, (_, i) => call(end - spreadMs + Math.floor((i * spreadMs) / n), shape(i)));
 }
 
+/** The plane's own decision-log rows for calls made by `calls` (same spread), each shaped by `shape(i)`. */
+export function decisions(
+  n: number,
+  end: number,
+  shape: (i: number) => Partial<{ decision: string; latency_ms: number; cohort: string; agent_instance_id: string }> = () => ({}),
+  spreadMs = 10_000,
+): object[] {
+  return Array.from({ length: n }, (_, i) => {
+    seq += 1;
+    const over = shape(i);
+    const cohort = over.cohort ?? 'canary';
+    return {
+      timestamp: new Date(end - spreadMs + Math.floor((i * spreadMs) / n)).toISOString(),
+      policy_decision_id: `pd-log-${seq}`,
+      decision: 'allow',
+      rule_id: 'allow-support-billing',
+      sponsor_id: 'alice',
+      agent_instance_id: `agent-${cohort}-${seq % 7}`,
+      tool_id: 'billing',
+      action: 'refund',
+      cohort,
+      enforced: cohort === 'canary',
+      latency_ms: 4,
+      service_name: 'custody',
+      ...over,
+    };
+  });
+}
+
 /** Inserts rows into `<dataDir>/clickhouse` (custody.<table>) from a child process. */
 export { seedStore } from './custody';
 

@@ -7,8 +7,8 @@ import {
   evaluateCohorts,
   evaluateRules,
   parseCohort,
+  parseThreshold,
   parseWindow,
-  resolveRulesConfig,
   ruleWindow,
   RuleInputError,
   type RuleEvaluation,
@@ -46,6 +46,38 @@ interface Call {
   policy_latency_ms?: number;
   policy_cached?: boolean;
   tool_id?: string;
+  agent_instance_id?: string;
+  policy_decision_id?: string;
+}
+
+/** A decision in the plane's own log. */
+interface PlaneDecision {
+  at: number;
+  decision?: string;
+  latency_ms?: number;
+  cohort?: string;
+  agent_instance_id?: string;
+}
+
+async function insertDecisions(rows: PlaneDecision[]): Promise<void> {
+  const values = rows.map((d) => ({
+    timestamp: iso(d.at),
+    policy_decision_id: hex(8),
+    decision: d.decision ?? 'allow',
+    sponsor_id: 'alice',
+    agent_instance_id: d.agent_instance_id ?? 'agent-1',
+    tool_id: 'billing',
+    action: 'charge',
+    cohort: d.cohort ?? 'canary',
+    enforced: (d.cohort ?? 'canary') === 'canary',
+    latency_ms: d.latency_ms ?? 20,
+  }));
+  await store.client.insert({ table: 'custody.policy_decisions', values, format: 'JSONEachRow' });
+}
+
+/** n decisions spread over the 10 minutes before `now`. */
+function spreadDecisions(now: number, n: number, make: (i: number) => Omit<PlaneDecision, 'at'> = () => ({})): PlaneDecision[] {
+  return Array.from({ length: n }, (_, i) => ({ at: now - 10 * 60_000 + Math.floor((i * 600_000) / n), ...make(i) }));
 }
 
 async function insertCalls(calls: Call[]): Promise<void> {
@@ -55,10 +87,11 @@ async function insertCalls(calls: Call[]): Promise<void> {
     trace_id: hex(16),
     span_id: hex(8),
     sponsor_id: c.sponsor_id ?? 'alice',
-    agent_instance_id: 'agent-1',
+    agent_instance_id: c.agent_instance_id ?? 'agent-1',
     tool_id: c.tool_id ?? 'billing',
     action: 'charge',
     decision: c.decision ?? 'allow',
+    policy_decision_id: c.policy_decision_id ?? (c.decision === 'error' ? '' : hex(8)),
     policy_latency_ms: c.policy_latency_ms ?? 20,
     policy_cached: c.policy_cached ?? false,
     enforced: true,
@@ -83,121 +116,57 @@ function spread(now: number, n: number, make: (i: number) => Omit<Call, 'at'> = 
 
 const rule = (r: RuleEvaluation, name: string) => r.rules.find((x) => x.rule === name)!;
 
-describe('rules from crafted rows', () => {
-  it('missing_sponsor_ratio: exactly 0.1 % is not a breach, one more missing call is', async () => {
+
+describe('rules on stored rows: a small canary decided soundly', () => {
+  it('20 canary calls, 6 failed closed on a policy timeout: rollback', async () => {
+    const now = nextNow();
+    // the plane answered all 20; 6 answers came after 450 ms, too late for the agent's 200 ms
+    await insertDecisions(spreadDecisions(now, 20, (i) => ({ latency_ms: i < 6 ? 450 : 35 })));
+    await insertCalls(spread(now, 20, (i) => (i < 6 ? { decision: 'error', policy_latency_ms: 201 } : { policy_latency_ms: 36 })));
+    const r = await evaluateRules(store, { now });
+    expect(r.action).toBe('rollback');
+    expect(r.sample_size).toBe(20);
+    expect(r.inputs).toMatchObject({ plane_decisions: 20, plane_errors: 0, agent_failures: 6, agent_failures_counted: 6, instances: 1 });
+    const errors = rule(r, 'policy_error_rate');
+    expect(errors).toMatchObject({ verdict: 'breached', breached: true, value: 6 / 26, sample: 26 });
+    expect(errors.lower!).toBeGreaterThan(0.01);
+    // the plane's own clock saw 6 of 20 answers above 300 ms; the 6 timeouts count at >= 200 ms
+    const p95 = rule(r, 'policy_latency_p95_ms');
+    expect(p95).toMatchObject({ verdict: 'breached', value: 450, lower: 450, sample: 26 });
+  });
+
+  it('0 errors in 20 calls is not yet healthy: insufficient data, with the calls that would settle it', async () => {
+    const now = nextNow();
+    await insertDecisions(spreadDecisions(now, 20));
+    await insertCalls(spread(now, 20));
+    const r = await evaluateRules(store, { now });
+    expect(r.action).toBe('insufficient_data');
+    expect(rule(r, 'policy_error_rate')).toMatchObject({ verdict: 'undecided', value: 0, more_calls: 268 - 20 });
+    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ verdict: 'undecided', value: 20, upper: null, more_calls: 59 - 20 });
+    // missing sponsors need the most calls: 0 in n is healthy from n = 2703 at 0.1 %
+    expect(rule(r, 'missing_sponsor_ratio')).toMatchObject({ verdict: 'undecided', scope: 'fleet', more_calls: 2703 - 20 });
+    expect(r.more_calls).toBe(2703 - 20);
+  });
+
+  it('a healthy canary advances once every rule is settled', async () => {
+    const now = nextNow();
+    await insertDecisions(spreadDecisions(now, 3000, () => ({ latency_ms: 30 })));
+    await insertCalls(spread(now, 3000));
+    const r = await evaluateRules(store, { now });
+    expect(r.rules.map((x) => x.verdict)).toEqual(['healthy', 'healthy', 'healthy']);
+    expect(r).toMatchObject({ action: 'advance', more_calls: 0 });
+  });
+
+  it('missing_sponsor_ratio: a rate at the threshold never settles; well above it rolls back', async () => {
     const now = nextNow();
     await insertCalls(spread(now, 1000, (i) => ({ sponsor_id: i === 500 ? '' : 'alice' })));
     let r = await evaluateRules(store, { now });
-    expect(r.sample_size).toBe(1000);
-    expect(rule(r, 'missing_sponsor_ratio')).toEqual({ rule: 'missing_sponsor_ratio', value: 0.001, threshold: 0.001, breached: false });
-    expect(r.action).toBe('advance');
-
-    await insertCalls([{ at: now - 60_000, sponsor_id: '' }]);
-    r = await evaluateRules(store, { now });
-    expect(r.sample_size).toBe(1001);
-    expect(rule(r, 'missing_sponsor_ratio').value).toBe(2 / 1001);
-    expect(rule(r, 'missing_sponsor_ratio').breached).toBe(true);
-    expect(r.action).toBe('rollback');
-  });
-
-  it('policy_error_rate is errors over calls that asked the plane: cached calls are not in the denominator', async () => {
-    const now = nextNow();
-    // 1000 calls: 500 answered by the decision cache, 500 asked the plane, 5 of those errored
-    await insertCalls(
-      spread(now, 1000, (i) => (i % 2 === 0 ? { policy_cached: true } : { decision: i < 10 ? 'error' : 'allow', policy_latency_ms: 40 })),
-    );
-    let r = await evaluateRules(store, { now });
-    expect(r.sample_size).toBe(1000);
-    expect(rule(r, 'policy_error_rate')).toEqual({ rule: 'policy_error_rate', value: 0.01, threshold: 0.01, breached: false });
-    expect(r.action).toBe('advance');
-
-    await insertCalls([{ at: now - 120_000, decision: 'error', policy_latency_ms: 200 }]);
-    r = await evaluateRules(store, { now });
-    expect(rule(r, 'policy_error_rate').value).toBe(6 / 501);
-    expect(rule(r, 'policy_error_rate').breached).toBe(true);
-    expect(r.action).toBe('rollback');
-  });
-
-  it('an error flagged as cached still counts as a plane call', async () => {
-    const now = nextNow();
-    await insertCalls(spread(now, 200, (i) => (i < 100 ? { policy_cached: true } : i < 102 ? { decision: 'error', policy_cached: true } : {})));
-    const r = await evaluateRules(store, { now });
-    // plane calls: 98 not cached + 2 errors; errors: 2
-    expect(rule(r, 'policy_error_rate').value).toBe(2 / 100);
-  });
-
-  it('policy_latency_p95_ms: 300 ms is not a breach (but fires the 200 ms alert: hold), 301 ms is', async () => {
-    // 100 plane calls: quantileTiming's p95 of 100 values is the 96th smallest
-    const at300 = nextNow();
-    await insertCalls(spread(at300, 100, (i) => ({ policy_latency_ms: i < 95 ? 100 : 300 })));
-    let r = await evaluateRules(store, { now: at300 });
-    expect(rule(r, 'policy_latency_p95_ms')).toEqual({ rule: 'policy_latency_p95_ms', value: 300, threshold: 300, breached: false });
-    expect(r.alerts.find((a) => a.alert === 'policy_latency_p95_ms')).toMatchObject({ value: 300, threshold: 200, firing: true });
-    expect(r.action).toBe('hold');
-
-    const at301 = nextNow();
-    await insertCalls(spread(at301, 100, (i) => ({ policy_latency_ms: i < 95 ? 100 : 301 })));
-    r = await evaluateRules(store, { now: at301 });
-    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 301, breached: true });
-    expect(r.action).toBe('rollback');
-  });
-
-  it('p95 follows quantileTiming exactly: x[floor(0.95 n)] in ascending 0-based order up to ~5670 values', async () => {
-    // sorted: 94 x 100, 1 x 300 (index 94), 5 x 301 (index 95..99): p95 = index 95 = 301
-    const now = nextNow();
-    await insertCalls(spread(now, 100, (i) => ({ policy_latency_ms: i < 94 ? 100 : i === 94 ? 300 : 301 })));
-    const r = await evaluateRules(store, { now });
-    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 301, breached: true });
-
-    // 40 values: floor(0.95 * 40) = 38 -> the 39th smallest; 38 x 10 ms then 300, 900
-    const small = nextNow();
-    await insertCalls(spread(small, 40, (i) => ({ policy_latency_ms: i < 38 ? 10 : i === 38 ? 300 : 900 })));
-    const s = await evaluateRules(store, { now: small, minSample: 40 });
-    expect(rule(s, 'policy_latency_p95_ms')).toMatchObject({ value: 300, breached: false });
-  });
-
-  it('latencies are rounded up to whole ms: 300.2 ms is over 300', async () => {
-    const now = nextNow();
-    await insertCalls(spread(now, 100, (i) => ({ policy_latency_ms: i < 95 ? 99.1 : 300.2 })));
-    const r = await evaluateRules(store, { now });
-    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 301, breached: true });
-  });
-
-  it('above ~5670 plane calls the p95 is the nearest rank: smallest value reaching ceil(0.95 n)', async () => {
-    // 10000 values: 9500 x 300 then 500 x 301 -> rank 9500 is 300
-    const edge = nextNow();
-    await insertCalls(spread(edge, 10_000, (i) => ({ policy_latency_ms: i < 9500 ? 300 : 301 })));
-    let r = await evaluateRules(store, { now: edge });
-    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 300, breached: false });
-
-    const over = nextNow();
-    await insertCalls(spread(over, 10_000, (i) => ({ policy_latency_ms: i < 9499 ? 300 : 301 })));
-    r = await evaluateRules(store, { now: over });
-    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 301, breached: true });
-  });
-
-  it('cached decisions are left out of the latency p95', async () => {
-    const now = nextNow();
-    // 200 calls: 100 cached with a made-up high latency, 100 plane calls at 50 ms
-    await insertCalls(spread(now, 200, (i) => (i % 2 ? { policy_cached: true, policy_latency_ms: 5000 } : { policy_latency_ms: 50 })));
-    const r = await evaluateRules(store, { now });
-    expect(rule(r, 'policy_latency_p95_ms').value).toBe(50);
-  });
-
-  it('below the minimum sample the action is insufficient_data and nothing is breached', async () => {
-    const now = nextNow();
-    await insertCalls(spread(now, 99, () => ({ sponsor_id: '', decision: 'error', policy_latency_ms: 900 })));
-    let r = await evaluateRules(store, { now });
+    expect(rule(r, 'missing_sponsor_ratio')).toMatchObject({ value: 0.001, verdict: 'undecided', breached: false, more_calls: null });
     expect(r.action).toBe('insufficient_data');
-    expect(r.sample_size).toBe(99);
-    expect(r.rules.map((x) => [x.rule, x.value, x.breached])).toEqual([
-      ['missing_sponsor_ratio', 1, false],
-      ['policy_error_rate', 1, false],
-      ['policy_latency_p95_ms', 900, false],
-    ]);
-    r = await evaluateRules(store, { now, minSample: 99 });
+    await insertCalls(spread(now, 9, () => ({ sponsor_id: '' })));
+    r = await evaluateRules(store, { now });
+    expect(rule(r, 'missing_sponsor_ratio')).toMatchObject({ value: 10 / 1009, verdict: 'breached' });
     expect(r.action).toBe('rollback');
-    expect(r.rules.every((x) => x.breached)).toBe(true);
   });
 
   it('an empty window has null values and insufficient_data', async () => {
@@ -206,21 +175,96 @@ describe('rules from crafted rows', () => {
     expect(r).toMatchObject({ action: 'insufficient_data', sample_size: 0, window_s: 900 });
     expect(r.rules.map((x) => x.value)).toEqual([null, null, null]);
   });
+});
 
-  it('keeps cohorts apart', async () => {
+describe('trusted inputs', () => {
+  it("plane errors and latency come from the plane's log, not from what agents write on their spans", async () => {
     const now = nextNow();
-    await insertCalls(spread(now, 300, (i) => ({ cohort: 'canary', sponsor_id: i < 30 ? '' : 'bob' })));
-    await insertCalls(spread(now, 500, () => ({ cohort: 'baseline', policy_latency_ms: 12 })));
-    await insertCalls(spread(now, 50, () => ({ cohort: '', sponsor_id: '' })));
-    const [canary, baseline] = await evaluateCohorts(store, ['canary', 'baseline'], { now });
-    expect(canary).toMatchObject({ cohort: 'canary', action: 'rollback', sample_size: 300 });
-    expect(rule(canary!, 'missing_sponsor_ratio').value).toBe(0.1);
-    expect(baseline).toMatchObject({ cohort: 'baseline', action: 'advance', sample_size: 500 });
-    expect(rule(baseline!, 'missing_sponsor_ratio').value).toBe(0);
-    expect(rule(baseline!, 'policy_latency_p95_ms').value).toBe(12);
-    expect((await evaluateRules(store, { now, cohort: 'baseline' })).action).toBe('advance');
+    await insertDecisions(spreadDecisions(now, 300, () => ({ latency_ms: 25 })));
+    // an agent claims plane-backed errors and 5 s latencies on its own spans
+    await insertCalls(spread(now, 300, () => ({ decision: 'error', policy_decision_id: hex(8), policy_latency_ms: 5000 })));
+    const r = await evaluateRules(store, { now });
+    expect(rule(r, 'policy_error_rate')).toMatchObject({ value: 0, verdict: 'healthy' });
+    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 25, verdict: 'healthy' });
+    expect(r.inputs.agent_failures).toBe(0);
   });
 
+  it("with two or more instances, one instance's failure reports cannot roll back on their own", async () => {
+    const now = nextNow();
+    // the plane served two instances without a fault; a third floods failures nobody else sees
+    await insertDecisions(spreadDecisions(now, 400, (i) => ({ agent_instance_id: i % 2 ? 'agent-a' : 'agent-b', latency_ms: 30 })));
+    await insertCalls(spread(now, 500, () => ({ agent_instance_id: 'agent-forger', decision: 'error', policy_latency_ms: 60_000 })));
+    let r = await evaluateRules(store, { now });
+    expect(r.inputs).toMatchObject({ instances: 3, agent_failures: 500, agent_failures_counted: 0, excluded_instance: 'agent-forger' });
+    expect(rule(r, 'policy_error_rate')).toMatchObject({ value: 0, breached: false });
+    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 30, breached: false });
+    expect(r.action).not.toBe('rollback');
+
+    // a second instance seeing failures too is evidence: both count but the worst
+    await insertCalls(spread(now, 30, () => ({ agent_instance_id: 'agent-a', decision: 'error', policy_latency_ms: 202 })));
+    r = await evaluateRules(store, { now });
+    expect(r.inputs).toMatchObject({ agent_failures: 530, agent_failures_counted: 30, excluded_instance: 'agent-forger' });
+    expect(rule(r, 'policy_error_rate')).toMatchObject({ value: 30 / 430, verdict: 'breached' });
+    expect(r.action).toBe('rollback');
+  });
+
+  it('a cohort of one instance: its reports are all there is, and count', async () => {
+    const now = nextNow();
+    // the plane was unreachable: nothing in its log, 12 failures from the one agent
+    await insertCalls(spread(now, 12, () => ({ decision: 'error', policy_latency_ms: 3 })));
+    const r = await evaluateRules(store, { now });
+    expect(r.inputs).toMatchObject({ instances: 1, plane_decisions: 0, agent_failures_counted: 12, excluded_instance: null });
+    expect(rule(r, 'policy_error_rate')).toMatchObject({ value: 1, verdict: 'breached' });
+    // an unanswered call counts at no less than the 200 ms timeout
+    expect(rule(r, 'policy_latency_p95_ms').value).toBe(200);
+    expect(r.action).toBe('rollback');
+  });
+
+  it("p95: the plane's server-side latency can fire the rule; 300 ms itself is not above 300", async () => {
+    const at300 = nextNow();
+    await insertDecisions(spreadDecisions(at300, 100, (i) => ({ latency_ms: i < 80 ? 100 : 300 })));
+    let r = await evaluateRules(store, { now: at300 });
+    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 300, breached: false, verdict: 'healthy' });
+    expect(r.alerts.find((a) => a.alert === 'policy_latency_p95_ms')).toMatchObject({ value: 300, threshold: 200, firing: true });
+
+    const over = nextNow();
+    await insertDecisions(spreadDecisions(over, 100, (i) => ({ latency_ms: i < 80 ? 100 : 300.2 })));
+    r = await evaluateRules(store, { now: over });
+    // rounded up to whole ms: 300.2 is 301
+    expect(rule(r, 'policy_latency_p95_ms')).toMatchObject({ value: 301, breached: true });
+  });
+});
+
+describe('the whole fleet', () => {
+  it("a stock-SDK agent's calls without sponsor land in the unmanaged cohort and count fleet-wide", async () => {
+    const now = nextNow();
+    await insertDecisions(spreadDecisions(now, 300));
+    await insertCalls(spread(now, 300, () => ({ cohort: 'canary' })));
+    await insertCalls(spread(now, 200, () => ({ cohort: 'baseline' })));
+    await insertCalls(spread(now, 156, () => ({ cohort: '', sponsor_id: '', agent_instance_id: 'py-agent', decision: '', policy_decision_id: '' })));
+    const [canary, baseline, unmanaged] = await evaluateCohorts(store, ['canary', 'baseline', 'unmanaged'], { now });
+    const expected = { canary: { calls: 300, missing_sponsor: 0 }, baseline: { calls: 200, missing_sponsor: 0 }, unmanaged: { calls: 156, missing_sponsor: 156 } };
+    for (const e of [canary!, baseline!, unmanaged!]) {
+      expect(e.by_cohort).toEqual(expected);
+      expect(rule(e, 'missing_sponsor_ratio')).toMatchObject({ scope: 'fleet', value: 156 / 656, verdict: 'breached', sample: 656 });
+      expect(e.action).toBe('rollback');
+    }
+    expect(unmanaged).toMatchObject({ cohort: 'unmanaged', sample_size: 156 });
+    expect(rule(unmanaged!, 'policy_error_rate').value).toBeNull();
+  });
+
+  it('keeps plane-call rules per cohort', async () => {
+    const now = nextNow();
+    await insertDecisions(spreadDecisions(now, 300, (i) => ({ cohort: 'canary', decision: i < 30 ? 'error' : 'allow' })));
+    await insertDecisions(spreadDecisions(now, 500, () => ({ cohort: 'baseline', latency_ms: 12 })));
+    const [canary, baseline] = await evaluateCohorts(store, ['canary', 'baseline'], { now });
+    expect(rule(canary!, 'policy_error_rate')).toMatchObject({ value: 0.1, breached: true });
+    expect(rule(baseline!, 'policy_error_rate')).toMatchObject({ value: 0, verdict: 'healthy' });
+    expect(rule(baseline!, 'policy_latency_p95_ms').value).toBe(12);
+  });
+});
+
+describe('windows and alerts', () => {
   it('aligns the window to whole minutes: the current minute and the ones before it', async () => {
     const now = nextNow(); // hh:mm:30
     const minute = Math.floor(now / 60_000) * 60_000;
@@ -232,61 +276,57 @@ describe('rules from crafted rows', () => {
       { at: minute + 60_000 }, // next minute: out
       ...Array.from({ length: 10 }, (_, i) => ({ at: start + i * 60_000 + 1234 })),
     ]);
-    const r = await evaluateRules(store, { now, minSample: 1 });
+    const r = await evaluateRules(store, { now });
     expect(r.window_s).toBe(900);
     expect(r.window).toEqual({ start: iso(start), end: iso(minute + 60_000) });
     expect(r.sample_size).toBe(12);
-    // a 90 s window is two minutes: this one and the one before
-    const w = await evaluateRules(store, { now, windowS: 90, minSample: 1 });
+    const w = await evaluateRules(store, { now, windowS: 90 });
     expect(w.window_s).toBe(120);
     expect(w.sample_size).toBe(1);
-    // a window starting one minute earlier takes in the row before
-    expect((await evaluateRules(store, { now, windowS: 960, minSample: 1 })).sample_size).toBe(13);
+    expect((await evaluateRules(store, { now, windowS: 960 })).sample_size).toBe(13);
   });
 
-  it('token issuance failure ratio: 0.5 % does not fire, more holds the rollout', async () => {
+  it('token issuance failures hold the rollout when their lower bound is above 0.5 %', async () => {
     const now = nextNow();
-    await insertCalls(spread(now, 200));
+    await insertDecisions(spreadDecisions(now, 3000));
+    await insertCalls(spread(now, 3000));
     await insertTokens(now - 5 * 60_000, 995, 5);
     let r = await evaluateRules(store, { now });
-    expect(r.alerts.find((a) => a.alert === 'token_issue_failure_ratio')).toEqual({
-      alert: 'token_issue_failure_ratio',
-      value: 0.005,
-      threshold: 0.005,
-      firing: false,
-    });
+    expect(r.alerts.find((a) => a.alert === 'token_issue_failure_ratio')).toEqual({ alert: 'token_issue_failure_ratio', value: 0.005, threshold: 0.005, firing: false });
     expect(r.action).toBe('advance');
-    await insertTokens(now - 4 * 60_000, 0, 1);
+    await insertTokens(now - 4 * 60_000, 0, 20);
     r = await evaluateRules(store, { now });
-    expect(r.alerts.find((a) => a.alert === 'token_issue_failure_ratio')).toMatchObject({ value: 6 / 1001, firing: true });
+    expect(r.alerts.find((a) => a.alert === 'token_issue_failure_ratio')).toMatchObject({ value: 25 / 1020, firing: true });
     expect(r.action).toBe('hold');
+  });
+
+  it('thresholds can be overridden per evaluation', async () => {
+    const now = nextNow();
+    await insertDecisions(spreadDecisions(now, 300, (i) => ({ decision: i < 9 ? 'error' : 'allow' })));
+    const strict = await evaluateRules(store, { now });
+    expect(rule(strict, 'policy_error_rate').breached).toBe(true);
+    const lenient = await evaluateRules(store, { now, thresholds: { ...THRESHOLDS, policy_error_rate: 0.1 } });
+    expect(rule(lenient, 'policy_error_rate')).toMatchObject({ threshold: 0.1, verdict: 'healthy' });
   });
 });
 
 describe('rule inputs and pure evaluation', () => {
-  it('parses windows and cohorts, naming the parameter when wrong', () => {
+  it('parses windows, cohorts and thresholds, naming the parameter when wrong', () => {
     expect(parseWindow('15m')).toBe(900);
     expect(parseWindow('1h')).toBe(3600);
     expect(parseWindow('900s')).toBe(900);
-    expect(parseWindow('900')).toBe(900);
-    expect(parseWindow('30s')).toBe(30);
     expect(ruleWindow(parseWindow('30s'), Date.now()).windowS).toBe(60);
     for (const bad of ['', 'abc', '0m', '91d', '-5m']) {
       expect(() => parseWindow(bad)).toThrow(RuleInputError);
-      try {
-        parseWindow(bad);
-      } catch (err) {
-        expect((err as RuleInputError).parameter).toBe('window');
-      }
     }
-    expect(parseCohort('baseline')).toBe('baseline');
-    expect(() => parseCohort('everyone')).toThrow(/cohort 'everyone' must be one of canary, baseline/);
-  });
-
-  it('reads the minimum sample from the environment and refuses a bad one', () => {
-    expect(resolveRulesConfig({}).minSample).toBe(100);
-    expect(resolveRulesConfig({ CUSTODY_RULE_MIN_SAMPLE: '25' }).minSample).toBe(25);
-    expect(() => resolveRulesConfig({ CUSTODY_RULE_MIN_SAMPLE: 'lots' })).toThrow(/CUSTODY_RULE_MIN_SAMPLE 'lots'/);
+    expect(parseCohort('unmanaged')).toBe('unmanaged');
+    expect(() => parseCohort('everyone')).toThrow(/cohort 'everyone' must be one of canary, baseline, unmanaged/);
+    expect(parseThreshold('policy_error_rate', '0.02')).toBe(0.02);
+    expect(parseThreshold('policy_latency_p95_ms', '250')).toBe(250);
+    for (const [r, bad] of [['policy_error_rate', '1'], ['policy_error_rate', '0'], ['policy_error_rate', '-0.1'], ['policy_error_rate', 'NaN'], ['missing_sponsor_ratio', '5%'], ['policy_latency_p95_ms', '0'], ['policy_latency_p95_ms', '2.5'], ['policy_latency_p95_ms', '1e9']] as const) {
+      expect(() => parseThreshold(r, bad)).toThrow(RuleInputError);
+    }
+    expect(() => parseThreshold('token_issue_failure_ratio', '0.1')).toThrow(/unknown rule/);
   });
 
   it('ruleWindow covers ceil(W/60) minute buckets ending with the current one', () => {
@@ -295,14 +335,13 @@ describe('rule inputs and pure evaluation', () => {
     expect(ruleWindow(61, now).windowS).toBe(120);
   });
 
-  it('evaluate: a plane-free window has no error rate or latency, and enough calls advance', () => {
+  it('evaluate: without plane calls the plane rules stay undecided', () => {
     const r = evaluate(
-      { calls: 500, missingSponsor: 0, policyErrors: 0, policyChecks: 0, latencyP95Ms: null },
-      { issued: 0, refused: 0 },
-      { minSample: 100, thresholds: THRESHOLDS },
+      { calls: new Map([['canary', { calls: 5000, missingSponsor: 0 }]]), plane: new Map(), tokens: { issued: 0, refused: 0 } },
+      'canary',
+      THRESHOLDS,
     );
-    expect(r.action).toBe('advance');
-    expect(r.rules.map((x) => x.value)).toEqual([0, null, null]);
-    expect(r.alerts.every((a) => !a.firing)).toBe(true);
+    expect(r.rules.map((x) => [x.value, x.verdict])).toEqual([[0, 'healthy'], [null, 'undecided'], [null, 'undecided']]);
+    expect(r.action).toBe('insufficient_data');
   });
 });

@@ -1,4 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,7 +9,7 @@ import { METRIC } from '../../../common/names';
 import { httpPlane } from '../../../enforcer/rollback/plane';
 import { createRollbackWatcher, type TickResult } from '../../../enforcer/rollback/watch';
 import { CLI, ROOT, eventually, startCustody, tempDir, type RunningCustody } from '../../helpers/custody';
-import { ADMIN_TOKEN, calls, getRollout, putRollout, queryStore, seedStore } from '../../helpers/rollback';
+import { ADMIN_TOKEN, calls, decisions, getRollout, putRollout, queryStore, seedStore } from '../../helpers/rollback';
 
 /**
  * The auto-rollback job against a real `custody up` (collector rules + policy plane), fed with
@@ -53,13 +55,14 @@ function cli(url: string, ...args: string[]) {
     cwd: ROOT,
     encoding: 'utf8',
     env: { ...process.env, CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_LOG_LEVEL: 'warn' },
-    timeout: 30_000,
+    timeout: 120_000,
   });
 }
 
 const env = { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_ROLLBACK_WATCH: 'off' };
 const breachRows = () => ({ audit_events: calls(300, Date.now(), (i) => (i % 20 === 0 ? { sponsor_id: '' } : {})) });
-const healthyRows = () => ({ audit_events: calls(300, Date.now()) });
+// enough calls for every rule to be settled healthy at 95 % confidence (missing sponsors: 2703)
+const healthyRows = () => ({ audit_events: calls(3000, Date.now()), policy_decisions: decisions(3000, Date.now()) });
 
 describe('rollback watch on a breach', () => {
   let custody: RunningCustody;
@@ -202,7 +205,7 @@ describe('rollback watch on a healthy canary', () => {
       const r = await w.tick();
       if (stage <= 3) {
         expect(r, `stage ${stage}`).toMatchObject({ applied: true, action: { kind: 'advance' } });
-        expect(r.action!.kind === 'advance' && r.action.reason).toMatch(/healthy for \d+s \(≥ 3s\) over 300 calls/);
+        expect(r.action!.kind === 'advance' && r.action.reason).toMatch(/healthy for \d+s \(≥ 3s\) over 3000 calls/);
       } else {
         expect(r.action).toMatchObject({ kind: 'hold', reason: 'fully rolled out at 100%' });
       }
@@ -228,23 +231,30 @@ describe('rollback watch on a healthy canary', () => {
     expect(end).toMatchObject({ percent: 100, revision: start.revision + 3 });
   });
 
-  it('--manual-gates waits for `custody rollback approve`, which moves one stage', async () => {
+  it('by default waits for `custody rollback approve`, which moves one stage and records who approved', async () => {
     expect((await putRollout(custody.url, 10, 'test: restart the rollout')).status).toBe(200);
     let r = cli(custody.url, 'approve', '--healthy-period', '1h');
     expect(r.status).toBe(1);
     expect(r.stdout).toMatch(/not approved: stage 10% healthy for \d+s of 3600s/);
 
     await sleep(1100);
-    r = cli(custody.url, 'watch', '--once', '--manual-gates', '--healthy-period', '1s');
-    expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/waiting for approval 10% → 30%/);
-    expect((await getRollout(custody.url)).percent).toBe(10);
+    for (const flags of [[], ['--manual-gates']]) {
+      r = cli(custody.url, 'watch', '--once', ...flags, '--healthy-period', '1s');
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/waiting for approval 10% → 30%/);
+      expect((await getRollout(custody.url)).percent).toBe(10);
+    }
+    r = cli(custody.url, 'watch', '--once', '--manual-gates', '--auto-advance');
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--manual-gates and --auto-advance contradict/);
+    r = cli(custody.url, 'approve', '--as', '');
+    expect(r.status).toBe(2);
 
-    r = cli(custody.url, 'approve', '--healthy-period', '1s', '--reason', 'canary reviewed');
+    r = cli(custody.url, 'approve', '--healthy-period', '1s', '--reason', 'canary reviewed', '--as', 'dana');
     expect(r.status, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/rollout 10% → 30%: approved 10% → 30% by .+: canary reviewed/);
+    expect(r.stdout).toMatch(/rollout 10% → 30%: approved 10% → 30% by dana: canary reviewed/);
     const now = await getRollout(custody.url);
-    expect(now.percent).toBe(30);
+    expect(now).toMatchObject({ percent: 30, actor: 'dana' });
     expect(now.reason).toMatch(/canary reviewed/);
   });
 });
@@ -285,7 +295,7 @@ describe('the rollback role inside custody up', () => {
     seedStore(dataDir, healthyRows());
     const custody = await startCustody({
       dataDir,
-      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_ROLLBACK_INTERVAL: '200ms', CUSTODY_ROLLBACK_HEALTHY_PERIOD: '1s' },
+      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_ROLLBACK_INTERVAL: '200ms', CUSTODY_ROLLBACK_HEALTHY_PERIOD: '1s', CUSTODY_ROLLBACK_AUTO_ADVANCE: 'on' },
     });
     try {
       const times: number[] = [];
@@ -310,4 +320,43 @@ describe('the rollback role inside custody up', () => {
       await custody.stop();
     }
   });
+});
+
+describe("the seed's rollout: an increment and no stages", () => {
+  it('advances by the increment, each step only once approved; rollback needs nobody', async () => {
+    const dataDir = tempDir('custody-rollback-increment-');
+    const policy = path.join(dataDir, 'policy-config.yaml');
+    const text = fs.readFileSync(path.join(ROOT, 'policy-config.yaml'), 'utf8').replace(/\n {2}stages: \[10, 30, 60, 100\]\n/, '\n');
+    expect(text).toMatch(/increment: 2/);
+    expect(text).not.toMatch(/stages:/);
+    fs.writeFileSync(policy, text);
+    seedStore(dataDir, healthyRows());
+    const custody = await startCustody({
+      dataDir,
+      args: ['--policy', policy],
+      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_ROLLBACK_INTERVAL: '200ms', CUSTODY_ROLLBACK_HEALTHY_PERIOD: '1s' },
+    });
+    try {
+      expect(custody.output()).toMatch(/waits for `custody rollback approve`/);
+      const start = await getRollout(custody.url);
+      expect(start).toMatchObject({ percent: 10, stages: [], next_percent: 12 });
+      // the watch in custody up earns the step but does not take it
+      await eventually(async () => /^custody_rollback_watch_awaiting_approval 1$/m.test(await (await fetch(`${custody.url}/metrics`)).text()), 30_000);
+      expect((await getRollout(custody.url)).percent).toBe(10);
+      const r = cli(custody.url, 'approve', '--healthy-period', '1s', '--as', 'erin', '--reason', 'day 1 checks done');
+      expect(r.status, r.stdout + r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/rollout 10% → 12%: approved 10% → 12% by erin/);
+      const after = await getRollout(custody.url);
+      expect(after).toMatchObject({ percent: 12, actor: 'erin', next_percent: 14 });
+      // an outside watcher in auto-advance mode (opt-in) takes the next step itself
+      await sleep(1100);
+      const { w } = watcher(custody.url, { healthyPeriodS: 1 });
+      const step = await w.tick();
+      expect(step).toMatchObject({ applied: true, action: { kind: 'advance', from: 12, to: 14 } });
+    } finally {
+      await custody.stop();
+    }
+    const events = queryStore<{ to_percent: number; actor: string }>(dataDir, 'SELECT to_percent, actor FROM custody.rollout_events ORDER BY timestamp');
+    expect(events.map((e) => [e.to_percent, e.actor])).toEqual([[12, 'erin'], [14, 'test-watcher']]);
+  }, 600_000);
 });
