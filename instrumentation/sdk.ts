@@ -304,6 +304,8 @@ function installExitHooks(telemetry: Telemetry, processor: AuditSpanProcessor): 
       void telemetry.shutdown(2_000).finally(() => {
         if (process.listenerCount(signal) === 1) {
           process.removeListener(signal, onSignal);
+          // dying of the signal runs no 'exit' handler: what the bounded flush did not deliver goes now
+          sendPendingSync(processor);
           process.kill(process.pid, signal);
         }
       });
@@ -323,7 +325,7 @@ const SYNC_SENDER = `
 const chunks = [];
 process.stdin.on('data', (c) => chunks.push(c)).on('end', async () => {
   try {
-    await fetch(process.argv[1], { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: Buffer.concat(chunks), signal: AbortSignal.timeout(2500) });
+    await fetch(process.argv[1], { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: Buffer.concat(chunks), signal: AbortSignal.timeout(5000) });
   } catch {}
 });`;
 
@@ -334,7 +336,8 @@ function sendPendingSync(processor: AuditSpanProcessor): void {
     if (!body) return;
     const env = { ...process.env };
     delete env.NODE_OPTIONS; // the sender must not load custody itself
-    spawnSync(process.execPath, ['-e', SYNC_SENDER, processor.endpoint], { input: body, env, timeout: 3_000, stdio: ['pipe', 'ignore', 'ignore'] });
+    // the send gives up after 5 s; the bound here leaves room for the child to start on a loaded machine
+    spawnSync(process.execPath, ['-e', SYNC_SENDER, processor.endpoint], { input: body, env, timeout: 10_000, stdio: ['pipe', 'ignore', 'ignore'] });
   } catch {
     /* telemetry fails open */
   }
