@@ -73,10 +73,26 @@ const FLUSH_TIMEOUT_MS = 5_000;
  * unless OTEL_EXPORTER_OTLP_HEADERS already sets one (e.g. a gateway's).
  */
 function authorizationHeader(env: Readonly<Record<string, string | undefined>>, credential: (() => string | undefined) | undefined) {
-  const configured = /(^|,)\s*authorization\s*=/i.test(`${env.OTEL_EXPORTER_OTLP_HEADERS ?? ''},${env.OTEL_EXPORTER_OTLP_TRACES_HEADERS ?? ''}`);
+  const value = authorizationValue(env, credential);
   return async (): Promise<Record<string, string>> => {
-    const c = configured ? undefined : credential?.();
-    return c ? { Authorization: `Bearer ${c}` } : {};
+    const v = value();
+    return v && !headersConfigured(env) ? { Authorization: v } : {};
+  };
+}
+
+const headersConfigured = (env: Readonly<Record<string, string | undefined>>): boolean =>
+  /(^|,)\s*authorization\s*=/i.test(`${env.OTEL_EXPORTER_OTLP_HEADERS ?? ''},${env.OTEL_EXPORTER_OTLP_TRACES_HEADERS ?? ''}`);
+
+/** The Authorization value the spans go with, now: the configured header's, else `Bearer <credential>`. */
+function authorizationValue(env: Readonly<Record<string, string | undefined>>, credential: (() => string | undefined) | undefined): () => string | undefined {
+  return () => {
+    if (headersConfigured(env)) {
+      const list = `${env.OTEL_EXPORTER_OTLP_TRACES_HEADERS ?? ''},${env.OTEL_EXPORTER_OTLP_HEADERS ?? ''}`;
+      const m = /(?:^|,)\s*authorization\s*=\s*([^,]+)/i.exec(list);
+      return m ? decodeURIComponent(m[1]!.trim()) : undefined;
+    }
+    const c = credential?.();
+    return c ? `Bearer ${c}` : undefined;
   };
 }
 const WARN_INTERVAL_MS = 60_000;
@@ -98,6 +114,8 @@ export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
   const exporterConfig = { url: endpoint, headers: authorizationHeader(env, options.credential) };
   const exporter = new FailOpenExporter(options.exporter ?? (protocol === 'http/json' ? new JsonTraceExporter(exporterConfig) : new OTLPTraceExporter(exporterConfig)), endpoint);
   const processor = new AuditSpanProcessor(exporter, endpoint, batchConfig(env), protocol);
+  // the process.exit() path sends with the same credential
+  processor.authorization = authorizationValue(env, options.credential);
   const sampler = new AuditSampler(samplerFromEnv(env));
 
   let tracer: Tracer;
@@ -277,6 +295,7 @@ class FailOpenExporter implements SpanExporter {
  */
 class AuditSpanProcessor implements SpanProcessor {
   readonly pending = new Set<ReadableSpan>();
+  authorization: (() => string | undefined) | undefined;
   private readonly batch: BatchSpanProcessor;
   ended = 0;
 
@@ -335,6 +354,8 @@ function installExitHooks(telemetry: Telemetry, processor: AuditSpanProcessor): 
       void telemetry.shutdown(2_000).finally(() => {
         if (process.listenerCount(signal) === 1) {
           process.removeListener(signal, onSignal);
+          // dying of the signal runs no 'exit' handler: what the bounded flush did not deliver goes now
+          sendPendingSync(processor);
           process.kill(process.pid, signal);
         }
       });
@@ -354,7 +375,7 @@ const SYNC_SENDER = `
 const chunks = [];
 process.stdin.on('data', (c) => chunks.push(c)).on('end', async () => {
   try {
-    await fetch(process.argv[1], { method: 'POST', headers: { 'content-type': process.argv[2] }, body: Buffer.concat(chunks), signal: AbortSignal.timeout(2500) });
+    await fetch(process.argv[1], { method: 'POST', headers: { 'content-type': process.argv[2], ...(process.argv[3] ? { authorization: process.argv[3] } : {}) }, body: Buffer.concat(chunks), signal: AbortSignal.timeout(5000) });
   } catch {}
 });`;
 
@@ -366,7 +387,8 @@ function sendPendingSync(processor: AuditSpanProcessor): void {
     if (!body) return;
     const env = { ...process.env };
     delete env.NODE_OPTIONS; // the sender must not load custody itself
-    spawnSync(process.execPath, ['-e', SYNC_SENDER, processor.endpoint, json ? 'application/json' : 'application/x-protobuf'], { input: body, env, timeout: 3_000, stdio: ['pipe', 'ignore', 'ignore'] });
+    // the send gives up after 5 s; the bound here leaves room for the child to start on a loaded machine
+    spawnSync(process.execPath, ['-e', SYNC_SENDER, processor.endpoint, json ? 'application/json' : 'application/x-protobuf', processor.authorization?.() ?? ''], { input: body, env, timeout: 10_000, stdio: ['pipe', 'ignore', 'ignore'] });
   } catch {
     /* telemetry fails open */
   }

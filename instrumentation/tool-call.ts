@@ -1,7 +1,8 @@
 import crypto from 'node:crypto';
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
 import { canonicalJson, sha256Hex } from '../common/canonical';
-import { ATTR, SPAN } from '../common/names';
+import { performance } from 'node:perf_hooks';
+import { ATTR, DEFAULTS, SPAN } from '../common/names';
 import { PolicyDeniedError, PolicyUnavailableError } from '../enforcer/errors';
 import { mapTool, type ToolMap, type ToolTarget } from './mapping';
 import { enforcerOf, getRuntime } from './runtime';
@@ -20,10 +21,16 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   const runtime = getRuntime();
   const scope = currentScope();
   const enforcer = enforcerOf(runtime);
-  const target = resolveTarget(request, runtime.toolMap, enforcer, runtime.resolved);
+  // One budget from here to the decision: name resolution, sponsor lookup, token and check all
+  // spend it, and the audit row's policy latency is the whole wait.
+  const startedAt = performance.now();
+  const budgetMs = enforcer?.settings?.timeoutMs ?? DEFAULTS.POLICY_TIMEOUT_MS;
+  const remaining = () => budgetMs - (performance.now() - startedAt);
+  const target = resolveTarget(request, runtime.toolMap, enforcer, runtime.resolved, remaining);
   const { tool, action } = 'then' in target ? await target : target;
   const learning = ensureSponsor(scope, tool);
-  if (learning) await learning;
+  // past the budget an enforced call goes on without the sponsor: the enforcer refuses it, out of time
+  if (learning) await (enforcer ? within(learning, remaining(), () => undefined) : learning);
   const identity = scope.identity;
   const purpose = request.purpose ?? scope.purpose;
 
@@ -62,7 +69,7 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
     let verdict: EnforcerVerdict;
     try {
       // inside the span: the plane's decision span joins the call's trace
-      const check = purpose ? { tool, action, purpose, identity } : { tool, action, identity };
+      const check = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
       verdict = await context.with(ctx, () => enforcer.check(check));
     } catch (err) {
       // check() is not supposed to throw; if it does, the call is refused all the same
@@ -96,6 +103,7 @@ function resolveTarget(
   local: ToolMap | undefined,
   enforcer: EnforcerLike | null,
   resolved: Map<string, { ref: ToolTarget; until: number }>,
+  remaining: () => number,
 ): ToolTarget | Promise<ToolTarget> {
   if ((request.tool && request.action) || !enforcer?.resolveTool || (local && Object.hasOwn(local, request.name))) {
     return mapTool(request.name, local, request);
@@ -104,14 +112,28 @@ function resolveTarget(
   const now = Date.now();
   const hit = resolved.get(request.name);
   if (hit && hit.until > now) return apply(hit.ref);
-  return enforcer.resolveTool(request.name).then(
+  const convention = () => mapTool(request.name, undefined, request);
+  const asked = enforcer.resolveTool(request.name, { timeoutMs: Math.max(0, Math.floor(remaining())) }).then(
     (ref) => {
       if (resolved.size >= MAX_RESOLVED) resolved.clear();
       resolved.set(request.name, { ref: { tool: ref.tool, action: ref.action }, until: now + RESOLVED_TTL_MS });
       return apply(ref);
     },
-    () => mapTool(request.name, undefined, request),
+    convention,
   );
+  // out of budget: the convention's name (the enforcer then refuses the call, out of time)
+  return within(asked, remaining(), convention);
+}
+
+/** `promise`, or `fallback()` once `ms` have passed without it. */
+async function within<T>(promise: Promise<T>, ms: number, fallback: () => T): Promise<T> {
+  if (ms <= 0) return fallback();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback()), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** A name's resolution through the plane's tool_map is reused this long (the enforcer refreshes the map itself). */

@@ -9,6 +9,11 @@ export interface EnforcerCheck {
   action: string;
   purpose?: string;
   identity: AgentIdentity;
+  /**
+   * When the call began waiting (performance.now()): name resolution and sponsor lookup spent
+   * part of the one budget already, and the decision's latency counts from here.
+   */
+  startedAt?: number;
 }
 
 export interface EnforcerVerdict {
@@ -33,7 +38,9 @@ export interface EnforcerVerdict {
 export interface EnforcerLike {
   check(request: EnforcerCheck): Promise<EnforcerVerdict>;
   /** A framework tool name → policy tool and action, with the policy plane's tool_map. */
-  resolveTool?(name: string): Promise<{ tool: string; action: string }>;
+  resolveTool?(name: string, options?: { timeoutMs?: number }): Promise<{ tool: string; action: string }>;
+  /** The one budget from "tool called" to "tool runs" (CUSTODY_POLICY_TIMEOUT_MS). */
+  readonly settings?: { readonly timeoutMs: number };
   close?(): Promise<void> | void;
 }
 

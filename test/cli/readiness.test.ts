@@ -17,7 +17,8 @@ let adminToken: string;
 async function agent(script: string, env: Record<string, string>): Promise<void> {
   await promisify(execFile)(process.execPath, ['--require', 'custody/register', path.join(EXAMPLES, script)], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH, CUSTODY_URL: custody.url, OTEL_EXPORTER_OTLP_ENDPOINT: custody.otlpUrl, CUSTODY_LOG_LEVEL: 'error', ...env },
+    // a generous decision budget: on a loaded machine a process's first call alone can take longer than 200 ms
+    env: { PATH: process.env.PATH, CUSTODY_URL: custody.url, OTEL_EXPORTER_OTLP_ENDPOINT: custody.otlpUrl, CUSTODY_LOG_LEVEL: 'error', CUSTODY_POLICY_TIMEOUT_MS: '5000', ...env },
   });
 }
 
@@ -68,7 +69,7 @@ describe('custody readiness', () => {
     expect(row(r.stdout, 'Audit events carry parent_agent_id')).toMatch(/100\.00 % of 1 sub-agent calls/);
     expect(row(r.stdout, 'Fail-closed verified by a probe')).toMatch(/forged token: deny; unreachable plane: error \(ERR_POLICY_UNAVAILABLE\).*hung plane: error/);
     expect(r.code).toBe(0);
-  });
+  }, 180_000);
 
   it('fails the alert-rules item when a threshold drifts or the file is missing', async () => {
     const dir = tempDir();
@@ -76,12 +77,15 @@ describe('custody readiness', () => {
     fs.writeFileSync(drifted, fs.readFileSync(path.join(ROOT, 'alerts/custody.rules.yml'), 'utf8').replace('custody_missing_sponsor_ratio) > 0.001', 'custody_missing_sponsor_ratio) > 0.01'));
     const r = await runCli(['readiness', '--url', custody.url, '--rules', drifted]);
     expect(row(r.stdout, 'Alert rules present and valid')).toMatch(/^\| \*\*FAIL\*\* .*missing: missing sponsor > 0\.1 %/);
-    expect(r.stdout).toContain('9 of 10 items pass.');
+    // the one item failing is the alert rules (the fail-closed probe measures time: on a loaded
+    // machine it may fail too, which this test is not about)
+    const failing = r.stdout.split('\n').filter((l) => l.startsWith('| **FAIL** |')).map((l) => l.split('|')[2]!.trim());
+    expect(failing.filter((item) => item !== 'Fail-closed verified by a probe')).toEqual(['Alert rules present and valid']);
     expect(r.code).toBe(1);
     const gone = await runCli(['readiness', '--url', custody.url, '--rules', path.join(dir, 'none.yml')]);
     expect(row(gone.stdout, 'Alert rules present and valid')).toMatch(/\*\*FAIL\*\*.*not found/);
     expect(gone.code).toBe(1);
-  });
+  }, 180_000);
 
   it('fails the parent item when a sub-agent call does not name its parent', async () => {
     // a real delegated token, then a call under it whose span lost its parent
@@ -101,7 +105,7 @@ describe('custody readiness', () => {
     }, 30_000, 500);
     expect(row(r.stdout, 'Audit events carry parent_agent_id')).toMatch(/50\.00 % of 2 sub-agent calls/);
     expect(r.code).toBe(1);
-  });
+  }, 180_000);
 
   it('fails the rollout item once the gate is rolled back to 0', async () => {
     const put = await fetch(`${custody.url}/v1/rollout`, {
@@ -113,7 +117,7 @@ describe('custody readiness', () => {
     const r = await runCli(['readiness', '--url', custody.url]);
     expect(row(r.stdout, 'Rollout at a canary stage')).toMatch(/\*\*FAIL\*\*.*0 % \(rolled back or not started\)/);
     expect(r.code).toBe(1);
-  });
+  }, 180_000);
 
   it('fails the sponsor item when an agent runs without a sponsor', async () => {
     await agent('anonymous-agent.cjs', {});
@@ -123,7 +127,7 @@ describe('custody readiness', () => {
     }, 30_000, 500);
     expect(row(r.stdout, 'Audit events carry sponsor_id')).toMatch(/\*\*FAIL\*\* .*% of \d+ \|$/);
     expect(r.code).toBe(1);
-  });
+  }, 180_000);
 
   it('fails the fail-closed item against a plane that allows what it cannot verify', async () => {
     const app = express();
@@ -137,13 +141,13 @@ describe('custody readiness', () => {
     } finally {
       await lenient.close();
     }
-  });
+  }, 180_000);
 
   it('exits 2 when custody cannot be reached', async () => {
     const r = await runCli(['readiness', '--url', 'http://127.0.0.1:9']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/cannot reach http:\/\/127\.0\.0\.1:9/);
-  });
+  }, 180_000);
 
   it('fails the token and retention items on a setup that does not meet them', async () => {
     const dir = tempDir();
@@ -196,7 +200,7 @@ describe('custody export', () => {
       trace: { id: refund.trace_id },
       span: { id: refund.span_id },
     });
-  }, 120_000);
+  }, 180_000);
 
   it('writes nothing and says so for an empty range; refuses a bad one', async () => {
     const r = await runCli(['export', '--since', '2020-01-01T00:00:00Z', '--until', '2020-01-02T00:00:00Z', '--url', custody.url]);
@@ -208,5 +212,5 @@ describe('custody export', () => {
     expect(bad.stderr).toContain("--since 'yesterday-ish'");
     const format = await runCli(['export', '--format', 'xml', '--url', custody.url]);
     expect(format.code).toBe(2);
-  });
+  }, 180_000);
 });

@@ -24,7 +24,9 @@ export function runAgent(
   options: { flag?: '--require' | '--import' | null; env?: NodeJS.ProcessEnv; custody?: RunningCustody; args?: string[]; timeoutMs?: number } = {},
 ): Promise<AgentRun> {
   const flag = options.flag === undefined ? '--require' : options.flag;
-  const env: NodeJS.ProcessEnv = { ...process.env, CUSTODY_LOG_LEVEL: 'warn' };
+  // A generous decision budget: on a loaded machine a process's first call (its first fetch)
+  // alone can take longer than the 200 ms default. Tests of the deadline set their own.
+  const env: NodeJS.ProcessEnv = { ...process.env, CUSTODY_LOG_LEVEL: 'warn', CUSTODY_POLICY_TIMEOUT_MS: '5000' };
   // a test runner's own preload must not leak into the agent
   delete env.NODE_OPTIONS;
   if (options.custody) {

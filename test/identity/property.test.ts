@@ -152,7 +152,24 @@ describe('properties', () => {
           current = child;
         }
       }),
-      { numRuns: 120 },
+      {
+        numRuns: 120,
+        // what the random runs must cover, whatever the seed: a chain of well-behaved exchanges to
+        // the maximum depth, and one step past it (refused)
+        examples: [
+          [
+            { sponsor_id: 'alice', at: 0, tool: TOOLS[0]!, tools: [...TOOLS] },
+            Array.from({ length: config.delegation.max_depth + 1 }, () => ({
+              audience: undefined,
+              scope: undefined,
+              role: undefined,
+              ttl: undefined,
+              advance: 0,
+              fromRoot: false,
+            })),
+          ],
+        ],
+      },
     );
     // the property must have exercised real delegation chains, not only refusals
     expect(exchanged).toBeGreaterThan(60);

@@ -61,7 +61,14 @@ describe('an allowed call', () => {
     expect(result).toEqual({ refunded: 10 });
     expect(order).toEqual(['check', 'body']);
     expect(enforcer.asked).toEqual([
-      { tool: 'billing', action: 'refund', purpose: 'ticket 42', identity: expect.objectContaining({ agentInstanceId: 'inst-1', sponsorId: 'alice', role: 'support' }) },
+      {
+        tool: 'billing',
+        action: 'refund',
+        purpose: 'ticket 42',
+        identity: expect.objectContaining({ agentInstanceId: 'inst-1', sponsorId: 'alice', role: 'support' }),
+        // when the call began waiting: the enforcer's budget counts from there
+        startedAt: expect.any(Number),
+      },
     ]);
     const span = only();
     expect(span.name).toBe('execute_tool billing.refund');

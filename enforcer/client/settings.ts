@@ -1,0 +1,81 @@
+import { ConfigError } from '../../common/errors';
+import type { Logger } from '../../common/log';
+import { DEFAULTS, ENV } from '../../common/names';
+import { MAX_INCIDENT_CACHE_TTL_S } from '../policy/rollout';
+
+export interface EnforcerOptions {
+  /** Control API. Default $CUSTODY_URL or http://127.0.0.1:8080. */
+  url?: string;
+  /** Policy plane. Default $CUSTODY_POLICY_URL or `url`. */
+  policyUrl?: string;
+  /** Token service. Default $CUSTODY_TOKEN_URL or `url`. */
+  tokenUrl?: string;
+  /**
+   * The one budget from "tool called" to "tool runs" (name resolution, sponsor lookup, token,
+   * check), ms. Default $CUSTODY_POLICY_TIMEOUT_MS or 200.
+   */
+  timeoutMs?: number;
+  /** How long an allow is reused, s (0: never). Default $CUSTODY_DECISION_CACHE_TTL_S or 30. */
+  cacheTtlS?: number;
+  /** The incident switch: a longer TTL for allows, s. Default $CUSTODY_INCIDENT_CACHE_TTL_S (unset: off). */
+  incidentCacheTtlS?: number;
+  /** Ask GET /v1/rollout again after this long, ms; also how late a revocation may reach cached allows. Default 2000. */
+  rolloutRefreshMs?: number;
+  /** A rollout answer older than this is unknown (calls are enforced), ms. Default 30000. */
+  rolloutMaxAgeMs?: number;
+  /** Decision cache entries kept at most. Default 10000. */
+  cacheMaxEntries?: number;
+  /** Token lifetime to ask for, s. Default: the token service's. */
+  tokenTtlS?: number;
+  /** Set the decision attributes on the active span (trace.getActiveSpan()). Default true. */
+  recordOnActiveSpan?: boolean;
+  /** The clock, epoch ms. */
+  now?: () => number;
+  log?: Logger;
+  /** Environment to read defaults from. Default process.env. */
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface EnforcerSettings {
+  policyUrl: string;
+  tokenUrl: string;
+  timeoutMs: number;
+  cacheTtlS: number;
+  incidentCacheTtlS: number | null;
+  rolloutRefreshMs: number;
+  rolloutMaxAgeMs: number;
+}
+
+/** The options with the environment's defaults, validated once and frozen. */
+export function resolveSettings(options: EnforcerOptions): Readonly<EnforcerSettings> {
+  const env = options.env ?? process.env;
+  const base = options.url ?? env[ENV.URL] ?? DEFAULTS.URL;
+  const settings: EnforcerSettings = Object.freeze({
+    policyUrl: trimSlash(options.policyUrl ?? (env[ENV.POLICY_URL] || base)),
+    tokenUrl: trimSlash(options.tokenUrl ?? (env[ENV.TOKEN_URL] || base)),
+    timeoutMs: options.timeoutMs ?? envNumber(env, ENV.POLICY_TIMEOUT_MS, DEFAULTS.POLICY_TIMEOUT_MS, 1, 60_000),
+    cacheTtlS: options.cacheTtlS ?? envNumber(env, ENV.DECISION_CACHE_TTL_S, DEFAULTS.DECISION_CACHE_TTL_S, 0, MAX_INCIDENT_CACHE_TTL_S),
+    incidentCacheTtlS: options.incidentCacheTtlS ?? (env[ENV.INCIDENT_CACHE_TTL_S] ? envNumber(env, ENV.INCIDENT_CACHE_TTL_S, 0, 1, MAX_INCIDENT_CACHE_TTL_S) : null),
+    rolloutRefreshMs: options.rolloutRefreshMs ?? 2_000,
+    rolloutMaxAgeMs: options.rolloutMaxAgeMs ?? 30_000,
+  });
+  for (const [name, v] of Object.entries({ timeoutMs: settings.timeoutMs, cacheTtlS: settings.cacheTtlS })) {
+    if (!Number.isFinite(v) || v < 0) throw new ConfigError(`enforcer option '${name}' must be a number ≥ 0, got ${v}`);
+  }
+  if (settings.incidentCacheTtlS !== null && !(settings.incidentCacheTtlS > 0 && settings.incidentCacheTtlS <= MAX_INCIDENT_CACHE_TTL_S)) {
+    throw new ConfigError(`enforcer option 'incidentCacheTtlS' must be from 1 to ${MAX_INCIDENT_CACHE_TTL_S} s`);
+  }
+  return settings;
+}
+
+function trimSlash(url: string): string {
+  return url.replace(/\/+$/, '');
+}
+
+function envNumber(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < min || n > max) throw new ConfigError(`${name}='${raw}': expected a number from ${min} to ${max}`);
+  return n;
+}

@@ -1,0 +1,74 @@
+import type { Cohort } from '../../common/names';
+import type { PolicyDeniedError, PolicyUnavailableError } from '../errors';
+import { BUILTIN_RULE } from '../policy/schema';
+
+/** Who is calling. In open mode the token service trusts these; with a credential it takes sponsor and role from the registration. */
+export interface EnforcerIdentity {
+  sponsorId?: string | undefined;
+  agentInstanceId: string;
+  parentAgentId?: string | undefined;
+  role?: string | undefined;
+  agentName?: string | undefined;
+  /** CUSTODY_AGENT_CREDENTIAL: a registered agent's credential, sent as a bearer to /issue. */
+  credential?: string | undefined;
+  /** CUSTODY_DELEGATION_TOKEN: a sub-agent exchanges its parent's token (POST /token) instead of asking /issue. */
+  delegationToken?: string | undefined;
+}
+
+export interface EnforcerCheckRequest {
+  /** The policy's tool (resolve framework names with `resolveTool` first). */
+  tool: string;
+  action: string;
+  purpose?: string | undefined;
+  identity: EnforcerIdentity;
+  /**
+   * When the call began waiting (performance.now()), if before check(): the budget counts from
+   * here, so that name resolution and sponsor lookup spend it too, and so does the latency.
+   */
+  startedAt?: number | undefined;
+}
+
+export interface EnforcerDecision {
+  decision: 'allow' | 'deny' | 'error';
+  /** Run the tool? When false, throw `error`. */
+  allowed: boolean;
+  /** The plane's decision id; '' when no plane decided (a refusal made before asking, an error, a baseline call whose decision is in `shadow`). */
+  policyDecisionId: string;
+  ruleId: string;
+  reason: string;
+  cohort: Cohort;
+  enforced: boolean;
+  /** An allow reused from the decision cache: no plane was asked. */
+  cached: boolean;
+  /** Time from the start of the call's wait (name resolution, sponsor, token, plane) to this decision, ms. */
+  latencyMs: number;
+  tokenJti?: string;
+  error?: PolicyDeniedError | PolicyUnavailableError;
+  /** Baseline cohort: the call is allowed at once; the plane's decision arrives here. Never rejects. */
+  shadow?: Promise<EnforcerDecision>;
+  /** The policy version that decided (plane answers only). */
+  policyVersion?: string;
+  /** True while the incident switch lengthens the decision cache TTL. */
+  incident?: boolean;
+}
+
+/** The built-in rule ids of refusals the enforcer makes itself. */
+export const ENFORCER_RULE = {
+  SPONSOR_REQUIRED: BUILTIN_RULE.SPONSOR_REQUIRED,
+  INSTANCE_REQUIRED: BUILTIN_RULE.INSTANCE_REQUIRED,
+  TOKEN_REFUSED: 'token-refused',
+  UNAVAILABLE: 'policy-unavailable',
+} as const;
+
+/** What POST /v1/check answers, validated (see parseAnswer). */
+export interface PlaneAnswer {
+  decision: 'allow' | 'deny';
+  policy_decision_id: string;
+  rule_id: string;
+  reason: string;
+  cohort: Cohort;
+  enforced: boolean;
+  policy_version?: string;
+  single_use_token?: boolean;
+  token_jti?: string;
+}
