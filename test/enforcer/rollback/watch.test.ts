@@ -142,7 +142,7 @@ describe('rollback watch on a breach', () => {
     try {
       await eventually(async () => (await getRollout(custody.url)).percent === 0);
       await eventually(async () => /rolled back 60% → 0%: rollback: missing_sponsor_ratio/.test(out));
-      expect(out).toMatch(/^custody rollback watch: http:\/\/127\.0\.0\.1:\d+ every 0\.3s, window 900s, healthy period 86400s, min sample 100\n/);
+      expect(out).toMatch(/^custody rollback watch: http:\/\/127\.0\.0\.1:\d+ every 0\.3s, window 900s, healthy period 86400s, min sample 100, advances wait for approval\n/);
     } finally {
       const code = await new Promise<number | null>((resolve) => {
         child.once('exit', (c) => resolve(c));
