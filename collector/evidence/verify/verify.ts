@@ -1,0 +1,121 @@
+import { TABLE } from '../../../common/names';
+import type { Store } from '../../store';
+import { Findings } from '../findings';
+import { CheckpointJournal } from '../journal';
+import { countRows } from '../periods';
+import { verifyCalls } from './calls';
+import { walkCheckpoints } from './checkpoints';
+import { trustedKeys } from './keys';
+import { PeriodVerifier } from './periods';
+import type { VerifyOptions, VerifyReport } from './types';
+
+/**
+ * `custody audit verify`, offline: the stored rows against the signed checkpoints (both copies,
+ * their signatures, their hash chain, every period's Merkle root), every agent instance's audit
+ * chain, and the completeness of authorization. Work is done in pages (batches of periods,
+ * ranges of agent instances), with hashing inside ClickHouse, so memory stays flat however much
+ * is stored; findings are counted in full and listed up to a cap per kind.
+ *
+ * The steps, each in its own module: keys (which checkpoint keys to trust), checkpoints (the
+ * chain over both copies), periods (the rows against each sealed period), calls (chains and
+ * completeness).
+ */
+export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport> {
+  const { store } = options;
+  const now = options.nowMs ?? Date.now();
+  const pageRows = options.pageRows ?? 200_000;
+  const maxListed = options.maxListedPerKind ?? 200;
+  const progress = options.onProgress ?? (() => undefined);
+  const findings = new Findings(maxListed);
+  const notes: string[] = [];
+  const retentionDays = options.retentionDays ?? (await tableRetentionDays(store)) ?? 90;
+  const sinceMs = options.sinceMs;
+
+  const journal = options.journalDir ? new CheckpointJournal(options.journalDir) : undefined;
+  const journalPresent = !!journal && journal.exists();
+  const keys = trustedKeys({ ...pick(options), ...(journal ? { journal } : {}), journalPresent }, findings, notes);
+
+  if (journal && !journalPresent && options.journalRequired) {
+    findings.add('journal_missing', `the checkpoint directory ${journal.dir} does not exist: the copies outside the database cannot be compared (pass --checkpoints DIR)`, { file: journal.dir });
+  }
+  if (journalPresent) for (const s of journal!.list().strays) findings.add('journal_stray_file', `${journal!.dir}/${s} is not a checkpoint file`, { file: `${journal!.dir}/${s}` });
+
+  const periods = new PeriodVerifier({
+    store,
+    findings,
+    notes,
+    maxListed,
+    pageRows,
+    expiredBefore: now - retentionDays * 86_400_000,
+    retentionDays,
+    ...(sinceMs !== undefined ? { sinceMs } : {}),
+    progress,
+  });
+  const walk = await walkCheckpoints({ store, ...(journal ? { journal } : {}), journalPresent, trusted: keys.trusted, findings }, async (w, count) => {
+    if (count % 1000 === 0) progress({ phase: 'checkpoints', done: count });
+    await periods.accept(w);
+  });
+  await periods.flush();
+  progress({ phase: 'checkpoints', done: walk.count, total: walk.count });
+  periods.reportWrittenWhileStopped();
+
+  // rows outside every checkpoint
+  let unsealedAfter = 0;
+  const { first, last } = walk;
+  if (first && last) {
+    if (first.signed.checkpoint.seq === 1 && (sinceMs === undefined || sinceMs < first.start)) {
+      await periods.reportUnsealed({ start: 0, end: first.start }, 'before the first checkpoint');
+    }
+    unsealedAfter = await countRows(store, last.end, 8_640_000_000_000);
+    if (unsealedAfter) notes.push(`${unsealedAfter} rows were written after the last checkpoint (${last.signed.checkpoint.period_end}) and are not sealed yet`);
+  } else {
+    const n = await countRows(store, 0, 8_640_000_000_000);
+    if (n) findings.add('no_checkpoints', `${n} evidence rows are stored but there is no checkpoint: nothing vouches for them (was the checkpointer off?)`);
+  }
+
+  const calls = await verifyCalls({
+    store,
+    findings,
+    maxListed,
+    pageRows,
+    clockSkewMs: options.clockSkewMs ?? 1000,
+    ...(sinceMs !== undefined ? { sinceMs } : {}),
+    progress,
+  });
+
+  const head = last ? { seq: last.signed.checkpoint.seq, checkpoint_hash: last.signed.checkpoint_hash, period_end: last.signed.checkpoint.period_end } : undefined;
+  return {
+    ok: findings.total === 0,
+    checked: {
+      checkpoints: walk.count,
+      periods_verified: periods.periodsVerified,
+      rows_verified: periods.rowsVerified,
+      rows_unsealed_after_last: unsealedAfter,
+      instances: calls.instances,
+      chained_calls: calls.chained_calls,
+      unchained_calls: calls.unchained_calls,
+      calls: calls.totals,
+    },
+    ...(head ? { head } : {}),
+    keys: [...keys.sources.entries()].map(([kid, v]) => ({ kid, source: v.source })),
+    findings: findings.listed,
+    counts: findings.counts,
+    not_listed: findings.notListed,
+    shadow: { calls: calls.totals.shadow, would_deny: calls.shadow.would_deny, listed: calls.shadow.listed },
+    blocked_without_sponsor: calls.blocked_without_sponsor,
+    notes,
+  };
+}
+
+function pick(o: VerifyOptions): { jwks?: VerifyOptions['jwks']; localJwksFile?: string } {
+  return { ...(o.jwks ? { jwks: o.jwks } : {}), ...(o.localJwksFile ? { localJwksFile: o.localJwksFile } : {}) };
+}
+
+async function tableRetentionDays(store: Store): Promise<number | undefined> {
+  const [r] = await store.rows<{ engine_full: string }>(`SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}`, {
+    db: store.database,
+    t: TABLE.AUDIT_EVENTS,
+  });
+  const m = r ? /toIntervalDay\((\d+)\)/.exec(r.engine_full) : null;
+  return m ? Number(m[1]) : undefined;
+}
