@@ -24,8 +24,8 @@ const violations = counter<'field'>({
 let validator: ValidateFunction | undefined;
 
 export function schemaPath(): string {
-  // dist/collector/audit/schema.js and collector/audit-schema.ts both sit two levels below the package root
-  for (const dir of [path.resolve(__dirname, '..'), path.resolve(__dirname, '../..')]) {
+  // collector/audit/schema.ts sits two levels below the package root, dist/collector/audit/schema.js three
+  for (const dir of [path.resolve(__dirname, '../..'), path.resolve(__dirname, '../../..')]) {
     const file = path.join(dir, 'audit-log-schema.json');
     if (fs.existsSync(file)) return file;
   }
