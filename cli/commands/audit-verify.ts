@@ -7,6 +7,7 @@ import { DEFAULTS, ENV, TABLE } from '../../common/names';
 import { openStore, type Store } from '../../collector/store';
 import { readJwksFile } from '../../collector/evidence/keys';
 import { verifyAudit, type VerifyProgress, type VerifyReport } from '../../collector/evidence/verify';
+import { RECEIPT_KEYS_DIR } from '../../enforcer/plane/role';
 
 /**
  * `custody audit verify`: verifies the stored audit offline (it opens the store itself; chDB lets
@@ -20,6 +21,7 @@ interface VerifyFlags {
   since?: string;
   checkpoints?: string;
   jwks?: string;
+  policyJwks?: string;
   json?: boolean;
   clockSkew?: number;
   maxFindings?: number;
@@ -92,6 +94,7 @@ export function formatReport(r: VerifyReport, location: string): string {
     `chains       ${c.instances} agent instances, ${c.chained_calls} chained calls${c.unchained_calls ? `, ${c.unchained_calls} without custody.audit.seq` : ''}`,
     `calls        ${c.calls.calls}: ${c.calls.executed} executed (${c.calls.gated_executed} gated, ${c.calls.shadow} shadow), ${c.calls.blocked} blocked`,
     `keys         ${r.keys.map((k) => k.kid).join(', ') || '(none)'}`,
+    `receipts     ${r.receipts.checked ? `${r.receipts.verified} distinct verified with the policy plane's keys ${r.receipts.keys.join(', ') || '(none)'}; ${r.receipts.rollout_states} signed rollout states` : 'not checked (no policy-plane keys)'}`,
   );
   const total = Object.values(r.counts).reduce((a, b) => a + (b ?? 0), 0);
   if (total) {
@@ -119,6 +122,7 @@ async function verify(flags: VerifyFlags): Promise<void> {
   const sinceMs = flags.since ? parseSince(flags.since) : undefined;
   if (flags.checkpoints && !fs.existsSync(flags.checkpoints)) throw usage(`--checkpoints ${flags.checkpoints}: no such directory`);
   const jwks = flags.jwks ? readJwksFile(flags.jwks) : undefined;
+  const policyJwks = flags.policyJwks ? readJwksFile(flags.policyJwks) : undefined;
   const { store, dataDir } = await open(flags);
   const progress = progressPrinter();
   const journalDir = flags.checkpoints ?? process.env[ENV.CHECKPOINTS_DIR] ?? (dataDir ? path.join(dataDir, 'checkpoints') : undefined);
@@ -129,6 +133,8 @@ async function verify(flags: VerifyFlags): Promise<void> {
       ...(journalDir ? { journalDir: path.resolve(journalDir), journalRequired: true } : {}),
       ...(jwks ? { jwks } : {}),
       ...(dataDir ? { localJwksFile: path.join(dataDir, 'evidence', 'keys', 'jwks.json') } : {}),
+      ...(policyJwks ? { policyJwks } : {}),
+      ...(dataDir ? { localPolicyJwksFile: path.join(dataDir, RECEIPT_KEYS_DIR, 'jwks.json') } : {}),
       ...(sinceMs !== undefined ? { sinceMs } : {}),
       ...(flags.clockSkew !== undefined ? { clockSkewMs: flags.clockSkew } : {}),
       ...(flags.maxFindings !== undefined ? { maxListedPerKind: flags.maxFindings } : {}),
@@ -153,6 +159,7 @@ export function addAuditVerify(group: Command): Command {
     .option('--since <time>', 'verify from this time on: a duration back from now (24h) or an ISO-8601 time')
     .option('--checkpoints <dir>', `the checkpoint directory (default <data-dir>/checkpoints or $${ENV.CHECKPOINTS_DIR})`)
     .option('--jwks <file>', 'trust only these public keys (the set from GET /v1/audit/keys)')
+    .option('--policy-jwks <file>', 'trust only these policy-plane keys for decision and rollout receipts (the set from GET /v1/policy/jwks.json; default <data-dir>/policy/keys/jwks.json)')
     .option('--json', 'print the report as JSON')
     .addOption(
       new Option('--clock-skew <duration>', 'allowed clock difference between agents, plane and token service (default 1s)').argParser((v) => {

@@ -322,6 +322,12 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         TABLE.ROLLOUT_EVENTS, TABLE.AUDIT_ROLLUP_1M, TABLE.TOKEN_ROLLUP_1M,
       ].map((name) => `ALTER TABLE ${t(name)}${onCluster} MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1`),
     },
+    {
+      version: 7,
+      name: 'rollout_receipts',
+      // The plane's signed receipt of each rollout state it put in force (common/receipt.ts).
+      statements: [`ALTER TABLE ${t(TABLE.ROLLOUT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS receipt String`],
+    },
   ];
 }
 

@@ -57,6 +57,8 @@ export interface EnforcerDecision {
   policyVersion?: string;
   /** True while the incident switch lengthens the decision cache TTL. */
   incident?: boolean;
+  /** The plane's signed receipt of the decision (reused with a cached allow). */
+  receipt?: string;
 }
 
 export interface EnforcerOptions {
@@ -129,6 +131,7 @@ interface PlaneAnswer {
   policy_version?: string;
   single_use_token?: boolean;
   token_jti?: string;
+  receipt?: string;
 }
 
 const TOKEN_REUSE_MARGIN_MS = 5_000;
@@ -243,6 +246,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       };
       if (d.policyDecisionId) a[ATTR.POLICY_DECISION_ID] = d.policyDecisionId;
       if (d.tokenJti) a[ATTR.TOKEN_JTI] = d.tokenJti;
+      if (d.receipt) a[ATTR.POLICY_RECEIPT] = d.receipt;
       if (d.incident) {
         a[ATTR.POLICY_INCIDENT_MODE] = true;
         a[ATTR.POLICY_CACHE_TTL_S] = effectiveTtlMs() / 1000;
@@ -367,6 +371,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       cached: false,
       latencyMs,
       ...(answer.token_jti ? { tokenJti: answer.token_jti } : {}),
+      ...(typeof answer.receipt === 'string' ? { receipt: answer.receipt } : {}),
       ...(error ? { error } : {}),
       ...(answer.policy_version ? { policyVersion: answer.policy_version } : {}),
       ...(incidentActive() ? { incident: true } : {}),
@@ -471,6 +476,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
         cached: true,
         latencyMs: elapsed(started),
         ...(a.token_jti ? { tokenJti: a.token_jti } : {}),
+        ...(typeof a.receipt === 'string' ? { receipt: a.receipt } : {}),
         ...(a.policy_version ? { policyVersion: a.policy_version } : {}),
         ...(incidentActive() ? { incident: true } : {}),
       };

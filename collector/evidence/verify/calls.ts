@@ -3,6 +3,8 @@ import type { Store } from '../../store';
 import { chainBreaksSql, type ChainBreak } from '../chain';
 import { problemsSql, reportProblem, totalsSql, type CompletenessOptions, type CompletenessTotals, type ListedCall, type ProblemRow } from '../completeness';
 import type { Findings } from '../findings';
+import type { ReceiptKeys } from '../../../common/receipt';
+import { badReceiptsIn, receiptParams, rolloutHistory, type RolloutHistory } from './receipts';
 import type { VerifyProgress } from './types';
 
 export interface CallCheckOptions {
@@ -14,6 +16,8 @@ export interface CallCheckOptions {
   clockSkewMs: number;
   sinceMs?: number;
   progress: (p: VerifyProgress) => void;
+  /** The policy plane's keys: with them, every executed gated call must carry a valid receipt. */
+  receipts?: { keys: ReceiptKeys; graceMs: number };
 }
 
 export interface CallsReport {
@@ -23,6 +27,8 @@ export interface CallsReport {
   totals: CompletenessTotals;
   shadow: { would_deny: number; listed: ListedCall[] };
   blocked_without_sponsor: { calls: number; listed: ListedCall[] };
+  /** With receipts: distinct receipts verified, and rollout rows that carried none. */
+  receipts?: { verified: number; rollout_states: number; unsigned_rollout_rows: number };
 }
 
 /** Findings for one agent instance's chain breaks (start, duplicate, gap, altered link). */
@@ -52,7 +58,14 @@ export function reportChainBreak(b: ChainBreak & { seq: string | number; prev_se
  */
 export async function verifyCalls(o: CallCheckOptions): Promise<CallsReport> {
   const { store, findings, maxListed } = o;
-  const completeness: CompletenessOptions = { database: store.database, clockSkewMs: o.clockSkewMs, ...(o.sinceMs !== undefined ? { sinceMs: o.sinceMs } : {}) };
+  const completeness: CompletenessOptions = {
+    database: store.database,
+    clockSkewMs: o.clockSkewMs,
+    ...(o.sinceMs !== undefined ? { sinceMs: o.sinceMs } : {}),
+    ...(o.receipts ? { receipts: { graceMs: o.receipts.graceMs } } : {}),
+  };
+  const history: RolloutHistory | undefined = o.receipts ? await rolloutHistory(store, o.receipts.keys, findings) : undefined;
+  let receiptsVerified = 0;
   const [totalsRow] = await store.rows<Record<string, string | number>>(totalsSql(completeness));
   const totals: CompletenessTotals = {
     calls: Number(totalsRow?.calls ?? 0),
@@ -80,7 +93,15 @@ export async function verifyCalls(o: CallCheckOptions): Promise<CallsReport> {
       params,
     );
     for (const b of breaks) reportChainBreak(b, findings);
-    for (const p of await store.rows<ProblemRow>(problemsSql(completeness), params)) {
+    let bad = new Map<string, string>();
+    let extra = {};
+    if (o.receipts) {
+      const found = await badReceiptsIn(store, o.receipts.keys, { lo, hi, ...(o.sinceMs !== undefined ? { sinceMs: o.sinceMs } : {}) });
+      bad = found.bad;
+      receiptsVerified += found.distinct;
+      extra = receiptParams(bad, history!);
+    }
+    for (const p of await store.rows<ProblemRow>(problemsSql(completeness), { ...params, ...extra })) {
       reportProblem(p, findings, {
         shadowDeny(c) {
           shadowDenyCount += 1;
@@ -90,7 +111,7 @@ export async function verifyCalls(o: CallCheckOptions): Promise<CallsReport> {
           blockedNoSponsorCount += 1;
           if (blockedNoSponsor.length < maxListed) blockedNoSponsor.push(c);
         },
-      });
+      }, bad);
     }
     callsChecked += calls;
     o.progress({ phase: 'calls', done: callsChecked, total: totals.calls });
@@ -132,5 +153,6 @@ export async function verifyCalls(o: CallCheckOptions): Promise<CallsReport> {
     totals,
     shadow: { would_deny: shadowDenyCount, listed: shadowDenies },
     blocked_without_sponsor: { calls: blockedNoSponsorCount, listed: blockedNoSponsor },
+    ...(history ? { receipts: { verified: receiptsVerified, rollout_states: history.ms.length, unsigned_rollout_rows: history.unsigned } } : {}),
   };
 }

@@ -19,6 +19,12 @@ export interface VerifyOptions {
   jwks?: JSONWebKeySet;
   /** The collector's own key set file (<data-dir>/evidence/keys/jwks.json), if at hand. */
   localJwksFile?: string;
+  /** The policy plane's receipt keys; when given, the only ones accepted. */
+  policyJwks?: JSONWebKeySet;
+  /** The plane's own key set file (<data-dir>/policy/keys/jwks.json), if at hand. Without plane keys receipts are not checked. */
+  localPolicyJwksFile?: string;
+  /** How long before a shadow call a rollout still counts as in force for it (agents act on the rollout they read; default 35 s + clock skew). */
+  cohortGraceMs?: number;
   /** Verify periods, chains and calls from this time on (epoch ms); the checkpoint chain is always walked whole. */
   sinceMs?: number;
   nowMs?: number;
@@ -45,6 +51,8 @@ export interface VerifyReport {
   };
   head?: { seq: number; checkpoint_hash: string; period_end: string };
   keys: { kid: string; source: string }[];
+  /** The policy plane's receipts: whether they were checked, with which keys, how many distinct ones were verified. */
+  receipts: { checked: boolean; keys: string[]; source?: string; verified: number; rollout_states: number; unsigned_rollout_rows: number };
   findings: Finding[];
   counts: Partial<Record<FindingKind, number>>;
   not_listed: number;

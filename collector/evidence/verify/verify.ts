@@ -7,6 +7,7 @@ import { verifyCalls } from './calls';
 import { walkCheckpoints } from './checkpoints';
 import { trustedKeys } from './keys';
 import { PeriodVerifier } from './periods';
+import { planeKeys } from './receipts';
 import type { VerifyOptions, VerifyReport } from './types';
 
 /**
@@ -73,15 +74,23 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     if (n) findings.add('no_checkpoints', `${n} evidence rows are stored but there is no checkpoint: nothing vouches for them (was the checkpointer off?)`);
   }
 
+  const plane = planeKeys(options);
+  if (!plane) notes.push('no policy-plane keys found: decision receipts and cohort claims were not checked (pass --policy-jwks FILE, the set from GET /v1/policy/jwks.json, or --data-dir)');
+  else if (!plane.keys.size) notes.push(`the policy-plane key set (${plane.source}) holds no Ed25519 key: no receipt can verify`);
+  const skew = options.clockSkewMs ?? 1000;
   const calls = await verifyCalls({
     store,
     findings,
     maxListed,
     pageRows,
-    clockSkewMs: options.clockSkewMs ?? 1000,
+    clockSkewMs: skew,
     ...(sinceMs !== undefined ? { sinceMs } : {}),
     progress,
+    ...(plane ? { receipts: { keys: plane.keys, graceMs: options.cohortGraceMs ?? 35_000 + skew } } : {}),
   });
+  if (calls.receipts?.unsigned_rollout_rows) {
+    notes.push(`${calls.receipts.unsigned_rollout_rows} rollout changes carry no receipt (written before receipts, or not by the plane): not used to prove cohorts`);
+  }
 
   const head = last ? { seq: last.signed.checkpoint.seq, checkpoint_hash: last.signed.checkpoint_hash, period_end: last.signed.checkpoint.period_end } : undefined;
   return {
@@ -98,6 +107,14 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     },
     ...(head ? { head } : {}),
     keys: [...keys.sources.entries()].map(([kid, v]) => ({ kid, source: v.source })),
+    receipts: {
+      checked: !!plane,
+      keys: plane?.keys.kids() ?? [],
+      ...(plane ? { source: plane.source } : {}),
+      verified: calls.receipts?.verified ?? 0,
+      rollout_states: calls.receipts?.rollout_states ?? 0,
+      unsigned_rollout_rows: calls.receipts?.unsigned_rollout_rows ?? 0,
+    },
     findings: findings.listed,
     counts: findings.counts,
     not_listed: findings.notListed,
@@ -107,7 +124,7 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
   };
 }
 
-function pick(o: VerifyOptions): { jwks?: VerifyOptions['jwks']; localJwksFile?: string } {
+function pick(o: Pick<VerifyOptions, 'jwks' | 'localJwksFile'>): { jwks?: VerifyOptions['jwks']; localJwksFile?: string } {
   return { ...(o.jwks ? { jwks: o.jwks } : {}), ...(o.localJwksFile ? { localJwksFile: o.localJwksFile } : {}) };
 }
 
