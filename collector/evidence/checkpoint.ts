@@ -293,8 +293,9 @@ export class Checkpointer {
     await this.running.catch(() => undefined);
     try {
       const now = await this.now();
-      const start = this.lastCp ? ms(this.lastCp.checkpoint.period_end) : this.genesisStart;
-      if (start !== undefined && now > start) await this.seal(start, now, 'shutdown');
+      // a run shorter than one period has not ticked yet: its rows are sealed from the first one on
+      const start = this.lastCp ? ms(this.lastCp.checkpoint.period_end) : await this.firstStart(now);
+      if (now > start) await this.seal(start, now, 'shutdown');
     } catch (err) {
       sealErrors.inc();
       this.o.log?.error({ err }, 'could not seal the open period at shutdown; it is sealed at the next start');

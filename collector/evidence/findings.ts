@@ -17,6 +17,7 @@ export const FINDING_KINDS = {
   journal_stray_file: { severity: 'medium', about: 'a file in the checkpoint directory that is not a checkpoint' },
   key_unrecognised: { severity: 'high', about: 'a key published in the checkpoint directory that the collector never had' },
   no_checkpoints: { severity: 'high', about: 'audit rows exist but nothing was ever sealed' },
+  anchor_missing: { severity: 'critical', about: 'the checkpoint chain does not reach the head anchored outside custody' },
   // periods and rows
   period_altered: { severity: 'critical', about: 'a sealed period whose rows no longer match its checkpoint' },
   row_altered: { severity: 'critical', about: 'a sealed row changed' },

@@ -25,6 +25,11 @@ export interface VerifyOptions {
   localPolicyJwksFile?: string;
   /** How long before a shadow call a rollout still counts as in force for it (agents act on the rollout they read; default 35 s + clock skew). */
   cohortGraceMs?: number;
+  /** Rows written less than this long before now are pending (a period plus the lag: not sealed yet by design). Default 75 s. */
+  pendingMs?: number;
+  /** A head anchored outside custody (an external log, a WORM bucket): the chain must reach it. */
+  expectHead?: string;
+  expectSeq?: number;
   /** Verify periods, chains and calls from this time on (epoch ms); the checkpoint chain is always walked whole. */
   sinceMs?: number;
   nowMs?: number;
@@ -44,12 +49,16 @@ export interface VerifyReport {
     periods_verified: number;
     rows_verified: number;
     rows_unsealed_after_last: number;
+    /** Rows younger than a period plus the lag, not sealed yet: pending, not a finding. */
+    rows_pending: number;
     instances: number;
     chained_calls: number;
     unchained_calls: number;
     calls: CompletenessTotals;
   };
   head?: { seq: number; checkpoint_hash: string; period_end: string };
+  /** The anchored head asked for, and whether the chain reaches it. */
+  anchor?: { expected_head?: string; expected_seq?: number; found: boolean };
   keys: { kid: string; source: string }[];
   /** The policy plane's receipts: whether they were checked, with which keys, how many distinct ones were verified. */
   receipts: { checked: boolean; keys: string[]; source?: string; verified: number; rollout_states: number; unsigned_rollout_rows: number };

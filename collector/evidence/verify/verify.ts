@@ -8,7 +8,7 @@ import { walkCheckpoints } from './checkpoints';
 import { trustedKeys } from './keys';
 import { PeriodVerifier } from './periods';
 import { planeKeys } from './receipts';
-import type { VerifyOptions, VerifyReport } from './types';
+import { iso, type VerifyOptions, type VerifyReport, type Walked } from './types';
 
 /**
  * `custody audit verify`, offline: the stored rows against the signed checkpoints (both copies,
@@ -52,27 +52,37 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     ...(sinceMs !== undefined ? { sinceMs } : {}),
     progress,
   });
+  let anchoredAt: number | undefined;
   const walk = await walkCheckpoints({ store, ...(journal ? { journal } : {}), journalPresent, trusted: keys.trusted, findings }, async (w, count) => {
     if (count % 1000 === 0) progress({ phase: 'checkpoints', done: count });
+    if (options.expectHead !== undefined && w.signed.checkpoint_hash === options.expectHead) anchoredAt = w.signed.checkpoint.seq;
     await periods.accept(w);
   });
   await periods.flush();
   progress({ phase: 'checkpoints', done: walk.count, total: walk.count });
   periods.reportWrittenWhileStopped();
 
-  // rows outside every checkpoint
+  const anchor = checkAnchor(options, walk.last, anchoredAt, findings);
+
+  // rows outside every checkpoint; the youngest are pending: the checkpointer seals a period once a period plus the lag have passed
+  const END = 8_640_000_000_000;
+  const pendingFrom = now - (options.pendingMs ?? 75_000);
   let unsealedAfter = 0;
+  let pending = 0;
   const { first, last } = walk;
   if (first && last) {
     if (first.signed.checkpoint.seq === 1 && (sinceMs === undefined || sinceMs < first.start)) {
       await periods.reportUnsealed({ start: 0, end: first.start }, 'before the first checkpoint');
     }
-    unsealedAfter = await countRows(store, last.end, 8_640_000_000_000);
-    if (unsealedAfter) notes.push(`${unsealedAfter} rows were written after the last checkpoint (${last.signed.checkpoint.period_end}) and are not sealed yet`);
+    unsealedAfter = await countRows(store, last.end, END);
+    pending = unsealedAfter ? await countRows(store, Math.max(last.end, pendingFrom), END) : 0;
+    if (unsealedAfter > pending) notes.push(`${unsealedAfter - pending} rows were written after the last checkpoint (${last.signed.checkpoint.period_end}) and are not sealed yet`);
   } else {
-    const n = await countRows(store, 0, 8_640_000_000_000);
+    const n = await countRows(store, 0, pendingFrom);
+    pending = await countRows(store, pendingFrom, END);
     if (n) findings.add('no_checkpoints', `${n} evidence rows are stored but there is no checkpoint: nothing vouches for them (was the checkpointer off?)`);
   }
+  if (pending) notes.push(`${pending} rows written since ${iso(pendingFrom)} are pending, not yet sealed (the checkpointer seals a period once a period plus the lag have passed)`);
 
   const plane = planeKeys(options);
   if (!plane) notes.push('no policy-plane keys found: decision receipts and cohort claims were not checked (pass --policy-jwks FILE, the set from GET /v1/policy/jwks.json, or --data-dir)');
@@ -100,12 +110,14 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
       periods_verified: periods.periodsVerified,
       rows_verified: periods.rowsVerified,
       rows_unsealed_after_last: unsealedAfter,
+      rows_pending: pending,
       instances: calls.instances,
       chained_calls: calls.chained_calls,
       unchained_calls: calls.unchained_calls,
       calls: calls.totals,
     },
     ...(head ? { head } : {}),
+    ...(anchor ? { anchor } : {}),
     keys: [...keys.sources.entries()].map(([kid, v]) => ({ kid, source: v.source })),
     receipts: {
       checked: !!plane,
@@ -122,6 +134,30 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     blocked_without_sponsor: calls.blocked_without_sponsor,
     notes,
   };
+}
+
+/**
+ * The chain must reach a head anchored outside custody: the checkpoint with that hash (and seq)
+ * must be on it. Deleting the last checkpoints, with their rows and files, leaves a chain that
+ * verifies on its own; only an anchor kept elsewhere shows what is missing.
+ */
+function checkAnchor(o: VerifyOptions, last: Walked | undefined, anchoredAt: number | undefined, findings: Findings): VerifyReport['anchor'] {
+  if (o.expectHead === undefined && o.expectSeq === undefined) return undefined;
+  const end = last ? `the chain ends at checkpoint ${last.signed.checkpoint.seq} (${last.signed.checkpoint_hash})` : 'there is no checkpoint';
+  let found = true;
+  if (o.expectHead !== undefined) {
+    if (anchoredAt === undefined) {
+      found = false;
+      findings.add('anchor_missing', `the anchored head ${o.expectHead} is not on the checkpoint chain: ${end}; checkpoints after it were removed or rewritten`);
+    } else if (o.expectSeq !== undefined && anchoredAt !== o.expectSeq) {
+      found = false;
+      findings.add('anchor_missing', `the anchored head ${o.expectHead} is checkpoint ${anchoredAt} on the chain, not ${o.expectSeq}`, { checkpoint_seq: anchoredAt });
+    }
+  } else if (!last || last.signed.checkpoint.seq < o.expectSeq!) {
+    found = false;
+    findings.add('anchor_missing', `checkpoint ${o.expectSeq} was anchored but ${end}: the checkpoints after it were removed`);
+  }
+  return { ...(o.expectHead !== undefined ? { expected_head: o.expectHead } : {}), ...(o.expectSeq !== undefined ? { expected_seq: o.expectSeq } : {}), found };
 }
 
 function pick(o: Pick<VerifyOptions, 'jwks' | 'localJwksFile'>): { jwks?: VerifyOptions['jwks']; localJwksFile?: string } {
