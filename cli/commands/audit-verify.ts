@@ -124,8 +124,10 @@ export function formatReport(r: VerifyReport, location: string): string {
 /** A period plus the lag, as the checkpointer is configured here ($CUSTODY_CHECKPOINT_PERIOD, $CUSTODY_CHECKPOINT_LAG). */
 function pendingMs(): number {
   const ms = (name: string, fallback: string) => {
+    const text = process.env[name] || fallback;
+    if (/^\s*0+\s*(ms|s|m|h)?\s*$/.test(text)) return 0;
     try {
-      return Math.round(parseDuration(process.env[name] || fallback, `$${name}`) * 1000);
+      return Math.round(parseDuration(text, `$${name}`) * 1000);
     } catch (err) {
       throw usage((err as Error).message);
     }
