@@ -9,6 +9,9 @@
 //    then `custody audit verify` run as a child process on the store (timed: wall clock, the
 //    figure the target is about), with its peak RSS: work is paged, so memory stops growing once
 //    the pages are full (about 200,000 calls). Sealed rows = 3 × calls.
+//    Every call carries the policy plane's signed receipt of its own decision (one decision per call,
+//    so one signature to verify per call: the worst case; a cached allow's receipt is shared), and
+//    the plane's key set is where verify looks for it (<dir>/policy/keys/jwks.json).
 // 2. Ingest with and without the checkpointer: `custody collector` (fresh data directory) fed by
 //    the ingest bench's load process (bench/ingest.bench.mjs --load: OTLP/protobuf requests of 1000
 //    realistic tool-call spans from the real SDK, 8 in flight, 5 s warm-up, `ingestSeconds`
@@ -31,6 +34,8 @@ const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 const { openStore } = require('../dist/collector/store/index.js');
 const { AuditChain } = require('../dist/common/audit-chain.js');
 const { Checkpointer, CheckpointJournal, openAuditKeyRing } = require('../dist/collector/evidence/index.js');
+const { RECEIPT_TYPE, receiptSigner } = require('../dist/common/receipt.js');
+const { openKeyArchive } = require('../dist/identity/key-archive.js');
 
 const SIZES = String(process.argv[2] ?? '300000,1000000').split(',').map(Number).filter((n) => n > 0);
 const SEAL_PERIOD_S = Number(process.env.EVIDENCE_BENCH_PERIOD_S ?? 5);
@@ -45,8 +50,10 @@ const hex = (n) => randomBytes(n).toString('hex');
 const secs = (ms) => (ms / 1000).toFixed(2);
 const results = {};
 
-async function generate(store, calls) {
+async function generate(store, calls, dir) {
   const { client } = store;
+  const planeKeys = await openKeyArchive({ dir: path.join(dir, 'policy', 'keys'), envVar: 'CUSTODY_BENCH_UNSET_KEY' });
+  const signer = receiptSigner(planeKeys.current().kid, planeKeys.current().privateKey);
   const periods = Math.ceil(calls / PER_PERIOD);
   const base = Math.floor(Date.now() / PERIOD_MS) * PERIOD_MS - (periods + 2) * PERIOD_MS;
   const chains = new Map();
@@ -97,7 +104,14 @@ async function generate(store, calls) {
       audit_seq: link.seq,
       audit_prev_hash: link.prevHash,
       duration_ns: 40_000_000,
-      attributes: { 'gen_ai.operation.name': 'execute_tool' },
+      attributes: {
+        'gen_ai.operation.name': 'execute_tool',
+        'custody.policy.receipt': signer.sign(RECEIPT_TYPE.DECISION, {
+          id: rec.policy_decision_id, decision: 'allow', sponsor_id: 'alice', agent_instance_id: instance, parent_agent_id: '',
+          tool_id: rec.tool_id, action: rec.action, cohort: 'canary', enforced: true, token_jti: `jti-${i}`,
+          token_exp: Math.floor(ts / 1000) + 300, time: ts + 2, policy_version: 'bench', rule_id: 'allow-support-billing', rollout_percent: 100,
+        }),
+      },
       ingested_at: new Date(ingested).toISOString(),
     });
     if (rows.length >= BATCH) await flush();
@@ -128,7 +142,7 @@ async function verifyAtScale(CALLS) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'custody-evidence-bench-'));
   const store = await openStore({ dataDir: dir });
   let t = Date.now();
-  const { base, periods } = await generate(store, CALLS);
+  const { base, periods } = await generate(store, CALLS, dir);
   console.log(`generated ${CALLS.toLocaleString('en')} calls (+ decisions and tokens) in ${secs(Date.now() - t)} s`);
   const keys = await openAuditKeyRing({ dir: path.join(dir, 'evidence', 'keys') });
   const journal = new CheckpointJournal(path.join(dir, 'checkpoints'));
@@ -154,7 +168,7 @@ async function verifyAtScale(CALLS) {
   const out = await run(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dir, '--json']);
   const verifyMs = Date.now() - t;
   const report = JSON.parse(out.stdout);
-  console.log(`custody audit verify: exit ${out.code}, ${secs(verifyMs)} s, peak RSS ${out.maxRssMb} MB, for ${report.checked.rows_verified.toLocaleString('en')} sealed rows, ${report.checked.chained_calls.toLocaleString('en')} chained calls, ${report.checked.instances} instances; findings ${JSON.stringify(report.counts)}`);
+  console.log(`custody audit verify: exit ${out.code}, ${secs(verifyMs)} s, peak RSS ${out.maxRssMb} MB, for ${report.checked.rows_verified.toLocaleString('en')} sealed rows, ${report.checked.chained_calls.toLocaleString('en')} chained calls, ${report.checked.instances} instances, ${(report.receipts?.verified ?? 0).toLocaleString('en')} receipts verified; findings ${JSON.stringify(report.counts)}`);
   const progressLines = out.stderr.split('\n').filter((l) => l.startsWith('verifying'));
   console.log(`  progress on stderr: ${progressLines.length} lines, e.g. "${progressLines[0] ?? ''}"`);
   (results.verify ??= []).push({ calls: CALLS, sealed_rows: sealed, seal_s: sealMs / 1000, verify_s: verifyMs / 1000, verify_exit: out.code, peak_rss_mb: out.maxRssMb });

@@ -3,9 +3,12 @@
 //      the same 100 rules on the same requests in the same run (both answers compared);
 //   2. POST /v1/check over loopback, load from a separate process, against `custody policy-plane`
 //      alone and against the plane inside `custody up`;
-//   3. a cached allow in the enforcer.
+//   3. a cached allow in the enforcer;
+//   4. what signing each decision's receipt costs the plane's check (the /v1/check work without
+//      HTTP: verify the token, decide, sign): the same checker with and without a signer, in
+//      alternating rounds in one process, so a busy machine weighs on both alike.
 //
-//   npm run build && node bench/policy.bench.mjs [--seconds 8] [--concurrency 16]
+//   npm run build && node bench/policy.bench.mjs [--seconds 8] [--concurrency 16] [--only receipts]
 //
 // The load generator is this file run as `node bench/policy.bench.mjs --load URL TOKENS_FILE C S MODE`,
 // MODE `cycle` (closed loop: C connections back to back), `once` (each token used once) or
@@ -28,6 +31,7 @@ const flag = (name, fallback) => {
 };
 
 if (args[0] === '--load') await loadGenerator(args.slice(1));
+else if (args.includes('--only') && args[args.indexOf('--only') + 1] === 'receipts') console.log(JSON.stringify(await receiptCost(), null, 2));
 else await main();
 
 // ---------------------------------------------------------------------------------------------
@@ -37,6 +41,7 @@ async function main() {
   const concurrency = flag('concurrency', 16);
   const results = { machine: machine(), inProcess: inProcess() };
   printInProcess(results.inProcess);
+  results.receipts = await receiptCost();
   const servers = await startServers();
   try {
     results.cachedAllow = await cachedAllow(servers.up.url);
@@ -52,6 +57,73 @@ async function main() {
 
 function machine() {
   return { node: process.version, cpus: os.cpus().length, model: os.cpus()[0]?.model, loadavg: os.loadavg().map((x) => x.toFixed(2)) };
+}
+
+// --- 4. receipts: the check with and without signing ----------------------------------------------
+
+async function receiptCost() {
+  const { tokenConfig } = require(path.join(ROOT, 'dist/identity/config.js'));
+  const { createKeyRing, keySourceFor, generateSigningKey } = require(path.join(ROOT, 'dist/identity/keys.js'));
+  const { createTokenService } = require(path.join(ROOT, 'dist/identity/service.js'));
+  const { createTokenVerifier } = require(path.join(ROOT, 'dist/identity/verify.js'));
+  const { readPolicyFile } = require(path.join(ROOT, 'dist/enforcer/policy/compile.js'));
+  const { createChecker } = require(path.join(ROOT, 'dist/enforcer/plane/check.js'));
+  const { receiptSigner } = require(path.join(ROOT, 'dist/common/receipt.js'));
+  const config = tokenConfig({ issuer: 'agent-token-svc', default_ttl_seconds: 300, max_ttl_seconds: 900, require_sponsor: true, supported_tools: ['billing', 'search', 'file-store'] });
+  const keys = await createKeyRing(keySourceFor(config, {}));
+  const service = createTokenService({ config, keys, mode: 'open' });
+  // the enforcer reuses a token for its tool until it nears expiry: 500 agents, each token checked 4 times
+  const tokens = [];
+  for (let i = 0; i < 500; i++) tokens.push((await service.issue({ tool: 'billing', sponsor_id: 'alice', role: 'support', agent_instance_id: `bench-${i}` })).token);
+  const policy = readPolicyFile(path.join(ROOT, 'policy-config.yaml'));
+  const verifier = createTokenVerifier({ issuer: config.issuer, jwks: () => keys.jwks() });
+  const key = await generateSigningKey('EdDSA');
+  const signer = receiptSigner(key.kid, key.privateKey);
+  const checkers = {
+    without: createChecker({ policy: () => policy, verifier, rolloutPercent: () => 100 }),
+    with: createChecker({ policy: () => policy, verifier, rolloutPercent: () => 100, signer: () => signer }),
+  };
+  const n = tokens.length * 4;
+  const round = async (check) => {
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) await check({ token: tokens[i % tokens.length], tool: 'billing', action: 'refund' });
+    const cpu = process.cpuUsage(cpu0);
+    return { wall: n / ((performance.now() - t0) / 1000), cpu: n / ((cpu.user + cpu.system) / 1e6) };
+  };
+  await round(checkers.without);
+  await round(checkers.with);
+  const runs = { without: [], with: [] };
+  for (let r = 0; r < 5; r++) for (const k of ['without', 'with']) runs[k].push(await round(checkers[k]));
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const out = {};
+  for (const k of ['without', 'with']) out[k] = { checks_per_s_wall: Math.round(median(runs[k].map((x) => x.wall))), checks_per_cpu_s: Math.round(median(runs[k].map((x) => x.cpu))) };
+  out.cost_pct_cpu = +((1 - out.with.checks_per_cpu_s / out.without.checks_per_cpu_s) * 100).toFixed(1);
+  out.cost_pct_wall = +((1 - out.with.checks_per_s_wall / out.without.checks_per_s_wall) * 100).toFixed(1);
+  console.log(`\nreceipts: check without signing ${out.without.checks_per_cpu_s}/CPU-s (${out.without.checks_per_s_wall}/s wall), with ${out.with.checks_per_cpu_s}/CPU-s (${out.with.checks_per_s_wall}/s wall): signing costs ${out.cost_pct_cpu} % of CPU throughput (${out.cost_pct_wall} % wall), ${n} checks per round, median of 5 rounds each`);
+
+  // the same over HTTP: POST /v1/check served by this process (express, the plane's routes), load from a separate process
+  const { createJsonApp, finish, listen } = require(path.join(ROOT, 'dist/common/http.js'));
+  const { createLogger } = require(path.join(ROOT, 'dist/common/log.js'));
+  const searchTokens = [];
+  for (let i = 0; i < 500; i++) searchTokens.push((await service.issue({ tool: 'search', sponsor_id: 'alice', role: 'support', agent_instance_id: `bench-${i}` })).token);
+  const tokensFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'custody-bench-receipts-')), 'tokens.json');
+  fs.writeFileSync(tokensFile, JSON.stringify(searchTokens));
+  const servers = {};
+  for (const k of ['without', 'with']) {
+    const app = createJsonApp();
+    app.post('/v1/check', async (req, res) => res.json(await checkers[k](req.body)));
+    finish(app, createLogger('bench', 'silent'));
+    servers[k] = await listen(app, '127.0.0.1', 0);
+  }
+  const seconds = flag('seconds', 8);
+  const http = { without: [], with: [] };
+  for (let r = 0; r < 2; r++) for (const k of ['without', 'with']) http[k].push((await runLoad(servers[k].url, tokensFile, 8, seconds, 'cycle')).rps);
+  for (const k of ['without', 'with']) await servers[k].close();
+  out.http = { without_rps: Math.round(median(http.without)), with_rps: Math.round(median(http.with)), rounds: http };
+  out.http.cost_pct = +((1 - out.http.with_rps / out.http.without_rps) * 100).toFixed(1);
+  console.log(`receipts over HTTP (8 connections, ${seconds} s, 2 alternating rounds each): without ${out.http.without_rps} req/s, with ${out.http.with_rps} req/s: signing costs ${out.http.cost_pct} %`);
+  return { n, ...out };
 }
 
 // --- 1. in-process: decide() and Cedar on the same 100 rules ------------------------------------

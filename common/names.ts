@@ -47,6 +47,8 @@ export const ATTR = {
   ROLLOUT_TO_PERCENT: 'custody.rollout.to_percent',
   ROLLOUT_REASON: 'custody.rollout.reason',
   ROLLOUT_ACTOR: 'custody.rollout.actor',
+  /** The plane's signed record of the rollout in force (compact JWS). */
+  ROLLOUT_RECEIPT: 'custody.rollout.receipt',
 
   // policy plane / enforcer
   POLICY_VERSION: 'custody.policy.version',
@@ -58,6 +60,8 @@ export const ATTR = {
   AGENT_ID: 'custody.agent_id',
   /** Set by the collector on every stored span: who could have written it (see TRUST). */
   INGEST_TRUST: 'custody.ingest.trust',
+  /** The plane's signed receipt of the decision (compact JWS), on the decision and on the call. */
+  POLICY_RECEIPT: 'custody.policy.receipt',
 } as const;
 
 /**
@@ -153,6 +157,7 @@ export const ENV = {
   CHECKPOINTS_DIR: 'CUSTODY_CHECKPOINTS_DIR',
   /** The audit signing key (PKCS8 PEM or JWK JSON); default a key generated once into <data-dir>/evidence/keys. */
   AUDIT_SIGNING_KEY: 'CUSTODY_AUDIT_SIGNING_KEY',
+  POLICY_SIGNING_KEY: 'CUSTODY_POLICY_SIGNING_KEY',
   ROLLBACK_INTERVAL: 'CUSTODY_ROLLBACK_INTERVAL',
   DEMO: 'CUSTODY_DEMO',
   AUDIT_RETENTION_DAYS: 'CUSTODY_AUDIT_RETENTION_DAYS',

@@ -243,6 +243,7 @@ function setVerdictAttributes(span: Span, v: EnforcerVerdict): void {
   if (v.cached !== undefined) a[ATTR.POLICY_CACHED] = v.cached;
   if (v.latencyMs !== undefined) a[ATTR.POLICY_LATENCY_MS] = v.latencyMs;
   if (v.tokenJti) a[ATTR.TOKEN_JTI] = v.tokenJti;
+  if (v.receipt) a[ATTR.POLICY_RECEIPT] = v.receipt;
   if (v.incident) a[ATTR.POLICY_INCIDENT_MODE] = true;
   span.setAttributes(a);
 }

@@ -28,6 +28,8 @@ export interface EnforcerVerdict {
   cached?: boolean;
   latencyMs?: number;
   tokenJti?: string;
+  /** The policy plane's signed receipt of the decision (custody.policy.receipt). */
+  receipt?: string;
   error?: Error;
   /** True while the incident switch lengthens the decision cache TTL. */
   incident?: boolean;

@@ -8,6 +8,7 @@ import { safeJson, safeLines, safeText as t } from '../../common/terminal';
 import { openStore, type Store } from '../../collector/store';
 import { readJwksFile } from '../../collector/evidence/keys';
 import { verifyAudit, type VerifyProgress, type VerifyReport } from '../../collector/evidence/verify';
+import { RECEIPT_KEYS_DIR } from '../../enforcer/plane/role';
 
 /**
  * `custody audit verify`: verifies the stored audit offline (it opens the store itself; chDB lets
@@ -21,6 +22,9 @@ interface VerifyFlags {
   since?: string;
   checkpoints?: string;
   jwks?: string;
+  policyJwks?: string;
+  expectHead?: string;
+  expectSeq?: number;
   json?: boolean;
   clockSkew?: number;
   maxFindings?: number;
@@ -90,10 +94,12 @@ export function formatReport(r: VerifyReport, location: string): string {
   const c = r.checked;
   out.push(
     `checkpoints  ${c.checkpoints}${r.head ? ` (head #${t(r.head.seq)} ${t(r.head.checkpoint_hash)} through ${t(r.head.period_end)})` : ''}`,
-    `periods      ${c.periods_verified} verified, ${c.rows_verified} rows${c.rows_unsealed_after_last ? `, ${c.rows_unsealed_after_last} written since the last checkpoint` : ''}`,
+    ...(r.anchor ? [`anchor       ${[r.anchor.expected_seq !== undefined ? `#${r.anchor.expected_seq}` : '', t(r.anchor.expected_head ?? '')].filter(Boolean).join(' ')}: ${r.anchor.found ? 'reached' : 'NOT reached'}`] : []),
+    `periods      ${c.periods_verified} verified, ${c.rows_verified} rows${c.rows_unsealed_after_last ? `, ${c.rows_unsealed_after_last} written since the last checkpoint` : ''}${c.rows_pending ? `, ${c.rows_pending} pending` : ''}`,
     `chains       ${c.instances} agent instances, ${c.chained_calls} chained calls${c.unchained_calls ? `, ${c.unchained_calls} without custody.audit.seq` : ''}`,
     `calls        ${c.calls.calls}: ${c.calls.executed} executed (${c.calls.gated_executed} gated, ${c.calls.shadow} shadow), ${c.calls.blocked} blocked`,
     `keys         ${r.keys.map((k) => t(k.kid)).join(', ') || '(none)'}`,
+    `receipts     ${r.receipts.checked ? `${r.receipts.verified} distinct verified with the policy plane's keys ${r.receipts.keys.map((k) => t(k)).join(', ') || '(none)'}; ${r.receipts.rollout_states} signed rollout states` : 'not checked (no policy-plane keys)'}`,
   );
   const total = Object.values(r.counts).reduce((a, b) => a + (b ?? 0), 0);
   if (total) {
@@ -119,10 +125,25 @@ export function formatReport(r: VerifyReport, location: string): string {
   return out.join('\n') + '\n';
 }
 
+/** A period plus the lag, as the checkpointer is configured here ($CUSTODY_CHECKPOINT_PERIOD, $CUSTODY_CHECKPOINT_LAG). */
+function pendingMs(): number {
+  const ms = (name: string, fallback: string) => {
+    const text = process.env[name] || fallback;
+    if (/^\s*0+\s*(ms|s|m|h)?\s*$/.test(text)) return 0;
+    try {
+      return Math.round(parseDuration(text, `$${name}`) * 1000);
+    } catch (err) {
+      throw usage((err as Error).message);
+    }
+  };
+  return ms(ENV.CHECKPOINT_PERIOD, '60s') + ms(ENV.CHECKPOINT_LAG, '15s');
+}
+
 async function verify(flags: VerifyFlags): Promise<void> {
   const sinceMs = flags.since ? parseSince(flags.since) : undefined;
   if (flags.checkpoints && !fs.existsSync(flags.checkpoints)) throw usage(`--checkpoints ${flags.checkpoints}: no such directory`);
   const jwks = flags.jwks ? readJwksFile(flags.jwks) : undefined;
+  const policyJwks = flags.policyJwks ? readJwksFile(flags.policyJwks) : undefined;
   const { store, dataDir } = await open(flags);
   const progress = progressPrinter();
   const journalDir = flags.checkpoints ?? process.env[ENV.CHECKPOINTS_DIR] ?? (dataDir ? path.join(dataDir, 'checkpoints') : undefined);
@@ -133,9 +154,14 @@ async function verify(flags: VerifyFlags): Promise<void> {
       ...(journalDir ? { journalDir: path.resolve(journalDir), journalRequired: true } : {}),
       ...(jwks ? { jwks } : {}),
       ...(dataDir ? { localJwksFile: path.join(dataDir, 'evidence', 'keys', 'jwks.json') } : {}),
+      ...(policyJwks ? { policyJwks } : {}),
+      ...(dataDir ? { localPolicyJwksFile: path.join(dataDir, RECEIPT_KEYS_DIR, 'jwks.json') } : {}),
       ...(sinceMs !== undefined ? { sinceMs } : {}),
       ...(flags.clockSkew !== undefined ? { clockSkewMs: flags.clockSkew } : {}),
       ...(flags.maxFindings !== undefined ? { maxListedPerKind: flags.maxFindings } : {}),
+      ...(flags.expectHead !== undefined ? { expectHead: flags.expectHead } : {}),
+      ...(flags.expectSeq !== undefined ? { expectSeq: flags.expectSeq } : {}),
+      pendingMs: pendingMs(),
       onProgress: progress.onProgress,
     });
   } finally {
@@ -157,6 +183,20 @@ export function addAuditVerify(group: Command): Command {
     .option('--since <time>', 'verify from this time on: a duration back from now (24h) or an ISO-8601 time')
     .option('--checkpoints <dir>', `the checkpoint directory (default <data-dir>/checkpoints or $${ENV.CHECKPOINTS_DIR})`)
     .option('--jwks <file>', 'trust only these public keys (the set from GET /v1/audit/keys)')
+    .option('--policy-jwks <file>', 'trust only these policy-plane keys for decision and rollout receipts (the set from GET /v1/policy/jwks.json; default <data-dir>/policy/keys/jwks.json)')
+    .addOption(
+      new Option('--expect-head <hash>', 'the checkpoint_hash of a head anchored outside custody (an external log, a WORM bucket): the chain must reach it').argParser((v) => {
+        if (!/^[0-9a-f]{64}$/.test(v)) throw new InvalidArgumentError(`'${v}' is not a checkpoint hash (64 lowercase hex digits)`);
+        return v;
+      }),
+    )
+    .addOption(
+      new Option('--expect-seq <n>', 'the seq of the anchored head: the chain must reach it').argParser((v) => {
+        const n = Number(v);
+        if (!/^\d+$/.test(v) || n < 1) throw new InvalidArgumentError(`'${v}' must be a whole number of at least 1`);
+        return n;
+      }),
+    )
     .option('--json', 'print the report as JSON')
     .addOption(
       new Option('--clock-skew <duration>', 'allowed clock difference between agents, plane and token service (default 1s)').argParser((v) => {

@@ -157,11 +157,6 @@ function toEvent(r: EventRow): AuditEvent {
   };
 }
 
-async function rows<T>(store: Store, query: string, query_params: Record<string, unknown>): Promise<T[]> {
-  const rs = await store.client.query({ query, query_params, format: 'JSONEachRow' });
-  return rs.json<T>();
-}
-
 // ---- events ----
 
 export function encodeCursor(tsNs: string, spanId: string, traceId: string): string {
@@ -259,9 +254,7 @@ export async function auditEvents(store: Store, filters: EventFilters = {}): Pro
   for (const lookBackMs of LOOK_BACK_MS) {
     const lower = lookBackMs === undefined ? undefined : anchorMs - lookBackMs;
     const bounded = lower !== undefined && (filters.from === undefined || lower > filters.from);
-    found = await rows<EventRow>(
-      store,
-      `SELECT ${EVENT_COLUMNS}
+    found = await store.rows<EventRow>(`SELECT ${EVENT_COLUMNS}
        FROM ${store.database}.${TABLE.AUDIT_EVENTS}
        WHERE ${[...where, ...(bounded ? ['timestamp >= fromUnixTimestamp64Milli({lower:Int64})'] : []), '1'].join(' AND ')}
        ORDER BY timestamp DESC, span_id DESC, trace_id DESC
@@ -302,9 +295,7 @@ async function identities(store: Store, ids: string[]): Promise<Map<string, Agen
   const db = store.database;
   const found = new Map<string, AgentSummary>();
   if (ids.length === 0) return found;
-  const list = await rows<IdentityRow>(
-    store,
-    `SELECT agent_instance_id,
+  const list = await store.rows<IdentityRow>(`SELECT agent_instance_id,
         argMaxIf(parent_agent_id, timestamp, parent_agent_id != '') AS parent_agent_id,
         argMaxIf(sponsor_id, timestamp, sponsor_id != '') AS sponsor_id,
         argMaxIf(role, timestamp, role != '') AS role,
@@ -344,9 +335,7 @@ async function identities(store: Store, ids: string[]): Promise<Map<string, Agen
 /** Instances whose parent is one of `parents`: [child, parent] pairs. */
 async function childrenOf(store: Store, parents: string[], limit: number): Promise<[string, string][]> {
   const db = store.database;
-  const list = await rows<{ agent_instance_id: string; parent_agent_id: string }>(
-    store,
-    `SELECT DISTINCT agent_instance_id, parent_agent_id FROM (
+  const list = await store.rows<{ agent_instance_id: string; parent_agent_id: string }>(`SELECT DISTINCT agent_instance_id, parent_agent_id FROM (
        -- an unverified call cannot make itself anyone's sub-agent
        SELECT agent_instance_id, parent_agent_id FROM ${db}.${TABLE.AUDIT_EVENTS} WHERE parent_agent_id IN {ids:Array(String)} AND trust != 'unverified'
        UNION ALL
@@ -417,9 +406,7 @@ export async function auditTrail(store: Store, agentInstanceId: string, options:
     up = info.parent_agent_id;
   }
 
-  const calls = await rows<EventRow & { agent_instance_id: string }>(
-    store,
-    `SELECT * FROM (
+  const calls = await store.rows<EventRow & { agent_instance_id: string }>(`SELECT * FROM (
        SELECT ${EVENT_COLUMNS} FROM ${store.database}.${TABLE.AUDIT_EVENTS}
        WHERE agent_instance_id IN {ids:Array(String)}
        ORDER BY agent_instance_id, timestamp DESC, span_id DESC, trace_id DESC

@@ -91,8 +91,7 @@ export class Checkpointer {
   }
 
   async now(): Promise<number> {
-    const rs = await this.o.store.client.query({ query: 'SELECT toUnixTimestamp64Milli(now64(3)) AS now', format: 'JSONEachRow' });
-    const [r] = await rs.json<{ now: string | number }>();
+    const [r] = await this.o.store.rows<{ now: string | number }>('SELECT toUnixTimestamp64Milli(now64(3)) AS now');
     return Number(r!.now);
   }
 
@@ -103,11 +102,9 @@ export class Checkpointer {
   async open(options: { startupSeal?: boolean; startupEnd?: number } = {}): Promise<void> {
     const { journal, log } = this.o;
     journal.init();
-    const rs = await this.o.store.client.query({
-      query: `SELECT seq, body, signature, checkpoint_hash FROM ${this.table} ORDER BY seq DESC LIMIT 1`,
-      format: 'JSONEachRow',
-    });
-    const [row] = await rs.json<{ seq: string; body: string; signature: string; checkpoint_hash: string }>();
+    const [row] = await this.o.store.rows<{ seq: string; body: string; signature: string; checkpoint_hash: string }>(
+      `SELECT seq, body, signature, checkpoint_hash FROM ${this.table} ORDER BY seq DESC LIMIT 1`,
+    );
     const inTable = row ? this.fromTableRow(row) : undefined;
     const { seqs } = journal.list();
     const lastFileSeq = seqs.length ? seqs[seqs.length - 1]! : 0;
@@ -156,11 +153,9 @@ export class Checkpointer {
   private async firstStart(sealTo: number): Promise<number> {
     if (this.genesisStart !== undefined) return this.genesisStart;
     const parts = SEALED_TABLES.map((t) => `(SELECT min(ingested_at) AS m FROM ${this.o.store.database}.${t.name} HAVING count() > 0)`);
-    const rs = await this.o.store.client.query({
-      query: `SELECT toUnixTimestamp64Milli(min(m)) AS m, count() AS n FROM (${parts.join(' UNION ALL ')})`,
-      format: 'JSONEachRow',
-    });
-    const [r] = await rs.json<{ m: string | number; n: string | number }>();
+    const [r] = await this.o.store.rows<{ m: string | number; n: string | number }>(
+      `SELECT toUnixTimestamp64Milli(min(m)) AS m, count() AS n FROM (${parts.join(' UNION ALL ')})`,
+    );
     const p = this.o.periodMs;
     this.genesisStart = Number(r?.n ?? 0) > 0 ? Math.min(Math.floor(Number(r!.m) / p) * p, sealTo) : sealTo;
     return this.genesisStart;
@@ -175,12 +170,11 @@ export class Checkpointer {
       (t) => `SELECT intDiv(toUnixTimestamp64Milli(ingested_at) - ${start}, ${p}) AS b FROM ${this.o.store.database}.${t.name}
         WHERE ingested_at >= ${msSql(start)} AND ingested_at < ${msSql(sealTo)}`,
     );
-    const rs = await this.o.store.client.query({
-      query: `SELECT b, count() AS n FROM (${buckets.join(' UNION ALL ')}) GROUP BY b ORDER BY b`,
-      format: 'JSONEachRow',
-    });
+    const counts = await this.o.store.rows<{ b: string | number; n: string | number }>(
+      `SELECT b, count() AS n FROM (${buckets.join(' UNION ALL ')}) GROUP BY b ORDER BY b`,
+    );
     let total = 0;
-    for (const r of await rs.json<{ b: string | number; n: string | number }>()) {
+    for (const r of counts) {
       const b = Number(r.b);
       total += Number(r.n);
       if (total > this.o.maxRowsPerCheckpoint) return Math.min(sealTo, start + Math.max(1, b) * p);
@@ -299,8 +293,9 @@ export class Checkpointer {
     await this.running.catch(() => undefined);
     try {
       const now = await this.now();
-      const start = this.lastCp ? ms(this.lastCp.checkpoint.period_end) : this.genesisStart;
-      if (start !== undefined && now > start) await this.seal(start, now, 'shutdown');
+      // a run shorter than one period has not ticked yet: its rows are sealed from the first one on
+      const start = this.lastCp ? ms(this.lastCp.checkpoint.period_end) : await this.firstStart(now);
+      if (now > start) await this.seal(start, now, 'shutdown');
     } catch (err) {
       sealErrors.inc();
       this.o.log?.error({ err }, 'could not seal the open period at shutdown; it is sealed at the next start');

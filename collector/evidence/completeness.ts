@@ -1,4 +1,4 @@
-import { COHORT, DECISION, TABLE } from '../../common/names';
+import { ATTR, COHORT, DECISION, TABLE } from '../../common/names';
 import type { Findings } from './findings';
 
 /**
@@ -20,6 +20,16 @@ import type { Findings } from './findings';
  * like any other: that is exactly a self-authorized call. Every call without a sponsor is listed:
  * as a finding when it ran, apart when custody refused it.
  *
+ * Receipts (when the policy plane's keys are at hand): an executed, gated call must carry the
+ * plane's signed receipt (custody.policy.receipt) of an allow for exactly that call: the same
+ * decision id, sponsor, instance, parent, tool, action and token, decided before the tool ran and
+ * used before the token expired. Rows anyone can write prove nothing; the receipt cannot be made
+ * without the plane's key. Signatures are checked in JavaScript (verify/receipts.ts), once per
+ * distinct receipt; what they say is compared here. A call claiming the baseline cohort (shadow)
+ * must be in that cohort under a signed rollout in force at some moment of the `graceMs` before it
+ * (agents act on a rollout they read up to that long ago), or carry a receipt that says the plane
+ * did not enforce it.
+ *
  * What this proves: the token event is the token service's own record of issuing that jti for
  * that sponsor, instance and tool, and the decision row is the plane's record of allowing it
  * (the plane verified the token's signature when it decided). Both are sealed into the signed
@@ -32,12 +42,21 @@ export interface CompletenessOptions {
   /** Only calls that started at or after this (epoch ms). */
   sinceMs?: number;
   clockSkewMs: number;
+  /** Check receipts and cohort claims; queries then take the params of `receiptParams`. */
+  receipts?: { graceMs: number };
+}
+
+/** Query parameters of the receipt checks: receipts whose signature failed, the signed rollout (times ascending). */
+export interface ReceiptParams {
+  bad_receipts: string[];
+  rollout_ms: number[];
+  rollout_percent: number[];
 }
 
 const since = (o: CompletenessOptions, column = 'timestamp') =>
   o.sinceMs === undefined ? '1' : `${column} >= fromUnixTimestamp64Milli(toInt64(${Math.trunc(o.sinceMs)}))`;
 
-const EXECUTED = `NOT (status = 'error' AND error_type IN ('policy_denied', 'policy_unavailable'))`;
+export const EXECUTED = `NOT (status = 'error' AND error_type IN ('policy_denied', 'policy_unavailable'))`;
 const SHADOW = `(cohort = '${COHORT.BASELINE}' OR (NOT enforced AND (decision != '' OR policy_decision_id != '')))`;
 
 export interface CompletenessTotals {
@@ -63,6 +82,32 @@ export function problemsSql(o: CompletenessOptions): string {
   const a = `${o.database}.${TABLE.AUDIT_EVENTS}`;
   const page = `agent_instance_id >= {lo:String} AND agent_instance_id <= {hi:String} AND ${since(o)}`;
   const skew = Math.max(0, Math.trunc(o.clockSkewMs));
+  const grace = Math.max(0, Math.trunc(o.receipts?.graceMs ?? 0));
+  const receiptCols = o.receipts
+    ? `a.receipt AS receipt, a.receipt != '' AS r_found, has({bad_receipts:Array(String)}, a.receipt) AS r_bad,
+      tryBase64URLDecode(arrayElement(splitByChar('.', a.receipt), 2)) AS r_json,
+      JSONExtractString(r_json, 'decision') AS r_decision, JSONExtractInt(r_json, 'time') AS r_ms,
+      JSONExtractInt(r_json, 'token_exp') AS r_token_exp, JSONExtractBool(r_json, 'enforced') AS r_enforced,
+      arrayFilter(x -> x != '', [
+        if(JSONExtractString(r_json, 'id') != a.policy_decision_id, 'decision id', ''),
+        if(JSONExtractString(r_json, 'sponsor_id') != a.sponsor_id, 'sponsor', ''),
+        if(JSONExtractString(r_json, 'agent_instance_id') != a.agent_instance_id, 'instance', ''),
+        if(JSONExtractString(r_json, 'parent_agent_id') != a.parent_agent_id, 'parent', ''),
+        if(JSONExtractString(r_json, 'tool_id') != a.tool_id, 'tool', ''),
+        if(JSONExtractString(r_json, 'action') != a.action, 'action', ''),
+        if(JSONExtractString(r_json, 'token_jti') != a.token_jti, 'token', '')]) AS r_diff,
+      r_found AND r_ms > ran_by AS r_late,
+      r_found AND r_token_exp > 0 AND r_token_exp * 1000 + ${skew} < a.ms AS r_expired,
+      r_found AND NOT r_bad AND length(r_diff) = 0 AND NOT r_late AND NOT r_expired AS r_for_call,
+      r_for_call AND r_decision = '${DECISION.ALLOW}' AS receipt_ok,
+      reinterpretAsUInt32(reverse(substring(SHA256(a.agent_instance_id), 1, 4))) / 4294967296 * 100 AS bucket,
+      arrayLastIndex(t -> t <= a.ms - ${grace}, {rollout_ms:Array(Int64)}) AS r_k0,
+      arrayFilter((p, t, i) -> i = r_k0 OR (t > a.ms - ${grace} AND t <= a.ms), {rollout_percent:Array(Float64)}, {rollout_ms:Array(Int64)},
+        arrayEnumerate({rollout_ms:Array(Int64)})) AS in_force,
+      length(in_force) > 0 AS rollout_known, arrayMin(in_force) AS rollout_min,
+      (rollout_known AND bucket >= rollout_min) OR (r_for_call AND NOT r_enforced) AS shadow_ok`
+    : `'' AS receipt, 0 AS r_found, 0 AS r_bad, '' AS r_decision, [] AS r_diff, 0 AS r_late, 0 AS r_expired, 1 AS receipt_ok,
+      0 AS rollout_known, 0 AS rollout_min, 1 AS shadow_ok`;
   return `SELECT * FROM (
     SELECT a.agent_instance_id AS agent_instance_id, a.audit_seq AS seq, a.trace_id AS trace_id, a.span_id AS span_id,
       a.ms AS ms, a.sponsor_id AS sponsor_id, a.tool_id AS tool_id, a.action AS action, a.cohort AS cohort,
@@ -84,11 +129,12 @@ export function problemsSql(o: CompletenessOptions): string {
       d_found AND d.decision = '${DECISION.ALLOW}' AND length(d_diff) = 0 AND NOT d_late AS decision_ok,
       t_found AND length(t_diff) = 0 AND NOT t_late AND NOT t_expired AS token_ok,
       a.executed AND NOT a.shadow AND (a.decision IN ('${DECISION.DENY}', '${DECISION.ERROR}') OR (d_found AND d.decision != '${DECISION.ALLOW}')) AS deny_executed,
-      a.executed AND a.shadow AND (a.decision = '${DECISION.DENY}' OR (d_found AND d.decision = '${DECISION.DENY}')) AS shadow_deny
+      a.executed AND a.shadow AND (a.decision = '${DECISION.DENY}' OR (d_found AND d.decision = '${DECISION.DENY}')) AS shadow_deny,
+      ${receiptCols}
     FROM (
       SELECT agent_instance_id, audit_seq, trace_id, span_id, toUnixTimestamp64Milli(timestamp) AS ms, policy_latency_ms,
         sponsor_id, parent_agent_id, tool_id, action, cohort, decision, policy_decision_id, token_jti,
-        ${EXECUTED} AS executed, ${SHADOW} AS shadow
+        ${EXECUTED} AS executed, ${SHADOW} AS shadow${o.receipts ? `, attributes['${ATTR.POLICY_RECEIPT}'] AS receipt` : ''}
       FROM ${a} WHERE ${page}
     ) AS a
     LEFT JOIN (
@@ -107,7 +153,8 @@ export function problemsSql(o: CompletenessOptions): string {
     ) AS t ON a.token_jti = t.jti
   )
   WHERE sponsor_id = '' OR deny_executed OR shadow_deny
-    OR (executed AND NOT shadow AND (NOT decision_ok OR NOT token_ok))
+    OR (executed AND NOT shadow AND (NOT decision_ok OR NOT token_ok OR NOT receipt_ok))
+    OR (executed AND shadow AND NOT shadow_ok)
   ORDER BY agent_instance_id, ms, span_id
   SETTINGS join_use_nulls = 0`;
 }
@@ -142,9 +189,33 @@ export interface ProblemRow {
   token_ok: number | boolean;
   deny_executed: number | boolean;
   shadow_deny: number | boolean;
+  receipt: string;
+  r_found: number | boolean;
+  r_bad: number | boolean;
+  r_decision: string;
+  r_diff: string[];
+  r_late: number | boolean;
+  r_expired: number | boolean;
+  receipt_ok: number | boolean;
+  rollout_known: number | boolean;
+  rollout_min: number | string;
+  shadow_ok: number | boolean;
 }
 
 const iso = (v: string | number) => new Date(Number(v)).toISOString();
+
+/** Why a call's receipt does not prove it was allowed. */
+function receiptFinding(r: ProblemRow, call: string, bad: ReadonlyMap<string, string>): ['receipt_missing' | 'receipt_invalid' | 'receipt_mismatch', string] {
+  const head = `${call} cannot be proven authorized`;
+  if (!Number(r.r_found)) return ['receipt_missing', `${head}: it carries no receipt from the policy plane`];
+  if (Number(r.r_bad)) return ['receipt_invalid', `${head}: its receipt is not the plane's (${bad.get(r.receipt) ?? 'its signature does not verify'})`];
+  const why: string[] = [];
+  if (r.r_diff.length) why.push(`the receipt is for another ${r.r_diff.join(', ')}`);
+  if (r.r_decision !== DECISION.ALLOW) why.push(`the receipt says '${r.r_decision || '(nothing)'}'`);
+  if (Number(r.r_late)) why.push('the receipt was signed after the call started');
+  if (Number(r.r_expired)) why.push("the call started after the receipt's token expired");
+  return ['receipt_mismatch', `${head}: ${why.join('; ') || 'its receipt does not match it'}`];
+}
 
 export interface ListedCall {
   agent_instance_id: string;
@@ -159,7 +230,13 @@ export interface ListedCall {
  * Turns one problem row into findings. Apart, not findings: shadow calls the plane would have
  * denied, and calls without a sponsor that custody refused (enforcement doing its job).
  */
-export function reportProblem(r: ProblemRow, findings: Findings, lists: { shadowDeny(c: ListedCall): void; blockedWithoutSponsor(c: ListedCall): void }): void {
+export function reportProblem(
+  r: ProblemRow,
+  findings: Findings,
+  lists: { shadowDeny(c: ListedCall): void; blockedWithoutSponsor(c: ListedCall): void },
+  /** Why each receipt whose signature failed was refused. */
+  badReceipts: ReadonlyMap<string, string> = new Map(),
+): void {
   const where = {
     agent_instance_id: r.agent_instance_id,
     seq: Number(r.seq),
@@ -181,8 +258,16 @@ export function reportProblem(r: ProblemRow, findings: Findings, lists: { shadow
   if (!r.sponsor_id) findings.add('missing_sponsor', `${call}: no sponsor_id, and the call ran`, where);
   if (shadow) {
     if (Number(r.shadow_deny)) lists.shadowDeny(listed);
+    if (!Number(r.shadow_ok)) {
+      const why = Number(r.rollout_known)
+        ? `the signed rollout in force (${Number(r.rollout_min)}%) put agent instance ${r.agent_instance_id || '(none)'} in the canary cohort, where calls are enforced`
+        : 'no signed rollout was in force then';
+      findings.add('cohort_unproven', `${call}: claims to have run in shadow (cohort '${r.cohort || '(none)'}', not enforced), but ${why}`, where);
+      if (!Number(r.receipt_ok)) findings.add(...receiptFinding(r, call, badReceipts), where);
+    }
     return;
   }
+  if (!Number(r.receipt_ok)) findings.add(...receiptFinding(r, call, badReceipts), where);
   if (Number(r.deny_executed)) {
     const what = r.d_found && r.d_decision !== DECISION.ALLOW ? r.d_decision : r.call_decision;
     findings.add('deny_executed', `${call}: the policy decision was '${what}' and the call ran anyway`, where);

@@ -17,6 +17,7 @@ export const FINDING_KINDS = {
   journal_stray_file: { severity: 'medium', about: 'a file in the checkpoint directory that is not a checkpoint' },
   key_unrecognised: { severity: 'high', about: 'a key published in the checkpoint directory that the collector never had' },
   no_checkpoints: { severity: 'high', about: 'audit rows exist but nothing was ever sealed' },
+  anchor_missing: { severity: 'critical', about: 'the checkpoint chain does not reach the head anchored outside custody' },
   // periods and rows
   period_altered: { severity: 'critical', about: 'a sealed period whose rows no longer match its checkpoint' },
   row_altered: { severity: 'critical', about: 'a sealed row changed' },
@@ -42,6 +43,12 @@ export const FINDING_KINDS = {
   token_after_call: { severity: 'high', about: 'the token was issued after the call started' },
   token_expired: { severity: 'high', about: 'the token had expired when the call started' },
   missing_sponsor: { severity: 'high', about: 'a call that ran without a sponsor' },
+  // receipts (the policy plane's signatures)
+  receipt_missing: { severity: 'critical', about: 'an executed gated call without the policy plane\'s receipt' },
+  receipt_invalid: { severity: 'critical', about: 'a call whose receipt is not signed by the policy plane' },
+  receipt_mismatch: { severity: 'critical', about: 'a call whose receipt is for another call, or not an allow' },
+  cohort_unproven: { severity: 'critical', about: 'a call claiming the shadow cohort that the signed rollout put in the enforced one' },
+  rollout_receipt_invalid: { severity: 'critical', about: 'a rollout change whose receipt is not signed by the policy plane' },
 } as const satisfies Record<string, { severity: Severity; about: string }>;
 
 export type FindingKind = keyof typeof FINDING_KINDS;

@@ -23,18 +23,11 @@ function totals(row: Record<string, unknown>): PeriodTotals {
   return { row_count: Number(row.n ?? 0), counts, merkle_root: String(row.root) };
 }
 
-// Settings go in the SQL (SETTINGS …), never in clickhouse_settings: on chDB those are SET on the
-// session and would leak into every later query of the process.
-async function rows<T>(store: Store, query: string): Promise<T[]> {
-  const rs = await store.client.query({ query, format: 'JSONEachRow' });
-  return rs.json<T>();
-}
-
 export async function countRows(store: Store, from: number, to: number): Promise<number> {
   const parts = SEALED_TABLES.map(
     (t) => `(SELECT count() FROM ${store.database}.${t.name} WHERE ingested_at >= ${msSql(from)} AND ingested_at < ${msSql(to)})`,
   );
-  const [r] = await rows<{ n: string | number }>(store, `SELECT ${parts.join(' + ')} AS n`);
+  const [r] = await store.rows<{ n: string | number }>(`SELECT ${parts.join(' + ')} AS n`);
   return Number(r?.n ?? 0);
 }
 
@@ -43,7 +36,7 @@ export async function rootOfRange(store: Store, from: number, to: number): Promi
   const levels = merkleLevels(await countRows(store, from, to));
   const inner = `SELECT count() AS n, ${countCols().join(', ')}, arrayMap(x -> x.2, arraySort(groupArray((ms, leaf)))) AS l0
     FROM (${leavesSql({ database: store.database, from, to })})`;
-  const [r] = await rows<Record<string, unknown>>(store, merkleRootSql(inner, keepCounts(), levels));
+  const [r] = await store.rows<Record<string, unknown>>(merkleRootSql(inner, keepCounts(), levels));
   return totals(r!);
 }
 
@@ -53,9 +46,7 @@ export async function countRowsIn(store: Store, ranges: readonly PeriodBounds[])
   const from = Math.min(...ranges.map((r) => r.start));
   const to = Math.max(...ranges.map((r) => r.end));
   const cols = ranges.map((r, i) => `countIf(ms >= ${Math.trunc(r.start)} AND ms < ${Math.trunc(r.end)}) AS n${i}`);
-  const [r] = await rows<Record<string, string | number>>(
-    store,
-    `SELECT ${cols.join(', ')} FROM (${SEALED_TABLES.map(
+  const [r] = await store.rows<Record<string, string | number>>(`SELECT ${cols.join(', ')} FROM (${SEALED_TABLES.map(
       (t) => `SELECT toUnixTimestamp64Milli(ingested_at) AS ms FROM ${store.database}.${t.name} WHERE ingested_at >= ${msSql(from)} AND ingested_at < ${msSql(to)}`,
     ).join(' UNION ALL ')})`,
   );
@@ -65,7 +56,7 @@ export async function countRowsIn(store: Store, ranges: readonly PeriodBounds[])
 const leavesTable = (store: Store) => `${store.database}.${TABLE.AUDIT_CHECKPOINT_LEAVES}`;
 
 export async function leafIndexCount(store: Store, seq: number): Promise<number> {
-  const [r] = await rows<{ n: string }>(store, `SELECT count() AS n FROM ${leavesTable(store)} WHERE checkpoint_seq = ${seq}`);
+  const [r] = await store.rows<{ n: string }>(`SELECT count() AS n FROM ${leavesTable(store)} WHERE checkpoint_seq = ${seq}`);
   return Number(r?.n ?? 0);
 }
 
@@ -88,7 +79,7 @@ export async function rootOfLeafIndex(store: Store, seq: number): Promise<Period
   const levels = merkleLevels(await leafIndexCount(store, seq));
   const inner = `SELECT count() AS n, ${countCols().join(', ')}, arrayMap(x -> x.2, arraySort(groupArray((ingested_at, leaf)))) AS l0
     FROM ${leavesTable(store)} WHERE checkpoint_seq = ${seq}`;
-  const [r] = await rows<Record<string, unknown>>(store, merkleRootSql(inner, keepCounts(), levels));
+  const [r] = await store.rows<Record<string, unknown>>(merkleRootSql(inner, keepCounts(), levels));
   return totals(r!);
 }
 
@@ -120,7 +111,7 @@ export async function rootsOfPeriods(store: Store, periods: readonly PeriodBound
       ) AS p ON r.k = p.k AND r.ms >= p.start
     )
     GROUP BY g`;
-  for (const r of await rows<Record<string, unknown>>(store, merkleRootSql(inner, ['g', ...keepCounts()], levels))) {
+  for (const r of await store.rows<Record<string, unknown>>(merkleRootSql(inner, ['g', ...keepCounts()], levels))) {
     out.set(Number(r.g), totals(r));
   }
   return out;
@@ -156,7 +147,7 @@ export async function diffPeriod(store: Store, seq: number, period: PeriodBounds
     ORDER BY source, row_key, side
     LIMIT ${Math.max(1, Math.trunc(limit))}
     SETTINGS join_use_nulls = 1`;
-  const out = await rows<Record<string, unknown>>(store, query);
+  const out = await store.rows<Record<string, unknown>>(query);
   return out.map((r) => ({
     side: r.side === 'current' ? 'current' : 'sealed',
     source: String(r.source),
@@ -172,7 +163,7 @@ export async function rowsInRange(store: Store, from: number, to: number, limit:
   const query = `SELECT source, row_key, label, toUnixTimestamp64Milli(row_time) AS row_time_ms, ms AS ingested_ms
     FROM (${leavesSql({ database: store.database, from, to, details: true })})
     ORDER BY ingested_ms, source, row_key LIMIT ${Math.max(1, Math.trunc(limit))}`;
-  return (await rows<Record<string, unknown>>(store, query)).map((r) => ({
+  return (await store.rows<Record<string, unknown>>(query)).map((r) => ({
     side: 'current',
     source: String(r.source),
     row_key: String(r.row_key),

@@ -35,11 +35,9 @@ export function mountEvidenceRoutes(ctx: RoleContext, deps: { store: Store; keys
   control.get(EVIDENCE_PATHS.CHECKPOINTS, async (req, res, next) => {
     try {
       const limit = queryInt(req.query as Record<string, unknown>, 'limit', 1, 1000) ?? 20;
-      const rs = await store.client.query({
-        query: `SELECT body, checkpoint_hash, signature FROM ${store.database}.${TABLE.AUDIT_CHECKPOINTS} ORDER BY seq DESC LIMIT ${limit}`,
-        format: 'JSONEachRow',
-      });
-      const rows = await rs.json<{ body: string; checkpoint_hash: string; signature: string }>();
+      const rows = await store.rows<{ body: string; checkpoint_hash: string; signature: string }>(
+        `SELECT body, checkpoint_hash, signature FROM ${store.database}.${TABLE.AUDIT_CHECKPOINTS} ORDER BY seq DESC LIMIT ${limit}`,
+      );
       res.json({ checkpoints: rows.map((r) => ({ checkpoint: JSON.parse(r.body), checkpoint_hash: r.checkpoint_hash, signature: r.signature })) });
     } catch (err) {
       next(err);

@@ -42,7 +42,7 @@ export const TOKEN_COLUMNS = [
 ] as const;
 
 export const ROLLOUT_COLUMNS = [
-  'timestamp', 'from_percent', 'to_percent', 'reason', 'actor', 'trace_id', 'span_id', 'service_name',
+  'timestamp', 'from_percent', 'to_percent', 'reason', 'actor', 'trace_id', 'span_id', 'service_name', 'receipt',
 ] as const;
 
 /** The tables ingest writes, with the columns of its rows, in order. */
@@ -212,7 +212,7 @@ const SLOT_KEYS = [
   ATTR.POLICY_REASON, ATTR.POLICY_LATENCY_MS, ATTR.POLICY_CACHED, ATTR.ENFORCED, ATTR.ROLLOUT_COHORT, ATTR.TOKEN_JTI,
   ATTR.AUDIT_SEQ, ATTR.AUDIT_PREV_HASH, ATTR.TOKEN_RESULT, ATTR.TOKEN_KIND, ATTR.TOKEN_REFUSAL_CODE,
   ATTR.TOKEN_TTL_SECONDS, ATTR.TOKEN_EXPIRES_AT, ATTR.ROLLOUT_FROM_PERCENT, ATTR.ROLLOUT_TO_PERCENT,
-  ATTR.ROLLOUT_REASON, ATTR.ROLLOUT_ACTOR,
+  ATTR.ROLLOUT_REASON, ATTR.ROLLOUT_ACTOR, ATTR.ROLLOUT_RECEIPT,
   // Baggage copied onto spans (e.g. by a baggage span processor) may carry a `baggage.` prefix.
   `baggage.${ATTR.SPONSOR_ID}`, `baggage.${ATTR.AGENT_INSTANCE_ID}`, `baggage.${ATTR.PARENT_AGENT_ID}`,
 ] as const;
@@ -258,6 +258,7 @@ const S = {
   TO_PERCENT: slot(ATTR.ROLLOUT_TO_PERCENT),
   ROLLOUT_REASON: slot(ATTR.ROLLOUT_REASON),
   ROLLOUT_ACTOR: slot(ATTR.ROLLOUT_ACTOR),
+  ROLLOUT_RECEIPT: slot(ATTR.ROLLOUT_RECEIPT),
   SPONSOR_BAGGAGE: slot(`baggage.${ATTR.SPONSOR_ID}`),
   INSTANCE_BAGGAGE: slot(`baggage.${ATTR.AGENT_INSTANCE_ID}`),
   PARENT_BAGGAGE: slot(`baggage.${ATTR.PARENT_AGENT_ID}`),
@@ -450,7 +451,7 @@ function tokenRow(span: Span, slots: Slots, start: string, rest: StringMap): unk
 function rolloutRow(span: Span, slots: Slots, start: string): unknown[] {
   return [
     start, numberOf(slots[S.FROM_PERCENT]), numberOf(slots[S.TO_PERCENT]), text(slots, S.ROLLOUT_REASON),
-    text(slots, S.ROLLOUT_ACTOR), span.traceId, span.spanId, span.resource.serviceName,
+    text(slots, S.ROLLOUT_ACTOR), span.traceId, span.spanId, span.resource.serviceName, text(slots, S.ROLLOUT_RECEIPT),
   ];
 }
 

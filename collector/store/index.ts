@@ -28,6 +28,12 @@ export interface Store {
    * StoreWriteError. On chDB the body goes to the engine as it is, without a copy.
    */
   insertRaw(params: RawInsert): Promise<void>;
+  /**
+   * Runs a SELECT and returns its rows (JSONEachRow). Settings belong in the SQL (`SETTINGS …`),
+   * never in clickhouse_settings: on chDB those are SET on the session and would leak into every
+   * later query of the process.
+   */
+  rows<T>(query: string, params?: Record<string, unknown>): Promise<T[]>;
   close(): Promise<void>;
 }
 
@@ -199,6 +205,10 @@ export async function openStore(options: StoreOptions): Promise<Store> {
       }
     },
     insertRaw,
+    async rows<T>(query: string, params?: Record<string, unknown>) {
+      const rs = await client.query({ query, format: 'JSONEachRow', ...(params ? { query_params: params } : {}) });
+      return rs.json<T>();
+    },
     close: () => {
       closed = true;
       return client.close();

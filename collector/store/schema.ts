@@ -459,6 +459,12 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
             )),
       ],
     },
+    {
+      version: 10,
+      name: 'rollout_receipts',
+      // The plane's signed receipt of each rollout state it put in force (common/receipt.ts).
+      statements: [`ALTER TABLE ${t(TABLE.ROLLOUT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS receipt String`],
+    },
   ];
 }
 

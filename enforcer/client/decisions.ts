@@ -71,6 +71,7 @@ export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswe
     cached: false,
     latencyMs: o.latencyMs,
     ...(answer.token_jti ? { tokenJti: answer.token_jti } : {}),
+    ...(typeof answer.receipt === 'string' ? { receipt: answer.receipt } : {}),
     ...(error ? { error } : {}),
     ...(answer.policy_version ? { policyVersion: answer.policy_version } : {}),
     ...(o.incident ? { incident: true } : {}),
@@ -91,6 +92,7 @@ export function fromCache(o: { answer: PlaneAnswer; cohort: Cohort; waited: bool
     cached: true,
     latencyMs: o.latencyMs,
     ...(a.token_jti ? { tokenJti: a.token_jti } : {}),
+    ...(typeof a.receipt === 'string' ? { receipt: a.receipt } : {}),
     ...(a.policy_version ? { policyVersion: a.policy_version } : {}),
     ...(o.incident ? { incident: true } : {}),
   };

@@ -43,6 +43,8 @@ export interface EnforcerDecision {
   /** Time from the start of the call's wait (name resolution, sponsor, token, plane) to this decision, ms. */
   latencyMs: number;
   tokenJti?: string;
+  /** The plane's signed receipt of the decision (reused with a cached allow). */
+  receipt?: string;
   error?: PolicyDeniedError | PolicyUnavailableError;
   /** Baseline cohort: the call is allowed at once; the plane's decision arrives here. Never rejects. */
   shadow?: Promise<EnforcerDecision>;
@@ -71,4 +73,5 @@ export interface PlaneAnswer {
   policy_version?: string;
   single_use_token?: boolean;
   token_jti?: string;
+  receipt?: string;
 }

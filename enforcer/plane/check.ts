@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Attributes, Context } from '@opentelemetry/api';
 import { HttpError, badRequest } from '../../common/errors';
 import { ATTR, COHORT, DECISION, type Cohort, type DecisionResult } from '../../common/names';
+import { RECEIPT_TYPE, type DecisionReceipt, type ReceiptSigner } from '../../common/receipt';
 import { toolPolicy, type Policy } from '../policy/compile';
 import { BUILTIN_RULE, decide, type Decision } from '../policy/decide';
 import { decisionId } from '../policy/ids';
@@ -36,12 +37,16 @@ export interface CheckResponse {
   single_use_token: boolean;
   rollout_percent: number;
   token_jti?: string;
+  /** The plane's signed receipt of this decision (compact JWS, see common/receipt.ts). */
+  receipt?: string;
 }
 
 export interface CheckerOptions {
   policy: () => Policy;
   verifier: TokenVerifier;
   rolloutPercent: () => number;
+  /** Signs each decision's receipt; without it, decisions carry none. */
+  signer?: () => ReceiptSigner;
   /** Records the decision (the decision log); must not throw. */
   report?: (attributes: Attributes, context: Context | undefined, time: number, error?: string) => void;
   metrics?: PlaneMetrics;
@@ -100,21 +105,24 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
     }
     // Without a verified identity there is no cohort to trust: such calls count as enforced.
     const cohort = claims ? cohortOf(claims.agent_instance_id, percent) : COHORT.CANARY;
-    const seconds = (performance.now() - started) / 1000;
+    const decidedAt = now();
     const response: CheckResponse = {
       decision: outcome.decision,
-      policy_decision_id: decisionId(now()),
+      policy_decision_id: decisionId(decidedAt),
       rule_id: outcome.rule_id,
       reason: outcome.reason,
       cohort,
       enforced: cohort === COHORT.CANARY,
-      latency_ms: round(seconds * 1000),
+      latency_ms: 0,
       policy_version: policy.version,
       risk: settings.risk,
       single_use_token: settings.singleUseTokens,
       rollout_percent: percent,
       ...(claims ? { token_jti: claims.jti } : {}),
     };
+    if (options.signer) response.receipt = options.signer().sign(RECEIPT_TYPE.DECISION, receiptOf(req, claims, response, decidedAt));
+    const seconds = (performance.now() - started) / 1000;
+    response.latency_ms = round(seconds * 1000);
     options.metrics?.decided(response.decision, metricTool(policy, req.tool), seconds);
     options.report?.(
       decisionAttributes(req, claims, policy, settings.risk, {
@@ -125,9 +133,10 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
         cohort,
         enforced: response.enforced,
         latencyMs: seconds * 1000,
+        ...(response.receipt ? { receipt: response.receipt } : {}),
       }),
       traceContext,
-      Date.now(),
+      decidedAt,
     );
     return response;
   };
@@ -191,6 +200,28 @@ interface Outcome {
   cohort: Cohort;
   enforced: boolean;
   latencyMs: number;
+  receipt?: string;
+}
+
+/** What the receipt of a decision says: the identity is the verified token's, never the request's. */
+function receiptOf(req: CheckRequest, claims: TokenClaims | undefined, r: CheckResponse, time: number): DecisionReceipt {
+  return {
+    id: r.policy_decision_id,
+    decision: r.decision,
+    sponsor_id: claims?.sponsor_id ?? '',
+    agent_instance_id: claims?.agent_instance_id ?? '',
+    parent_agent_id: claims?.parent_agent_id ?? '',
+    tool_id: req.tool,
+    action: req.action,
+    cohort: r.cohort,
+    enforced: r.enforced,
+    token_jti: claims?.jti ?? '',
+    token_exp: claims?.exp ?? 0,
+    time,
+    policy_version: r.policy_version,
+    rule_id: r.rule_id,
+    rollout_percent: r.rollout_percent,
+  };
 }
 
 function decisionAttributes(req: CheckRequest, claims: TokenClaims | undefined, policy: Policy, risk: Risk, o: Outcome): Attributes {
@@ -207,6 +238,7 @@ function decisionAttributes(req: CheckRequest, claims: TokenClaims | undefined, 
     [ATTR.POLICY_VERSION]: policy.version,
     [ATTR.TOOL_RISK]: risk,
   };
+  if (o.receipt) a[ATTR.POLICY_RECEIPT] = o.receipt;
   const purpose = claims?.purpose ?? req.purpose;
   if (purpose) a[ATTR.PURPOSE] = purpose;
   if (claims) {

@@ -5,7 +5,9 @@ import { credentialsFromEnv } from '../../common/credentials';
 import { DEFAULTS, ENV, SPAN, ATTR } from '../../common/names';
 import { SERVICE, type RoleContext, type RunningRole } from '../../common/role';
 import type { RoleStarter } from '../../common/role';
-import { openRolloutStore } from '../policy/rollout';
+import { openRolloutStore, type RolloutState } from '../policy/rollout';
+import { RECEIPT_TYPE, receiptSigner, type ReceiptSigner, type RolloutReceipt } from '../../common/receipt';
+import { openKeyArchive } from '../../identity/key-archive';
 import { packageRoot } from '../../common/package-root';
 import { loadTokenConfig } from '../../identity/config';
 import { jwksUrl, revocationsUrl } from '../../identity/client';
@@ -21,6 +23,8 @@ import { mountPlaneRoutes, traceContextOf } from './routes';
 export const POLICY_FILE = 'policy-config.yaml';
 /** The rollout state, under --data-dir. */
 export const ROLLOUT_STATE_FILE = path.join('policy', 'rollout.json');
+/** The keys that sign decision and rollout receipts, under --data-dir. */
+export const RECEIPT_KEYS_DIR = path.join('policy', 'keys');
 
 export interface PolicyPlaneOptions {
   /** Standalone: the token service whose JWKS verifies tokens. Default $CUSTODY_TOKEN_URL, $CUSTODY_URL, http://127.0.0.1:8080. */
@@ -66,6 +70,13 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const { verifier, describe, revocations } = tokenVerifier(ctx, planeOptions);
       const fromEnv = credentialsFromEnv();
       const credentials = { ...fromEnv, admin: planeOptions.adminToken ?? fromEnv.admin };
+      const receiptKeys = await openKeyArchive({ dir: path.join(options.dataDir, RECEIPT_KEYS_DIR), envVar: ENV.POLICY_SIGNING_KEY });
+      let signer = receiptSigner(receiptKeys.current().kid, receiptKeys.current().privateKey);
+      const currentSigner = (): ReceiptSigner => {
+        const key = receiptKeys.current();
+        if (signer.kid !== key.kid) signer = receiptSigner(key.kid, key.privateKey);
+        return signer;
+      };
 
       const report = (attributes: Attributes, parent: Context | undefined, time: number, error?: string) => {
         try {
@@ -74,7 +85,9 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
           log.warn({ err: (err as Error).message }, 'cannot report a policy decision');
         }
       };
-      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, metrics });
+      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, metrics, signer: currentSigner });
+      const rolloutReceipt = (state: RolloutState, reason: string, actor: string) =>
+        currentSigner().sign(RECEIPT_TYPE.ROLLOUT, { percent: state.percent, revision: state.revision, time: Date.now(), reason, actor } satisfies RolloutReceipt);
 
       // the hot path: served on the bare request, before Express
       // latency is measured from the request's arrival: time spent queued behind others counts
@@ -87,17 +100,23 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
           const r = await revocations.current();
           return { version: r.version, count: r.count };
         },
+        receiptKeys,
         onRolloutChange: ({ from, to, reason, actor }) => {
           metrics.rollout(to);
           log.warn({ from, to, reason, actor }, `rollout moved ${from}% → ${to}%`);
-          reportRollout(ctx, { from, to, reason, actor });
+          reportRollout(ctx, { from, to, reason, actor, receipt: rolloutReceipt(rollout.get(), reason, actor) });
         },
         onIncidentChange: ({ cacheTtlS, percent, reason, actor }) => {
           const what = cacheTtlS ? `incident switch on: agents keep allows cached for ${cacheTtlS} s` : 'incident switch off: normal decision cache TTL';
           log.warn({ cacheTtlS, reason, actor }, what);
-          reportRollout(ctx, { from: percent, to: percent, reason: `${what}; ${reason}`, actor });
+          reportRollout(ctx, { from: percent, to: percent, reason: `${what}; ${reason}`, actor, receipt: rolloutReceipt(rollout.get(), `${what}; ${reason}`, actor) });
         },
       });
+      // The rollout in force from this start on, signed: what a call claiming the baseline cohort is checked against.
+      {
+        const s = rollout.get();
+        reportRollout(ctx, { from: s.percent, to: s.percent, reason: 'in force at policy plane start', actor: 'policy-plane', receipt: rolloutReceipt(s, 'in force at policy plane start', 'policy-plane') });
+      }
       const service: RolloutService = {
         get: async () => {
           const s = rollout.get();
@@ -111,6 +130,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const banner = [
         `policy plane  ${file} (version ${p.version}, ${p.ruleCount} rules), rollout ${state.percent}% canary (${rollout.file})`,
         `  tokens      ${describe}`,
+        `  receipts    signed with ${receiptKeys.current().kid} (${receiptKeys.source}); public keys at GET /v1/policy/jwks.json`,
       ];
       if (!credentials.admin && !credentials.rollout) banner.push(`  rollout changes disabled until ${ENV.ROLLOUT_TOKEN} or ${ENV.ADMIN_TOKEN} is set`);
       if (state.incident) {
@@ -182,12 +202,15 @@ function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: Tok
 /** A standalone plane's revocation feed refresh: with the agents' 2 s rollout poll, a revocation reaches every cache within 5 s. */
 export const PLANE_REVOCATION_REFRESH_MS = 1000;
 
-function reportRollout(ctx: RoleContext, c: { from: number; to: number; reason: string; actor: string }): void {
+function reportRollout(ctx: RoleContext, c: { from: number; to: number; reason: string; actor: string; receipt: string }): void {
   try {
-    ctx.reporter.event(
-      SPAN.ROLLOUT_CHANGE,
-      { [ATTR.ROLLOUT_FROM_PERCENT]: c.from, [ATTR.ROLLOUT_TO_PERCENT]: c.to, [ATTR.ROLLOUT_REASON]: c.reason, [ATTR.ROLLOUT_ACTOR]: c.actor },
-    );
+    ctx.reporter.event(SPAN.ROLLOUT_CHANGE, {
+      [ATTR.ROLLOUT_FROM_PERCENT]: c.from,
+      [ATTR.ROLLOUT_TO_PERCENT]: c.to,
+      [ATTR.ROLLOUT_REASON]: c.reason,
+      [ATTR.ROLLOUT_ACTOR]: c.actor,
+      [ATTR.ROLLOUT_RECEIPT]: c.receipt,
+    });
   } catch (err) {
     ctx.log.warn({ err: (err as Error).message }, 'cannot report a rollout change');
   }

@@ -3,8 +3,9 @@ import { ROOT_CONTEXT, defaultTextMapGetter, type Context } from '@opentelemetry
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import type { Request, Router } from 'express';
 import { z } from 'zod';
+import type { JSONWebKeySet } from 'jose';
 import { SCOPE, requireScope, type ServiceCredentials } from '../../common/credentials';
-import { HttpError, badRequest } from '../../common/errors';
+import { CustodyError, HttpError, badRequest } from '../../common/errors';
 import type { Policy } from '../policy/compile';
 import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
 
@@ -25,7 +26,14 @@ export interface PlaneRoutesOptions {
   /** Called after a change has been stored. */
   onRolloutChange: (change: { from: number; to: number; reason: string; actor: string }) => void;
   onIncidentChange: (change: { cacheTtlS: number | null; percent: number; reason: string; actor: string }) => void;
+  /** The keys that sign receipts: GET /v1/policy/jwks.json, POST /v1/policy/keys/rotate (admin). */
+  receiptKeys?: { jwks(): JSONWebKeySet; rotate(): Promise<{ kid: string; retired: string }> };
 }
+
+export const PLANE_PATHS = {
+  JWKS: '/v1/policy/jwks.json',
+  ROTATE: '/v1/policy/keys/rotate',
+} as const;
 
 const propagator = new W3CTraceContextPropagator();
 
@@ -68,6 +76,22 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
   };
 
   router.get('/v1/rollout', (_req, res) => sendRollout(res));
+
+  const keys = o.receiptKeys;
+  if (keys) {
+    // Every key that ever signed a receipt stays here: receipts are verified as long as the audit is kept.
+    router.get(PLANE_PATHS.JWKS, (_req, res) => {
+      res.set('cache-control', 'max-age=60').json(keys.jwks());
+    });
+    router.post(PLANE_PATHS.ROTATE, requireScope(SCOPE.ADMIN, o.credentials, { what: 'receipt key rotations' }), async (_req, res) => {
+      try {
+        res.json({ ...(await keys.rotate()), keys: keys.jwks().keys });
+      } catch (err) {
+        if (err instanceof CustodyError) throw new HttpError(409, err.code, err.message);
+        throw err;
+      }
+    });
+  }
 
   router.put('/v1/rollout', admin, async (req, res) => {
     const body = parse(rolloutChange, req.body);

@@ -62,7 +62,11 @@ describe('decision log', () => {
 
   it('reports every rollout change and incident switch', async () => {
     expect((await putRollout(plane.url, { percent: 30, reason: 'healthy for 24h', actor: 'ops-alice' })).status).toBe(200);
-    const span = await eventually(async () => sink.spans.find((s) => s.name === 'custody.rollout.change'));
+    // the rollout in force at start is reported (signed) first; then each change
+    const start = await eventually(async () => sink.spans.find((s) => s.name === 'custody.rollout.change' && s.attributes['custody.rollout.actor'] === 'policy-plane'));
+    expect(start.attributes).toMatchObject({ 'custody.rollout.from_percent': 10, 'custody.rollout.to_percent': 10, 'custody.rollout.reason': 'in force at policy plane start' });
+    const span = await eventually(async () => sink.spans.find((s) => s.name === 'custody.rollout.change' && s.attributes['custody.rollout.actor'] === 'ops-alice'));
+    expect(String(span.attributes['custody.rollout.receipt'])).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
     expect(span.attributes).toMatchObject({
       'custody.rollout.from_percent': 10,
       'custody.rollout.to_percent': 30,
