@@ -46,8 +46,8 @@ export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole>
 function retentionDays(text: string | undefined): { retentionDays?: number } {
   if (text === undefined || text.trim() === '') return {};
   const days = Number(text);
-  if (!/^\d+$/.test(text.trim()) || days < 1 || days > 36_500) {
-    throw new ConfigError(`${ENV.AUDIT_RETENTION_DAYS} '${text}' must be a whole number of days from 1 to 36500`);
+  if (!/^\d+$/.test(text.trim()) || days < 1 || days > 10_950) {
+    throw new ConfigError(`${ENV.AUDIT_RETENTION_DAYS} '${text}' must be a whole number of days from 1 to 10950 (30 years: the stored times end in 2106)`);
   }
   return { retentionDays: days };
 }
