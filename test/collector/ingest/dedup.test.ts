@@ -67,12 +67,12 @@ interface TableCounts {
   auditChecks: number;
 }
 
-/** Row counts and distinct keys per table; equal pairs mean no call is stored twice. */
+/** Row counts and distinct keys per table; equal pairs mean no call is stored twice (plane checks as the rollup counts them: unverified spans' are not). */
 async function counts(store: Store): Promise<TableCounts> {
   const [t] = await rows<{ n: string; u: string }>(store, 'SELECT count() AS n, uniqExact(TraceId, SpanId) AS u FROM custody.otel_traces');
   const [a] = await rows<{ n: string; u: string; checks: string }>(
     store,
-    "SELECT count() AS n, uniqExact(trace_id, span_id) AS u, countIf(decision = 'error' OR (decision != '' AND NOT policy_cached)) AS checks FROM custody.audit_events",
+    "SELECT count() AS n, uniqExact(trace_id, span_id) AS u, countIf((decision = 'error' OR (decision != '' AND NOT policy_cached)) AND trust != 'unverified') AS checks FROM custody.audit_events",
   );
   const [d] = await rows<{ n: string; u: string }>(store, 'SELECT count() AS n, uniqExact(policy_decision_id) AS u FROM custody.policy_decisions');
   const [r] = await rows<{ calls: string; checks: string }>(store, 'SELECT sum(calls) AS calls, sum(policy_checks) AS checks FROM custody.audit_rollup_1m');
