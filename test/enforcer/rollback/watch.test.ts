@@ -275,13 +275,10 @@ describe('the rollback role inside custody up', () => {
       const metrics = await (await fetch(`${custody.url}/metrics`)).text();
       expect(metrics).toMatch(/custody_rollback_watch_changes_total\{action="rollback"\} 1/);
       expect(metrics).toMatch(/custody_rollout_percent 0/);
-      // the plane reports the change over OTLP to the collector: wait until it has taken it
-      // (two spans: the signed rollout in force at the plane's start, then the change)
-      await eventually(async () => /^custody_spans_ingested_total ([2-9]|\d{2,})/m.test(await (await fetch(`${custody.url}/metrics`)).text()));
     } finally {
       await custody.stop();
     }
-    // the plane reported the change as a custody.rollout.change span; the collector stored it
+    // the plane wrote the change to the store in process (its own record), delivered by the graceful stop
     const events = queryStore<{ from_percent: number; to_percent: number; reason: string; actor: string }>(
       dataDir,
       `SELECT from_percent, to_percent, reason, actor FROM custody.rollout_events WHERE actor != 'policy-plane' ORDER BY timestamp`,
@@ -357,7 +354,7 @@ describe("the seed's rollout: an increment and no stages", () => {
     } finally {
       await custody.stop();
     }
-    const events = queryStore<{ to_percent: number; actor: string }>(dataDir, 'SELECT to_percent, actor FROM custody.rollout_events ORDER BY timestamp');
+    const events = queryStore<{ to_percent: number; actor: string }>(dataDir, "SELECT to_percent, actor FROM custody.rollout_events WHERE actor != 'policy-plane' ORDER BY timestamp");
     expect(events.map((e) => [e.to_percent, e.actor])).toEqual([[12, 'erin'], [14, 'test-watcher']]);
   }, 600_000);
 });
