@@ -52,6 +52,8 @@ const WARM_UP = PLAN.map(([tool, decision]) => [tool, decision, 1] as [string, '
 
 const byLabel = (samples: Sample[], label: string) => Object.fromEntries(samples.map((s) => [s.metric[label] ?? '', s.value]));
 
+const GATEWAY_TOKEN = 'prom-test-gateway-credential';
+
 describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real Prometheus (apt-get install prometheus)', () => {
   let custody: RunningCustody;
   let prom: RunningPrometheus;
@@ -74,7 +76,8 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
     });
     custody = await startCustody({
       dataDir,
-      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_ROLLBACK_INTERVAL: '3s' },
+      // the spans below come through a gateway's credential: spans nobody vouches for are not plane evidence
+      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_ROLLBACK_INTERVAL: '3s', CUSTODY_INGEST_TOKEN: GATEWAY_TOKEN },
     });
     expect(custody.otlpUrl, 'custody up names its OTLP receiver').toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     // the role's first tick rolls the breached canary back at once
@@ -150,7 +153,7 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
     const provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ [ATTR.SERVICE_NAME]: 'prom-test-agent' }),
       // one request per span, all at once: each is its own insert, so give them a loaded machine's time
-      spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: `${custody.otlpUrl}/v1/traces`, timeoutMillis: 60_000 }))],
+      spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: `${custody.otlpUrl}/v1/traces`, timeoutMillis: 60_000, headers: { authorization: `Bearer ${GATEWAY_TOKEN}` } }))],
     });
     const tracer = provider.getTracer('prom-test');
     const past = Date.now() - 30 * 60_000;
@@ -190,7 +193,7 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
         },
       ],
     };
-    const res = await fetch(`${custody.otlpUrl}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const res = await fetch(`${custody.otlpUrl}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${GATEWAY_TOKEN}` }, body: JSON.stringify(body) });
     expect(res.status).toBeLessThan(500);
     if (count) sent.rejected++;
   }

@@ -98,7 +98,8 @@ async function argoWebVerdicts(custody: RunningCustody): Promise<{ status: { act
 async function prometheusVerdicts(prom: RunningPrometheus): Promise<{ argo: Record<string, Phase>; flagger: Record<string, boolean> }> {
   const argo: Record<string, Phase> = {};
   for (const metric of argoProm) {
-    const samples = await instant(prom.url, metric.provider.prometheus!.query);
+    // the template's own argument defaults, as the Argo controller substitutes them
+    const samples = await instant(prom.url, metric.provider.prometheus!.query.replaceAll('{{args.window}}', '15m').replaceAll('{{args.min-sample}}', '100'));
     // Argo's Prometheus provider: a vector becomes []float64; an empty one cannot be indexed (an Error measurement)
     argo[metric.name] = samples.length === 0 ? 'Error' : argoPhase(metric, samples.map((s) => s.value));
   }
@@ -141,7 +142,9 @@ const scenarios: Scenario[] = [
     action: 'rollback',
     web: { 'custody-rollback-action': 'Failed', ...ok, 'custody-missing-sponsor': 'Failed' },
     prom: { 'custody-rules-breached': 'Failed', 'custody-policy-latency-p95-ms': 'Successful' },
-    flagger: { ...allPass, 'custody-rollback-rules': false, 'custody-missing-sponsor-ratio': false },
+    // rows seeded into the store never pass the tool-call counter: the per-rule gates see thin traffic and
+    // hold (deploy/: a minimum sample before they judge), and the rules' own verdict fails the check
+    flagger: { ...allPass, 'custody-rollback-rules': false },
   },
   {
     name: 'p95 at 250 ms (over the alert, under the rollback line): hold',
@@ -156,17 +159,18 @@ const scenarios: Scenario[] = [
     rows: () => ({ audit_events: calls(300, Date.now()), policy_decisions: decisions(300, Date.now(), (i) => ({ latency_ms: i % 10 === 0 ? 400 : 5 })) }),
     action: 'rollback',
     web: { 'custody-rollback-action': 'Failed', ...ok, 'custody-policy-latency-p95': 'Failed' },
-    prom: { 'custody-rules-breached': 'Failed', 'custody-policy-latency-p95-ms': 'Failed' },
-    flagger: { ...allPass, 'custody-rollback-rules': false, 'custody-policy-latency-p95-ms': false },
+    // as above: the p95 gate waits for its minimum sample, the rules' verdict fails the analysis
+    prom: { 'custody-rules-breached': 'Failed', 'custody-policy-latency-p95-ms': 'Successful' },
+    flagger: { ...allPass, 'custody-rollback-rules': false },
   },
   {
     name: 'no canary calls yet: insufficient_data',
     rows: () => ({ audit_events: [] }),
     action: 'insufficient_data',
     web: { 'custody-rollback-action': 'Inconclusive', ...ok },
-    // the rule gauges have no value without calls: Argo errors, Flagger fails the ratio checks (fail safe)
-    prom: { 'custody-rules-breached': 'Successful', 'custody-policy-latency-p95-ms': 'Error' },
-    flagger: { 'custody-rollback-rules': true, 'custody-missing-sponsor-ratio': false, 'custody-policy-error-rate': false, 'custody-policy-latency-p95-ms': false },
+    // a quiet canary holds: below the minimum sample the per-rule gates read 0 (deploy/), nothing fails
+    prom: { 'custody-rules-breached': 'Successful', 'custody-policy-latency-p95-ms': 'Successful' },
+    flagger: allPass,
   },
 ];
 
