@@ -187,6 +187,7 @@ describe('signed decisions through a real custody up', () => {
     const out = spawnSync(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dataDir, '--json'], { cwd: ROOT, encoding: 'utf8' });
     expect(out.status, out.stderr).toBe(1);
     const r = JSON.parse(out.stdout) as VerifyReport;
+    expect(r.receipts, out.stdout.slice(0, 800)).toBeDefined();
     expect(r.receipts.checked).toBe(true);
     expect(r.receipts.keys.sort()).toEqual(planeJwks.keys.map((k) => k.kid!).sort());
     expect(r.receipts.verified).toBeGreaterThan(0);
@@ -198,18 +199,21 @@ describe('signed decisions through a real custody up', () => {
       expect(f!.message).toContain(`billing.refund by ${instance}`);
       expect(f!.message).toContain(new Date(time).toISOString());
     };
-    expect(of(forged.unsigned).map((f) => f.kind)).toEqual(['receipt_missing']);
-    named(of(forged.unsigned)[0], forged.unsigned, at);
-    expect(of(forged.selfSigned).map((f) => f.kind)).toEqual(['receipt_invalid']);
-    named(of(forged.selfSigned)[0], forged.selfSigned, at + 10);
-    expect(of(forged.selfSigned)[0]!.message).toMatch(/signature does not verify/);
-    expect(of(forged.replayed).map((f) => f.kind)).toEqual(['receipt_mismatch']);
-    expect(of(forged.replayed)[0]!.message).toMatch(/receipt is for another decision id, instance, token/);
+    // besides the receipt, a forged call has no decision in the plane's own log (only the plane
+    // writes it): the completeness check names it too, so each kind is looked for among its findings
+    const kind = (instance: string, k: string) => of(instance).find((f) => f.kind === k);
+    expect(of(forged.unsigned).map((f) => f.kind)).toContain('receipt_missing');
+    named(kind(forged.unsigned, 'receipt_missing'), forged.unsigned, at);
+    expect(of(forged.selfSigned).map((f) => f.kind)).toContain('receipt_invalid');
+    named(kind(forged.selfSigned, 'receipt_invalid'), forged.selfSigned, at + 10);
+    expect(kind(forged.selfSigned, 'receipt_invalid')!.message).toMatch(/signature does not verify/);
+    expect(of(forged.replayed).map((f) => f.kind)).toContain('receipt_mismatch');
+    expect(kind(forged.replayed, 'receipt_mismatch')!.message).toMatch(/receipt is for another decision id, instance, token/);
     // lying about the cohort: the signed rollout enforced this instance
-    expect(of(forged.baseline).map((f) => f.kind).sort()).toEqual(['cohort_unproven', 'receipt_missing']);
+    expect(of(forged.baseline).map((f) => f.kind)).toEqual(expect.arrayContaining(['cohort_unproven', 'receipt_missing']));
     named(of(forged.baseline).find((f) => f.kind === 'cohort_unproven'), forged.baseline, at + 20);
     expect(of(forged.baseline).find((f) => f.kind === 'cohort_unproven')!.message).toMatch(/signed rollout in force \(\d+%\) put agent instance .* in the canary cohort/);
-    expect(Object.keys(r.counts).sort()).toEqual(['cohort_unproven', 'receipt_invalid', 'receipt_mismatch', 'receipt_missing']);
+    expect(Object.keys(r.counts)).toEqual(expect.arrayContaining(['cohort_unproven', 'receipt_invalid', 'receipt_mismatch', 'receipt_missing']));
 
     const text = spawnSync(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dataDir], { cwd: ROOT, encoding: 'utf8' });
     expect(text.status).toBe(1);
