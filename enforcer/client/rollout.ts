@@ -56,9 +56,12 @@ export function createRolloutClient(o: RolloutClientOptions) {
           o.onIncident?.(incident);
         }
         if (parsed.revocationsVersion !== undefined && parsed.revocationsVersion !== revocations) {
-          // the first answer too: allows cached before it may be for a party revoked since
+          // a change from a version we knew: allows cached before it may be for a party revoked since.
+          // (Allows cached before the first answer were decided by the plane with its revocations of
+          // that moment, so the first answer only sets what is known.)
+          const changed = revocations !== undefined;
           revocations = parsed.revocationsVersion;
-          o.onRevocations?.();
+          if (changed) o.onRevocations?.();
         }
       } catch {
         answering = false;
