@@ -11,13 +11,17 @@ export interface OutageSwitch {
   cut(): void;
   restore(): void;
   readonly down: boolean;
+  /** Connections accepted so far: tells when agents have started talking to custody. */
+  readonly connections: number;
   close(): Promise<void>;
 }
 
 export async function startOutageSwitch(target: { host: string; port: number }): Promise<OutageSwitch> {
   let down = false;
+  let connections = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
+    connections++;
     if (down) {
       client.resetAndDestroy();
       return;
@@ -38,6 +42,9 @@ export async function startOutageSwitch(target: { host: string; port: number }):
     url: `http://127.0.0.1:${port}`,
     get down() {
       return down;
+    },
+    get connections() {
+      return connections;
     },
     cut() {
       down = true;

@@ -190,12 +190,15 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     // Two canary agents work through the outage: the rules never let one instance's failure reports
     // roll the gate back on their own, and a real outage is seen by every agent that asks.
     await say(`policy plane outage for ${outageMs / 1000} s while two assistants of the second shift work: calls fail closed`);
-    outage.cut();
-    const outageFrom = Date.now();
+    const connectedBefore = outage.connections;
     const secondShiftRuns = [
       agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: secondShiftId, TICKETS: '61-68', TICKET_PAUSE_MS: '150' }),
       agent('assistant.cjs', { ...support, [ENV.AGENT_INSTANCE_ID]: nightShiftId, TICKETS: '69-75', TICKET_PAUSE_MS: '150' }),
     ];
+    // cut once both agents talk to custody, so the outage falls on their work however long they take to start
+    for (const until = Date.now() + 30_000; outage.connections < connectedBefore + 2 && Date.now() < until; ) await sleep(20);
+    outage.cut();
+    const outageFrom = Date.now();
     await sleep(outageMs);
     outage.restore();
     const outageTo = Date.now();
