@@ -24,7 +24,9 @@ export interface DelegationRequest {
   timeoutMs: number;
 }
 
-const TIMEOUT_MS = 2_000;
+// Generous: a child started without its delegation token cannot prove its parent (its calls carry
+// the parent only as its own claim), and on a busy machine the helper process alone can take seconds.
+const TIMEOUT_MS = 5_000;
 /** Renew a cached delegation token once less than this is left. */
 const RENEW_MARGIN_MS = 30_000;
 /** After a failure, do not ask again (nor warn again) for this long. */
