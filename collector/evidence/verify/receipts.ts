@@ -53,8 +53,8 @@ export async function rolloutHistory(store: Store, keys: ReceiptKeys, findings: 
 
 /**
  * The distinct receipts on the executed calls of instances [lo, hi] whose signature, type or key
- * fails, with why. Each distinct receipt is verified once: a cached allow's receipt is on every
- * call it allowed.
+ * fails, with why. Each distinct receipt is verified once (a cached allow's receipt is on every
+ * call it allowed), the signatures on every core.
  */
 export async function badReceiptsIn(
   store: Store,
@@ -68,10 +68,13 @@ export async function badReceiptsIn(
     { lo: page.lo, hi: page.hi },
   );
   const bad = new Map<string, string>();
-  for (const { r } of rows) {
-    const check = keys.verify(r, RECEIPT_TYPE.DECISION);
-    if (!check.ok) bad.set(r, check.message);
-  }
+  const checks = await keys.verifyAll(
+    rows.map((row) => row.r),
+    RECEIPT_TYPE.DECISION,
+  );
+  checks.forEach((check, i) => {
+    if (!check.ok) bad.set(rows[i]!.r, check.message);
+  });
   return { bad, distinct: rows.length };
 }
 
