@@ -10,7 +10,8 @@ import { ROOT } from '../helpers/custody';
  * deploy/ and the Collector configs checked against what upstream accepts: the CRDs' own
  * openAPIV3Schema (argo-rollouts AnalysisTemplate and Rollout, flagger Canary and MetricTemplate,
  * converted by schemas/extract.mjs with unknown keys refused), the Argo controller's metric
- * validation, and the Collector components' configuration.
+ * validation, and the Collector components' own config.schema.yaml files (opentelemetry-collector
+ * and -contrib, converted by schemas/extract-otelcol.mjs with unknown keys refused).
  */
 
 interface ArgoMetric {
@@ -169,11 +170,15 @@ interface CollectorConfig {
   service: { extensions?: string[]; pipelines: Record<string, { receivers: string[]; processors?: string[]; exporters: string[] }> };
 }
 
-const components = JSON.parse(fs.readFileSync(path.join(SCHEMAS, 'otelcol-components.schema.json'), 'utf8')).components as Record<Section, Record<string, object>>;
+const componentSchemas = JSON.parse(fs.readFileSync(path.join(SCHEMAS, 'otelcol-components.schema.json'), 'utf8')) as {
+  $id: string;
+  components: Record<Section, Record<string, object>>;
+};
+ajv.addSchema(componentSchemas);
 const componentValidators = Object.fromEntries(
-  (Object.entries(components) as [Section, Record<string, object>][]).map(([section, byType]) => [
+  (Object.entries(componentSchemas.components) as [Section, Record<string, object>][]).map(([section, byType]) => [
     section,
-    Object.fromEntries(Object.entries(byType).map(([type, s]) => [type, ajv.compile(s)])),
+    Object.fromEntries(Object.keys(byType).map((type) => [type, ajv.compile({ $ref: `${componentSchemas.$id}#/components/${section}/${type}` })])),
   ]),
 ) as Record<Section, Record<string, ReturnType<typeof ajv.compile>>>;
 
@@ -193,6 +198,7 @@ function collectorErrors(config: CollectorConfig): string[] {
         errors.push(`${section}::${id}: unknown type '${type}'`);
         continue;
       }
+      // an empty component (`debug:`) is the component's defaults
       if (!validate(cfg ?? {})) errors.push(...validate.errors!.map((e) => `${section}::${id}${e.instancePath} ${e.message}${'additionalProperty' in e.params ? ` '${e.params.additionalProperty}'` : ''}`));
     }
   }
@@ -268,6 +274,39 @@ describe('the Collector configs', () => {
       expect(siem!.processors).not.toContain('memory_limiter');
       expect(siem!.exporters).toHaveLength(1);
       expect((config.exporters[siem!.exporters[0]!] as { sending_queue: { storage: string } }).sending_queue.storage).toBe('file_storage/queue');
+    }
+  });
+
+  it("the components' schemas refuse a misspelled key and a wrong type, at any depth", () => {
+    const config = parse(fs.readFileSync(path.join(ROOT, 'deploy/collector/otel-config.datadog.yaml'), 'utf8')) as CollectorConfig;
+    const custody = config.exporters['otlphttp/custody'] as { sending_queue: Record<string, unknown>; retry_on_failure: Record<string, unknown> };
+    custody.sending_queue.storge = 'file_storage/queue';
+    custody.retry_on_failure.max_elapsed_time = 'forever';
+    const sampling = config.processors!['tail_sampling/siem'] as { num_traces: unknown; policies: Record<string, unknown>[] };
+    sampling.num_traces = '50000';
+    sampling.policies[0]!.string_atribute = sampling.policies[0]!.string_attribute;
+    (config.exporters['datadog/siem'] as { traces: Record<string, unknown> }).traces.span_name_as_resource = true;
+    (config.extensions!['file_storage/queue'] as Record<string, unknown>).fsync = 'yes';
+    expect(collectorErrors(config).sort()).toEqual(
+      [
+        "exporters::otlphttp/custody/sending_queue must NOT have additional properties 'storge'",
+        'exporters::otlphttp/custody/retry_on_failure/max_elapsed_time must match pattern "^[-+]?(0|(\\d+(\\.\\d*)?|\\.\\d+)(ns|us|µs|ms|s|m|h))+$"',
+        "exporters::datadog/siem/traces must NOT have additional properties 'span_name_as_resource'",
+        'processors::tail_sampling/siem/num_traces must be integer',
+        "processors::tail_sampling/siem/policies/0 must NOT have additional properties 'string_atribute'",
+        'extensions::file_storage/queue/fsync must be boolean',
+      ].sort(),
+    );
+  });
+
+  it("the files' commented-out settings are valid once uncommented", () => {
+    for (const file of COLLECTOR_FILES) {
+      const text = fs.readFileSync(path.join(ROOT, file), 'utf8');
+      const uncommented = text.replace(/^(\s*)# (headers: .*)$/m, '$1$2');
+      expect(uncommented, file).not.toBe(text);
+      const config = parse(uncommented) as CollectorConfig;
+      expect((config.exporters['otlphttp/custody'] as { headers: object }).headers, file).toEqual({ Authorization: 'Bearer ${env:CUSTODY_INGEST_TOKEN}' });
+      expect(collectorErrors(config), file).toEqual([]);
     }
   });
 
