@@ -6,7 +6,8 @@ export default defineConfig({
     pool: 'forks',
     // chDB is one engine per process: every test file runs in its own process.
     isolate: true,
-    testTimeout: 60_000,
+    // generous: tests that start several real processes one after another run on loaded 2-core machines
+    testTimeout: 180_000,
     hookTimeout: 120_000,
     maxWorkers: 2,
     reporters: ['default'],
