@@ -1,6 +1,6 @@
-import { createPublicKey, KeyObject, sign, verify } from 'node:crypto';
+import { createPublicKey, hash, KeyObject, sign, verify } from 'node:crypto';
 import type { CryptoKey, JSONWebKeySet } from 'jose';
-import { leafHash, merkleTree, rootFromPath } from './merkle';
+import { LEAF_PREFIX, leafHash, merkleTree, rootFromPath } from './merkle';
 
 /**
  * Signed receipts that the policy plane gives for each decision it makes and each rollout state
@@ -109,8 +109,10 @@ export function receiptSigner(kid: string, privateKey: KeyObject | CryptoKey, o:
     signBatch(type, payloads) {
       if (payloads.length <= 1) return payloads.map((p) => single(type, p));
       if (payloads.length > MAX_RECEIPT_BATCH) throw new Error(`at most ${MAX_RECEIPT_BATCH} receipts are signed together`);
-      const bodies = payloads.map((p) => Buffer.from(JSON.stringify(p)));
-      const { root, paths } = merkleTree(bodies.map((b) => leafHash(b)));
+      // each payload written once after the leaf prefix: the leaf is hashed from it as it is
+      const leafInputs = payloads.map((p) => Buffer.from(`${String.fromCharCode(LEAF_PREFIX)}${JSON.stringify(p)}`));
+      const bodies = leafInputs.map((b) => b.subarray(1));
+      const { root, paths } = merkleTree(leafInputs.map((b) => hash('sha256', b, 'buffer')));
       const h = b64(Buffer.from(JSON.stringify({ alg: 'EdDSA', kid, typ: RECEIPT_BATCH_TYPE[type], n: payloads.length, time: now() })));
       const signature = sign(null, Buffer.from(`${h}.${b64(root)}`), key);
       return bodies.map((body, i) => {
