@@ -1,7 +1,8 @@
 // Evidence: the cost of sealing and of verifying, and what checkpointing adds to ingest.
 //
 //   npm run build && node bench/evidence.bench.mjs [calls=300000,1000000] [ingestSeconds=20] [rounds=3]
-//   (EVIDENCE_BENCH_PERIOD_S=60 for the default checkpoint period in part 2; 0 as calls skips part 1)
+//   (EVIDENCE_BENCH_PERIOD_S=60 for the default checkpoint period in part 2; 0 as calls skips part 1;
+//   EVIDENCE_BENCH_RECEIPT_BATCH=16 for receipts signed 16 to a signature)
 //
 // 1. Verify at scale, for each size: `calls` tool calls (chained per agent instance with common/audit-chain, 100
 //    calls per instance) with one allow decision and one issued token each, written over 60 s
@@ -9,9 +10,12 @@
 //    then `custody audit verify` run as a child process on the store (timed: wall clock, the
 //    figure the target is about), with its peak RSS: work is paged, so memory stops growing once
 //    the pages are full (about 200,000 calls). Sealed rows = 3 × calls.
-//    Every call carries the policy plane's signed receipt of its own decision (one decision per call,
-//    so one signature to verify per call: the worst case; a cached allow's receipt is shared), and
-//    the plane's key set is where verify looks for it (<dir>/policy/keys/jwks.json).
+//    Every call carries the policy plane's signed receipt of its own decision, and the plane's key
+//    set is where verify looks for it (<dir>/policy/keys/jwks.json). EVIDENCE_BENCH_RECEIPT_BATCH
+//    (default 1) is how many decisions share a signature: 1 is the worst case (one signature to
+//    verify per call, as a plane answering one request at a time signs); more is what a loaded
+//    plane makes, signing the decisions of one event-loop turn together (batch receipts, a Merkle
+//    path each; e.g. 16 for a plane serving 16 or more concurrent checks).
 // 2. Ingest with and without the checkpointer: `custody collector` (fresh data directory) fed by
 //    the ingest bench's load process (bench/ingest.bench.mjs --load: OTLP/protobuf requests of 1000
 //    realistic tool-call spans from the real SDK, 8 in flight, 5 s warm-up, `ingestSeconds`
@@ -44,6 +48,7 @@ const INGEST_ROUNDS = Number(process.argv[4] ?? 3);
 const PER_PERIOD = 10_000;
 const PERIOD_MS = 60_000;
 const PER_INSTANCE = 100;
+const RECEIPT_BATCH = Math.max(1, Math.trunc(Number(process.env.EVIDENCE_BENCH_RECEIPT_BATCH ?? 1)));
 const CLI = path.join(root, 'dist/cli/main.js');
 
 const hex = (n) => randomBytes(n).toString('hex');
@@ -59,7 +64,19 @@ async function generate(store, calls, dir) {
   const chains = new Map();
   const BATCH = 50_000;
   let rows = [];
+  // calls waiting for their receipts: signed RECEIPT_BATCH at a time, as the plane signs a turn's decisions
+  let unsigned = [];
+  const signPending = () => {
+    if (!unsigned.length) return;
+    const receipts = signer.signBatch(
+      RECEIPT_TYPE.DECISION,
+      unsigned.map((u) => u.receipt),
+    );
+    unsigned.forEach((u, k) => (u.attributes['custody.policy.receipt'] = receipts[k]));
+    unsigned = [];
+  };
   const flush = async () => {
+    signPending();
     if (!rows.length) return;
     await client.insert({ table: 'custody.audit_events', values: rows, format: 'JSONEachRow' });
     rows = [];
@@ -104,16 +121,18 @@ async function generate(store, calls, dir) {
       audit_seq: link.seq,
       audit_prev_hash: link.prevHash,
       duration_ns: 40_000_000,
-      attributes: {
-        'gen_ai.operation.name': 'execute_tool',
-        'custody.policy.receipt': signer.sign(RECEIPT_TYPE.DECISION, {
-          id: rec.policy_decision_id, decision: 'allow', sponsor_id: 'alice', agent_instance_id: instance, parent_agent_id: '',
-          tool_id: rec.tool_id, action: rec.action, cohort: 'canary', enforced: true, token_jti: `jti-${i}`,
-          token_exp: Math.floor(ts / 1000) + 300, time: ts + 2, policy_version: 'bench', rule_id: 'allow-support-billing', rollout_percent: 100,
-        }),
-      },
+      attributes: { 'gen_ai.operation.name': 'execute_tool' },
       ingested_at: new Date(ingested).toISOString(),
     });
+    unsigned.push({
+      attributes: rows[rows.length - 1].attributes,
+      receipt: {
+        id: rec.policy_decision_id, decision: 'allow', sponsor_id: 'alice', agent_instance_id: instance, parent_agent_id: '',
+        tool_id: rec.tool_id, action: rec.action, cohort: 'canary', enforced: true, token_jti: `jti-${i}`,
+        token_exp: Math.floor(ts / 1000) + 300, time: ts + 2, policy_version: 'bench', rule_id: 'allow-support-billing', rollout_percent: 100,
+      },
+    });
+    if (unsigned.length >= RECEIPT_BATCH) signPending();
     if (rows.length >= BATCH) await flush();
   }
   await flush();
@@ -143,7 +162,7 @@ async function verifyAtScale(CALLS) {
   const store = await openStore({ dataDir: dir });
   let t = Date.now();
   const { base, periods } = await generate(store, CALLS, dir);
-  console.log(`generated ${CALLS.toLocaleString('en')} calls (+ decisions and tokens) in ${secs(Date.now() - t)} s`);
+  console.log(`generated ${CALLS.toLocaleString('en')} calls (+ decisions and tokens), receipts signed ${RECEIPT_BATCH} to a signature, in ${secs(Date.now() - t)} s`);
   const keys = await openAuditKeyRing({ dir: path.join(dir, 'evidence', 'keys') });
   const journal = new CheckpointJournal(path.join(dir, 'checkpoints'));
   for (const k of keys.jwks().keys) (journal.init(), journal.publishKey(k));
@@ -171,7 +190,7 @@ async function verifyAtScale(CALLS) {
   console.log(`custody audit verify: exit ${out.code}, ${secs(verifyMs)} s, peak RSS ${out.maxRssMb} MB, for ${report.checked.rows_verified.toLocaleString('en')} sealed rows, ${report.checked.chained_calls.toLocaleString('en')} chained calls, ${report.checked.instances} instances, ${(report.receipts?.verified ?? 0).toLocaleString('en')} receipts verified; findings ${JSON.stringify(report.counts)}`);
   const progressLines = out.stderr.split('\n').filter((l) => l.startsWith('verifying'));
   console.log(`  progress on stderr: ${progressLines.length} lines, e.g. "${progressLines[0] ?? ''}"`);
-  (results.verify ??= []).push({ calls: CALLS, sealed_rows: sealed, seal_s: sealMs / 1000, verify_s: verifyMs / 1000, verify_exit: out.code, peak_rss_mb: out.maxRssMb });
+  (results.verify ??= []).push({ calls: CALLS, receipt_batch: RECEIPT_BATCH, sealed_rows: sealed, seal_s: sealMs / 1000, verify_s: verifyMs / 1000, verify_exit: out.code, peak_rss_mb: out.maxRssMb });
   if (process.env.EVIDENCE_BENCH_KEEP) console.log(`store kept in ${dir}`);
   else fs.rmSync(dir, { recursive: true, force: true });
 }

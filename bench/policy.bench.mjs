@@ -5,10 +5,14 @@
 //      alone and against the plane inside `custody up`;
 //   3. a cached allow in the enforcer;
 //   4. what signing each decision's receipt costs the plane's check (the /v1/check work without
-//      HTTP: verify the token, decide, sign): the same checker with and without a signer, in
-//      alternating rounds in one process, so a busy machine weighs on both alike.
+//      HTTP: verify the token, decide, sign): the same checker without a signer, signing each
+//      decision alone (one signature per decision), and signing the decisions of one event-loop
+//      turn together (the plane's batcher: one signature per batch), with `--lanes` checks in
+//      flight at once, in alternating rounds in one process, so a busy machine weighs on all
+//      alike; then the same three behind the plane's fast route over loopback, load from a
+//      separate process, `--connections` (default 8,32) connections each.
 //
-//   npm run build && node bench/policy.bench.mjs [--seconds 8] [--concurrency 16] [--only receipts]
+//   npm run build && node bench/policy.bench.mjs [--seconds 8] [--concurrency 16] [--only receipts [--lanes 16] [--connections 8,32]]
 //
 // The load generator is this file run as `node bench/policy.bench.mjs --load URL TOKENS_FILE C S MODE`,
 // MODE `cycle` (closed loop: C connections back to back), `once` (each token used once) or
@@ -68,6 +72,7 @@ async function receiptCost() {
   const { createTokenVerifier } = require(path.join(ROOT, 'dist/identity/verify.js'));
   const { readPolicyFile } = require(path.join(ROOT, 'dist/enforcer/policy/compile.js'));
   const { createChecker } = require(path.join(ROOT, 'dist/enforcer/plane/check.js'));
+  const { receiptBatcher } = require(path.join(ROOT, 'dist/enforcer/plane/receipt-batcher.js'));
   const { receiptSigner } = require(path.join(ROOT, 'dist/common/receipt.js'));
   const config = tokenConfig({ issuer: 'agent-token-svc', default_ttl_seconds: 300, max_ttl_seconds: 900, require_sponsor: true, supported_tools: ['billing', 'search', 'file-store'] });
   const keys = await createKeyRing(keySourceFor(config, {}));
@@ -79,50 +84,96 @@ async function receiptCost() {
   const verifier = createTokenVerifier({ issuer: config.issuer, jwks: () => keys.jwks() });
   const key = await generateSigningKey('EdDSA');
   const signer = receiptSigner(key.kid, key.privateKey);
+  // receipts per signature, per variant (reset before each measured run)
+  const batches = { single: { n: 0, receipts: 0 }, batched: { n: 0, receipts: 0 } };
+  const counted = (k, maxBatch) => receiptBatcher(() => signer, { maxBatch, onBatch: (size) => ((batches[k].n += 1), (batches[k].receipts += size)) });
+  const VARIANTS = ['without', 'single', 'batched'];
   const checkers = {
     without: createChecker({ policy: () => policy, verifier, rolloutPercent: () => 100 }),
-    with: createChecker({ policy: () => policy, verifier, rolloutPercent: () => 100, signer: () => signer }),
+    // what the plane did before batches: one signature per decision
+    single: createChecker({ policy: () => policy, verifier, rolloutPercent: () => 100, signer: counted('single', 1) }),
+    batched: createChecker({ policy: () => policy, verifier, rolloutPercent: () => 100, signer: counted('batched') }),
   };
+  const meanBatch = (k) => (batches[k].n ? +(batches[k].receipts / batches[k].n).toFixed(1) : 0);
+  const resetBatches = () => Object.values(batches).forEach((b) => ((b.n = 0), (b.receipts = 0)));
   const n = tokens.length * 4;
+  const lanes = flag('lanes', 16);
+  // `lanes` checks in flight at once, as concurrent requests are on a busy plane
   const round = async (check) => {
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
-    for (let i = 0; i < n; i++) await check({ token: tokens[i % tokens.length], tool: 'billing', action: 'refund' });
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: lanes }, async () => {
+        while (next < n) {
+          const i = next++;
+          await check({ token: tokens[i % tokens.length], tool: 'billing', action: 'refund' });
+        }
+      }),
+    );
     const cpu = process.cpuUsage(cpu0);
     return { wall: n / ((performance.now() - t0) / 1000), cpu: n / ((cpu.user + cpu.system) / 1e6) };
   };
-  await round(checkers.without);
-  await round(checkers.with);
-  const runs = { without: [], with: [] };
-  for (let r = 0; r < 5; r++) for (const k of ['without', 'with']) runs[k].push(await round(checkers[k]));
+  for (const k of VARIANTS) await round(checkers[k]);
+  resetBatches();
+  const runs = { without: [], single: [], batched: [] };
+  for (let r = 0; r < 5; r++) for (const k of VARIANTS) runs[k].push(await round(checkers[k]));
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  const out = {};
-  for (const k of ['without', 'with']) out[k] = { checks_per_s_wall: Math.round(median(runs[k].map((x) => x.wall))), checks_per_cpu_s: Math.round(median(runs[k].map((x) => x.cpu))) };
-  out.cost_pct_cpu = +((1 - out.with.checks_per_cpu_s / out.without.checks_per_cpu_s) * 100).toFixed(1);
-  out.cost_pct_wall = +((1 - out.with.checks_per_s_wall / out.without.checks_per_s_wall) * 100).toFixed(1);
-  console.log(`\nreceipts: check without signing ${out.without.checks_per_cpu_s}/CPU-s (${out.without.checks_per_s_wall}/s wall), with ${out.with.checks_per_cpu_s}/CPU-s (${out.with.checks_per_s_wall}/s wall): signing costs ${out.cost_pct_cpu} % of CPU throughput (${out.cost_pct_wall} % wall), ${n} checks per round, median of 5 rounds each`);
+  const out = { lanes };
+  for (const k of VARIANTS) out[k] = { checks_per_s_wall: Math.round(median(runs[k].map((x) => x.wall))), checks_per_cpu_s: Math.round(median(runs[k].map((x) => x.cpu))) };
+  out.batched.mean_batch = meanBatch('batched');
+  for (const k of ['single', 'batched']) {
+    out[k].cost_pct_cpu = +((1 - out[k].checks_per_cpu_s / out.without.checks_per_cpu_s) * 100).toFixed(1);
+    out[k].cost_pct_wall = +((1 - out[k].checks_per_s_wall / out.without.checks_per_s_wall) * 100).toFixed(1);
+  }
+  console.log(`\nreceipts in process, ${lanes} checks in flight, ${n} checks per round, median of 5 alternating rounds:`);
+  console.log(`  without signing           ${out.without.checks_per_cpu_s}/CPU-s (${out.without.checks_per_s_wall}/s wall)`);
+  console.log(`  one signature a decision  ${out.single.checks_per_cpu_s}/CPU-s (${out.single.checks_per_s_wall}/s wall): costs ${out.single.cost_pct_cpu} % of CPU throughput (${out.single.cost_pct_wall} % wall)`);
+  console.log(`  batched (mean ${out.batched.mean_batch} a signature)  ${out.batched.checks_per_cpu_s}/CPU-s (${out.batched.checks_per_s_wall}/s wall): costs ${out.batched.cost_pct_cpu} % of CPU throughput (${out.batched.cost_pct_wall} % wall)`);
 
-  // the same over HTTP: POST /v1/check served by this process (express, the plane's routes), load from a separate process
-  const { createJsonApp, finish, listen } = require(path.join(ROOT, 'dist/common/http.js'));
+  // the same over HTTP: POST /v1/check on the plane's fast route (bare node:http, as the plane
+  // serves it) in this process, load from a separate process
+  const { createFastRouter } = require(path.join(ROOT, 'dist/common/fast-route.js'));
+  const { listen } = require(path.join(ROOT, 'dist/common/http.js'));
   const { createLogger } = require(path.join(ROOT, 'dist/common/log.js'));
+  const log = createLogger('bench', 'silent');
   const searchTokens = [];
   for (let i = 0; i < 500; i++) searchTokens.push((await service.issue({ tool: 'search', sponsor_id: 'alice', role: 'support', agent_instance_id: `bench-${i}` })).token);
   const tokensFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'custody-bench-receipts-')), 'tokens.json');
   fs.writeFileSync(tokensFile, JSON.stringify(searchTokens));
   const servers = {};
-  for (const k of ['without', 'with']) {
-    const app = createJsonApp();
-    app.post('/v1/check', async (req, res) => res.json(await checkers[k](req.body)));
-    finish(app, createLogger('bench', 'silent'));
-    servers[k] = await listen(app, '127.0.0.1', 0);
+  for (const k of VARIANTS) {
+    const router = createFastRouter(log);
+    router.post('/v1/check', (body) => checkers[k](body));
+    servers[k] = await listen(
+      router.listener((_req, res) => res.writeHead(404).end()),
+      '127.0.0.1',
+      0,
+    );
   }
   const seconds = flag('seconds', 8);
-  const http = { without: [], with: [] };
-  for (let r = 0; r < 2; r++) for (const k of ['without', 'with']) http[k].push((await runLoad(servers[k].url, tokensFile, 8, seconds, 'cycle')).rps);
-  for (const k of ['without', 'with']) await servers[k].close();
-  out.http = { without_rps: Math.round(median(http.without)), with_rps: Math.round(median(http.with)), rounds: http };
-  out.http.cost_pct = +((1 - out.http.with_rps / out.http.without_rps) * 100).toFixed(1);
-  console.log(`receipts over HTTP (8 connections, ${seconds} s, 2 alternating rounds each): without ${out.http.without_rps} req/s, with ${out.http.with_rps} req/s: signing costs ${out.http.cost_pct} %`);
+  const connections = String(args.includes('--connections') ? args[args.indexOf('--connections') + 1] : '8,32').split(',').map(Number).filter((c) => c > 0);
+  out.http = {};
+  for (const c of connections) {
+    const rps = { without: [], single: [], batched: [] };
+    const sizes = [];
+    for (let r = 0; r < 2; r++) {
+      for (const k of VARIANTS) {
+        resetBatches();
+        rps[k].push((await runLoad(servers[k].url, tokensFile, c, seconds, 'cycle')).rps);
+        if (k === 'batched') sizes.push(meanBatch('batched'));
+      }
+    }
+    const h = { without_rps: Math.round(median(rps.without)), single_rps: Math.round(median(rps.single)), batched_rps: Math.round(median(rps.batched)), mean_batch: sizes, rounds: rps };
+    h.single_cost_pct = +((1 - h.single_rps / h.without_rps) * 100).toFixed(1);
+    h.batched_cost_pct = +((1 - h.batched_rps / h.without_rps) * 100).toFixed(1);
+    out.http[c] = h;
+    console.log(
+      `receipts over HTTP (fast route, ${c} connections, ${seconds} s, 2 alternating rounds each): without ${h.without_rps} req/s, ` +
+        `one signature a decision ${h.single_rps} req/s (costs ${h.single_cost_pct} %), batched ${h.batched_rps} req/s (costs ${h.batched_cost_pct} %, mean batch ${sizes.join(' / ')} incl. warm-up)`,
+    );
+  }
+  for (const k of VARIANTS) await servers[k].close();
   return { n, ...out };
 }
 

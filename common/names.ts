@@ -251,6 +251,7 @@ export const METRIC = {
   INGEST_INSERT_ROWS: 'custody_ingest_insert_rows',
   TOKENS_ISSUED_TOTAL: 'custody_tokens_issued_total',
   POLICY_DECISION_DURATION_SECONDS: 'custody_policy_decision_duration_seconds',
+  POLICY_RECEIPT_BATCH_SIZE: 'custody_policy_receipt_batch_size',
   AUDIT_SCHEMA_VIOLATIONS_TOTAL: 'custody_audit_schema_violations_total',
   ROLLBACK_WATCH_ERRORS_TOTAL: 'custody_rollback_watch_errors_total',
   ROLLBACK_WATCH_CHANGES_TOTAL: 'custody_rollback_watch_changes_total',

@@ -1,12 +1,31 @@
-import { createPublicKey, KeyObject, sign, verify } from 'node:crypto';
+import { createPublicKey, hash, KeyObject, sign, verify } from 'node:crypto';
 import type { CryptoKey, JSONWebKeySet } from 'jose';
+import { LEAF_PREFIX, leafHash, merkleTree, rootFromPath } from './merkle';
 
 /**
- * Signed receipts: compact JWS (RFC 7515, EdDSA over Ed25519) that the policy plane gives for
- * each decision it makes and each rollout state it puts in force, so that `custody audit verify`
- * can prove a call was allowed (or ran in shadow) without trusting whoever wrote the rows. Any
- * JOSE library verifies them with the plane's JWKS. Signing and verifying use node:crypto
+ * Signed receipts that the policy plane gives for each decision it makes and each rollout state
+ * it puts in force, so that `custody audit verify` can prove a call was allowed (or ran in
+ * shadow) without trusting whoever wrote the rows. Signing and verifying use node:crypto
  * directly: a receipt is made on every /v1/check and checked for every call.
+ *
+ * Two forms, both three base64url segments `header.payload.proof` with the receipt's own JSON
+ * payload in the middle (the store reads it there in SQL):
+ *
+ * - **Single**: a compact JWS (RFC 7515, EdDSA over Ed25519), header
+ *   `{"alg":"EdDSA","kid":K,"typ":T}`. Any JOSE library verifies it with the plane's JWKS.
+ *
+ * - **Batch** (one signature for n > 1 receipts signed together): header
+ *   `{"alg":"EdDSA","kid":K,"typ":T',"n":n,"time":ms}` where T' is the batch type of T
+ *   (`custody-decision-batch+jws`: a JOSE library never takes one for a single receipt), n the
+ *   batch size and time when it was signed (epoch ms); the same header on every receipt of the
+ *   batch. The third segment is base64url(index ‖ path ‖ signature): the receipt's leaf index as
+ *   4 bytes big-endian, its RFC 9162 audit path (32-byte hashes, the leaf's sibling first), and
+ *   the 64-byte Ed25519 signature. The Merkle tree (RFC 6962) is over the receipts' payload
+ *   bytes in order, leaf = SHA-256(0x00 ‖ payload), node = SHA-256(0x01 ‖ left ‖ right). What
+ *   is signed is the batch statement, itself a compact JWS: `header.base64url(root)`. So a
+ *   verifier recomputes the root from the payload, index and path, and checks the signature of
+ *   `header.base64url(root)`; a JOSE library verifies that statement as it is. A receipt grows
+ *   by the path, 32 bytes per tree level (log2 n), plus 4 bytes of index and n and time.
  */
 
 export const RECEIPT_TYPE = {
@@ -14,6 +33,18 @@ export const RECEIPT_TYPE = {
   ROLLOUT: 'custody-rollout+jws',
 } as const;
 export type ReceiptType = (typeof RECEIPT_TYPE)[keyof typeof RECEIPT_TYPE];
+
+/** The `typ` of a batch receipt (and of its batch statement) of each type. */
+export const RECEIPT_BATCH_TYPE: Readonly<Record<ReceiptType, string>> = {
+  [RECEIPT_TYPE.DECISION]: 'custody-decision-batch+jws',
+  [RECEIPT_TYPE.ROLLOUT]: 'custody-rollout-batch+jws',
+};
+
+/** Receipts signed together at most: the index is 4 bytes. */
+export const MAX_RECEIPT_BATCH = 0xffff_ffff;
+const SIGNATURE_BYTES = 64;
+const HASH_BYTES = 32;
+const INDEX_BYTES = 4;
 
 /** What a decision receipt says: exactly one decision for one identity, tool and action. */
 export interface DecisionReceipt {
@@ -49,13 +80,17 @@ export interface RolloutReceipt {
 
 export interface ReceiptSigner {
   readonly kid: string;
+  /** A single receipt: one signature. */
   sign(type: ReceiptType, payload: object): string;
+  /** The receipts of `payloads`, in order, under one signature: a batch of one is a single receipt. */
+  signBatch(type: ReceiptType, payloads: readonly object[]): string[];
 }
 
 const b64 = (buf: Buffer) => buf.toString('base64url');
 
 /** A signer over an Ed25519 private key (a jose/WebCrypto CryptoKey or a KeyObject). */
-export function receiptSigner(kid: string, privateKey: KeyObject | CryptoKey): ReceiptSigner {
+export function receiptSigner(kid: string, privateKey: KeyObject | CryptoKey, o: { now?: () => number } = {}): ReceiptSigner {
+  const now = o.now ?? Date.now;
   const key = privateKey instanceof KeyObject ? privateKey : KeyObject.from(privateKey as Parameters<typeof KeyObject.from>[0]);
   if (key.asymmetricKeyType !== 'ed25519') throw new Error(`receipts are signed with Ed25519 keys, not ${key.asymmetricKeyType}`);
   const headers = new Map<ReceiptType, string>();
@@ -64,11 +99,30 @@ export function receiptSigner(kid: string, privateKey: KeyObject | CryptoKey): R
     if (h === undefined) headers.set(type, (h = b64(Buffer.from(JSON.stringify({ alg: 'EdDSA', kid, typ: type })))));
     return h;
   };
+  const single = (type: ReceiptType, payload: object): string => {
+    const input = `${header(type)}.${b64(Buffer.from(JSON.stringify(payload)))}`;
+    return `${input}.${b64(sign(null, Buffer.from(input), key))}`;
+  };
   return {
     kid,
-    sign(type, payload) {
-      const input = `${header(type)}.${b64(Buffer.from(JSON.stringify(payload)))}`;
-      return `${input}.${b64(sign(null, Buffer.from(input), key))}`;
+    sign: single,
+    signBatch(type, payloads) {
+      if (payloads.length <= 1) return payloads.map((p) => single(type, p));
+      if (payloads.length > MAX_RECEIPT_BATCH) throw new Error(`at most ${MAX_RECEIPT_BATCH} receipts are signed together`);
+      // each payload written once after the leaf prefix: the leaf is hashed from it as it is
+      const leafInputs = payloads.map((p) => Buffer.from(`${String.fromCharCode(LEAF_PREFIX)}${JSON.stringify(p)}`));
+      const bodies = leafInputs.map((b) => b.subarray(1));
+      const { root, paths } = merkleTree(leafInputs.map((b) => hash('sha256', b, 'buffer')));
+      const h = b64(Buffer.from(JSON.stringify({ alg: 'EdDSA', kid, typ: RECEIPT_BATCH_TYPE[type], n: payloads.length, time: now() })));
+      const signature = sign(null, Buffer.from(`${h}.${b64(root)}`), key);
+      return bodies.map((body, i) => {
+        const path = paths[i]!;
+        const proof = Buffer.allocUnsafe(INDEX_BYTES + HASH_BYTES * path.length + SIGNATURE_BYTES);
+        proof.writeUInt32BE(i, 0);
+        path.forEach((p, j) => p.copy(proof, INDEX_BYTES + HASH_BYTES * j));
+        signature.copy(proof, INDEX_BYTES + HASH_BYTES * path.length);
+        return `${h}.${b64(body)}.${b64(proof)}`;
+      });
     },
   };
 }
@@ -100,7 +154,11 @@ export class ReceiptKeys {
     return [...this.keys.keys()];
   }
 
-  /** Checks the signature, the type and that the payload is a JSON object; the caller checks what it says. */
+  /**
+   * Checks the signature (for a batch receipt: that its payload, index and path lead to a root
+   * the batch signature covers), the type and that the payload is a JSON object; the caller
+   * checks what it says.
+   */
   verify<T>(jws: string, type: ReceiptType): ReceiptCheck<T> {
     const signed = this.parse(jws, type);
     if (!signed.ok) return signed;
@@ -110,9 +168,12 @@ export class ReceiptKeys {
   /**
    * The same for many receipts, the signatures checked on libuv's thread pool (so on every core,
    * not only the caller's thread), at most `concurrency` at a time; results in the order given.
+   * A batch signature is checked once per distinct statement (root, header and signature).
    */
   async verifyAll<T>(receipts: readonly string[], type: ReceiptType, concurrency = 256): Promise<ReceiptCheck<T>[]> {
     const out = new Array<ReceiptCheck<T>>(receipts.length);
+    const statements = new Map<string, Promise<boolean>>();
+    const check = (s: Signed) => new Promise<boolean>((resolve) => verify(null, s.input, s.key, s.signature, (err, ok) => resolve(!err && ok)));
     let next = 0;
     const lane = async (): Promise<void> => {
       while (next < receipts.length) {
@@ -122,33 +183,56 @@ export class ReceiptKeys {
           out[i] = signed;
           continue;
         }
-        const valid = await new Promise<boolean>((resolve) => verify(null, signed.input, signed.key, signed.signature, (err, ok) => resolve(!err && ok)));
-        out[i] = checked<T>(signed, valid);
+        let valid: Promise<boolean>;
+        if (signed.batch) {
+          const id = `${signed.input.toString('latin1')}.${signed.signature.toString('latin1')}`;
+          valid = statements.get(id) ?? check(signed);
+          statements.set(id, valid);
+        } else valid = check(signed);
+        out[i] = checked<T>(signed, await valid);
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, receipts.length)) }, lane));
     return out;
   }
 
-  /** Everything before the signature check: the form, the header, the type and the key. */
+  /** Everything before the signature check: the form, the header, the type, the key and (in a batch) the root. */
   private parse(jws: string, type: ReceiptType): Signed | (ReceiptCheck<never> & { ok: false }) {
     const parts = jws.split('.');
     if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]*$/.test(p))) return { ok: false, code: 'malformed', message: 'not a compact JWS' };
-    let header: { alg?: unknown; kid?: unknown; typ?: unknown };
+    let header: { alg?: unknown; kid?: unknown; typ?: unknown; n?: unknown; time?: unknown };
     let payload: unknown;
+    const body = Buffer.from(parts[1]!, 'base64url');
     try {
       header = JSON.parse(Buffer.from(parts[0]!, 'base64url').toString('utf8'));
-      payload = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
+      payload = JSON.parse(body.toString('utf8'));
     } catch {
       return { ok: false, code: 'malformed', message: 'its header or payload is not JSON' };
     }
     if (typeof header !== 'object' || header === null || header.alg !== 'EdDSA' || typeof header.kid !== 'string') {
       return { ok: false, code: 'malformed', message: 'its header is not {alg: EdDSA, kid}' };
     }
-    if (header.typ !== type) return { ok: false, code: 'wrong_type', message: `it is a ${String(header.typ)}, not a ${type}` };
+    const batch = header.typ === RECEIPT_BATCH_TYPE[type];
+    if (header.typ !== type && !batch) return { ok: false, code: 'wrong_type', message: `it is a ${String(header.typ)}, not a ${type}` };
     const key = this.keys.get(header.kid);
     if (!key) return { ok: false, code: 'unknown_key', message: `it is signed by key ${header.kid}, not one of the plane's keys` };
-    return { ok: true, kid: header.kid, payload, key, input: Buffer.from(`${parts[0]}.${parts[1]}`), signature: Buffer.from(parts[2]!, 'base64url') };
+    if (!batch) return { ok: true, kid: header.kid, payload, key, input: Buffer.from(`${parts[0]}.${parts[1]}`), signature: Buffer.from(parts[2]!, 'base64url'), batch };
+
+    const n = header.n;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_RECEIPT_BATCH || typeof header.time !== 'number' || !Number.isFinite(header.time)) {
+      return { ok: false, code: 'malformed', message: 'its batch header does not say {n, time}' };
+    }
+    const proof = Buffer.from(parts[2]!, 'base64url');
+    // the payload hashed is the decoded bytes: only one spelling of them is accepted
+    if (body.toString('base64url') !== parts[1] || proof.toString('base64url') !== parts[2]) return { ok: false, code: 'malformed', message: 'it is not canonical base64url' };
+    const levels = (proof.length - INDEX_BYTES - SIGNATURE_BYTES) / HASH_BYTES;
+    if (!Number.isInteger(levels) || levels < 0) return { ok: false, code: 'malformed', message: 'its batch proof is not index, path and signature' };
+    const path: Buffer[] = [];
+    for (let j = 0; j < levels; j++) path.push(proof.subarray(INDEX_BYTES + HASH_BYTES * j, INDEX_BYTES + HASH_BYTES * (j + 1)));
+    const root = rootFromPath(proof.readUInt32BE(0), n, leafHash(body), path);
+    // a proof that fits no leaf of a batch of n: as if its signature failed (some part was changed)
+    if (!root) return { ok: false, code: 'bad_signature', message: `its batch proof does not fit a batch of ${n} signed by key ${header.kid}` };
+    return { ok: true, kid: header.kid, payload, key, input: Buffer.from(`${parts[0]}.${root.toString('base64url')}`), signature: proof.subarray(proof.length - SIGNATURE_BYTES), batch };
   }
 }
 
@@ -157,8 +241,10 @@ interface Signed {
   kid: string;
   payload: unknown;
   key: KeyObject;
+  /** What the signature is over: the receipt's `header.payload`, or in a batch its statement `header.base64url(root)`. */
   input: Buffer;
   signature: Buffer;
+  batch: boolean;
 }
 
 function checked<T>(s: Signed, valid: boolean): ReceiptCheck<T> {

@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto';
+import { EMPTY_ROOT, NODE_PREFIX, nodeHash } from '../../common/merkle';
 
 /**
- * RFC 6962 §2.1 Merkle Tree Hash over an ordered list of leaves:
+ * RFC 6962 §2.1 Merkle Tree Hash over an ordered list of leaves (hashing in common/merkle.ts):
  *   leaf = SHA-256(0x00 || data),  node = SHA-256(0x01 || left || right),
  *   MTH({}) = SHA-256(""), MTH(D[n]) = node(MTH(D[0:k]), MTH(D[k:n])) with k the largest power of two < n.
  * Two forms of the same tree: a streaming builder for JavaScript, and a SQL form that the
@@ -9,18 +9,7 @@ import { createHash } from 'node:crypto';
  * crosses into JavaScript one leaf at a time. Tests hold the two equal.
  */
 
-export const LEAF_PREFIX = 0x00;
-export const NODE_PREFIX = 0x01;
-/** MTH of the empty list. */
-export const EMPTY_ROOT = createHash('sha256').digest('hex');
-
-export function leafHash(data: Uint8Array | string): Buffer {
-  return createHash('sha256').update(Buffer.from([LEAF_PREFIX])).update(data).digest();
-}
-
-export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
-  return createHash('sha256').update(Buffer.from([NODE_PREFIX])).update(left).update(right).digest();
-}
+export { EMPTY_ROOT, LEAF_PREFIX, NODE_PREFIX, leafHash, nodeHash } from '../../common/merkle';
 
 /**
  * Builds MTH in O(log n) memory as leaf hashes arrive: a stack of perfect subtrees merged like a

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Attributes, Context } from '@opentelemetry/api';
 import { HttpError, badRequest } from '../../common/errors';
 import { ATTR, COHORT, DECISION, type Cohort, type DecisionResult } from '../../common/names';
-import { RECEIPT_TYPE, type DecisionReceipt, type ReceiptSigner } from '../../common/receipt';
+import { RECEIPT_TYPE, type DecisionReceipt } from '../../common/receipt';
 import { toolPolicy, type Policy } from '../policy/compile';
 import { BUILTIN_RULE, decide, type Decision } from '../policy/decide';
 import { decisionId } from '../policy/ids';
@@ -12,6 +12,7 @@ import type { TokenClaims } from '../../identity/claims';
 import { TOKEN_ERROR, TokenError } from '../../identity/errors';
 import type { TokenVerifier } from '../../identity/verify';
 import type { PlaneMetrics } from './metrics';
+import type { ReceiptBatcher } from './receipt-batcher';
 
 /** POST /v1/check body. */
 export interface CheckRequest {
@@ -45,8 +46,12 @@ export interface CheckerOptions {
   policy: () => Policy;
   verifier: TokenVerifier;
   rolloutPercent: () => number;
-  /** Signs each decision's receipt; without it, decisions carry none. */
-  signer?: () => ReceiptSigner;
+  /**
+   * Signs each decision's receipt (decisions made together share a signature, see
+   * receipt-batcher.ts); without it, decisions carry none. When it fails the check answers 503:
+   * no decision goes out unsigned.
+   */
+  signer?: ReceiptBatcher;
   /** Records the decision (the decision log); must not throw. */
   report?: (attributes: Attributes, context: Context | undefined, time: number, error?: string) => void;
   metrics?: PlaneMetrics;
@@ -81,25 +86,8 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
       if (!(err instanceof TokenError)) throw err;
       // Keys or revocations that cannot be had: nothing was decided.
       if (err.code === TOKEN_ERROR.JWKS_UNAVAILABLE || err.code === TOKEN_ERROR.REVOCATIONS_UNAVAILABLE) {
-        const seconds = (performance.now() - started) / 1000;
-        const id = decisionId(now());
-        options.metrics?.decided(DECISION.ERROR, metricTool(policy, req.tool), seconds);
-        options.report?.(
-          decisionAttributes(req, undefined, policy, settings.risk, {
-            id,
-            decision: DECISION.ERROR,
-            rule_id: BUILTIN_RULE.TOKEN_INVALID,
-            reason: err.message,
-            cohort: COHORT.CANARY,
-            enforced: true,
-            latencyMs: seconds * 1000,
-          }),
-          traceContext,
-          Date.now(),
-          err.message,
-        );
         const code = err.code === TOKEN_ERROR.JWKS_UNAVAILABLE ? 'token_keys_unavailable' : 'token_revocations_unavailable';
-        throw new HttpError(503, code, `cannot verify tokens: ${err.message}`, { 'retry-after': '1' });
+        throw unavailable(options, { req, policy, risk: settings.risk, started, traceContext }, { code, message: `cannot verify tokens: ${err.message}`, ruleId: BUILTIN_RULE.TOKEN_INVALID, reason: err.message, id: decisionId(now()) });
       }
       outcome = { decision: 'deny', rule_id: BUILTIN_RULE.TOKEN_INVALID, reason: `token refused (${err.code}): ${err.message}` };
     }
@@ -120,7 +108,15 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
       rollout_percent: percent,
       ...(claims ? { token_jti: claims.jti } : {}),
     };
-    if (options.signer) response.receipt = options.signer().sign(RECEIPT_TYPE.DECISION, receiptOf(req, claims, response, decidedAt));
+    if (options.signer) {
+      try {
+        response.receipt = await options.signer.sign(RECEIPT_TYPE.DECISION, receiptOf(req, claims, response, decidedAt));
+      } catch (err) {
+        // decided, but the enforcer cannot prove it: an error it fails closed on, never an unsigned answer
+        const why = `cannot sign the decision's receipt: ${(err as Error)?.message ?? String(err)}`;
+        throw unavailable(options, { req, policy, risk: settings.risk, started, traceContext, claims }, { code: 'receipt_unavailable', message: why, ruleId: response.rule_id, reason: why, id: response.policy_decision_id });
+      }
+    }
     const seconds = (performance.now() - started) / 1000;
     response.latency_ms = round(seconds * 1000);
     options.metrics?.decided(response.decision, metricTool(policy, req.tool), seconds);
@@ -140,6 +136,31 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
     );
     return response;
   };
+}
+
+/** Nothing usable was decided: recorded as an error, answered 503 (the enforcer fails closed on it). */
+function unavailable(
+  options: CheckerOptions,
+  c: { req: CheckRequest; policy: Policy; risk: Risk; started: number; traceContext: Context | undefined; claims?: TokenClaims },
+  e: { code: string; message: string; ruleId: string; reason: string; id: string },
+): HttpError {
+  const seconds = (performance.now() - c.started) / 1000;
+  options.metrics?.decided(DECISION.ERROR, metricTool(c.policy, c.req.tool), seconds);
+  options.report?.(
+    decisionAttributes(c.req, c.claims, c.policy, c.risk, {
+      id: e.id,
+      decision: DECISION.ERROR,
+      rule_id: e.ruleId,
+      reason: e.reason,
+      cohort: COHORT.CANARY,
+      enforced: true,
+      latencyMs: seconds * 1000,
+    }),
+    c.traceContext,
+    Date.now(),
+    e.reason,
+  );
+  return new HttpError(503, e.code, e.message, { 'retry-after': '1' });
 }
 
 /** The identity is the token's; the purpose is the token's when it names one (a different stated purpose is refused). */

@@ -25,6 +25,11 @@ export function planeMetrics() {
     help: 'The policy in force: value = how many policies this process has loaded, labelled with its version and hash',
     labelNames: ['version', 'hash'],
   });
+  const receiptBatchSize = histogram({
+    name: METRIC.POLICY_RECEIPT_BATCH_SIZE,
+    help: 'Decision receipts signed under one signature (the decisions made in one event-loop turn)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+  });
   const rolloutPercent = gauge({ name: METRIC.ROLLOUT_PERCENT, help: 'Percent of agent instances in the canary (enforced) cohort' });
 
   const safely = (fn: () => void) => {
@@ -38,6 +43,9 @@ export function planeMetrics() {
     decided(decision: string, tool: string, seconds: number): void {
       safely(() => decisionDuration.observe(seconds));
       safely(() => decisions.inc({ decision, tool }));
+    },
+    receiptBatch(size: number): void {
+      safely(() => receiptBatchSize.observe(size));
     },
     reloadFailed(): void {
       safely(() => reloadErrors.inc());

@@ -15,6 +15,7 @@ import { createRevocationChecker, type RevocationChecker } from '../../identity/
 import type { TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
 import { createChecker } from './check';
+import { receiptBatcher } from './receipt-batcher';
 import { planeMetrics } from './metrics';
 import { watchPolicyFile } from './reload';
 import { arrivedAt } from '../../common/http';
@@ -71,11 +72,11 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const fromEnv = credentialsFromEnv();
       const credentials = { ...fromEnv, admin: planeOptions.adminToken ?? fromEnv.admin };
       const receiptKeys = await openKeyArchive({ dir: path.join(options.dataDir, RECEIPT_KEYS_DIR), envVar: ENV.POLICY_SIGNING_KEY });
-      let signer = receiptSigner(receiptKeys.current().kid, receiptKeys.current().privateKey);
+      let keySigner = receiptSigner(receiptKeys.current().kid, receiptKeys.current().privateKey);
       const currentSigner = (): ReceiptSigner => {
         const key = receiptKeys.current();
-        if (signer.kid !== key.kid) signer = receiptSigner(key.kid, key.privateKey);
-        return signer;
+        if (keySigner.kid !== key.kid) keySigner = receiptSigner(key.kid, key.privateKey);
+        return keySigner;
       };
 
       const report = (attributes: Attributes, parent: Context | undefined, time: number, error?: string) => {
@@ -85,7 +86,9 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
           log.warn({ err: (err as Error).message }, 'cannot report a policy decision');
         }
       };
-      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, metrics, signer: currentSigner });
+      // decisions made together share one signature; rollout changes are rare and signed alone
+      const signer = receiptBatcher(currentSigner, { onBatch: (size) => metrics.receiptBatch(size) });
+      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, metrics, signer });
       const rolloutReceipt = (state: RolloutState, reason: string, actor: string) =>
         currentSigner().sign(RECEIPT_TYPE.ROLLOUT, { percent: state.percent, revision: state.revision, time: Date.now(), reason, actor } satisfies RolloutReceipt);
 

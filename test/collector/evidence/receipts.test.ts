@@ -6,12 +6,14 @@ import { compactVerify, createLocalJWKSet, exportJWK, generateKeyPair, type JSON
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Finding } from '../../../collector/evidence/findings';
 import type { VerifyReport } from '../../../collector/evidence/verify';
-import { RECEIPT_TYPE, receiptSigner, type DecisionReceipt } from '../../../common/receipt';
+import { openStore } from '../../../collector/store';
+import { createLogger } from '../../../common/log';
+import { RECEIPT_BATCH_TYPE, RECEIPT_TYPE, ReceiptKeys, receiptSigner, type DecisionReceipt } from '../../../common/receipt';
 import { decisionId } from '../../../enforcer/policy/ids';
 import { cohortBucket } from '../../../enforcer/policy/rollout';
 import { auditEventsOf, runAgent } from '../../helpers/agents';
 import { CLI, ROOT, eventually, startCustody, tempDir, type RunningCustody } from '../../helpers/custody';
-import { ADMIN_TOKEN, check, issue, policyFile, putRollout } from '../../helpers/policy';
+import { ADMIN_TOKEN, check, issue, metric, policyFile, putRollout } from '../../helpers/policy';
 
 /**
  * Signed decisions against a real `custody up`: the plane signs a receipt for every decision and
@@ -99,8 +101,17 @@ function canaryInstance(tag: string): string {
 describe('signed decisions through a real custody up', () => {
   let planeJwks: JSONWebKeySet;
   const real: string[] = [];
-  const forged = { unsigned: canaryInstance('forged-unsigned'), selfSigned: canaryInstance('forged-self-signed'), baseline: canaryInstance('forged-baseline'), replayed: canaryInstance('forged-replayed') };
+  const forged = {
+    unsigned: canaryInstance('forged-unsigned'),
+    selfSigned: canaryInstance('forged-self-signed'),
+    baseline: canaryInstance('forged-baseline'),
+    replayed: canaryInstance('forged-replayed'),
+    batchEdited: canaryInstance('forged-batch-edited'),
+  };
   let at = 0;
+  /** Receipts of decisions the plane made together (one signature over a batch). */
+  const batched: string[] = [];
+  let concurrentRoot = '';
 
   beforeAll(async () => {
     custody = await startCustody({ dataDir, args: ['--policy', policyFile()], env });
@@ -162,6 +173,42 @@ describe('signed decisions through a real custody up', () => {
     expect(ran.length).toBe(2);
   });
 
+  it('signs concurrent checks together: batch receipts that verify, each for its own decision', { timeout: 120_000 }, async () => {
+    const keys = new ReceiptKeys(planeJwks);
+    const header = (r: string) => JSON.parse(Buffer.from(r.split('.')[0]!, 'base64url').toString('utf8'));
+    // requests that arrive together are decided in one event-loop turn, most rounds; a few rounds make it certain
+    for (let round = 0; round < 10 && batched.length === 0; round++) {
+      const tokens = await Promise.all(
+        Array.from({ length: 32 }, async (_, i) => {
+          const instance = `receipt-batch-${round}-${i}-${randomUUID()}`;
+          return { instance, ...(await issue(custody.url, { tool: 'search', sponsor_id: 'alice', agent_instance_id: instance, role: 'support' })) };
+        }),
+      );
+      const answers = await Promise.all(tokens.map((t) => check(custody.url, { token: t.token, tool: 'search', action: 'call' })));
+      expect(answers.map((a) => a.status)).toEqual(Array(32).fill(200));
+      const receipts = answers.map((a) => a.body.receipt as string);
+      const checks = await keys.verifyAll<DecisionReceipt>(receipts, RECEIPT_TYPE.DECISION);
+      checks.forEach((c, i) => {
+        expect(c.ok, c.ok ? '' : c.message).toBe(true);
+        expect((c as { payload: DecisionReceipt }).payload).toMatchObject({ id: answers[i]!.body.policy_decision_id, agent_instance_id: tokens[i]!.instance, token_jti: tokens[i]!.claims.jti, decision: 'allow' });
+        expect(checks[i]).toEqual(keys.verify(receipts[i]!, RECEIPT_TYPE.DECISION));
+      });
+      batched.push(...receipts.filter((r) => header(r).typ === RECEIPT_BATCH_TYPE[RECEIPT_TYPE.DECISION] && header(r).n > 1));
+    }
+    expect(batched.length).toBeGreaterThan(1);
+    expect(await metric(custody.url, 'custody_policy_receipt_batch_size_count')).toBeGreaterThan(0);
+  });
+
+  it('a real agent making calls at once carries the receipts of batches on them', { timeout: 180_000 }, async () => {
+    concurrentRoot = `concurrent-${randomUUID()}`;
+    const run = await runAgent('concurrent-calls.cjs', { custody, env: { ...AGENT_ENV, CUSTODY_AGENT_INSTANCE_ID: concurrentRoot, CALLS: '24' }, timeoutMs: 150_000 });
+    expect(run.code, run.stderr).toBe(0);
+    const calls = (run.report as { calls: { ok: boolean; code?: string }[] }).calls;
+    expect(calls.filter((c) => !c.ok), JSON.stringify(calls)).toEqual([]);
+    real.push(concurrentRoot);
+    await auditEventsOf(custody, concurrentRoot, 24);
+  });
+
   it('takes forged rows over OTLP as it takes any span', { timeout: 120_000 }, async () => {
     at = Date.now();
     // the attacker's own key, under the plane's kid
@@ -173,7 +220,11 @@ describe('signed decisions through a real custody up', () => {
     // a genuine receipt, for another call, replayed on this one
     const { token } = await issue(custody.url, { tool: 'billing', sponsor_id: 'alice', agent_instance_id: `receipt-check-${randomUUID()}`, role: 'support' });
     const genuine = (await check(custody.url, { token, tool: 'billing', action: 'refund' })).body.receipt as string;
+    // a genuine batch receipt whose decision is rewritten for the forged call, its header and proof kept
+    const [h, , proof] = batched[0]!.split('.');
+    const rewritten = JSON.stringify({ id: 'x', decision: 'allow', sponsor_id: 'alice', agent_instance_id: forged.batchEdited, tool_id: 'billing', action: 'refund' });
     await sendOtlp([
+      ...forgedSpans({ instance: forged.batchEdited, at: at + 40, receipt: `${h}.${Buffer.from(rewritten).toString('base64url')}.${proof}` }),
       ...forgedSpans({ instance: forged.unsigned, at }),
       ...forgedSpans({ instance: forged.selfSigned, at: at + 10, receipt: fake(forged.selfSigned) }),
       ...forgedSpans({ instance: forged.baseline, at: at + 20, cohort: 'baseline' }),
@@ -207,6 +258,8 @@ describe('signed decisions through a real custody up', () => {
     expect(of(forged.selfSigned).map((f) => f.kind)).toContain('receipt_invalid');
     named(kind(forged.selfSigned, 'receipt_invalid'), forged.selfSigned, at + 10);
     expect(kind(forged.selfSigned, 'receipt_invalid')!.message).toMatch(/signature does not verify/);
+    expect(of(forged.batchEdited).map((f) => f.kind)).toContain('receipt_invalid');
+    named(kind(forged.batchEdited, 'receipt_invalid'), forged.batchEdited, at + 40);
     expect(of(forged.replayed).map((f) => f.kind)).toContain('receipt_mismatch');
     expect(kind(forged.replayed, 'receipt_mismatch')!.message).toMatch(/receipt is for another decision id, instance, token/);
     // lying about the cohort: the signed rollout enforced this instance
@@ -218,6 +271,7 @@ describe('signed decisions through a real custody up', () => {
     const text = spawnSync(process.execPath, [CLI, 'audit', 'verify', '--data-dir', dataDir], { cwd: ROOT, encoding: 'utf8' });
     expect(text.status).toBe(1);
     expect(text.stdout).toMatch(new RegExp(`CRITICAL\\s+receipt_missing\\s+billing\\.refund by ${forged.unsigned}`));
+
   });
 
   it('trusts only a pinned plane key set when given one', { timeout: 180_000 }, async () => {
@@ -230,5 +284,21 @@ describe('signed decisions through a real custody up', () => {
     // every real call is now unproven, and so is every signed rollout state
     for (const id of real) expect(r.findings.filter((f) => f.agent_instance_id === id).map((f) => f.kind)).toContain('receipt_invalid');
     expect(r.counts.rollout_receipt_invalid).toBeGreaterThan(0);
+  });
+
+  // last: this process opens the store itself (one chDB engine per process), so no verify runs after it
+  it('the concurrent agent\'s proven calls carry receipts of batches (one signature for several decisions)', { timeout: 60_000 }, async () => {
+    const store = await openStore({ dataDir, log: createLogger('test', 'error'), migrate: false });
+    try {
+      const rows = await store.rows<{ r: string }>(
+        `SELECT attributes['custody.policy.receipt'] AS r FROM ${store.database}.audit_events WHERE agent_instance_id = {id:String}`,
+        { id: concurrentRoot },
+      );
+      expect(rows).toHaveLength(24);
+      const types = rows.map((row) => JSON.parse(Buffer.from(row.r.split('.')[0]!, 'base64url').toString('utf8')).typ);
+      expect(types.filter((t) => t === RECEIPT_BATCH_TYPE[RECEIPT_TYPE.DECISION]).length, JSON.stringify(types)).toBeGreaterThan(1);
+    } finally {
+      await store.close();
+    }
   });
 });
