@@ -229,16 +229,26 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     }
     await say(rolledBack ? 'rolled back: the policy gate is at 0 % until a person or a healthy period moves it' : 'the rollback job has not acted yet (see custody rollback check)');
 
-    // the chain of custody of one refund: alice → assistant → refund sub-agent → billing.refund
+    // the chain of custody of one refund: alice → assistant → refund sub-agent → billing.refund,
+    // one the plane allowed where there is one (on a loaded machine a refund in shadow may have run
+    // on a plane error)
     let refundTrail: ScenarioResult['refundTrail'];
-    const refund = (firstShift.refunds ?? []).find((r) => r.calls.some((c) => c.tool === 'billing.refund' && c.ok));
-    if (refund) {
-      const id = refund.agent.agentInstanceId;
-      for (let i = 0; i < 50 && !refundTrail; i++) {
-        const trail = await getJson<AuditTrail>(`${url}/v1/audit/trail/${encodeURIComponent(id)}`).catch(() => undefined);
-        if (trail && trail.ancestors.length && trail.agent.calls.length) refundTrail = { refundAgent: id, trail };
+    let refund: AgentReport | undefined;
+    const ran = (firstShift.refunds ?? []).filter((r) => r.calls.some((c) => c.tool === 'billing.refund' && c.ok));
+    const allowed = (t: AuditTrail) => t.agent.calls.some((c) => c.decision === 'allow');
+    for (const candidate of ran) {
+      const id = candidate.agent.agentInstanceId;
+      let trail: AuditTrail | undefined;
+      for (let i = 0; i < 50 && !trail; i++) {
+        const got = await getJson<AuditTrail>(`${url}/v1/audit/trail/${encodeURIComponent(id)}`).catch(() => undefined);
+        if (got && got.ancestors.length && got.agent.calls.length) trail = got;
         else await sleep(200);
       }
+      if (trail && (!refundTrail || (allowed(trail) && !allowed(refundTrail.trail)))) {
+        refundTrail = { refundAgent: id, trail };
+        refund = candidate;
+      }
+      if (refundTrail && allowed(refundTrail.trail)) break;
     }
     if (refundTrail) out.write(`\nchain of custody of refund ${refund!.ticket} (custody audit trail ${refundTrail.refundAgent}):\n${formatTrail(refundTrail.trail)}\n`);
 
