@@ -12,7 +12,7 @@ export function portOption(flag: string, description: string, fallback: number):
   });
 }
 
-/** The flags every server command shares (CONTRACT.md, "Common flags"). */
+/** The flags every server command shares (README "Running"). */
 export function withServerOptions(cmd: Command): Command {
   return cmd
     .option('--host <host>', 'address to listen on', DEFAULTS.HOST)

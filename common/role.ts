@@ -9,7 +9,7 @@ import type { Reporter } from './report';
  * control-API routes on `control`, adds its readiness checks and returns a handle to stop it.
  */
 export interface RoleContext {
-  /** Control API (default :8080) router; routes are mounted at the paths in CONTRACT.md. */
+  /** Control API (default :8080) router; routes are mounted at the public surface's paths. */
   readonly control: Router;
   /** Hot-path JSON routes on the same port, served before Express (POST /v1/check). */
   readonly fast: FastRoutes;

@@ -20,7 +20,7 @@ import type { Store } from '../store';
 
 /**
  * GET /v1/rollback/status?window=15m&cohort=canary[&policy_error_rate=0.01…]: the rollback rules
- * for one cohort (canary, baseline or unmanaged), as CONTRACT.md shapes them (Argo Rollouts' web
+ * for one cohort (canary, baseline or unmanaged), as the README's "Rollout control" shapes them (Argo Rollouts' web
  * metric provider reads it as is). A rule name as a parameter overrides its threshold. Besides the
  * contract's fields it names the cohort, the evaluated minute range, each rule's confidence bounds,
  * the calls that would settle an undecided rule, the inputs counted and the alerts behind a `hold`.
