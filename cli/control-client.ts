@@ -1,11 +1,19 @@
 import { CustodyError } from '../common/errors';
 import { JsonRequestError, fetchJson } from '../common/json-client';
 import { DEFAULTS, ENV } from '../common/names';
+import { cliEnv } from './options';
+
+let auditCredential: { value: string | undefined } | undefined;
 
 /** Audit reads carry the reader credential (or the admin one) when one is set: required off loopback. */
 function readHeaders(pathname: string): Record<string, string> {
   if (!pathname.startsWith('/v1/audit/')) return {};
-  const credential = process.env[ENV.AUDIT_READER_TOKEN] || process.env[ENV.ADMIN_TOKEN];
+  // read from the environment once, on the command's first audit read
+  if (!auditCredential) {
+    const env = cliEnv(ENV.AUDIT_READER_TOKEN, ENV.ADMIN_TOKEN);
+    auditCredential = { value: env[ENV.AUDIT_READER_TOKEN] ?? env[ENV.ADMIN_TOKEN] };
+  }
+  const credential = auditCredential.value;
   return credential ? { authorization: `Bearer ${credential}` } : {};
 }
 

@@ -1,4 +1,5 @@
 import type { Router } from 'express';
+import type { CustodyEnv } from './env';
 import type { FastRoutes } from './fast-route';
 import type { Logger } from './log';
 import type { Reporter } from './report';
@@ -20,6 +21,8 @@ export interface RoleContext {
   addReadinessCheck(name: string, check: () => Promise<boolean> | boolean): void;
   /** Shared flags from the command line. */
   readonly options: CommonOptions;
+  /** The environment, parsed once by the host (common/env.ts): roles read their variables here, never process.env. */
+  readonly env: CustodyEnv;
   /**
    * In-process services one role offers another when `custody up` hosts both (the token service's
    * key set for the policy plane, the policy plane's rollout state for the collector). A role that

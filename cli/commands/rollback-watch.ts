@@ -10,7 +10,7 @@ import { parseMinSample } from '../../enforcer/rollback/config';
 import { nextAction, nextPercent, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
 import { httpPlane, RolloutConflictError } from '../../enforcer/rollback/plane';
 import { createRollbackWatcher, defaultActor, sinceChangeWindowS, WATCH_DEFAULTS, type TickResult } from '../../enforcer/rollback/watch';
-import { withClientOptions } from '../options';
+import { cliEnv, withClientOptions } from '../options';
 
 /**
  * `custody rollback watch` (the auto-rollback job alone, against a control API) and
@@ -29,7 +29,7 @@ function durationOption(flag: string, description: string, fallback: string): Op
 
 function policyUrlOption(): Option {
   return new Option('--policy-url <url>', `the policy plane's control API for /v1/rollout, when not at --url (default $${ENV.POLICY_URL})`).default(
-    process.env[ENV.POLICY_URL] || undefined,
+    cliEnv(ENV.POLICY_URL)[ENV.POLICY_URL] || undefined,
   );
 }
 
@@ -43,8 +43,9 @@ function planeFor(flags: { url: string; policyUrl?: string; adminToken?: string;
 }
 
 function adminTokenOption(): Option {
+  const env = cliEnv(ENV.ROLLOUT_TOKEN, ENV.ADMIN_TOKEN);
   return new Option('--admin-token <token>', `bearer token for PUT /v1/rollout (default $${ENV.ROLLOUT_TOKEN}, else $${ENV.ADMIN_TOKEN})`).default(
-    process.env[ENV.ROLLOUT_TOKEN] || process.env[ENV.ADMIN_TOKEN],
+    env[ENV.ROLLOUT_TOKEN] ?? env[ENV.ADMIN_TOKEN],
     `$${ENV.ROLLOUT_TOKEN} or $${ENV.ADMIN_TOKEN}`,
   );
 }
