@@ -1,10 +1,19 @@
 import { CustodyError } from '../common/errors';
+import { JsonRequestError, fetchJson } from '../common/json-client';
 import { DEFAULTS, ENV } from '../common/names';
+import { cliEnv } from './options';
+
+let auditCredential: { value: string | undefined } | undefined;
 
 /** Audit reads carry the reader credential (or the admin one) when one is set: required off loopback. */
 function readHeaders(pathname: string): Record<string, string> {
   if (!pathname.startsWith('/v1/audit/')) return {};
-  const credential = process.env[ENV.AUDIT_READER_TOKEN] || process.env[ENV.ADMIN_TOKEN];
+  // read from the environment once, on the command's first audit read
+  if (!auditCredential) {
+    const env = cliEnv(ENV.AUDIT_READER_TOKEN, ENV.ADMIN_TOKEN);
+    auditCredential = { value: env[ENV.AUDIT_READER_TOKEN] ?? env[ENV.ADMIN_TOKEN] };
+  }
+  const credential = auditCredential.value;
   return credential ? { authorization: `Bearer ${credential}` } : {};
 }
 
@@ -16,25 +25,18 @@ export async function getJson<T>(base: string, path: string, options: { timeoutM
   } catch {
     throw new CustodyError('ERR_USAGE', `--url '${base}' is not a URL such as ${DEFAULTS.URL}`);
   }
-  let res: Response;
   try {
-    res = await fetch(url, { headers: readHeaders(url.pathname), signal: AbortSignal.timeout(options.timeoutMs ?? 15_000) });
+    return await fetchJson<T>(url, { headers: readHeaders(url.pathname), timeoutMs: options.timeoutMs ?? 15_000 });
   } catch (err) {
-    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    throw new CustodyError('ERR_CONNECTION', `cannot reach ${url.origin}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);
+    if (!(err instanceof JsonRequestError)) throw err;
+    if (err.kind === 'timeout' || err.kind === 'aborted' || err.kind === 'unreachable') {
+      // the socket error's code (ECONNREFUSED) when there is one, else fetch's own message
+      const why = err.kind === 'unreachable' ? err.reason : ((err.cause as Error | undefined)?.message ?? err.reason);
+      throw new CustodyError('ERR_CONNECTION', `cannot reach ${url.origin}: ${why}`);
+    }
+    if (err.body === undefined) throw new CustodyError('ERR_RESPONSE', `${url.pathname} answered ${err.status} with a body that is not JSON`);
+    throw new ControlApiError(err.status, err.apiError?.code ?? 'unknown', `${url.pathname} answered ${err.status}: ${err.apiError?.message ?? err.text.slice(0, 200)}`);
   }
-  const text = await res.text();
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    throw new CustodyError('ERR_RESPONSE', `${url.pathname} answered ${res.status} with a body that is not JSON`);
-  }
-  if (!res.ok) {
-    const e = (body as { error?: { code?: string; message?: string } }).error;
-    throw new ControlApiError(res.status, e?.code ?? 'unknown', `${url.pathname} answered ${res.status}: ${e?.message ?? text.slice(0, 200)}`);
-  }
-  return { status: res.status, body: body as T };
 }
 
 /** A 4xx/5xx answer from the control API, with its status and error code. */

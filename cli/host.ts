@@ -1,9 +1,10 @@
 import { collectProcessMetrics, registry } from '../common/metrics';
 import { createFastRouter } from '../common/fast-route';
 import { createJsonApp, finish, listen, type Listening } from '../common/http';
-import { createLogger, type Logger } from '../common/log';
+import type { Logger } from '../common/log';
 import { createReporter, type Reporter } from '../common/report';
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
+import type { CustodyEnv } from '../common/env';
 import { ENV } from '../common/names';
 import { SERVICE, type CommonOptions, type RoleContext, type RoleStarter, type RunningRole } from '../common/role';
 
@@ -14,6 +15,8 @@ export interface Host {
   readonly roles: RunningRole[];
   readonly reporter: Reporter;
   readonly log: Logger;
+  /** The environment the roles were started with. */
+  readonly env: CustodyEnv;
   close(): Promise<void>;
 }
 
@@ -22,7 +25,8 @@ export interface Host {
  * `custody collector` (and the other single-role commands) one. Roles start in order, so the
  * collector is there before the roles that report to it.
  */
-export async function startHost(options: CommonOptions, starters: RoleStarter[], log = createLogger('custody')): Promise<Host> {
+/** `env`: the environment the command parsed at its start (common/env.ts), handed to every role. */
+export async function startHost(options: CommonOptions, starters: RoleStarter[], log: Logger, env: CustodyEnv): Promise<Host> {
   collectProcessMetrics();
   const app = createJsonApp();
   const fast = createFastRouter(log);
@@ -35,7 +39,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   const getReporter = () => {
     if (reporter) return reporter;
     const sink = options.otlpUrlGiven ? undefined : (services.get(SERVICE.SERVICE_SINK) as SpanExporter | undefined);
-    const serviceToken = process.env[ENV.SERVICE_TOKEN];
+    const serviceToken = env[ENV.SERVICE_TOKEN];
     if (!sink && !serviceToken) {
       log.warn(`records are reported to ${options.otlpUrl} without ${ENV.SERVICE_TOKEN}: the collector stores them as unverified, never as this service's records`);
     }
@@ -76,6 +80,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
       return getReporter();
     },
     options,
+    env,
     services: {
       provide: (name, value) => void services.set(name, value),
       lookup: <T>(name: string) => services.get(name) as T | undefined,
@@ -100,6 +105,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   return {
     control,
     roles,
+    env,
     get reporter() {
       return getReporter();
     },

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { bootstrapCredentialFile } from '../common/credentials';
+import { CLI_ENV, SERVER_ENV, readEnv, type CustodyEnv } from '../common/env';
 import { DEFAULTS, ENV } from '../common/names';
 import type { CommonOptions } from '../common/role';
 
@@ -12,7 +13,7 @@ export function portOption(flag: string, description: string, fallback: number):
   });
 }
 
-/** The flags every server command shares (CONTRACT.md, "Common flags"). */
+/** The flags every server command shares (README "Running"). */
 export function withServerOptions(cmd: Command): Command {
   return cmd
     .option('--host <host>', 'address to listen on', DEFAULTS.HOST)
@@ -40,10 +41,11 @@ export interface ServerFlags {
   policyUrl?: string;
 }
 
-export function commonOptions(flags: ServerFlags): CommonOptions {
+export function commonOptions(flags: ServerFlags, env: CustodyEnv): CommonOptions {
   const shownHost = flags.host.includes(':') ? `[${flags.host}]` : flags.host === '0.0.0.0' ? '127.0.0.1' : flags.host;
-  const clickhouseUrl = flags.clickhouseUrl ?? process.env[ENV.CLICKHOUSE_URL];
-  const clickhouseCluster = flags.clickhouseCluster ?? process.env[ENV.CLICKHOUSE_CLUSTER];
+  const clickhouseUrl = flags.clickhouseUrl ?? env[ENV.CLICKHOUSE_URL];
+  const clickhouseCluster = flags.clickhouseCluster ?? env[ENV.CLICKHOUSE_CLUSTER];
+  const policyUrl = flags.policyUrl ?? env[ENV.POLICY_URL];
   return {
     host: flags.host,
     port: flags.port,
@@ -53,16 +55,33 @@ export function commonOptions(flags: ServerFlags): CommonOptions {
     ...(clickhouseCluster ? { clickhouseCluster } : {}),
     ...(flags.policy ? { policyFile: path.resolve(flags.policy) } : {}),
     ...(flags.tokenConfig ? { tokenConfigFile: path.resolve(flags.tokenConfig) } : {}),
-    ...((flags.policyUrl ?? process.env[ENV.POLICY_URL]) ? { policyUrl: flags.policyUrl ?? process.env[ENV.POLICY_URL]! } : {}),
+    ...(policyUrl ? { policyUrl } : {}),
     publicUrl: `http://${shownHost}:${flags.port}`,
-    otlpUrl: flags.otlpUrl ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? `http://${shownHost}:${flags.otlpPort}`,
+    otlpUrl: flags.otlpUrl ?? env.OTEL_EXPORTER_OTLP_ENDPOINT ?? `http://${shownHost}:${flags.otlpPort}`,
     otlpUrlGiven: flags.otlpUrl !== undefined,
   };
 }
 
+/**
+ * The variables a client command reads (for its flags' defaults and credentials), parsed with
+ * common/env.ts where the command starts: only those, so that a bad value of a variable one command
+ * reads does not stop the others.
+ */
+export function cliEnv<N extends (typeof CLI_ENV)[number]>(...names: N[]): Pick<CustodyEnv, N> {
+  return readEnv(process.env, names);
+}
+
+/**
+ * The environment a server command hands its roles, parsed once as it starts: after
+ * bootstrapCredentials (and the demo's rollback interval) have filled in what was missing.
+ */
+export function serverEnv(): CustodyEnv {
+  return readEnv(process.env, SERVER_ENV);
+}
+
 /** Client commands (rollback, audit, token) talk to the control API at --url. */
 export function withClientOptions(cmd: Command): Command {
-  return cmd.option('--url <url>', `control API (default $${ENV.URL} or ${DEFAULTS.URL})`, process.env[ENV.URL] ?? DEFAULTS.URL);
+  return cmd.option('--url <url>', `control API (default $${ENV.URL} or ${DEFAULTS.URL})`, cliEnv(ENV.URL)[ENV.URL] ?? DEFAULTS.URL);
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;

@@ -1,4 +1,3 @@
-import { ConfigError } from '../common/errors';
 import { ENV } from '../common/names';
 import type { RoleContext, RunningRole } from '../common/role';
 import { openStore } from './store';
@@ -10,7 +9,8 @@ import { startCheckpointer } from './evidence/checkpoint';
 /** The collector role: the store, the OTLP receiver, rules and audit queries. */
 export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole> {
   const { options, log } = ctx;
-  const retention = retentionDays(process.env[ENV.AUDIT_RETENTION_DAYS]);
+  const days = ctx.env[ENV.AUDIT_RETENTION_DAYS];
+  const retention = days !== undefined ? { retentionDays: days } : {};
   // a server may come up after the collector: its migrations run in the background meanwhile
   const store = await openStore(
     options.clickhouseUrl
@@ -40,14 +40,4 @@ export async function startCollectorRole(ctx: RoleContext): Promise<RunningRole>
       await store.close();
     },
   };
-}
-
-/** CUSTODY_AUDIT_RETENTION_DAYS: the audit TTL (default 90 days, set by the first migration). */
-function retentionDays(text: string | undefined): { retentionDays?: number } {
-  if (text === undefined || text.trim() === '') return {};
-  const days = Number(text);
-  if (!/^\d+$/.test(text.trim()) || days < 1 || days > 10_950) {
-    throw new ConfigError(`${ENV.AUDIT_RETENTION_DAYS} '${text}' must be a whole number of days from 1 to 10950 (30 years: the stored times end in 2106)`);
-  }
-  return { retentionDays: days };
 }

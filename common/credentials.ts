@@ -2,6 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { RequestHandler } from 'express';
+import type { CustodyEnv } from './env';
 import { HttpError } from './errors';
 import { ENV } from './names';
 
@@ -43,10 +44,11 @@ export const CREDENTIAL_ENV = {
   ingest: ENV.INGEST_TOKEN,
 } as const satisfies Record<keyof ServiceCredentials, string>;
 
-export function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): ServiceCredentials {
+/** The credentials of the parsed environment (common/env.ts trims them; blank is unset). */
+export function credentialsFromEnv(env: Pick<CustodyEnv, (typeof CREDENTIAL_ENV)[keyof typeof CREDENTIAL_ENV]>): ServiceCredentials {
   const out: { -readonly [K in keyof ServiceCredentials]: string | undefined } = {};
-  for (const [key, name] of Object.entries(CREDENTIAL_ENV) as [keyof ServiceCredentials, string][]) {
-    const v = env[name]?.trim();
+  for (const [key, name] of Object.entries(CREDENTIAL_ENV) as [keyof ServiceCredentials, (typeof CREDENTIAL_ENV)[keyof typeof CREDENTIAL_ENV]][]) {
+    const v = env[name];
     if (v) out[key] = v;
   }
   return out;

@@ -1,5 +1,6 @@
 // Every public name custody emits or reads: span attributes, baggage keys, span names,
-// environment variables, table and metric names. One place each, as in CONTRACT.md.
+// environment variables, table and metric names: custody's public surface, one place each (the
+// README's "Environment variables" table is checked against common/env.ts).
 
 export const ATTR = {
   // GenAI semantic conventions
@@ -213,6 +214,9 @@ export const UNMANAGED_COHORT = 'unmanaged';
 
 export const DECISION = { ALLOW: 'allow', DENY: 'deny', ERROR: 'error' } as const;
 export type DecisionResult = (typeof DECISION)[keyof typeof DECISION];
+
+/** error.type of a tool call refused by policy (denied) or for want of a decision (unavailable): the tool never ran. */
+export const POLICY_ERROR_TYPE = { DENIED: 'policy_denied', UNAVAILABLE: 'policy_unavailable' } as const;
 
 export const DATABASE = 'custody';
 export const TABLE = {

@@ -21,7 +21,7 @@ export interface Reporter {
 
 export interface ReporterOptions {
   serviceName: string;
-  /** OTLP/HTTP base URL of the collector, default $OTEL_EXPORTER_OTLP_ENDPOINT or http://127.0.0.1:4318. */
+  /** OTLP/HTTP base URL of the collector (the host passes --otlp-url or $OTEL_EXPORTER_OTLP_ENDPOINT), default http://127.0.0.1:4318. */
   endpoint?: string;
   headers?: Record<string, string>;
   /** For tests: where spans go instead of OTLP. */
@@ -29,7 +29,7 @@ export interface ReporterOptions {
 }
 
 export function createReporter(options: ReporterOptions): Reporter {
-  const base = (options.endpoint ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? DEFAULTS.OTLP_ENDPOINT).replace(/\/+$/, '');
+  const base = (options.endpoint ?? DEFAULTS.OTLP_ENDPOINT).replace(/\/+$/, '');
   const exporter =
     options.exporter ??
     new OTLPTraceExporter({ url: `${base}/v1/traces`, ...(options.headers ? { headers: options.headers } : {}) });

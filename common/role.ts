@@ -1,4 +1,5 @@
 import type { Router } from 'express';
+import type { CustodyEnv } from './env';
 import type { FastRoutes } from './fast-route';
 import type { Logger } from './log';
 import type { Reporter } from './report';
@@ -9,7 +10,7 @@ import type { Reporter } from './report';
  * control-API routes on `control`, adds its readiness checks and returns a handle to stop it.
  */
 export interface RoleContext {
-  /** Control API (default :8080) router; routes are mounted at the paths in CONTRACT.md. */
+  /** Control API (default :8080) router; routes are mounted at the public surface's paths. */
   readonly control: Router;
   /** Hot-path JSON routes on the same port, served before Express (POST /v1/check). */
   readonly fast: FastRoutes;
@@ -20,6 +21,8 @@ export interface RoleContext {
   addReadinessCheck(name: string, check: () => Promise<boolean> | boolean): void;
   /** Shared flags from the command line. */
   readonly options: CommonOptions;
+  /** The environment, parsed once by the host (common/env.ts): roles read their variables here, never process.env. */
+  readonly env: CustodyEnv;
   /**
    * In-process services one role offers another when `custody up` hosts both (the token service's
    * key set for the policy plane, the policy plane's rollout state for the collector). A role that

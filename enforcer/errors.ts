@@ -1,4 +1,5 @@
 import { CustodyError } from '../common/errors';
+import { POLICY_ERROR_TYPE } from '../common/names';
 
 /** What a refused tool call was refused by: enough to find the decision in the decision log. */
 export interface RefusalDetails {
@@ -14,7 +15,7 @@ export interface RefusalDetails {
 export class PolicyDeniedError extends CustodyError implements RefusalDetails {
   static readonly code = 'ERR_POLICY_DENIED';
   /** The span's `error.type`. */
-  readonly type = 'policy_denied';
+  readonly type = POLICY_ERROR_TYPE.DENIED;
   readonly tool: string;
   readonly action: string;
   readonly policyDecisionId: string;
@@ -38,7 +39,7 @@ export class PolicyDeniedError extends CustodyError implements RefusalDetails {
  */
 export class PolicyUnavailableError extends CustodyError {
   static readonly code = 'ERR_POLICY_UNAVAILABLE';
-  readonly type = 'policy_unavailable';
+  readonly type = POLICY_ERROR_TYPE.UNAVAILABLE;
   readonly tool: string;
   readonly action: string;
 
@@ -46,5 +47,19 @@ export class PolicyUnavailableError extends CustodyError {
     super(PolicyUnavailableError.code, `policy unavailable for ${tool}.${action}: ${message}`, options);
     this.tool = tool;
     this.action = action;
+  }
+}
+
+/**
+ * The rollout moved between a reader's read and its write, so nothing was changed: the plane's
+ * `If-Match` revision (412) or `expected_percent` (409) no longer held.
+ */
+export class RolloutConflictError extends CustodyError {
+  static readonly code = 'ERR_ROLLOUT_CONFLICT';
+  /** Which precondition failed. */
+  readonly expected: 'revision' | 'percent';
+  constructor(expected: 'revision' | 'percent', message: string) {
+    super(RolloutConflictError.code, message);
+    this.expected = expected;
   }
 }

@@ -14,7 +14,7 @@ export interface ActorClaim {
   act?: ActorClaim;
 }
 
-/** The claims of a custody token (CONTRACT.md, COMMON "Tokens"). */
+/** The claims of a custody token (the public surface; README "Tokens and agent registration"). */
 export interface TokenClaims {
   iss: string;
   /** The agent instance (= agent_instance_id). */

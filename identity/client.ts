@@ -1,3 +1,4 @@
+import { JsonRequestError, fetchJson } from '../common/json-client';
 import type { TokenClaims } from './claims';
 import { TokenRequestError } from './errors';
 import { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from './exchange';
@@ -63,35 +64,36 @@ export async function requestJson<T>(
   init: { method?: string; body?: unknown; headers?: Record<string, string> },
   options: TokenRequestOptions = {},
 ): Promise<T> {
-  const timeout = AbortSignal.timeout(options.timeoutMs ?? 2000);
-  const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
-  let res: Response;
+  const timeoutMs = options.timeoutMs ?? 2000;
   try {
-    res = await fetch(url, {
-      method: init.method ?? 'POST',
-      headers: { accept: 'application/json', ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
-      ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
-      signal,
-    });
+    return (
+      await fetchJson<T>(url, {
+        method: init.method ?? 'POST',
+        ...(init.body !== undefined ? { body: init.body } : {}),
+        ...(init.headers ? { headers: init.headers } : {}),
+        timeoutMs,
+        ...(options.signal ? { signal: options.signal } : {}),
+      })
+    ).body;
   } catch (err) {
-    const why = timeout.aborted ? `no answer within ${options.timeoutMs ?? 2000} ms` : (err as Error).message;
-    throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', 0, 'unavailable', `${url.origin}: ${why}`, { cause: err });
+    if (!(err instanceof JsonRequestError)) throw err;
+    switch (err.kind) {
+      case 'timeout':
+      case 'aborted':
+      case 'unreachable': {
+        // the timeout says how long; otherwise fetch's own message ("fetch failed", the abort reason)
+        const why = err.kind === 'timeout' ? err.reason : ((err.cause as Error | undefined)?.message ?? err.reason);
+        throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', 0, 'unavailable', `${url.origin}: ${why}`, { cause: err.cause });
+      }
+      case 'http': {
+        const code = err.apiError?.code ?? `http_${err.status}`;
+        const kind = err.status >= 500 ? 'ERR_TOKEN_SERVICE_UNAVAILABLE' : 'ERR_TOKEN_REFUSED';
+        throw new TokenRequestError(kind, err.status, code, `${code}: ${err.apiError?.message ?? (err.text.slice(0, 200) || err.statusText)}`);
+      }
+      case 'malformed':
+        throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', err.status, 'bad_response', `${url}: the answer is not JSON`);
+    }
   }
-  const text = await res.text().catch(() => '');
-  let json: unknown;
-  try {
-    json = text ? JSON.parse(text) : undefined;
-  } catch {
-    json = undefined;
-  }
-  if (!res.ok) {
-    const e = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
-    const code = typeof e?.code === 'string' ? e.code : `http_${res.status}`;
-    const kind = res.status >= 500 ? 'ERR_TOKEN_SERVICE_UNAVAILABLE' : 'ERR_TOKEN_REFUSED';
-    throw new TokenRequestError(kind, res.status, code, `${code}: ${e?.message ?? (text.slice(0, 200) || res.statusText)}`);
-  }
-  if (json === undefined) throw new TokenRequestError('ERR_TOKEN_SERVICE_UNAVAILABLE', res.status, 'bad_response', `${url}: the answer is not JSON`);
-  return json as T;
 }
 
 interface TokenResponse {

@@ -6,7 +6,7 @@ import { boundInstanceId, instanceBelongsTo, instanceOwner } from './instance';
 import type { AgentRecord } from './registry';
 import { idString, optionalId, parseBody, toolList, ttlField } from './request';
 
-/** POST /issue body (CONTRACT.md). */
+/** POST /issue body (README "Tokens and agent registration"). */
 export const issueRequestSchema = z.object({
   tool: optionalId,
   tools: toolList.optional(),

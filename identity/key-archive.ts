@@ -44,15 +44,18 @@ function writeAtomic(file: string, text: string, mode = 0o644): void {
   fs.renameSync(tmp, file);
 }
 
-export async function openKeyArchive(options: { dir: string; envVar: string; env?: NodeJS.ProcessEnv }): Promise<KeyArchive> {
-  const env = options.env ?? process.env;
+/**
+ * `key` is the value of the variable `envVar` as the process started with it (common/env.ts), which
+ * then wins over the archive's own key file; `envVar` names it in messages.
+ */
+export async function openKeyArchive(options: { dir: string; envVar: string; key?: string | undefined }): Promise<KeyArchive> {
   const envVar = options.envVar;
   const dir = path.resolve(options.dir);
   fs.mkdirSync(dir, { recursive: true });
   const privateFile = path.join(dir, PRIVATE_FILE);
   const jwksFile = path.join(dir, JWKS_FILE);
   const fromEnv = () => {
-    const text = env[envVar];
+    const text = options.key;
     return text !== undefined && text.trim() !== '' ? text : undefined;
   };
 

@@ -116,7 +116,7 @@ export async function generateSigningKey(alg: SigningAlgorithm): Promise<Signing
  * The key source the configuration names: the environment variable when it is set, else the key
  * file, else a key generated in memory (tokens then do not survive a restart of the service).
  */
-export function keySourceFor(config: TokenServiceConfig, env: NodeJS.ProcessEnv = process.env): KeySource {
+export function keySourceFor(config: TokenServiceConfig, env: Readonly<Record<string, string | undefined>>): KeySource {
   const { algorithm: alg, key_env: envName, key_file: keyFile } = config.signing;
   const fromEnv = env[envName];
   if (fromEnv !== undefined && fromEnv.trim() !== '') {

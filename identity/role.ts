@@ -40,6 +40,15 @@ export function resolveMode(mode: TokenMode, host: string, configFile: string): 
   return mode;
 }
 
+/**
+ * The signing key's variable: $CUSTODY_TOKEN_SIGNING_KEY from the environment the host parsed, or
+ * the one the token config's `signing.key_env` names instead, which only that file knows of and so
+ * is read here, once, at start.
+ */
+function signingKeyEnv(ctx: RoleContext, name: string): Record<string, string | undefined> {
+  return { [name]: name === ENV.TOKEN_SIGNING_KEY ? ctx.env[ENV.TOKEN_SIGNING_KEY] : process.env[name] };
+}
+
 export const AGENT_REGISTRY_FILE = path.join('tokens', 'agents.json');
 
 /** The token-service role: POST /issue, POST /token, the JWKS, and the agent admin API. */
@@ -47,9 +56,9 @@ export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRo
   const { options, log } = ctx;
   const config: TokenServiceConfig = loadTokenConfig(options.tokenConfigFile);
   const mode = resolveMode(config.mode, options.host, config.file);
-  const keys = await createKeyRing(keySourceFor(config), { clockSkewSeconds: config.clock_skew_seconds });
+  const keys = await createKeyRing(keySourceFor(config, signingKeyEnv(ctx, config.signing.key_env)), { clockSkewSeconds: config.clock_skew_seconds });
   const registry = openAgentRegistry({ config, file: path.join(options.dataDir, AGENT_REGISTRY_FILE) });
-  const credentials = credentialsFromEnv();
+  const credentials = credentialsFromEnv(ctx.env);
   const adminToken = credentials.admin;
   const service = createTokenService({
     config,

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { EnvSource } from '../common/env';
 import { DEFAULTS, ENV } from '../common/names';
 import { boundInstanceId, credentialAgentId, isAgentId } from '../identity/instance';
 
@@ -35,7 +36,7 @@ export interface AgentSettings {
   propagateRegister: boolean;
 }
 
-type Env = Readonly<Record<string, string | undefined>>;
+type Env = EnvSource;
 
 function value(env: Env, name: string): string | undefined {
   const v = env[name]?.trim();
@@ -54,7 +55,7 @@ export function flag(raw: string | undefined, fallback: boolean): boolean {
  * (`<agent_id>:<name>`, the only instances the token service issues it tokens for), and a parent
  * it did not get through a delegation token is not its to claim.
  */
-export function readIdentity(env: Env = process.env, newId: () => string = randomUUID): AgentIdentity {
+export function readIdentity(env: Env, newId: () => string = randomUUID): AgentIdentity {
   const identity: AgentIdentity = { agentInstanceId: value(env, ENV.AGENT_INSTANCE_ID) ?? newId() };
   const set = (key: keyof AgentIdentity, name: string): void => {
     const v = value(env, name);
@@ -90,7 +91,8 @@ function delegatedAgentId(token: string): string | undefined {
   }
 }
 
-export function readSettings(env: Env = process.env): AgentSettings {
+/** `env`: the environment as the agent's edge (register, the manual API's first call) read it. */
+export function readSettings(env: Env): AgentSettings {
   const tools = value(env, ENV.DELEGATE_TOOLS)
     ?.split(',')
     .map((t) => t.trim())

@@ -29,8 +29,9 @@ type Holder = { runtime?: Runtime };
 const holder: Holder = ((globalThis as Record<symbol, unknown>)[KEY] as Holder | undefined) ??
   ((globalThis as Record<symbol, unknown>)[KEY] = {});
 
+/** The manual API used without custody/register: the environment is read here, once. */
 function fromEnvironment(): Runtime {
-  const settings = readSettings();
+  const settings = readSettings(process.env);
   let toolMap: ToolMap | undefined;
   if (settings.toolMap) toolMap = loadToolMap(settings.toolMap);
   return {

@@ -101,9 +101,9 @@ const KEY = Symbol.for('custody.instrumentation.scope');
 const globals: ScopeGlobals = ((globalThis as Record<symbol, unknown>)[KEY] as ScopeGlobals | undefined) ??
   ((globalThis as Record<symbol, unknown>)[KEY] = { storage: new AsyncLocalStorage<AgentScope>(), root: undefined });
 
-/** The process's own agent instance, from the CUSTODY_* environment on first use. */
+/** The process's own agent instance, from the CUSTODY_* environment, read once on first use. */
 export function rootScope(): AgentScope {
-  return (globals.root ??= new AgentScope(readIdentity()));
+  return (globals.root ??= new AgentScope(readIdentity(process.env)));
 }
 
 /** Replaces the root scope (register.ts at start, tests). */

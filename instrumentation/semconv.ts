@@ -21,8 +21,8 @@ export const MCP_METHOD = { TOOLS_CALL: 'tools/call' } as const;
 /** Values of audit_events.status, as the collector derives them from the span status. */
 export const AUDIT_STATUS = { OK: 'ok', ERROR: 'error' } as const;
 
-/** error.type of the two policy failures (the enforcer's typed errors carry the same). */
-export const POLICY_ERROR_TYPE = { DENIED: 'policy_denied', UNAVAILABLE: 'policy_unavailable' } as const;
+/** error.type of the two policy failures: custody's public names, kept in common/names.ts. */
+export { POLICY_ERROR_TYPE } from '../common/names';
 
 /** Instrumentation scope of the spans custody creates itself (tool calls, sub-agents). */
 export const SCOPE_NAME = 'custody';

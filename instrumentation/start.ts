@@ -64,15 +64,17 @@ function registerEsmHook(): void {
 
 export function start(): Registration {
   registerEsmHook();
-  const settings = readSettings();
+  // the agent's environment, read here at its edge and handed down
+  const env = process.env;
+  const settings = readSettings(env);
   const root = rootScope();
   configureRuntime({
     settings,
     captureContent: settings.captureContent,
     toolMap: settings.toolMap ? loadToolMap(settings.toolMap) : undefined,
-    rootContext: contextFromEnv(),
+    rootContext: contextFromEnv(env),
   });
-  const telemetry = startTelemetry({ serviceName: root.identity.agentName, credential: exportCredential(root.identity) });
+  const telemetry = startTelemetry({ env, serviceName: root.identity.agentName, credential: exportCredential(root.identity) });
   configureRuntime({ tracer: telemetry.tracer });
   const instrumentations = custodyInstrumentations();
   const unregister = registerInstrumentations({ instrumentations });

@@ -155,7 +155,7 @@ export function extractW3c(carrier: Record<string, unknown>, base: Context = ROO
 }
 
 /** The context TRACEPARENT / TRACESTATE / BAGGAGE hand down from a parent process, if any. */
-export function contextFromEnv(env: Readonly<Record<string, string | undefined>> = process.env): Context | undefined {
+export function contextFromEnv(env: Readonly<Record<string, string | undefined>>): Context | undefined {
   if (!env[ENV.TRACEPARENT] && !env[ENV.BAGGAGE]) return undefined;
   const carrier: Record<string, string> = {};
   if (env[ENV.TRACEPARENT]) carrier[PROPAGATION.TRACEPARENT] = env[ENV.TRACEPARENT]!;

@@ -9,6 +9,7 @@ import { openStore, type Store } from '../../collector/store';
 import { readJwksFile } from '../../collector/evidence/keys';
 import { verifyAudit, type VerifyProgress, type VerifyReport } from '../../collector/evidence/verify';
 import { RECEIPT_KEYS_DIR } from '../../enforcer/plane/role';
+import { cliEnv } from '../options';
 
 /**
  * `custody audit verify`: verifies the stored audit offline (it opens the store itself; chDB lets
@@ -33,7 +34,7 @@ interface VerifyFlags {
 const usage = (message: string) => new CustodyError('ERR_USAGE', message);
 
 async function open(flags: VerifyFlags): Promise<{ store: Store; dataDir?: string }> {
-  const url = flags.clickhouseUrl ?? process.env[ENV.CLICKHOUSE_URL];
+  const url = flags.clickhouseUrl ?? cliEnv(ENV.CLICKHOUSE_URL)[ENV.CLICKHOUSE_URL];
   const dataDir = path.resolve(flags.dataDir ?? DEFAULTS.DATA_DIR);
   let store: Store;
   if (url) {
@@ -127,16 +128,13 @@ export function formatReport(r: VerifyReport, location: string): string {
 
 /** A period plus the lag, as the checkpointer is configured here ($CUSTODY_CHECKPOINT_PERIOD, $CUSTODY_CHECKPOINT_LAG). */
 function pendingMs(): number {
-  const ms = (name: string, fallback: string) => {
-    const text = process.env[name] || fallback;
-    if (/^\s*0+\s*(ms|s|m|h)?\s*$/.test(text)) return 0;
-    try {
-      return Math.round(parseDuration(text, `$${name}`) * 1000);
-    } catch (err) {
-      throw usage((err as Error).message);
-    }
-  };
-  return ms(ENV.CHECKPOINT_PERIOD, '60s') + ms(ENV.CHECKPOINT_LAG, '15s');
+  let env;
+  try {
+    env = cliEnv(ENV.CHECKPOINT_PERIOD, ENV.CHECKPOINT_LAG);
+  } catch (err) {
+    throw usage((err as Error).message);
+  }
+  return Math.round(((env[ENV.CHECKPOINT_PERIOD] ?? 60) + (env[ENV.CHECKPOINT_LAG] ?? 15)) * 1000);
 }
 
 async function verify(flags: VerifyFlags): Promise<void> {
@@ -146,7 +144,7 @@ async function verify(flags: VerifyFlags): Promise<void> {
   const policyJwks = flags.policyJwks ? readJwksFile(flags.policyJwks) : undefined;
   const { store, dataDir } = await open(flags);
   const progress = progressPrinter();
-  const journalDir = flags.checkpoints ?? process.env[ENV.CHECKPOINTS_DIR] ?? (dataDir ? path.join(dataDir, 'checkpoints') : undefined);
+  const journalDir = flags.checkpoints ?? cliEnv(ENV.CHECKPOINTS_DIR)[ENV.CHECKPOINTS_DIR] ?? (dataDir ? path.join(dataDir, 'checkpoints') : undefined);
   let report: VerifyReport;
   try {
     report = await verifyAudit({

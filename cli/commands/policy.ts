@@ -6,7 +6,7 @@ import { decide } from '../../enforcer/policy/decide';
 import { resolveToolName } from '../../enforcer/policy/tool-map';
 import { ENV } from '../../common/names';
 import { closeOnSignals, startHost } from '../host';
-import { commonOptions, withServerOptions, type ServerFlags } from '../options';
+import { commonOptions, serverEnv, withServerOptions, type ServerFlags } from '../options';
 
 interface PlaneFlags extends ServerFlags {
   tokenUrl?: string;
@@ -30,13 +30,14 @@ export function registerPolicyCommands(program: Command): void {
     .option('--token-url <url>', `token service whose JWKS verifies tokens (default $${ENV.TOKEN_URL}, $${ENV.URL} or http://127.0.0.1:8080)`)
     .option('--token-issuer <issuer>', `tokens' issuer (default $${ENV.TOKEN_ISSUER} or the token service configuration's issuer)`)
     .action(async (flags: PlaneFlags) => {
-      const log = createLogger('custody');
-      const options = commonOptions(flags);
+      const env = serverEnv();
+      const log = createLogger('custody', env[ENV.LOG_LEVEL]);
+      const options = commonOptions(flags, env);
       const role = policyPlaneRole({
         ...(flags.tokenUrl ? { tokenUrl: flags.tokenUrl } : {}),
         ...(flags.tokenIssuer ? { tokenIssuer: flags.tokenIssuer } : {}),
       });
-      const host = await startHost(options, [role], log);
+      const host = await startHost(options, [role], log, env);
       closeOnSignals(host);
       const lines = ['custody policy-plane listening', `  control API   ${host.control.url}`];
       for (const r of host.roles) for (const line of r.banner ?? []) lines.push(`  ${line}`);

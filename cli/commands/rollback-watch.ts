@@ -3,13 +3,14 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration } from '../../common/duration';
 import { safeText as t } from '../../common/terminal';
 import { CustodyError } from '../../common/errors';
+import { JsonRequestError, fetchJson } from '../../common/json-client';
 import { createLogger } from '../../common/log';
 import { ENV } from '../../common/names';
 import { parseMinSample } from '../../enforcer/rollback/config';
 import { nextAction, nextPercent, stageAgeS, statusCohort, systemClock } from '../../enforcer/rollback/decide';
 import { httpPlane, RolloutConflictError } from '../../enforcer/rollback/plane';
 import { createRollbackWatcher, defaultActor, sinceChangeWindowS, WATCH_DEFAULTS, type TickResult } from '../../enforcer/rollback/watch';
-import { withClientOptions } from '../options';
+import { cliEnv, withClientOptions } from '../options';
 
 /**
  * `custody rollback watch` (the auto-rollback job alone, against a control API) and
@@ -28,7 +29,7 @@ function durationOption(flag: string, description: string, fallback: string): Op
 
 function policyUrlOption(): Option {
   return new Option('--policy-url <url>', `the policy plane's control API for /v1/rollout, when not at --url (default $${ENV.POLICY_URL})`).default(
-    process.env[ENV.POLICY_URL] || undefined,
+    cliEnv(ENV.POLICY_URL)[ENV.POLICY_URL] || undefined,
   );
 }
 
@@ -42,8 +43,9 @@ function planeFor(flags: { url: string; policyUrl?: string; adminToken?: string;
 }
 
 function adminTokenOption(): Option {
+  const env = cliEnv(ENV.ROLLOUT_TOKEN, ENV.ADMIN_TOKEN);
   return new Option('--admin-token <token>', `bearer token for PUT /v1/rollout (default $${ENV.ROLLOUT_TOKEN}, else $${ENV.ADMIN_TOKEN})`).default(
-    process.env[ENV.ROLLOUT_TOKEN] || process.env[ENV.ADMIN_TOKEN],
+    env[ENV.ROLLOUT_TOKEN] ?? env[ENV.ADMIN_TOKEN],
     `$${ENV.ROLLOUT_TOKEN} or $${ENV.ADMIN_TOKEN}`,
   );
 }
@@ -217,30 +219,25 @@ function minSampleOption(): Option {
 async function putJson(flags: { url: string; policyUrl?: string; adminToken?: string; timeout: number }, path: string, body: unknown): Promise<Record<string, unknown>> {
   if (!flags.adminToken) throw new CustodyError('ERR_USAGE', `changing the rollout needs the admin token: --admin-token or $${ENV.ADMIN_TOKEN}`);
   const base = (flags.policyUrl ?? flags.url).replace(/\/+$/, '');
-  let res: Response;
   try {
-    res = await fetch(`${base}${path}`, {
+    const { body: answer } = await fetchJson<Record<string, unknown>>(`${base}${path}`, {
       method: 'PUT',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${flags.adminToken}` },
-      body: JSON.stringify(body),
-      signal: AbortSignal.timeout(flags.timeout * 1000),
+      body,
+      headers: { authorization: `Bearer ${flags.adminToken}` },
+      timeoutMs: flags.timeout * 1000,
     });
+    return answer;
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause;
-    throw new CustodyError('ERR_CONNECTION', `cannot reach ${base}: ${cause?.code ?? (err as Error).message}`);
+    if (!(err instanceof JsonRequestError)) throw err;
+    if (err.kind === 'timeout' || err.kind === 'aborted' || err.kind === 'unreachable') {
+      const cause = err.cause as { cause?: { code?: string }; message?: string } | undefined;
+      throw new CustodyError('ERR_CONNECTION', `cannot reach ${base}: ${cause?.cause?.code ?? cause?.message ?? err.reason}`);
+    }
+    // a 2xx the body of which is not JSON: the change was made, there is just no view to show
+    if (err.kind === 'malformed') return {};
+    const code = err.status === 401 || err.status === 403 ? 'ERR_UNAUTHORIZED' : 'ERR_RESPONSE';
+    throw new CustodyError(code, `PUT ${path} answered ${err.status}: ${err.apiError?.message ?? err.text.slice(0, 200)}`);
   }
-  const text = await res.text();
-  let parsed: Record<string, unknown> = {};
-  try {
-    parsed = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    /* reported below */
-  }
-  if (!res.ok) {
-    const e = parsed.error as { message?: string } | undefined;
-    throw new CustodyError(res.status === 401 || res.status === 403 ? 'ERR_UNAUTHORIZED' : 'ERR_RESPONSE', `PUT ${path} answered ${res.status}: ${e?.message ?? text.slice(0, 200)}`);
-  }
-  return parsed;
 }
 
 function percentArgument(v: string): number {

@@ -3,23 +3,26 @@ import { createLogger } from '../../common/log';
 import { ENV } from '../../common/names';
 import { playDemo } from '../demo/play';
 import { closeOnSignals, startHost } from '../host';
-import { bootstrapCredentials, commonOptions, withServerOptions, type ServerFlags } from '../options';
+import { bootstrapCredentials, commonOptions, serverEnv, withServerOptions, type ServerFlags } from '../options';
 import { ROLES } from '../roles';
 
 async function serve(roleNames: string[], flags: ServerFlags & { demo?: boolean }): Promise<void> {
-  const log = createLogger('custody');
-  const options = commonOptions(flags);
+  const given = serverEnv();
+  const log = createLogger('custody', given[ENV.LOG_LEVEL]);
+  const options = commonOptions(flags, given);
   const isUp = roleNames.length === Object.keys(ROLES).length;
-  const demo = isUp && flags.demo !== false && process.env[ENV.DEMO] !== 'off';
+  const demo = isUp && flags.demo !== false && given[ENV.DEMO] !== 'off';
   const generated = isUp ? bootstrapCredentials(options) : {};
   // while the scenario plays, the rollback job looks every few seconds so its reaction shows
   if (demo) process.env[ENV.ROLLBACK_INTERVAL] ??= '5s';
+  // read again, once: the credentials and the demo's interval may have been filled in just now
+  const env = serverEnv();
   const starters = roleNames.map((name) => {
     const starter = ROLES[name];
     if (!starter) throw new Error(`role '${name}' is not available`);
     return starter;
   });
-  const host = await startHost(options, starters, log);
+  const host = await startHost(options, starters, log, env);
   closeOnSignals(host);
   const lines = [`custody ${roleNames.join(' + ')} listening`, `  control API   ${host.control.url}`];
   for (const role of host.roles) for (const line of role.banner ?? []) lines.push(`  ${line}`);

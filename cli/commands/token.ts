@@ -18,7 +18,7 @@ import type { AgentRecord, IssuedCredential } from '../../identity/registry';
 import { startTokenServiceRole } from '../../identity/role';
 import { createTokenVerifier } from '../../identity/verify';
 import { closeOnSignals, startHost } from '../host';
-import { commonOptions, withClientOptions, withServerOptions, type ServerFlags } from '../options';
+import { cliEnv, commonOptions, serverEnv, withClientOptions, withServerOptions, type ServerFlags } from '../options';
 
 /**
  * `custody token-service`, `custody token issue|exchange|verify|keys`, `custody agent …` and
@@ -61,7 +61,7 @@ function printToken(t: ObtainedToken, json: boolean | undefined): void {
 }
 
 function adminHeaders(): Record<string, string> {
-  const token = process.env[ENV.ADMIN_TOKEN];
+  const token = cliEnv(ENV.ADMIN_TOKEN)[ENV.ADMIN_TOKEN];
   return token ? { authorization: `Bearer ${token}` } : {};
 }
 
@@ -91,8 +91,9 @@ function readToken(value: string): string {
 export function registerTokenCommands(program: Command): void {
   withServerOptions(program.command('token-service').description('the token service alone: /issue, /token, the JWKS, agent registration')).action(
     async (flags: ServerFlags) => {
-      const log = createLogger('custody');
-      const host = await startHost(commonOptions(flags), [startTokenServiceRole], log);
+      const env = serverEnv();
+      const log = createLogger('custody', env[ENV.LOG_LEVEL]);
+      const host = await startHost(commonOptions(flags, env), [startTokenServiceRole], log, env);
       closeOnSignals(host);
       const lines = ['custody token-service listening', `  control API   ${host.control.url}`];
       for (const role of host.roles) for (const line of role.banner ?? []) lines.push(`  ${line}`);
@@ -123,7 +124,7 @@ export function registerTokenCommands(program: Command): void {
           ...(f.tools ? { tools: f.tools } : {}),
           ...(f.agentInstanceId ? { agent_instance_id: f.agentInstanceId } : {}),
         };
-        const credential = f.credential ?? process.env[ENV.AGENT_CREDENTIAL];
+        const credential = f.credential ?? cliEnv(ENV.AGENT_CREDENTIAL)[ENV.AGENT_CREDENTIAL];
         printToken(await issueToken(f.url, body, { timeoutMs: 10_000, ...(credential ? { credential } : {}) }), f.json);
       }),
     );

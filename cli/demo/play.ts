@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../../common/log';
 import type { CommonOptions } from '../../common/role';
+import { ENV } from '../../common/names';
 import type { Host } from '../host';
 import { playScenario, type AgentReport, type ScenarioResult } from './scenario';
 
@@ -14,7 +15,7 @@ export async function playDemo(host: Host, options: CommonOptions, log: Logger):
   out.write('\nplaying the seed scenario (custody up --no-demo skips it) …\n');
   let result: ScenarioResult;
   try {
-    result = await playScenario({ url: host.control.url, otlpUrl: options.otlpUrl, dataDir: options.dataDir, out });
+    result = await playScenario({ url: host.control.url, otlpUrl: options.otlpUrl, dataDir: options.dataDir, out, adminToken: host.env[ENV.ADMIN_TOKEN] });
   } catch (err) {
     log.error({ err }, 'the scenario failed; custody keeps serving');
     out.write(`\nthe scenario stopped: ${(err as Error).message}\ncustody keeps serving.\n`);

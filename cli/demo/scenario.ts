@@ -22,6 +22,8 @@ export interface ScenarioOptions {
   otlpUrl: string;
   dataDir: string;
   out: NodeJS.WritableStream & { isTTY?: boolean };
+  /** $CUSTODY_ADMIN_TOKEN, to move the rollout back to its first stage. */
+  adminToken?: string | undefined;
   /** How long the policy plane is cut off (ms). */
   outageMs?: number;
   /** How long to wait for the rollback job to react (ms). */
@@ -77,10 +79,9 @@ async function getJson<T>(url: string): Promise<T> {
  * The scenario starts the gate at the policy's first stage (10 %): on a data dir where an earlier
  * run was rolled back, a person (here, the scenario, with the admin token) moves it back.
  */
-async function canaryPercent(url: string): Promise<number> {
+async function canaryPercent(url: string, token: string | undefined): Promise<number> {
   let rollout = await getJson<{ percent: number; stages?: number[] }>(`${url}/v1/rollout`);
   const first = rollout.stages?.[0] ?? 10;
-  const token = process.env[ENV.ADMIN_TOKEN];
   if (rollout.percent !== first && token) {
     const res = await fetch(`${url}/v1/rollout`, {
       method: 'PUT',
@@ -141,7 +142,7 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
   };
   const ticker = live ? setInterval(() => void draw(), 1000) : undefined;
 
-  const percent = await canaryPercent(url);
+  const percent = await canaryPercent(url, options.adminToken);
   const agentEnv = (extra: Record<string, string | undefined>): NodeJS.ProcessEnv => {
     const env: NodeJS.ProcessEnv = { ...process.env, TOOLS_LOG: toolsLog };
     for (const k of Object.keys(env)) if (k.startsWith('CUSTODY_') || k.startsWith('OTEL_') || k === 'NODE_OPTIONS') delete env[k];

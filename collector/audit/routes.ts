@@ -127,7 +127,7 @@ export const AUDIT_READ_PATHS = ['/v1/audit/trail', '/v1/audit/events', '/v1/aud
  * Off loopback, reading the audit API needs the reader credential (CUSTODY_AUDIT_READER_TOKEN) or
  * the admin one; /metrics and the rollback status stay open. Mounted before any audit route.
  */
-export function mountAuditReadGuard(ctx: RoleContext, credentials = credentialsFromEnv()): { open: boolean } {
+export function mountAuditReadGuard(ctx: RoleContext, credentials = credentialsFromEnv(ctx.env)): { open: boolean } {
   const open = isLoopback(ctx.options.host);
   ctx.control.use([...AUDIT_READ_PATHS], requireScope(SCOPE.AUDIT_READ, credentials, { what: 'audit API reads', open }));
   return { open };

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { parseDuration } from '../../common/duration';
+import type { CustodyEnv } from '../../common/env';
 import { ConfigError } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import { counter, gauge, histogram } from '../../common/metrics';
@@ -303,16 +303,6 @@ export class Checkpointer {
   }
 }
 
-function durationMs(env: NodeJS.ProcessEnv, name: string, fallback: string, allowZero = false): number {
-  const text = env[name] ?? fallback;
-  if (allowZero && /^\s*0+\s*(ms|s|m|h)?\s*$/.test(text)) return 0;
-  try {
-    return Math.round(parseDuration(text, `$${name}`) * 1000);
-  } catch (err) {
-    throw new ConfigError((err as Error).message);
-  }
-}
-
 export interface RunningCheckpointer {
   readonly banner: string[];
   readonly checkpointer?: Checkpointer;
@@ -325,16 +315,16 @@ export interface RunningCheckpointer {
  * routes and starts sealing. `CUSTODY_CHECKPOINTER=off` turns
  * it off (run exactly one checkpointer per store).
  */
-export async function startCheckpointer(ctx: RoleContext, store: Store, env: NodeJS.ProcessEnv = process.env): Promise<RunningCheckpointer> {
+export async function startCheckpointer(ctx: RoleContext, store: Store, env: CustodyEnv = ctx.env): Promise<RunningCheckpointer> {
   const { log, options } = ctx;
-  if (/^(off|false|0|no)$/i.test(env[ENV.CHECKPOINTER] ?? '')) {
+  if (env[ENV.CHECKPOINTER] === false) {
     log.info(`audit checkpointer off (${ENV.CHECKPOINTER})`);
     return { banner: ['checkpoints   off'], close: async () => undefined };
   }
-  const periodMs = durationMs(env, ENV.CHECKPOINT_PERIOD, '60s');
-  const lagMs = durationMs(env, ENV.CHECKPOINT_LAG, '15s', true);
+  const periodMs = Math.round((env[ENV.CHECKPOINT_PERIOD] ?? 60) * 1000);
+  const lagMs = Math.round((env[ENV.CHECKPOINT_LAG] ?? 15) * 1000);
   const dataDir = path.resolve(options.dataDir);
-  const keys = await openAuditKeyRing({ dir: path.join(dataDir, 'evidence', 'keys'), env });
+  const keys = await openAuditKeyRing({ dir: path.join(dataDir, 'evidence', 'keys'), key: env[ENV.AUDIT_SIGNING_KEY] });
   const journal = new CheckpointJournal(env[ENV.CHECKPOINTS_DIR] ? path.resolve(env[ENV.CHECKPOINTS_DIR]!) : path.join(dataDir, 'checkpoints'));
   journal.init();
   for (const jwk of keys.jwks().keys) journal.publishKey(jwk);

@@ -1,4 +1,4 @@
-import { ATTR, COHORT, DECISION, TABLE } from '../../common/names';
+import { ATTR, COHORT, DECISION, POLICY_ERROR_TYPE, TABLE } from '../../common/names';
 import type { Findings } from './findings';
 
 /**
@@ -56,7 +56,7 @@ export interface ReceiptParams {
 const since = (o: CompletenessOptions, column = 'timestamp') =>
   o.sinceMs === undefined ? '1' : `${column} >= fromUnixTimestamp64Milli(toInt64(${Math.trunc(o.sinceMs)}))`;
 
-export const EXECUTED = `NOT (status = 'error' AND error_type IN ('policy_denied', 'policy_unavailable'))`;
+export const EXECUTED = `NOT (status = 'error' AND error_type IN ('${POLICY_ERROR_TYPE.DENIED}', '${POLICY_ERROR_TYPE.UNAVAILABLE}'))`;
 const SHADOW = `(cohort = '${COHORT.BASELINE}' OR (NOT enforced AND (decision != '' OR policy_decision_id != '')))`;
 
 export interface CompletenessTotals {

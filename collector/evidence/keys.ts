@@ -11,6 +11,7 @@ export { readJwksFile } from '../../identity/key-archive';
 export const AUDIT_ALG = ARCHIVE_ALG;
 export type AuditKeyRing = KeyArchive;
 
-export function openAuditKeyRing(options: { dir: string; env?: NodeJS.ProcessEnv }): Promise<AuditKeyRing> {
+/** `key`: $CUSTODY_AUDIT_SIGNING_KEY, when set. */
+export function openAuditKeyRing(options: { dir: string; key?: string | undefined }): Promise<AuditKeyRing> {
   return openKeyArchive({ ...options, envVar: ENV.AUDIT_SIGNING_KEY });
 }

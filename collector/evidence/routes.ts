@@ -44,7 +44,7 @@ export function mountEvidenceRoutes(ctx: RoleContext, deps: { store: Store; keys
     }
   });
 
-  const admin = requireScope(SCOPE.ADMIN, credentialsFromEnv(), {
+  const admin = requireScope(SCOPE.ADMIN, credentialsFromEnv(ctx.env), {
     what: 'audit key rotations',
     disabled: { status: 403, code: 'admin_disabled' },
   });

@@ -1,11 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
-import { ConfigError } from '../../common/errors';
 import { listen, type Listening } from '../../common/http';
 import type { Logger } from '../../common/log';
 import { counter } from '../../common/metrics';
 import { credentialsFromEnv } from '../../common/credentials';
+import type { CustodyEnv } from '../../common/env';
 import { SERVICE, type RoleContext } from '../../common/role';
 import { jwksUrl } from '../../identity/client';
 import { loadTokenConfig, type TokenServiceConfig } from '../../identity/config';
@@ -348,14 +348,6 @@ export async function startOtlpReceiver(options: ReceiverOptions): Promise<Liste
   return listen((req, res) => void handler(req, res), options.host, options.port);
 }
 
-function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n <= 0) throw new ConfigError(`${name} must be a positive integer, got '${raw}'`);
-  return n;
-}
-
 export interface RunningIngest {
   readonly writer: BatchWriter;
   readonly url: string;
@@ -370,10 +362,10 @@ export interface RunningIngest {
  * credentials (see ingestAuth), CUSTODY_INGEST_MAX_BODY_BYTES and
  * CUSTODY_INGEST_MAX_QUEUE_ROWS. Writes are refused (503) until the store's schema is in place.
  */
-export async function startIngest(ctx: RoleContext, store: Store, env: NodeJS.ProcessEnv = process.env): Promise<RunningIngest> {
+export async function startIngest(ctx: RoleContext, store: Store, env: CustodyEnv = ctx.env): Promise<RunningIngest> {
   const { options, log } = ctx;
-  const maxBodyBytes = positiveInt(env, ENV.INGEST_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES);
-  const maxQueuedRows = positiveInt(env, ENV.INGEST_MAX_QUEUE_ROWS, 200_000);
+  const maxBodyBytes = env[ENV.INGEST_MAX_BODY_BYTES] ?? DEFAULT_MAX_BODY_BYTES;
+  const maxQueuedRows = env[ENV.INGEST_MAX_QUEUE_ROWS] ?? 200_000;
   const writer = createBatchWriter({ store, log, maxQueuedRows, startUnavailable: !store.migrated });
   if (!store.migrated) void store.whenMigrated().then(() => store.migrated && writer.setAvailable(true));
   const bindings = createBindingIndex({ store, log });
@@ -417,7 +409,7 @@ export async function startIngest(ctx: RoleContext, store: Store, env: NodeJS.Pr
  * service's registry in this process; custody tokens against its keys (in process, or the JWKS at
  * CUSTODY_TOKEN_URL / CUSTODY_URL).
  */
-export function ingestAuth(ctx: RoleContext, env: NodeJS.ProcessEnv = process.env): { auth: IngestAuth; describe: string } {
+export function ingestAuth(ctx: RoleContext, env: CustodyEnv = ctx.env): { auth: IngestAuth; describe: string } {
   const { options, log } = ctx;
   const credentials = credentialsFromEnv(env);
   let config: TokenServiceConfig | undefined;

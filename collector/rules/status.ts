@@ -2,7 +2,6 @@ import { Router } from 'express';
 import { badRequest, HttpError } from '../../common/errors';
 import { queryString } from '../../common/http';
 import type { Logger } from '../../common/log';
-import { ENV } from '../../common/names';
 import { SERVICE, type RoleContext, type Services } from '../../common/role';
 import { registerRuleMetrics } from './metrics';
 import {
@@ -20,7 +19,7 @@ import type { Store } from '../store';
 
 /**
  * GET /v1/rollback/status?window=15m&cohort=canary[&policy_error_rate=0.01…]: the rollback rules
- * for one cohort (canary, baseline or unmanaged), as CONTRACT.md shapes them (Argo Rollouts' web
+ * for one cohort (canary, baseline or unmanaged), as the README's "Rollout control" shapes them (Argo Rollouts' web
  * metric provider reads it as is). A rule name as a parameter overrides its threshold. Besides the
  * contract's fields it names the cohort, the evaluated minute range, each rule's confidence bounds,
  * the calls that would settle an undecided rule, the inputs counted and the alerts behind a `hold`.
@@ -36,7 +35,7 @@ export type RolloutPercent = () => Promise<number | null>;
  * In `custody up` the policy plane offers its rollout state in-process; a lone collector asks
  * `${CUSTODY_POLICY_URL}/v1/rollout`. Looked up per request: the plane starts after the collector.
  */
-export function rolloutPercent(services: Services, log: Logger, policyUrl = process.env[ENV.POLICY_URL]): RolloutPercent {
+export function rolloutPercent(services: Services, log: Logger, policyUrl: string | undefined): RolloutPercent {
   const valid = (p: unknown): number | null => (typeof p === 'number' && Number.isFinite(p) && p >= 0 && p <= 100 ? p : null);
   return async () => {
     const local = services.lookup<{ get(): Promise<{ percent: number }> }>(SERVICE.ROLLOUT);

@@ -107,12 +107,6 @@ export interface StoreOptions extends SchemaOptions {
   requestTimeoutMs?: number;
 }
 
-export function resolveStoreOptions(flags: { clickhouseUrl?: string; dataDir?: string; clickhouseCluster?: string }): StoreOptions {
-  const url = flags.clickhouseUrl ?? process.env[ENV.CLICKHOUSE_URL];
-  const cluster = flags.clickhouseCluster ?? process.env[ENV.CLICKHOUSE_CLUSTER];
-  return url ? { url, ...(cluster ? { cluster } : {}) } : { dataDir: flags.dataDir ?? DEFAULTS.DATA_DIR };
-}
-
 export async function openStore(options: StoreOptions): Promise<Store> {
   const database = options.database ?? DATABASE;
   let client: ClickHouseClient;

@@ -21,7 +21,7 @@ import { PanelBuilder as HeatmapBuilder } from '@grafana/grafana-foundation-sdk/
 import { PanelBuilder as NodeGraphBuilder } from '@grafana/grafana-foundation-sdk/nodegraph';
 import { PanelBuilder as TableBuilder } from '@grafana/grafana-foundation-sdk/table';
 import { PanelBuilder as TimeseriesBuilder } from '@grafana/grafana-foundation-sdk/timeseries';
-import { DATABASE, SPAN, TABLE, THRESHOLDS } from '../../common/names';
+import { DATABASE, POLICY_ERROR_TYPE, SPAN, TABLE, THRESHOLDS } from '../../common/names';
 import { ClickHouseQueryBuilder, dedent, type ClickHouseQueryType } from './clickhouse';
 import { DATASOURCE, DS_VAR, dsRef, finalize, thresholdSteps } from './common';
 
@@ -44,7 +44,7 @@ const AGENT = cond('agent_instance_id', 'agent');
 const TOOL = cond('tool_id', 'tool');
 /** A call belongs to the selected agents when the agent made it or is the parent of the agent that did. */
 const AGENT_OR_PARENT = `(${AGENT} OR ${cond('parent_agent_id', 'agent')})`;
-const FAILED_CLOSED = "(decision = 'error' OR error_type = 'policy_unavailable')";
+const FAILED_CLOSED = `(decision = 'error' OR error_type = '${POLICY_ERROR_TYPE.UNAVAILABLE}')`;
 
 function ch(sql: string, type: ClickHouseQueryType = 'table', refId = 'A'): ClickHouseQueryBuilder {
   return new ClickHouseQueryBuilder(sql, type).datasource(ds).refId(refId);
@@ -217,7 +217,7 @@ export function chainOfCustody(): Dashboard {
               trace_id
             FROM ${AUDIT}
             WHERE $__timeFilter(timestamp)
-              AND (decision IN ('deny', 'error') OR error_type IN ('policy_denied', 'policy_unavailable'))
+              AND (decision IN ('deny', 'error') OR error_type IN ('${POLICY_ERROR_TYPE.DENIED}', '${POLICY_ERROR_TYPE.UNAVAILABLE}'))
               AND ${SPONSOR} AND ${AGENT} AND ${TOOL}
             ORDER BY timestamp DESC
             LIMIT 200`),

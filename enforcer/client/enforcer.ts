@@ -52,7 +52,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
   const settings = resolveSettings(options);
   const now = options.now ?? Date.now;
   let log: Logger | undefined = options.log;
-  const logger = () => (log ??= createLogger('custody-enforcer'));
+  const logger = () => (log ??= createLogger('custody-enforcer', settings.logLevel));
   const recordOnSpan = options.recordOnActiveSpan !== false;
 
   const allows = new AllowCache<PlaneAnswer>(options.cacheMaxEntries ?? 10_000, MAX_INCIDENT_CACHE_TTL_S * 1000);

@@ -1,3 +1,4 @@
+import { readEnv } from '../../common/env';
 import { ConfigError } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import { DEFAULTS, ENV } from '../../common/names';
@@ -32,7 +33,7 @@ export interface EnforcerOptions {
   /** The clock, epoch ms. */
   now?: () => number;
   log?: Logger;
-  /** Environment to read defaults from. Default process.env. */
+  /** Environment to read defaults from (parsed with common/env.ts). Default process.env. */
   env?: NodeJS.ProcessEnv;
 }
 
@@ -44,20 +45,38 @@ export interface EnforcerSettings {
   incidentCacheTtlS: number | null;
   rolloutRefreshMs: number;
   rolloutMaxAgeMs: number;
+  /** $CUSTODY_LOG_LEVEL, for the enforcer's own log. */
+  logLevel: string;
 }
 
-/** The options with the environment's defaults, validated once and frozen. */
+/** The variables the enforcer reads (common/env.ts). */
+const ENFORCER_ENV = [
+  ENV.URL,
+  ENV.POLICY_URL,
+  ENV.TOKEN_URL,
+  ENV.POLICY_TIMEOUT_MS,
+  ENV.DECISION_CACHE_TTL_S,
+  ENV.INCIDENT_CACHE_TTL_S,
+  ENV.LOG_LEVEL,
+] as const;
+
+/**
+ * The options with the environment's defaults, validated once and frozen. The environment is
+ * `options.env`, else the process's: createEnforcer is where an agent that uses the library alone
+ * starts custody, so it is read here, once.
+ */
 export function resolveSettings(options: EnforcerOptions): Readonly<EnforcerSettings> {
-  const env = options.env ?? process.env;
+  const env = readEnv(options.env ?? process.env, ENFORCER_ENV);
   const base = options.url ?? env[ENV.URL] ?? DEFAULTS.URL;
   const settings: EnforcerSettings = Object.freeze({
     policyUrl: trimSlash(options.policyUrl ?? (env[ENV.POLICY_URL] || base)),
     tokenUrl: trimSlash(options.tokenUrl ?? (env[ENV.TOKEN_URL] || base)),
-    timeoutMs: options.timeoutMs ?? envNumber(env, ENV.POLICY_TIMEOUT_MS, DEFAULTS.POLICY_TIMEOUT_MS, 1, 60_000),
-    cacheTtlS: options.cacheTtlS ?? envNumber(env, ENV.DECISION_CACHE_TTL_S, DEFAULTS.DECISION_CACHE_TTL_S, 0, MAX_INCIDENT_CACHE_TTL_S),
-    incidentCacheTtlS: options.incidentCacheTtlS ?? (env[ENV.INCIDENT_CACHE_TTL_S] ? envNumber(env, ENV.INCIDENT_CACHE_TTL_S, 0, 1, MAX_INCIDENT_CACHE_TTL_S) : null),
+    timeoutMs: options.timeoutMs ?? env[ENV.POLICY_TIMEOUT_MS] ?? DEFAULTS.POLICY_TIMEOUT_MS,
+    cacheTtlS: options.cacheTtlS ?? env[ENV.DECISION_CACHE_TTL_S] ?? DEFAULTS.DECISION_CACHE_TTL_S,
+    incidentCacheTtlS: options.incidentCacheTtlS ?? env[ENV.INCIDENT_CACHE_TTL_S] ?? null,
     rolloutRefreshMs: options.rolloutRefreshMs ?? 2_000,
     rolloutMaxAgeMs: options.rolloutMaxAgeMs ?? 30_000,
+    logLevel: env[ENV.LOG_LEVEL] || 'info',
   });
   for (const [name, v] of Object.entries({ timeoutMs: settings.timeoutMs, cacheTtlS: settings.cacheTtlS })) {
     if (!Number.isFinite(v) || v < 0) throw new ConfigError(`enforcer option '${name}' must be a number ≥ 0, got ${v}`);
@@ -70,12 +89,4 @@ export function resolveSettings(options: EnforcerOptions): Readonly<EnforcerSett
 
 function trimSlash(url: string): string {
   return url.replace(/\/+$/, '');
-}
-
-function envNumber(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n < min || n > max) throw new ConfigError(`${name}='${raw}': expected a number from ${min} to ${max}`);
-  return n;
 }

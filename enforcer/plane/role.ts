@@ -69,9 +69,9 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const rollout = openRolloutStore(path.join(options.dataDir, ROLLOUT_STATE_FILE), policies.current().rollout.percent);
       metrics.rollout(rollout.get().percent);
       const { verifier, describe, revocations } = tokenVerifier(ctx, planeOptions);
-      const fromEnv = credentialsFromEnv();
+      const fromEnv = credentialsFromEnv(ctx.env);
       const credentials = { ...fromEnv, admin: planeOptions.adminToken ?? fromEnv.admin };
-      const receiptKeys = await openKeyArchive({ dir: path.join(options.dataDir, RECEIPT_KEYS_DIR), envVar: ENV.POLICY_SIGNING_KEY });
+      const receiptKeys = await openKeyArchive({ dir: path.join(options.dataDir, RECEIPT_KEYS_DIR), envVar: ENV.POLICY_SIGNING_KEY, key: ctx.env[ENV.POLICY_SIGNING_KEY] });
       let keySigner = receiptSigner(receiptKeys.current().kid, receiptKeys.current().privateKey);
       const currentSigner = (): ReceiptSigner => {
         const key = receiptKeys.current();
@@ -170,7 +170,7 @@ export const startPolicyPlaneRole: RoleStarter = (ctx) => policyPlaneRole()(ctx)
  */
 function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: TokenVerifier; describe: string; revocations: RevocationChecker } {
   const keys = ctx.services.lookup<TokenKeysService>(SERVICE.TOKEN_KEYS);
-  const explicitIssuer = o.tokenIssuer ?? (process.env[ENV.TOKEN_ISSUER] || undefined);
+  const explicitIssuer = o.tokenIssuer ?? ctx.env[ENV.TOKEN_ISSUER];
   let config: ReturnType<typeof loadTokenConfig> | undefined;
   try {
     config = loadTokenConfig(ctx.options.tokenConfigFile);
@@ -189,7 +189,7 @@ function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: Tok
       revocations,
     };
   }
-  const base = o.tokenUrl ?? process.env[ENV.TOKEN_URL] ?? process.env[ENV.URL] ?? DEFAULTS.URL;
+  const base = o.tokenUrl ?? ctx.env[ENV.TOKEN_URL] ?? ctx.env[ENV.URL] ?? DEFAULTS.URL;
   const issuer = explicitIssuer ?? config!.issuer;
   const url = jwksUrl(base);
   const feed = revocationsUrl(base);

@@ -2,9 +2,10 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { ConfigError, CustodyError } from '../../common/errors';
+import { ConfigError } from '../../common/errors';
 import { COHORT, type Cohort } from '../../common/names';
 import type { RolloutConfig } from './compile';
+import { RolloutConflictError } from '../errors';
 
 /**
  * Where an agent instance falls on the 0–100 rollout scale: the first 32 bits of the SHA-256 of
@@ -78,14 +79,7 @@ const stateSchema = z.strictObject({
   incident: incidentSchema.nullable().default(null),
 });
 
-/** The state moved between the caller's read and its write: nothing was changed. */
-export class RolloutConflictError extends CustodyError {
-  readonly expected: 'revision' | 'percent';
-  constructor(expected: 'revision' | 'percent', message: string) {
-    super('ERR_ROLLOUT_CONFLICT', message);
-    this.expected = expected;
-  }
-}
+export { RolloutConflictError };
 
 export interface RolloutChange {
   percent: number;

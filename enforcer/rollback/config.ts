@@ -1,5 +1,5 @@
 import { ConfigError } from '../../common/errors';
-import { parseDuration } from '../../common/duration';
+import type { CustodyEnv } from '../../common/env';
 import { ENV } from '../../common/names';
 import { WATCH_DEFAULTS } from './watch';
 
@@ -14,24 +14,6 @@ export interface WatchSettings {
   dryRun: boolean;
 }
 
-function bool(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
-  const v = env[name]?.trim().toLowerCase();
-  if (v === undefined || v === '') return fallback;
-  if (['1', 'true', 'on', 'yes'].includes(v)) return true;
-  if (['0', 'false', 'off', 'no'].includes(v)) return false;
-  throw new ConfigError(`${name}='${env[name]}' must be on or off (true/false, 1/0)`);
-}
-
-function duration(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
-  const v = env[name];
-  if (v === undefined || v.trim() === '') return fallback;
-  try {
-    return parseDuration(v, name);
-  } catch (err) {
-    throw new ConfigError((err as Error).message);
-  }
-}
-
 export function parseMinSample(text: string, what = '--min-sample'): number {
   const n = Number(text);
   if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n)) throw new ConfigError(`${what} '${text}' must be a whole number of calls (0 or more)`);
@@ -42,25 +24,37 @@ export function parseMinSample(text: string, what = '--min-sample'): number {
  * Advancing needs a person's approval unless CUSTODY_ROLLBACK_AUTO_ADVANCE=on (or, as before,
  * CUSTODY_ROLLBACK_MANUAL_GATES=off). Rolling back never waits for anyone.
  */
-function manualGates(env: NodeJS.ProcessEnv): boolean {
-  const auto = bool(env, ENV.ROLLBACK_AUTO_ADVANCE, false);
-  const gates = bool(env, ENV.ROLLBACK_MANUAL_GATES, !auto);
+function manualGates(env: RollbackEnv): boolean {
+  const auto = env[ENV.ROLLBACK_AUTO_ADVANCE] ?? false;
+  const gates = env[ENV.ROLLBACK_MANUAL_GATES] ?? !auto;
   if (gates === auto) {
-    throw new ConfigError(`${ENV.ROLLBACK_AUTO_ADVANCE}=${env[ENV.ROLLBACK_AUTO_ADVANCE]} contradicts ${ENV.ROLLBACK_MANUAL_GATES}=${env[ENV.ROLLBACK_MANUAL_GATES]}`);
+    const onOff = (b: boolean) => (b ? 'on' : 'off');
+    throw new ConfigError(`${ENV.ROLLBACK_AUTO_ADVANCE}=${onOff(auto)} contradicts ${ENV.ROLLBACK_MANUAL_GATES}=${onOff(gates)}`);
   }
   return gates;
 }
 
-/** Reads CUSTODY_ROLLBACK_* (see common/names.ts ENV); unset variables take the defaults. */
-export function watchSettingsFromEnv(env: NodeJS.ProcessEnv = process.env): WatchSettings {
-  const minSample = env[ENV.ROLLBACK_MIN_SAMPLE];
+type RollbackEnv = Pick<
+  CustodyEnv,
+  | typeof ENV.ROLLBACK_WATCH
+  | typeof ENV.ROLLBACK_INTERVAL
+  | typeof ENV.ROLLBACK_WINDOW
+  | typeof ENV.ROLLBACK_HEALTHY_PERIOD
+  | typeof ENV.ROLLBACK_MIN_SAMPLE
+  | typeof ENV.ROLLBACK_AUTO_ADVANCE
+  | typeof ENV.ROLLBACK_MANUAL_GATES
+  | typeof ENV.ROLLBACK_DRY_RUN
+>;
+
+/** The watch's settings from the CUSTODY_ROLLBACK_* variables (parsed by common/env.ts); unset ones take the defaults. */
+export function watchSettingsFromEnv(env: RollbackEnv): WatchSettings {
   return {
-    enabled: bool(env, ENV.ROLLBACK_WATCH, true),
-    intervalS: duration(env, ENV.ROLLBACK_INTERVAL, WATCH_DEFAULTS.intervalS),
-    windowS: duration(env, ENV.ROLLBACK_WINDOW, WATCH_DEFAULTS.windowS),
-    healthyPeriodS: duration(env, ENV.ROLLBACK_HEALTHY_PERIOD, WATCH_DEFAULTS.healthyPeriodS),
-    minSample: minSample !== undefined && minSample.trim() !== '' ? parseMinSample(minSample, ENV.ROLLBACK_MIN_SAMPLE) : WATCH_DEFAULTS.minSample,
+    enabled: env[ENV.ROLLBACK_WATCH] ?? true,
+    intervalS: env[ENV.ROLLBACK_INTERVAL] ?? WATCH_DEFAULTS.intervalS,
+    windowS: env[ENV.ROLLBACK_WINDOW] ?? WATCH_DEFAULTS.windowS,
+    healthyPeriodS: env[ENV.ROLLBACK_HEALTHY_PERIOD] ?? WATCH_DEFAULTS.healthyPeriodS,
+    minSample: env[ENV.ROLLBACK_MIN_SAMPLE] ?? WATCH_DEFAULTS.minSample,
     manualGates: manualGates(env),
-    dryRun: bool(env, ENV.ROLLBACK_DRY_RUN, false),
+    dryRun: env[ENV.ROLLBACK_DRY_RUN] ?? false,
   };
 }

@@ -18,7 +18,7 @@ export interface RuleResult {
   breached: boolean;
 }
 
-/** GET /v1/rollback/status, as CONTRACT.md shapes it. */
+/** GET /v1/rollback/status, as the public surface shapes it (README "Rollout control"). */
 export interface RollbackStatus {
   action: StatusAction;
   window_s: number;

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { CustodyError } from '../../common/errors';
+import { JsonRequestError, fetchJson } from '../../common/json-client';
 import { DEFAULTS } from '../../common/names';
+import { RolloutConflictError } from '../errors';
 import type { RollbackStatus, RolloutState } from './decide';
 
 /**
@@ -35,12 +37,8 @@ export class PlaneResponseError extends CustodyError {
   }
 }
 
-/** Someone else changed the rollout between our read and our write. */
-export class RolloutConflictError extends CustodyError {
-  constructor(message: string) {
-    super('ERR_ROLLOUT_CONFLICT', message);
-  }
-}
+/** Someone else changed the rollout between our read and our write (one class with the plane's own). */
+export { RolloutConflictError };
 
 const timeValue = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const ms = typeof v === 'number' ? (v < 1e12 ? v * 1000 : v) : Date.parse(v);
@@ -129,34 +127,28 @@ export function httpPlane(options: HttpPlaneOptions): RolloutPlane {
 
   async function call(method: string, path: string, init: { body?: unknown; headers?: Record<string, string>; base?: string } = {}): Promise<unknown> {
     const at = init.base ?? base;
-    let res: Response;
     try {
-      res = await doFetch(`${at}${path}`, {
+      const answer = await fetchJson(`${at}${path}`, {
         method,
-        headers: { accept: 'application/json', ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
-        ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
-        signal: AbortSignal.timeout(timeoutMs),
+        ...(init.body !== undefined ? { body: init.body } : {}),
+        ...(init.headers ? { headers: init.headers } : {}),
+        timeoutMs,
+        fetch: doFetch,
       });
+      return answer.body;
     } catch (err) {
-      const why = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : describeFetchError(err);
-      throw new PlaneUnreachableError(`${method} ${at}${path}: ${why}`, { cause: err });
+      if (!(err instanceof JsonRequestError)) throw err;
+      if (err.kind === 'timeout' || err.kind === 'aborted' || err.kind === 'unreachable') {
+        throw new PlaneUnreachableError(`${method} ${at}${path}: ${err.reason}`, { cause: err.cause });
+      }
+      // a 2xx without JSON: the parsers below say what was expected
+      if (err.kind === 'malformed') return undefined;
+      const code = err.apiError?.code ?? `http_${err.status}`;
+      const message = `${method} ${at}${path}: ${err.status} ${err.apiError?.message ?? err.text.slice(0, 200)}`;
+      if (err.status === 409 || err.status === 412) throw new RolloutConflictError(err.status === 412 ? 'revision' : 'percent', message);
+      if (err.status >= 500) throw new PlaneUnreachableError(message);
+      throw new PlaneResponseError(err.status, code, message);
     }
-    const text = await res.text();
-    let body: unknown;
-    try {
-      body = text ? JSON.parse(text) : undefined;
-    } catch {
-      body = undefined;
-    }
-    if (!res.ok) {
-      const e = (body as { error?: { code?: string; message?: string } } | undefined)?.error;
-      const code = e?.code ?? `http_${res.status}`;
-      const message = `${method} ${at}${path}: ${res.status} ${e?.message ?? text.slice(0, 200)}`;
-      if (res.status === 409 || res.status === 412) throw new RolloutConflictError(message);
-      if (res.status >= 500) throw new PlaneUnreachableError(message);
-      throw new PlaneResponseError(res.status, code, message);
-    }
-    return body;
   }
 
   return {
@@ -182,9 +174,4 @@ export const STATUS_WINDOW = { MIN_S: 60, MAX_S: 7 * 86_400 } as const;
 
 export function statusWindowS(windowS: number): number {
   return Math.min(STATUS_WINDOW.MAX_S, Math.max(STATUS_WINDOW.MIN_S, Math.ceil(windowS / 60) * 60));
-}
-
-function describeFetchError(err: unknown): string {
-  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-  return cause?.code ?? cause?.message ?? (err as Error).message;
 }

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { RoleStarter } from '../../common/role';
+import { SERVER_ENV, readEnv, type EnvSource } from '../../common/env';
 import { ENV } from '../../common/names';
 import type { RoleContext, RunningRole } from '../../common/role';
 import { watchSettingsFromEnv } from './config';
@@ -17,13 +18,14 @@ import { createRollbackWatcher, defaultActor } from './watch';
  * start, so the role cannot simply call it.) Settings come from CUSTODY_ROLLBACK_* variables.
  */
 export interface RollbackRoleOptions {
-  env?: NodeJS.ProcessEnv;
+  /** Variables to read instead of the host's (tests). */
+  env?: EnvSource;
   clock?: Clock;
 }
 
 export function rollbackRole(roleOptions: RollbackRoleOptions = {}): RoleStarter {
   return async function startRollbackRole(ctx: RoleContext): Promise<RunningRole> {
-    const env = roleOptions.env ?? process.env;
+    const env = roleOptions.env ? readEnv(roleOptions.env, SERVER_ENV) : ctx.env;
     const settings = watchSettingsFromEnv(env);
     if (!settings.enabled) {
       return { name: 'rollback', banner: [`rollback watch off (${ENV.ROLLBACK_WATCH}=off)`], close: async () => undefined };
@@ -36,7 +38,7 @@ export function rollbackRole(roleOptions: RollbackRoleOptions = {}): RoleStarter
     });
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     // the rollout credential: the job can move the rollout and nothing else
-    const adminToken = env[ENV.ROLLOUT_TOKEN] || env[ENV.ADMIN_TOKEN] || undefined;
+    const adminToken = env[ENV.ROLLOUT_TOKEN] ?? env[ENV.ADMIN_TOKEN];
     const watcher = createRollbackWatcher({
       plane: httpPlane({ url, ...(adminToken ? { adminToken } : {}) }),
       intervalS: settings.intervalS,

@@ -9,6 +9,7 @@ import { createJsonApp, finish, listen } from '../../common/http';
 import { createLogger } from '../../common/log';
 import { SPAN } from '../../common/names';
 import { createReporter } from '../../common/report';
+import { SERVER_ENV, readEnv } from '../../common/env';
 import type { RoleContext, RunningRole } from '../../common/role';
 import { startTokenServiceRole } from '../../identity/role';
 import { tempDir } from './custody';
@@ -70,6 +71,7 @@ export async function startTokenRole(configOver: Record<string, unknown> = {}): 
       publicUrl: 'http://127.0.0.1:0',
       otlpUrl: 'http://127.0.0.1:9',
     },
+    env: readEnv(process.env, SERVER_ENV),
     services: { provide: (n, v) => void services.set(n, v), lookup: <T>(n: string) => services.get(n) as T | undefined },
     setOtlpUrl: () => undefined,
     addReadinessCheck: () => undefined,
