@@ -84,6 +84,8 @@ export interface ReceiptSigner {
   sign(type: ReceiptType, payload: object): string;
   /** The receipts of `payloads`, in order, under one signature: a batch of one is a single receipt. */
   signBatch(type: ReceiptType, payloads: readonly object[]): string[];
+  /** The same, the signature made on libuv's thread pool: the caller's thread goes on meanwhile. */
+  signBatchAsync(type: ReceiptType, payloads: readonly object[]): Promise<string[]>;
 }
 
 const b64 = (buf: Buffer) => buf.toString('base64url');
@@ -99,29 +101,45 @@ export function receiptSigner(kid: string, privateKey: KeyObject | CryptoKey, o:
     if (h === undefined) headers.set(type, (h = b64(Buffer.from(JSON.stringify({ alg: 'EdDSA', kid, typ: type })))));
     return h;
   };
-  const single = (type: ReceiptType, payload: object): string => {
-    const input = `${header(type)}.${b64(Buffer.from(JSON.stringify(payload)))}`;
-    return `${input}.${b64(sign(null, Buffer.from(input), key))}`;
+  /** What one signature covers for `payloads`, and how each receipt is made from it. */
+  const prepare = (type: ReceiptType, payloads: readonly object[]): { input: Buffer; finish: (signature: Buffer) => string[] } => {
+    if (payloads.length > MAX_RECEIPT_BATCH) throw new Error(`at most ${MAX_RECEIPT_BATCH} receipts are signed together`);
+    if (payloads.length <= 1) {
+      const input = payloads.length ? `${header(type)}.${b64(Buffer.from(JSON.stringify(payloads[0])))}` : '';
+      return { input: Buffer.from(input), finish: (signature) => (payloads.length ? [`${input}.${b64(signature)}`] : []) };
+    }
+    // each payload written once after the leaf prefix: the leaf is hashed from it as it is
+    const leafInputs = payloads.map((p) => Buffer.from(`${String.fromCharCode(LEAF_PREFIX)}${JSON.stringify(p)}`));
+    const { root, paths } = merkleTree(leafInputs.map((b) => hash('sha256', b, 'buffer')));
+    const h = b64(Buffer.from(JSON.stringify({ alg: 'EdDSA', kid, typ: RECEIPT_BATCH_TYPE[type], n: payloads.length, time: now() })));
+    return {
+      input: Buffer.from(`${h}.${b64(root)}`),
+      finish: (signature) =>
+        leafInputs.map((leaf, i) => {
+          const path = paths[i]!;
+          const proof = Buffer.allocUnsafe(INDEX_BYTES + HASH_BYTES * path.length + SIGNATURE_BYTES);
+          proof.writeUInt32BE(i, 0);
+          path.forEach((p, j) => p.copy(proof, INDEX_BYTES + HASH_BYTES * j));
+          signature.copy(proof, INDEX_BYTES + HASH_BYTES * path.length);
+          return `${h}.${b64(leaf.subarray(1))}.${b64(proof)}`;
+        }),
+    };
   };
   return {
     kid,
-    sign: single,
+    sign: (type, payload) => {
+      const { input, finish } = prepare(type, [payload]);
+      return finish(sign(null, input, key))[0]!;
+    },
     signBatch(type, payloads) {
-      if (payloads.length <= 1) return payloads.map((p) => single(type, p));
-      if (payloads.length > MAX_RECEIPT_BATCH) throw new Error(`at most ${MAX_RECEIPT_BATCH} receipts are signed together`);
-      // each payload written once after the leaf prefix: the leaf is hashed from it as it is
-      const leafInputs = payloads.map((p) => Buffer.from(`${String.fromCharCode(LEAF_PREFIX)}${JSON.stringify(p)}`));
-      const bodies = leafInputs.map((b) => b.subarray(1));
-      const { root, paths } = merkleTree(leafInputs.map((b) => hash('sha256', b, 'buffer')));
-      const h = b64(Buffer.from(JSON.stringify({ alg: 'EdDSA', kid, typ: RECEIPT_BATCH_TYPE[type], n: payloads.length, time: now() })));
-      const signature = sign(null, Buffer.from(`${h}.${b64(root)}`), key);
-      return bodies.map((body, i) => {
-        const path = paths[i]!;
-        const proof = Buffer.allocUnsafe(INDEX_BYTES + HASH_BYTES * path.length + SIGNATURE_BYTES);
-        proof.writeUInt32BE(i, 0);
-        path.forEach((p, j) => p.copy(proof, INDEX_BYTES + HASH_BYTES * j));
-        signature.copy(proof, INDEX_BYTES + HASH_BYTES * path.length);
-        return `${h}.${b64(body)}.${b64(proof)}`;
+      const { input, finish } = prepare(type, payloads);
+      return payloads.length ? finish(sign(null, input, key)) : [];
+    },
+    signBatchAsync(type, payloads) {
+      return new Promise((resolve, reject) => {
+        const { input, finish } = prepare(type, payloads);
+        if (!payloads.length) return resolve([]);
+        sign(null, input, key, (err, signature) => (err ? reject(err) : resolve(finish(signature))));
       });
     },
   };
