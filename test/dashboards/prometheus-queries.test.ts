@@ -293,7 +293,12 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
     // with All, the fleet series (every call, whatever its cohort) comes along: the canary's missing sponsors over all calls
     expect(byLabel(await q(missing, { all: '.*' }), 'cohort')).toEqual({ canary: 0.02, baseline: 0, fleet: expect.closeTo(0.0133, 3) });
     const latency = panelQueries.find((p) => p.key === 'Policy latency p95 A')!.expr;
-    expect(byLabel(await q(latency, ['canary', 'baseline']), 'cohort')).toEqual({ canary: 0.25, baseline: 0.003 });
+    // the baseline's seeded decisions took 3 ms; the test's own live checks (baseline too) add what they took on this machine
+    const p95 = byLabel(await q(latency, ['canary', 'baseline']), 'cohort');
+    expect(Object.keys(p95).sort()).toEqual(['baseline', 'canary']);
+    expect(p95.canary).toBe(0.25);
+    expect(p95.baseline).toBeGreaterThanOrEqual(0.003);
+    expect(p95.baseline).toBeLessThan(0.2);
   });
 
   it('every alert expression returns what the data says', async () => {
