@@ -133,13 +133,23 @@ async function bounded(p: Promise<unknown>, ms: number): Promise<void> {
   clearTimeout(timer);
 }
 
-/** Stops the host on SIGINT/SIGTERM, once; a second signal exits at once. */
+/**
+ * How long a graceful stop may take (the final checkpoint, the last writes) before the process
+ * exits anyway: a supervisor's SIGTERM must end the process, whatever hangs.
+ */
+const STOP_DEADLINE_MS = 30_000;
+
+/** Stops the host on SIGINT/SIGTERM, once; a second signal exits at once, and so does a stop that takes over 30 s. */
 export function closeOnSignals(host: Host): void {
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) process.exit(130);
     stopping = true;
     host.log.info({ signal }, 'stopping');
+    setTimeout(() => {
+      host.log.error({ signal, deadline_ms: STOP_DEADLINE_MS }, `stopping took over ${STOP_DEADLINE_MS / 1000} s; exiting without finishing`);
+      process.exit(1);
+    }, STOP_DEADLINE_MS).unref();
     host.close().then(
       () => process.exit(0),
       () => process.exit(1),

@@ -31,6 +31,13 @@ const TIMEOUT_MS = 5_000;
 const RENEW_MARGIN_MS = 30_000;
 /** After a failure, do not ask again (nor warn again) for this long. */
 const RETRY_AFTER_MS = 10_000;
+/**
+ * The same after a failed synchronous fetch: short, because every child process started
+ * meanwhile goes without a token (and cannot prove its parent).
+ */
+const SYNC_RETRY_AFTER_MS = 1_000;
+/** What a helper process may take to start, on top of the request's own timeout (a loaded machine). */
+const HELPER_START_MS = 15_000;
 // Taken before custody patches child_process: the helper must start without custody's environment.
 const spawnSync = childProcess.spawnSync;
 
@@ -87,7 +94,7 @@ async function policyTools(policyUrl: string, timeoutMs: number): Promise<string
 
 function failedRecently(scope: AgentScope, now = Date.now()): boolean {
   const failedAt = scope.delegation?.failedAt;
-  return failedAt !== undefined && now - failedAt < RETRY_AFTER_MS;
+  return failedAt !== undefined && now - failedAt < (scope.delegation?.retryAfterMs ?? RETRY_AFTER_MS);
 }
 
 function fresh(scope: AgentScope, now = Date.now()): string | undefined {
@@ -147,7 +154,7 @@ export function delegationTokenSync(scope: AgentScope): string | undefined {
   const out = spawnSync(process.execPath, [helper], {
     input: JSON.stringify(request),
     env,
-    timeout: request.timeoutMs + 3_000,
+    timeout: request.timeoutMs + HELPER_START_MS,
     encoding: 'utf8',
     stdio: ['pipe', 'pipe', 'pipe'],
   });
@@ -158,9 +165,9 @@ export function delegationTokenSync(scope: AgentScope): string | undefined {
       return answer.token;
     }
     diag.warn(`custody: agent ${scope.identity.agentInstanceId} could not obtain a delegation token: ${answer.error ?? 'no token'}`);
-    scope.delegation = { failedAt: Date.now() };
+    scope.delegation = { failedAt: Date.now(), retryAfterMs: SYNC_RETRY_AFTER_MS };
   } catch {
-    scope.delegation = { failedAt: Date.now() };
+    scope.delegation = { failedAt: Date.now(), retryAfterMs: SYNC_RETRY_AFTER_MS };
     diag.warn(`custody: agent ${scope.identity.agentInstanceId} could not obtain a delegation token: ${out.error?.message ?? out.stderr ?? 'helper failed'}`);
   }
   return undefined;

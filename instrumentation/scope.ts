@@ -89,6 +89,8 @@ export interface DelegationState {
   pending?: Promise<string | undefined>;
   /** epoch ms of the last failure: not asked again for a while */
   failedAt?: number;
+  /** How long "a while" is after that failure (default: delegation.ts RETRY_AFTER_MS). */
+  retryAfterMs?: number;
 }
 
 interface ScopeGlobals {

@@ -79,7 +79,12 @@ export async function startCustody(
     stop: (signal = 'SIGTERM') =>
       new Promise((resolve) => {
         if (proc.exitCode !== null) return resolve(proc.exitCode);
-        proc.once('exit', (code) => resolve(code));
+        // custody exits by itself within 30 s of a SIGTERM; a test never waits forever on it
+        const kill = setTimeout(() => proc.kill('SIGKILL'), 90_000);
+        proc.once('exit', (code) => {
+          clearTimeout(kill);
+          resolve(code);
+        });
         proc.kill(signal);
       }),
   };
