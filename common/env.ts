@@ -178,6 +178,7 @@ export const ENV_VARS = {
   [ENV.AGENT_NAME]: v(AGENT, text(), 'A readable name, shown in the audit trail and used as service.name.'),
   [ENV.AGENT_CREDENTIAL]: v(['agent', 'cli'], text(), "A registered agent's credential: sponsor and role then come from its registration (`custody token issue` sends it too).", '', true),
   [ENV.DELEGATION_TOKEN]: v(AGENT, text(), "A sub-agent's delegation token from its parent, exchanged for per-tool tokens.", '', true),
+  [ENV.DELEGATION_UNAVAILABLE]: v(AGENT, text(), 'Set by a parent that could not obtain a delegation token for this sub-agent (why): its gated calls fail closed instead of acting on a token of its own.'),
   [ENV.TOOL_MAP]: v(AGENT, text(), 'Tool name → {tool, action} table: inline JSON or a path to a JSON/YAML file.', "the plane's tool_map"),
   [ENV.DELEGATE_TOOLS]: v(AGENT, text(), 'Tools a root agent delegates to its sub-agents (comma-separated).', 'every tool it may call'),
   [ENV.PROPAGATE_REGISTER]: v(AGENT, looseFlag(), '`0`/`false`: child node processes are not started with custody/register preloaded.', 'on'),

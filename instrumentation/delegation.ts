@@ -50,6 +50,7 @@ export function delegationRequest(scope: AgentScope, tools?: readonly string[]):
     if (tools?.length) exchange.scope = [...tools];
     return { kind: 'exchange', url, policyUrl, exchange, timeoutMs: TIMEOUT_MS };
   }
+  if (id.delegationUnavailable) return `its own parent could not delegate to it (${id.delegationUnavailable})`;
   if (!id.sponsorId && !id.credential) return 'no sponsor and no credential';
   const list = tools?.length ? [...tools] : defaultTools();
   // tool '' is filled in from the policy's tools when the request is made

@@ -17,6 +17,12 @@ export interface AgentIdentity {
   credential?: string;
   /** A parent's token this instance exchanges for its own per-tool tokens. */
   delegationToken?: string;
+  /**
+   * Why the parent that started this instance could not give it a delegation token: then it
+   * cannot prove its place in the chain, and must not act on a token of its own (which would
+   * be wider than its parent's delegation), so its gated calls fail closed.
+   */
+  delegationUnavailable?: string;
 }
 
 /** Agent-side settings other than identity. */
@@ -67,6 +73,7 @@ export function readIdentity(env: Env, newId: () => string = randomUUID): AgentI
   set('agentName', ENV.AGENT_NAME);
   set('credential', ENV.AGENT_CREDENTIAL);
   set('delegationToken', ENV.DELEGATION_TOKEN);
+  if (!identity.delegationToken) set('delegationUnavailable', ENV.DELEGATION_UNAVAILABLE);
   if (identity.delegationToken) {
     // a registered agent's delegate is one of its instances too
     const owner = delegatedAgentId(identity.delegationToken);

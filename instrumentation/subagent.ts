@@ -86,6 +86,7 @@ export async function startSubAgent<T>(
   if (name) identity.agentName = name;
   const token = await delegationToken(parent, options.tools);
   if (token) identity.delegationToken = token;
+  else if (p.delegationToken || p.sponsorId || p.credential) identity.delegationUnavailable = 'the parent could not obtain a delegation token';
   const scope = new AgentScope(identity, { purpose: options.purpose ?? parent.purpose, parent });
 
   const runtime = getRuntime();
@@ -220,6 +221,9 @@ export function childEnv(base?: NodeJS.ProcessEnv | Readonly<Record<string, stri
   put(ENV.DELEGATION_TOKEN, token);
   // the child acts through the delegation, not as this registered agent
   if (token) put(ENV.AGENT_CREDENTIAL, undefined);
+  // a parent that has something to delegate but could not: the child must not act on a token of
+  // its own (it would be wider than the delegation, and prove no parent)
+  put(ENV.DELEGATION_UNAVAILABLE, !token && (id.delegationToken || id.sponsorId || id.credential) && !explicit(ENV.DELEGATION_TOKEN) ? 'the parent could not obtain a delegation token' : undefined);
 
   let ctx = context.active();
   if (ctx === ROOT_CONTEXT && runtime.rootContext) ctx = runtime.rootContext;

@@ -23,6 +23,10 @@ export function createPlaneAsker(o: {
   function obtainToken(req: EnforcerCheckRequest, signal: AbortSignal, timeoutMs: number): Promise<ObtainedToken> {
     const { identity, tool, purpose } = req;
     const opts = { signal, timeoutMs };
+    if (!identity.delegationToken && identity.delegationUnavailable) {
+      // a sub-agent whose parent could not delegate: a token of its own would be wider than the delegation
+      return Promise.reject(new Error(`no delegation token from parent ${identity.parentAgentId ?? '(unknown)'}: ${identity.delegationUnavailable}`));
+    }
     if (identity.delegationToken) {
       return exchangeToken(
         settings.tokenUrl,

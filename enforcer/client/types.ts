@@ -13,6 +13,8 @@ export interface EnforcerIdentity {
   credential?: string | undefined;
   /** CUSTODY_DELEGATION_TOKEN: a sub-agent exchanges its parent's token (POST /token) instead of asking /issue. */
   delegationToken?: string | undefined;
+  /** CUSTODY_DELEGATION_UNAVAILABLE: why the parent could not delegate; without a delegation token, asking fails (closed). */
+  delegationUnavailable?: string | undefined;
 }
 
 export interface EnforcerCheckRequest {

@@ -355,11 +355,11 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
     const down = await eventually(async () => {
       const r = await instant(prom.url, alertRules.find((a) => a.alert === 'CustodyScrapeDown')!.expr);
       return r.length === 1 ? r : undefined;
-    }, 15_000);
+    }, 60_000);
     expect(down[0]!.metric).toMatchObject({ job: 'custody', instance: new URL(custody.url).host });
     const panel = panelQueries.find((p) => p.key === 'Scrape up A')!.expr;
     // the panel reads the same scrape: once Prometheus has recorded it, it says DOWN
-    await eventually(async () => JSON.stringify((await instant(prom.url, panel)).map((s) => s.value)) === '[0]', 15_000);
+    await eventually(async () => JSON.stringify((await instant(prom.url, panel)).map((s) => s.value)) === '[0]', 60_000);
   });
 });
 
