@@ -41,6 +41,15 @@ const HELPER_START_MS = 15_000;
 // Taken before custody patches child_process: the helper must start without custody's environment.
 const spawnSync = childProcess.spawnSync;
 
+/**
+ * Why a sub-agent of `id` goes without a delegation token when none could be had, or undefined
+ * when `id` has nothing to delegate (no sponsor, credential or token of its own): then its
+ * sub-agents are unsponsored anyway, and nothing is withheld from them.
+ */
+export function undelegatedReason(id: AgentScope['identity']): string | undefined {
+  return id.delegationToken || id.sponsorId || id.credential ? 'the parent could not obtain a delegation token' : undefined;
+}
+
 /** What to ask the token service for, or why nothing can be asked. */
 export function delegationRequest(scope: AgentScope, tools?: readonly string[]): DelegationRequest | string {
   const { tokenUrl: url, policyUrl } = getRuntime().settings;

@@ -17,7 +17,7 @@ import {
 import { W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { ATTR, BAGGAGE, ENV, PROPAGATION } from '../common/names';
 import { boundInstanceId, instanceOwner } from '../identity/instance';
-import { delegationToken, delegationTokenSync } from './delegation';
+import { delegationToken, delegationTokenSync, undelegatedReason } from './delegation';
 import type { AgentIdentity } from './identity';
 import { getRuntime } from './runtime';
 import { AgentScope, currentScope, rootScope, runInScope } from './scope';
@@ -86,7 +86,10 @@ export async function startSubAgent<T>(
   if (name) identity.agentName = name;
   const token = await delegationToken(parent, options.tools);
   if (token) identity.delegationToken = token;
-  else if (p.delegationToken || p.sponsorId || p.credential) identity.delegationUnavailable = 'the parent could not obtain a delegation token';
+  else {
+    const why = undelegatedReason(p);
+    if (why) identity.delegationUnavailable = why;
+  }
   const scope = new AgentScope(identity, { purpose: options.purpose ?? parent.purpose, parent });
 
   const runtime = getRuntime();
@@ -223,7 +226,7 @@ export function childEnv(base?: NodeJS.ProcessEnv | Readonly<Record<string, stri
   if (token) put(ENV.AGENT_CREDENTIAL, undefined);
   // a parent that has something to delegate but could not: the child must not act on a token of
   // its own (it would be wider than the delegation, and prove no parent)
-  put(ENV.DELEGATION_UNAVAILABLE, !token && (id.delegationToken || id.sponsorId || id.credential) && !explicit(ENV.DELEGATION_TOKEN) ? 'the parent could not obtain a delegation token' : undefined);
+  put(ENV.DELEGATION_UNAVAILABLE, token || explicit(ENV.DELEGATION_TOKEN) ? undefined : undelegatedReason(id));
 
   let ctx = context.active();
   if (ctx === ROOT_CONTEXT && runtime.rootContext) ctx = runtime.rootContext;
