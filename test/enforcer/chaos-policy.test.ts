@@ -97,6 +97,19 @@ function expectFailedClosed(r: CallResult): void {
   expect(r.attributes).toMatchObject({ 'custody.policy.decision': 'error', 'custody.enforced': true, 'custody.rollout.cohort': 'canary' });
 }
 
+/**
+ * The plane's answer to a call the plane can answer: on a loaded machine a live plane may still miss
+ * the 200 ms SLO now and then, and such a call must fail closed (its body not run); it is asked again.
+ */
+async function answered(agent: Agent, tool: string, action: string): Promise<CallResult> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const r = await agent.call(tool, action);
+    if (r.decision !== 'error' || Date.now() > deadline) return r;
+    expect(r).toMatchObject({ allowed: false, bodyRan: false, code: 'ERR_POLICY_UNAVAILABLE' });
+  }
+}
+
 describe('chaos: the enforcer fails closed', () => {
   let custody: RunningCustody;
   let port: number;
@@ -151,7 +164,7 @@ describe('chaos: the enforcer fails closed', () => {
   it('the plane killed, then restarted: the same agent is refused, then allowed again', async () => {
     const agent = startAgent({ CUSTODY_URL: custody.url, CUSTODY_AGENT_INSTANCE_ID: 'chaos-restart' });
     agents.push(agent);
-    const before = await agent.call('search', 'call');
+    const before = await answered(agent, 'search', 'call');
     expect(before).toMatchObject({ decision: 'allow', allowed: true, bodyRan: true, enforced: true });
 
     await custody.stop('SIGKILL');
@@ -172,7 +185,7 @@ describe('chaos: the enforcer fails closed', () => {
     expect(agent.proc.pid).toBe(pid);
     expect(agent.proc.exitCode).toBeNull();
     // and a deny is still a deny
-    const deny = await agent.call('file-store', 'delete');
+    const deny = await answered(agent, 'file-store', 'delete');
     expect(deny).toMatchObject({ decision: 'deny', allowed: false, bodyRan: false, code: 'ERR_POLICY_DENIED', type: 'policy_denied' });
   });
 });
