@@ -351,13 +351,23 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
   });
 
   it('the scrape-down alert expression fires once custody is gone', async () => {
-    await custody.stop();
-    const down = await eventually(async () => {
-      const r = await instant(prom.url, alertRules.find((a) => a.alert === 'CustodyScrapeDown')!.expr);
-      return r.length === 1 ? r : undefined;
-    }, 60_000);
-    expect(down[0]!.metric).toMatchObject({ job: 'custody', instance: new URL(custody.url).host });
     const panel = panelQueries.find((p) => p.key === 'Scrape up A')!.expr;
+    expect(JSON.stringify((await instant(prom.url, panel)).map((s) => s.value))).toBe('[1]');
+    // the panel remembers targets gone down through a subquery in 15 s steps: wait until a step has seen custody
+    const memory = /max_over_time\(.+\[1h:15s\]\)/.exec(panel)![0];
+    await eventually(async () => (await instant(prom.url, memory)).length === 1, 60_000);
+    await custody.stop();
+    const expr = alertRules.find((a) => a.alert === 'CustodyScrapeDown')!.expr;
+    const down = await eventually(async () => {
+      const r = await instant(prom.url, expr);
+      return r.length === 1 ? r : undefined;
+    }, 60_000).catch(async (err: Error) => {
+      // say what Prometheus saw of the target, to tell a scrape that still succeeds from one never made
+      const targets = await (await fetch(`${prom.url}/api/v1/targets`)).text();
+      const up = await instant(prom.url, 'up');
+      throw new Error(`${err.message}; up=${JSON.stringify(up)}; targets=${targets}; custody exit=${custody.proc.exitCode} signal=${custody.proc.signalCode}`);
+    });
+    expect(down[0]!.metric).toMatchObject({ job: 'custody', instance: new URL(custody.url).host });
     // the panel reads the same scrape: once Prometheus has recorded it, it says DOWN
     await eventually(async () => JSON.stringify((await instant(prom.url, panel)).map((s) => s.value)) === '[0]', 60_000);
   });
