@@ -6,7 +6,7 @@ import { createReporter, type Reporter } from '../common/report';
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import type { CustodyEnv } from '../common/env';
 import { ENV } from '../common/names';
-import { SERVICE, type CommonOptions, type RoleContext, type RoleStarter, type RunningRole } from '../common/role';
+import { SERVICE, type CommonOptions, type ReadinessResult, type RoleContext, type RoleStarter, type RunningRole } from '../common/role';
 
 export type { RoleStarter } from '../common/role';
 
@@ -30,7 +30,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   collectProcessMetrics();
   const app = createJsonApp();
   const fast = createFastRouter(log);
-  const checks = new Map<string, () => Promise<boolean> | boolean>();
+  const checks = new Map<string, () => Promise<ReadinessResult> | ReadinessResult>();
   // Created on first use, after the collector (if hosted here) has bound its port.
   let reporter: Reporter | undefined;
   const services = new Map<string, unknown>();
@@ -55,17 +55,21 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
   });
   app.get('/readyz', async (_req, res) => {
     const results: Record<string, boolean> = {};
+    const details: Record<string, string> = {};
     await Promise.all(
       [...checks].map(async ([name, check]) => {
         try {
-          results[name] = await check();
+          const r = await check();
+          results[name] = typeof r === 'boolean' ? r : r.ok;
+          if (typeof r === 'object' && r.detail) details[name] = r.detail;
         } catch {
+          // a thrown error's text stays in the logs: /readyz answers anyone
           results[name] = false;
         }
       }),
     );
     const ready = Object.values(results).every(Boolean);
-    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks: results });
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks: results, ...(Object.keys(details).length ? { details } : {}) });
   });
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', registry.contentType).send(await registry.metrics());

@@ -186,6 +186,7 @@ export const ENV_VARS = {
   // where custody is
   [ENV.URL]: v(ALL, text(), "Control API base URL (token service and policy plane unless set apart); the client commands' `--url`.", DEFAULTS.URL),
   [ENV.POLICY_URL]: v(ALL, text(), 'The policy plane, when not at CUSTODY_URL (also where a lone collector reads the rollout).', '$CUSTODY_URL'),
+  [ENV.STATE_URL]: v(SERVER, text(), "A policy plane's replica mode: the plane that owns the rollout and single-use token claims (`custody policy-plane --state-url`).", 'none (this plane owns its state)'),
   [ENV.TOKEN_URL]: v(['agent', 'server'], text(), 'The token service, when not at CUSTODY_URL (also where the policy plane and the collector fetch its JWKS).', '$CUSTODY_URL'),
   // the enforcer
   [ENV.POLICY_TIMEOUT_MS]: v(AGENT, number(ENV.POLICY_TIMEOUT_MS, 1, 60_000), 'How long a tool call waits for a decision (token and plane) before it is refused.', String(DEFAULTS.POLICY_TIMEOUT_MS)),

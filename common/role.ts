@@ -17,8 +17,11 @@ export interface RoleContext {
   readonly log: Logger;
   /** Reports events (token issuance, decisions, rollout changes) to the collector over OTLP. */
   readonly reporter: Reporter;
-  /** Readiness checks behind /readyz: every one must resolve true. */
-  addReadinessCheck(name: string, check: () => Promise<boolean> | boolean): void;
+  /**
+   * Readiness checks behind /readyz: every one must resolve true (or `ok: true`); a `detail`
+   * is shown beside the result (why not ready, or what is degraded while still ready).
+   */
+  addReadinessCheck(name: string, check: () => Promise<ReadinessResult> | ReadinessResult): void;
   /** Shared flags from the command line. */
   readonly options: CommonOptions;
   /** The environment, parsed once by the host (common/env.ts): roles read their variables here, never process.env. */
@@ -32,6 +35,8 @@ export interface RoleContext {
   /** The collector calls this once its OTLP receiver is bound (the port may have been 0). */
   setOtlpUrl(url: string): void;
 }
+
+export type ReadinessResult = boolean | { ok: boolean; detail?: string };
 
 export interface Services {
   provide<T>(name: string, value: T): void;

@@ -20,6 +20,8 @@ export const TOKEN_ERROR = {
   REVOKED: 'ERR_TOKEN_REVOKED',
   /** The revocation feed could not be had for longer than the verifier tolerates: nothing is accepted. */
   REVOCATIONS_UNAVAILABLE: 'ERR_TOKEN_REVOCATIONS_UNAVAILABLE',
+  /** A single-use token whose first use cannot be established (the replicas' shared state is unreachable): refused. */
+  REPLAY_UNAVAILABLE: 'ERR_TOKEN_REPLAY_UNAVAILABLE',
 } as const;
 export type TokenErrorCode = (typeof TOKEN_ERROR)[keyof typeof TOKEN_ERROR];
 

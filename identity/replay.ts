@@ -6,8 +6,11 @@ import { TOKEN_ERROR, TokenError } from './errors';
  * between the verifiers of one process.
  */
 export interface ReplayCache {
-  /** Records the jti; throws ERR_TOKEN_REPLAY when it was already used. */
-  use(jti: string, expSeconds: number): void;
+  /**
+   * Records the jti; throws (or rejects with) ERR_TOKEN_REPLAY when it was already used. A cache
+   * shared by replicas answers asynchronously (enforcer/plane/shared-state.ts).
+   */
+  use(jti: string, expSeconds: number): void | Promise<void>;
   readonly size: number;
   clear(): void;
 }

@@ -283,7 +283,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
         }
       }
       if (revocations) await revocations.check(claims);
-      if (verifyOptions.singleUse) replay.use(claims.jti, claims.exp);
+      if (verifyOptions.singleUse) await replay.use(claims.jti, claims.exp);
       return claims;
     },
   };

@@ -11,6 +11,7 @@ import { commonOptions, serverEnv, withServerOptions, type ServerFlags } from '.
 interface PlaneFlags extends ServerFlags {
   tokenUrl?: string;
   tokenIssuer?: string;
+  stateUrl?: string;
 }
 
 interface EvalFlags {
@@ -29,6 +30,7 @@ export function registerPolicyCommands(program: Command): void {
   withServerOptions(program.command('policy-plane').description('the policy plane alone: /v1/check, the rollout, hot reload of --policy'))
     .option('--token-url <url>', `token service whose JWKS verifies tokens (default $${ENV.TOKEN_URL}, $${ENV.URL} or http://127.0.0.1:8080)`)
     .option('--token-issuer <issuer>', `tokens' issuer (default $${ENV.TOKEN_ISSUER} or the token service configuration's issuer)`)
+    .option('--state-url <url>', `run as a replica of the plane at <url>: its rollout and single-use token claims (or $${ENV.STATE_URL})`)
     .action(async (flags: PlaneFlags) => {
       const env = serverEnv();
       const log = createLogger('custody', env[ENV.LOG_LEVEL]);
@@ -36,6 +38,7 @@ export function registerPolicyCommands(program: Command): void {
       const role = policyPlaneRole({
         ...(flags.tokenUrl ? { tokenUrl: flags.tokenUrl } : {}),
         ...(flags.tokenIssuer ? { tokenIssuer: flags.tokenIssuer } : {}),
+        ...(flags.stateUrl ? { stateUrl: flags.stateUrl } : {}),
       });
       const host = await startHost(options, [role], log, env);
       closeOnSignals(host);

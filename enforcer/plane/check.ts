@@ -58,6 +58,13 @@ export interface CheckerOptions {
   now?: () => number;
 }
 
+/** Token errors that mean nothing could be decided (503), not a bad token (deny). */
+const UNAVAILABLE_CODE: Partial<Record<string, string>> = {
+  [TOKEN_ERROR.JWKS_UNAVAILABLE]: 'token_keys_unavailable',
+  [TOKEN_ERROR.REVOCATIONS_UNAVAILABLE]: 'token_revocations_unavailable',
+  [TOKEN_ERROR.REPLAY_UNAVAILABLE]: 'token_replay_unavailable',
+};
+
 const LIMITS = { token: 16_384, name: 256, purpose: 1024 } as const;
 
 /**
@@ -84,9 +91,9 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
       outcome = decideFor(req, claims, policy, now());
     } catch (err) {
       if (!(err instanceof TokenError)) throw err;
-      // Keys or revocations that cannot be had: nothing was decided.
-      if (err.code === TOKEN_ERROR.JWKS_UNAVAILABLE || err.code === TOKEN_ERROR.REVOCATIONS_UNAVAILABLE) {
-        const code = err.code === TOKEN_ERROR.JWKS_UNAVAILABLE ? 'token_keys_unavailable' : 'token_revocations_unavailable';
+      // Keys, revocations or a single-use claim that cannot be had: nothing was decided.
+      const code = UNAVAILABLE_CODE[err.code];
+      if (code) {
         throw unavailable(options, { req, policy, risk: settings.risk, started, traceContext }, { code, message: `cannot verify tokens: ${err.message}`, ruleId: BUILTIN_RULE.TOKEN_INVALID, reason: err.message, id: decisionId(now()) });
       }
       outcome = { decision: 'deny', rule_id: BUILTIN_RULE.TOKEN_INVALID, reason: `token refused (${err.code}): ${err.message}` };

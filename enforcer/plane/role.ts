@@ -5,7 +5,10 @@ import { credentialsFromEnv } from '../../common/credentials';
 import { DEFAULTS, ENV, SPAN, ATTR } from '../../common/names';
 import { SERVICE, type RoleContext, type RunningRole } from '../../common/role';
 import type { RoleStarter } from '../../common/role';
-import { openRolloutStore, type RolloutState } from '../policy/rollout';
+import { ConfigError, HttpError } from '../../common/errors';
+import { openRolloutStore, type RolloutState, type RolloutStore } from '../policy/rollout';
+import { createReplayCache, type ReplayCache } from '../../identity/replay';
+import { mountStateRoutes, sharedReplayCache, sharedRollout, type SharedRollout } from './shared-state';
 import { RECEIPT_TYPE, receiptSigner, type ReceiptSigner, type RolloutReceipt } from '../../common/receipt';
 import { openKeyArchive } from '../../identity/key-archive';
 import { packageRoot } from '../../common/package-root';
@@ -36,6 +39,11 @@ export interface PolicyPlaneOptions {
   adminToken?: string;
   /** Policy file poll interval, ms. */
   pollMs?: number;
+  /**
+   * Replica mode: the plane that owns the rollout and the single-use token claims (shared-state.ts).
+   * Default $CUSTODY_STATE_URL; unset, this plane owns them (the rollout file under --data-dir).
+   */
+  stateUrl?: string;
 }
 
 /** What the policy plane offers other roles in the same process (SERVICE.ROLLOUT). */
@@ -65,11 +73,24 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       onLoad: (p, generation) => metrics.loaded(generation, p.version, p.hash),
       onError: () => metrics.reloadFailed(),
     });
+    let shared: SharedRollout | undefined;
     try {
-      const rollout = openRolloutStore(path.join(options.dataDir, ROLLOUT_STATE_FILE), policies.current().rollout.percent);
-      metrics.rollout(rollout.get().percent);
-      const { verifier, describe, revocations } = tokenVerifier(ctx, planeOptions);
       const fromEnv = credentialsFromEnv(ctx.env);
+      const stateUrl = planeOptions.stateUrl ?? ctx.env[ENV.STATE_URL];
+      if (stateUrl) {
+        try {
+          new URL(stateUrl);
+        } catch {
+          throw new ConfigError(`--state-url / ${ENV.STATE_URL}: '${stateUrl}' is not a URL (the plane that owns the rollout, e.g. http://plane-0:8080)`);
+        }
+        shared = sharedRollout(stateUrl, { log, onChange: (_from, to) => metrics.rollout(to.percent) });
+      }
+      const rollout: RolloutStore = shared ? replicaStore(shared, stateUrl!) : openRolloutStore(path.join(options.dataDir, ROLLOUT_STATE_FILE), policies.current().rollout.percent);
+      // a replica waits a little for its first read; without one it starts, answers no check and says so on /readyz
+      if (shared && !(await shared.ready(STATE_FIRST_READ_MS))) log.error({ owner: stateUrl }, 'shared state not read yet: checks are refused (503) until it is');
+      if (!shared) metrics.rollout(rollout.get().percent);
+      const replay = shared ? sharedReplayCache(stateUrl!, fromEnv.service) : createReplayCache();
+      const { verifier, describe, revocations } = tokenVerifier(ctx, planeOptions, replay);
       const credentials = { ...fromEnv, admin: planeOptions.adminToken ?? fromEnv.admin };
       const receiptKeys = await openKeyArchive({ dir: path.join(options.dataDir, RECEIPT_KEYS_DIR), envVar: ENV.POLICY_SIGNING_KEY, key: ctx.env[ENV.POLICY_SIGNING_KEY] });
       let keySigner = receiptSigner(receiptKeys.current().kid, receiptKeys.current().privateKey);
@@ -94,8 +115,25 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
 
       // the hot path: served on the bare request, before Express
       // latency is measured from the request's arrival: time spent queued behind others counts
-      ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers), arrivedAt(req)));
+      ctx.fast.post('/v1/check', (body, req) => {
+        if (shared && !shared.status().known) throw new HttpError(503, 'state_unavailable', `the shared rollout state at ${stateUrl} has not been read yet: nothing can be decided`, { 'retry-after': '1' });
+        return check(body, traceContextOf(req.headers), arrivedAt(req));
+      });
+      if (shared) {
+        ctx.addReadinessCheck('shared-state', () => {
+          const s = shared!.status();
+          if (!s.known) return { ok: false, detail: `rollout not read yet from ${new URL(stateUrl!).origin}: checks are refused` };
+          if (s.fresh) return true;
+          // still serving: the last rollout read stays in force; single-use tokens are refused meanwhile
+          const since = s.lastReadAt ? new Date(s.lastReadAt).toISOString() : 'start';
+          return { ok: true, detail: `owner at ${new URL(stateUrl!).origin} unreachable: serving rollout revision ${s.revision} read at ${since}; single-use tokens refused` };
+        });
+      } else {
+        // the owner: replicas claim single-use tokens here
+        mountStateRoutes(ctx.control, { replay, credentials });
+      }
       mountPlaneRoutes(ctx.control, {
+        ...(shared ? { replicaOf: { owner: stateUrl!, accept: (body: unknown) => shared!.accept(body) } } : {}),
         policy: policies.current,
         rollout,
         credentials,
@@ -116,7 +154,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         },
       });
       // The rollout in force from this start on, signed: what a call claiming the baseline cohort is checked against.
-      {
+      // (a replica's rollout is its owner's, recorded there)
+      if (!shared) {
         const s = rollout.get();
         reportRollout(ctx, { from: s.percent, to: s.percent, reason: 'in force at policy plane start', actor: 'policy-plane', receipt: rolloutReceipt(s, 'in force at policy plane start', 'policy-plane') });
       }
@@ -129,14 +168,14 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       ctx.services.provide(SERVICE.ROLLOUT, service);
 
       const p = policies.current();
-      const state = rollout.get();
+      const state = shared && !shared.status().known ? undefined : rollout.get();
       const banner = [
-        `policy plane  ${file} (version ${p.version}, ${p.ruleCount} rules), rollout ${state.percent}% canary (${rollout.file})`,
+        `policy plane  ${file} (version ${p.version}, ${p.ruleCount} rules), rollout ${state ? `${state.percent}%` : 'not read yet'} canary (${rollout.file})`,
         `  tokens      ${describe}`,
         `  receipts    signed with ${receiptKeys.current().kid} (${receiptKeys.source}); public keys at GET /v1/policy/jwks.json`,
       ];
       if (!credentials.admin && !credentials.rollout) banner.push(`  rollout changes disabled until ${ENV.ROLLOUT_TOKEN} or ${ENV.ADMIN_TOKEN} is set`);
-      if (state.incident) {
+      if (state?.incident) {
         banner.push(`!! incident switch on since ${state.incident.since}: agents keep allows cached for ${state.incident.cache_ttl_s} s`);
       }
       return {
@@ -144,6 +183,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         banner,
         close: async () => {
           policies.close();
+          shared?.close();
           // Deliver the last decisions and rollout changes while a collector hosted here still listens
           // (roles stop in reverse order); bounded, since a remote collector may be down.
           let timer: NodeJS.Timeout | undefined;
@@ -156,6 +196,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       };
     } catch (err) {
       policies.close();
+      shared?.close();
       throw err;
     }
   };
@@ -168,7 +209,7 @@ export const startPolicyPlaneRole: RoleStarter = (ctx) => policyPlaneRole()(ctx)
  * service's configuration (--token-config, as the token service resolves it) gives the role order
  * delegation chains are checked against, and the issuer when none is given.
  */
-function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: TokenVerifier; describe: string; revocations: RevocationChecker } {
+function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions, replayCache: ReplayCache): { verifier: TokenVerifier; describe: string; revocations: RevocationChecker } {
   const keys = ctx.services.lookup<TokenKeysService>(SERVICE.TOKEN_KEYS);
   const explicitIssuer = o.tokenIssuer ?? ctx.env[ENV.TOKEN_ISSUER];
   let config: ReturnType<typeof loadTokenConfig> | undefined;
@@ -184,7 +225,7 @@ function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: Tok
     // the registry's list itself: a revocation counts from the next check
     const revocations = createRevocationChecker(() => keys.revocations());
     return {
-      verifier: createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks(), revocations, ...chain }),
+      verifier: createTokenVerifier({ issuer: keys.issuer, jwks: () => keys.jwks(), revocations, replayCache, ...chain }),
       describe: `verified with the in-process token service's keys and revocations (issuer '${keys.issuer}')`,
       revocations,
     };
@@ -196,10 +237,19 @@ function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions): { verifier: Tok
   // Asked again every second while checks come in; unreachable for a minute, every token is refused.
   const revocations = createRevocationChecker(feed, { refreshMs: PLANE_REVOCATION_REFRESH_MS, maxStaleMs: 60_000 });
   return {
-    verifier: createTokenVerifier({ issuer, jwks: url, revocations, ...chain }),
+    verifier: createTokenVerifier({ issuer, jwks: url, revocations, replayCache, ...chain }),
     describe: `verified with ${url}, revocations from ${feed} (issuer '${issuer}')`,
     revocations,
   };
+}
+
+/** How long a replica's start waits for its first read of the owner's rollout. */
+const STATE_FIRST_READ_MS = 3000;
+
+/** A replica's rollout: the owner's, read by `shared`; changes go to the owner through the routes, never here. */
+function replicaStore(shared: SharedRollout, owner: string): RolloutStore {
+  const refuse = () => Promise.reject(new Error(`a replica's rollout changes go to its owner at ${owner}`));
+  return { file: `${new URL(owner).origin} (shared state)`, get: () => shared.get(), setPercent: refuse, setIncident: refuse };
 }
 
 /** A standalone plane's revocation feed refresh: with the agents' 2 s rollout poll, a revocation reaches every cache within 5 s. */

@@ -7,7 +7,9 @@ import type { JSONWebKeySet } from 'jose';
 import { SCOPE, requireScope, type ServiceCredentials } from '../../common/credentials';
 import { CustodyError, HttpError, badRequest } from '../../common/errors';
 import type { Policy } from '../policy/compile';
-import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
+import { describeFetchError } from '../../common/json-client';
+import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutState, type RolloutStore } from '../policy/rollout';
+import { StateUnavailableError } from './shared-state';
 
 export interface PlaneRoutesOptions {
   policy: () => Policy;
@@ -26,6 +28,11 @@ export interface PlaneRoutesOptions {
   /** Called after a change has been stored. */
   onRolloutChange: (change: { from: number; to: number; reason: string; actor: string }) => void;
   onIncidentChange: (change: { cacheTtlS: number | null; percent: number; reason: string; actor: string }) => void;
+  /**
+   * A replica's owner (shared-state.ts): rollout changes are handed to it as they came (the
+   * caller's credential, If-Match, body) and its answer is relayed and taken as the newest state.
+   */
+  replicaOf?: { owner: string; accept(body: unknown): void };
   /** The keys that sign receipts: GET /v1/policy/jwks.json, POST /v1/policy/keys/rotate (admin). */
   receiptKeys?: { jwks(): JSONWebKeySet; rotate(): Promise<{ kid: string; retired: string }> };
 }
@@ -62,7 +69,13 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
   const admin = requireScope(SCOPE.ROLLOUT, o.credentials, { what: 'rollout changes', disabled: { status: 403, code: 'forbidden' } });
 
   const sendRollout = async (res: import('express').Response) => {
-    const state = o.rollout.get();
+    let state: RolloutState;
+    try {
+      state = o.rollout.get();
+    } catch (err) {
+      if (err instanceof StateUnavailableError) throw new HttpError(503, err.code, err.message, { 'retry-after': '1' });
+      throw err;
+    }
     let revocations: { version: string; count: number } | null = null;
     try {
       revocations = o.revocations ? await o.revocations() : null;
@@ -91,6 +104,38 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
         throw err;
       }
     });
+  }
+
+  const replica = o.replicaOf;
+  if (replica) {
+    // the owner decides (credentials, compare-and-set, receipts, the change's record); this replica relays
+    const forward = async (req: Request, res: import('express').Response) => {
+      const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'application/json' };
+      for (const h of ['authorization', 'if-match'] as const) {
+        const v = req.get(h);
+        if (v) headers[h] = v;
+      }
+      let answer: Response;
+      let text: string;
+      try {
+        answer = await fetch(new URL(req.path, replica.owner), { method: 'PUT', headers, body: JSON.stringify(req.body ?? {}), signal: AbortSignal.timeout(10_000) });
+        text = await answer.text();
+      } catch (err) {
+        throw new HttpError(503, 'state_unavailable', `the rollout's owner at ${new URL(replica.owner).origin} did not answer (${describeFetchError(err)}): nothing changed here`, { 'retry-after': '1' });
+      }
+      let body: unknown;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        throw new HttpError(502, 'state_unavailable', `the rollout's owner answered ${answer.status} without JSON`);
+      }
+      if (answer.ok) replica.accept(body);
+      const etag = answer.headers.get('etag');
+      if (etag) res.set('etag', etag);
+      res.status(answer.status).set('cache-control', 'no-store').json(body);
+    };
+    router.put('/v1/rollout', forward);
+    router.put('/v1/rollout/incident', forward);
   }
 
   router.put('/v1/rollout', admin, async (req, res) => {

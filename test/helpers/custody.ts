@@ -78,7 +78,8 @@ export async function startCustody(
     output: () => out,
     stop: (signal = 'SIGTERM') =>
       new Promise((resolve) => {
-        if (proc.exitCode !== null) return resolve(proc.exitCode);
+        // gone already (exited, or killed by a signal: then exitCode stays null)
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve(proc.exitCode);
         // custody exits by itself within 30 s of a SIGTERM; a test never waits forever on it
         const kill = setTimeout(() => proc.kill('SIGKILL'), 90_000);
         proc.once('exit', (code) => {
