@@ -26,7 +26,8 @@ export interface Host {
  * collector is there before the roles that report to it.
  */
 /** `env`: the environment the command parsed at its start (common/env.ts), handed to every role. */
-export async function startHost(options: CommonOptions, starters: RoleStarter[], log: Logger, env: CustodyEnv): Promise<Host> {
+/** `metrics`: what GET /metrics answers, when not this process's registry (a worker answers for all workers). */
+export async function startHost(options: CommonOptions, starters: RoleStarter[], log: Logger, env: CustodyEnv, hooks: { metrics?: () => Promise<string> } = {}): Promise<Host> {
   collectProcessMetrics();
   const app = createJsonApp();
   const fast = createFastRouter(log);
@@ -72,7 +73,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks: results, ...(Object.keys(details).length ? { details } : {}) });
   });
   app.get('/metrics', async (_req, res) => {
-    res.set('Content-Type', registry.contentType).send(await registry.metrics());
+    res.set('Content-Type', registry.contentType).send(await (hooks.metrics ?? (() => registry.metrics()))());
   });
 
   const roles: RunningRole[] = [];

@@ -201,6 +201,7 @@ export const ENV_VARS = {
   [ENV.ROLLOUT_TOKEN]: v(SERVER_CLI, credential(), 'Moves the rollout only: what the rollback job, Argo Rollouts or Flagger hold. `custody up` on loopback generates one.', '<data-dir>/rollout-token on loopback', true),
   [ENV.AUDIT_READER_TOKEN]: v(SERVER_CLI, credential(), 'Reads the audit API only; the client commands send it for audit reads.', '', true),
   [ENV.SERVICE_TOKEN]: v(SERVER, credential(), "A role in another process writing the services' own records to the collector; no agent holds it.", '', true),
+  [ENV.STATE_TOKEN]: v(SERVER, credential(), 'Policy-plane replicas claim single-use tokens at the plane that owns the state with it (both sides set it).', '$CUSTODY_SERVICE_TOKEN', true),
   [ENV.INGEST_TOKEN]: v(SERVER, credential(), 'A gateway (upstream OpenTelemetry Collector) forwarding agents\' spans to /v1/traces.', '', true),
   // the servers
   [ENV.INGEST_MAX_BODY_BYTES]: v(SERVER, positiveInt(ENV.INGEST_MAX_BODY_BYTES), 'Largest OTLP request body accepted, decompressed, in bytes.', String(16 * 1024 * 1024)),

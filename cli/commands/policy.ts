@@ -1,6 +1,8 @@
-import type { Command } from 'commander';
+import os from 'node:os';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { createLogger } from '../../common/log';
-import { policyPlaneRole } from '../../enforcer/plane/role';
+import { policyPlaneRole, type PolicyPlaneOptions } from '../../enforcer/plane/role';
+import { isPlaneWorker, startPlanePrimary, workerMetrics } from '../plane-workers';
 import { readPolicyFile, type Policy } from '../../enforcer/policy/compile';
 import { decide } from '../../enforcer/policy/decide';
 import { resolveToolName } from '../../enforcer/policy/tool-map';
@@ -12,6 +14,7 @@ interface PlaneFlags extends ServerFlags {
   tokenUrl?: string;
   tokenIssuer?: string;
   stateUrl?: string;
+  workers: number;
 }
 
 interface EvalFlags {
@@ -31,16 +34,38 @@ export function registerPolicyCommands(program: Command): void {
     .option('--token-url <url>', `token service whose JWKS verifies tokens (default $${ENV.TOKEN_URL}, $${ENV.URL} or http://127.0.0.1:8080)`)
     .option('--token-issuer <issuer>', `tokens' issuer (default $${ENV.TOKEN_ISSUER} or the token service configuration's issuer)`)
     .option('--state-url <url>', `run as a replica of the plane at <url>: its rollout and single-use token claims (or $${ENV.STATE_URL})`)
+    .addOption(
+      new Option('--workers <n>', "worker processes sharing the port and one state; 'auto': one per core")
+        .default(1)
+        .argParser((v) => {
+          if (v === 'auto') return os.availableParallelism();
+          const n = Number(v);
+          if (!/^\d+$/.test(v) || n < 1 || n > 256) throw new InvalidArgumentError(`'${v}' is not a worker count (1-256, or auto)`);
+          return n;
+        }),
+    )
     .action(async (flags: PlaneFlags) => {
       const env = serverEnv();
       const log = createLogger('custody', env[ENV.LOG_LEVEL]);
       const options = commonOptions(flags, env);
-      const role = policyPlaneRole({
+      const planeOptions: PolicyPlaneOptions = {
         ...(flags.tokenUrl ? { tokenUrl: flags.tokenUrl } : {}),
         ...(flags.tokenIssuer ? { tokenIssuer: flags.tokenIssuer } : {}),
         ...(flags.stateUrl ? { stateUrl: flags.stateUrl } : {}),
-      });
-      const host = await startHost(options, [role], log, env);
+      };
+      if (isPlaneWorker()) {
+        // a worker: a replica of the primary's state (CUSTODY_STATE_URL), on the shared port, printing nothing
+        const host = await startHost(options, [policyPlaneRole(planeOptions)], log, env, { metrics: workerMetrics() });
+        closeOnSignals(host);
+        return;
+      }
+      if (flags.workers > 1) {
+        const primary = await startPlanePrimary(flags.workers, options, planeOptions, log, env);
+        const lines = ['custody policy-plane listening', `  control API   ${primary.url}`, ...primary.banner.map((l) => `  ${l}`)];
+        process.stdout.write(lines.join('\n') + '\n');
+        return;
+      }
+      const host = await startHost(options, [policyPlaneRole(planeOptions)], log, env);
       closeOnSignals(host);
       const lines = ['custody policy-plane listening', `  control API   ${host.control.url}`];
       for (const r of host.roles) for (const line of r.banner ?? []) lines.push(`  ${line}`);

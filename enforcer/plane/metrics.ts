@@ -19,6 +19,8 @@ export function planeMetrics() {
   const reloadErrors = counter({
     name: METRIC.POLICY_RELOAD_ERRORS_TOTAL,
     help: 'Policy files refused on reload (the last good policy stays in force)',
+    // every worker reads the same file: a refused file counts once
+    aggregator: 'max',
   });
   const version = gauge<'version' | 'hash'>({
     name: METRIC.POLICY_VERSION,

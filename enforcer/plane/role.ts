@@ -44,6 +44,8 @@ export interface PolicyPlaneOptions {
    * Default $CUSTODY_STATE_URL; unset, this plane owns them (the rollout file under --data-dir).
    */
   stateUrl?: string;
+  /** The credential replicas claim single-use tokens with. Default $CUSTODY_STATE_TOKEN, else $CUSTODY_SERVICE_TOKEN. */
+  stateToken?: string;
 }
 
 /** What the policy plane offers other roles in the same process (SERVICE.ROLLOUT). */
@@ -89,7 +91,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       // a replica waits a little for its first read; without one it starts, answers no check and says so on /readyz
       if (shared && !(await shared.ready(STATE_FIRST_READ_MS))) log.error({ owner: stateUrl }, 'shared state not read yet: checks are refused (503) until it is');
       if (!shared) metrics.rollout(rollout.get().percent);
-      const replay = shared ? sharedReplayCache(stateUrl!, fromEnv.service) : createReplayCache();
+      const stateToken = planeOptions.stateToken ?? ctx.env[ENV.STATE_TOKEN] ?? fromEnv.service;
+      const replay = shared ? sharedReplayCache(stateUrl!, stateToken) : createReplayCache();
       const { verifier, describe, revocations } = tokenVerifier(ctx, planeOptions, replay);
       const credentials = { ...fromEnv, admin: planeOptions.adminToken ?? fromEnv.admin };
       const receiptKeys = await openKeyArchive({ dir: path.join(options.dataDir, RECEIPT_KEYS_DIR), envVar: ENV.POLICY_SIGNING_KEY, key: ctx.env[ENV.POLICY_SIGNING_KEY] });
@@ -130,7 +133,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         });
       } else {
         // the owner: replicas claim single-use tokens here
-        mountStateRoutes(ctx.control, { replay, credentials });
+        mountStateRoutes(ctx.control, { replay, credential: stateToken });
       }
       mountPlaneRoutes(ctx.control, {
         ...(shared ? { replicaOf: { owner: stateUrl!, accept: (body: unknown) => shared!.accept(body) } } : {}),

@@ -17,7 +17,8 @@ import type { IncidentState, RolloutState } from '../policy/rollout';
  *   on every replica within a second) and answers checks and GET /v1/rollout from that copy;
  * - it hands rollout changes (PUT /v1/rollout, the incident switch) to the owner as they came, with
  *   the caller's credential and If-Match, so revisions are the owner's, global and compare-and-set;
- * - it claims single-use tokens at the owner (POST /v1/state/replay, the service credential), so
+ * - it claims single-use tokens at the owner (POST /v1/state/replay, with CUSTODY_STATE_TOKEN, by
+ *   default the service credential), so
  *   a token used at one replica is refused at all of them.
  *
  * When the owner cannot be reached a replica keeps the last rollout it read and says so on /readyz;
@@ -145,16 +146,16 @@ export function sharedRollout(owner: string, o: { log: Logger; pollMs?: number; 
  * Single-use claims made at the owner. The answer decides: first use, or a replay; no answer
  * (unreachable, slow, refused credential) refuses the token, since nobody can say it is unused.
  */
-export function sharedReplayCache(owner: string, serviceToken: string | undefined): ReplayCache {
+export function sharedReplayCache(owner: string, stateToken: string | undefined): ReplayCache {
   const url = new URL(STATE_PATHS.REPLAY, owner);
   let claims = 0;
   return {
     async use(jti, expSeconds) {
-      if (!serviceToken) {
-        throw new TokenError(TOKEN_ERROR.REPLAY_UNAVAILABLE, `single-use tokens need the shared state: set CUSTODY_SERVICE_TOKEN to claim them at ${url.origin}`);
+      if (!stateToken) {
+        throw new TokenError(TOKEN_ERROR.REPLAY_UNAVAILABLE, `single-use tokens need the shared state: set CUSTODY_STATE_TOKEN (or CUSTODY_SERVICE_TOKEN) to claim them at ${url.origin}`);
       }
       try {
-        await fetchJson(url, { method: 'POST', body: { jti, exp: expSeconds }, headers: { authorization: `Bearer ${serviceToken}` }, timeoutMs: STATE_REQUEST_TIMEOUT_MS });
+        await fetchJson(url, { method: 'POST', body: { jti, exp: expSeconds }, headers: { authorization: `Bearer ${stateToken}` }, timeoutMs: STATE_REQUEST_TIMEOUT_MS });
         claims++;
       } catch (err) {
         if (err instanceof JsonRequestError && err.status === 409) throw new TokenError(TOKEN_ERROR.REPLAY, `token ${jti} was already used`);
@@ -176,8 +177,9 @@ const claimBody = z.strictObject({
 });
 
 /** The owner's side: POST /v1/state/replay claims a jti in this plane's own replay cache (service credential). */
-export function mountStateRoutes(router: Router, o: { replay: ReplayCache; credentials: ServiceCredentials }): void {
-  const service = requireScope(SCOPE.SERVICE, o.credentials, { what: 'shared-state claims', disabled: { status: 403, code: 'forbidden' } });
+export function mountStateRoutes(router: Router, o: { replay: ReplayCache; credential: string | undefined }): void {
+  const credentials: ServiceCredentials = { service: o.credential };
+  const service = requireScope(SCOPE.SERVICE, credentials, { what: 'shared-state claims', disabled: { status: 403, code: 'forbidden' } });
   router.post(STATE_PATHS.REPLAY, service, async (req, res) => {
     const r = claimBody.safeParse(req.body ?? {});
     if (!r.success) {
