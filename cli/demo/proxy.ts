@@ -13,17 +13,27 @@ export interface OutageSwitch {
   readonly down: boolean;
   /** Connections accepted so far: tells when agents have started talking to custody. */
   readonly connections: number;
+  /** Requests for a token or a decision refused while cut: tool calls that met the outage. */
+  readonly refusedCalls: number;
   close(): Promise<void>;
 }
 
 export async function startOutageSwitch(target: { host: string; port: number }): Promise<OutageSwitch> {
   let down = false;
   let connections = 0;
+  let refusedCalls = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     connections++;
     if (down) {
-      client.resetAndDestroy();
+      // read the request line first: a tool call's token or decision request is counted, then refused
+      client.on('error', () => undefined);
+      const timer = setTimeout(() => client.resetAndDestroy(), 1000);
+      client.once('data', (chunk: Buffer) => {
+        clearTimeout(timer);
+        if (/^POST \/(v1\/check|issue|token)\b/.test(chunk.toString('latin1', 0, 64))) refusedCalls++;
+        client.resetAndDestroy();
+      });
       return;
     }
     const upstream = net.connect(target.port, target.host);
@@ -45,6 +55,9 @@ export async function startOutageSwitch(target: { host: string; port: number }):
     },
     get connections() {
       return connections;
+    },
+    get refusedCalls() {
+      return refusedCalls;
     },
     cut() {
       down = true;

@@ -201,6 +201,8 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     outage.cut();
     const outageFrom = Date.now();
     await sleep(outageMs);
+    // on a loaded machine the agents may not have asked in that time: the outage lasts until they have
+    for (const until = Date.now() + 30_000; outage.refusedCalls < 2 && Date.now() < until; ) await sleep(20);
     outage.restore();
     const outageTo = Date.now();
     await say('policy plane back: the same agent processes succeed again');
