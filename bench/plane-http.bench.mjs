@@ -6,7 +6,10 @@
 // each as its own process, loaded closed-loop from a separate process (bench/policy.bench.mjs's
 // load generator) with the same connections; then custody open-loop at half its own maximum rate.
 //
-//   npm run build && node bench/plane-http.bench.mjs [--seconds 8] [--concurrency 8]
+// Then `custody policy-plane --workers N` for each N of --workers (default 2): the same closed loop,
+// to show how the plane's throughput scales with its workers.
+//
+//   npm run build && node bench/plane-http.bench.mjs [--seconds 8] [--concurrency 8] [--workers 2,4]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -144,6 +147,17 @@ async function main() {
     const open = await runLoad(plane.url, tokensFile, 64, seconds, `paced:${half}`);
     results.openLoop = { offered: half, ...open };
     console.log(`custody open loop at half its maximum (${half} req/s offered): ${open.rps.toFixed(0)} req/s, p50 ${ms(open.p50)} p95 ${ms(open.p95)} p99 ${ms(open.p99)}, ${open.errors} errors`);
+    const workerCounts = (args.includes('--workers') ? args[args.indexOf('--workers') + 1] : '2').split(',').map(Number).filter((n) => n > 1);
+    results.workers = { 1: custody };
+    for (const n of workerCounts) {
+      const multi = await startCustody(['policy-plane', '--workers', String(n), '--token-url', up.url, ...(up.otlp ? ['--otlp-url', up.otlp] : [])], { CUSTODY_ADMIN_TOKEN: admin });
+      procs.push(multi.p);
+      const r = await runLoad(multi.url, tokensFile, concurrency, seconds, 'cycle');
+      results.workers[n] = r.rps;
+      console.log(`custody policy-plane --workers ${n}, closed loop, ${concurrency} connections: ${r.rps.toFixed(0)} req/s (${(r.rps / custody).toFixed(2)}× one process), p50 ${ms(r.p50)} p99 ${ms(r.p99)}, ${r.errors} errors`);
+      multi.p.kill('SIGTERM');
+      await sleep(2000);
+    }
     fs.mkdirSync(path.join(ROOT, 'bench/out'), { recursive: true });
     fs.writeFileSync(path.join(ROOT, 'bench/out/plane-http.json'), JSON.stringify(results, null, 2));
   } finally {
