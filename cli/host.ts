@@ -47,6 +47,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
     return (reporter = createReporter({
       serviceName: 'custody',
       endpoint: options.otlpUrl,
+      ...(env[ENV.REPORT_QUEUE_MAX] !== undefined ? { maxQueue: env[ENV.REPORT_QUEUE_MAX] } : {}),
       ...(sink ? { exporter: sink } : serviceToken ? { headers: { authorization: `Bearer ${serviceToken}` } } : {}),
     }));
   };

@@ -204,6 +204,7 @@ export const ENV_VARS = {
   [ENV.STATE_TOKEN]: v(SERVER, credential(), 'Policy-plane replicas claim single-use tokens at the plane that owns the state with it (both sides set it).', '$CUSTODY_SERVICE_TOKEN', true),
   [ENV.INGEST_TOKEN]: v(SERVER, credential(), 'A gateway (upstream OpenTelemetry Collector) forwarding agents\' spans to /v1/traces.', '', true),
   // the servers
+  [ENV.REPORT_QUEUE_MAX]: v(SERVER, positiveInt(ENV.REPORT_QUEUE_MAX), "Records a server role holds until the collector acknowledges them; a policy plane whose queue is full answers 503 rather than decide unrecorded.", '20000'),
   [ENV.INGEST_MAX_BODY_BYTES]: v(SERVER, positiveInt(ENV.INGEST_MAX_BODY_BYTES), 'Largest OTLP request body accepted, decompressed, in bytes.', String(16 * 1024 * 1024)),
   [ENV.INGEST_MAX_QUEUE_ROWS]: v(SERVER, positiveInt(ENV.INGEST_MAX_QUEUE_ROWS), 'Rows waiting for storage beyond which ingest answers 429.', '200000'),
   [ENV.CLICKHOUSE_URL]: v(SERVER_CLI, text(), 'A ClickHouse server instead of the embedded chDB store (`--clickhouse-url`).', 'embedded chDB', true),

@@ -124,6 +124,7 @@ export const ENV = {
   /** Roles in other processes writing their own records to the collector; no agent holds it. */
   SERVICE_TOKEN: 'CUSTODY_SERVICE_TOKEN',
   STATE_TOKEN: 'CUSTODY_STATE_TOKEN',
+  REPORT_QUEUE_MAX: 'CUSTODY_REPORT_QUEUE_MAX',
   /** A gateway (upstream OpenTelemetry Collector) forwarding agents' spans to /v1/traces. */
   INGEST_TOKEN: 'CUSTODY_INGEST_TOKEN',
   /** The token service's private signing key (PKCS8 PEM or JWK JSON), when not in a key file. */

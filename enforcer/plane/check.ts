@@ -54,6 +54,8 @@ export interface CheckerOptions {
   signer?: ReceiptBatcher;
   /** Records the decision (the decision log); must not throw. */
   report?: (attributes: Attributes, context: Context | undefined, time: number, error?: string) => void;
+  /** Whether the decision log can take one more record; when not, nothing is decided (503). */
+  canRecord?: () => boolean;
   metrics?: PlaneMetrics;
   now?: () => number;
 }
@@ -79,6 +81,10 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
   return async function check(body, traceContext, arrivedAt) {
     // From the request's arrival when the server knows it (queueing and body parsing included).
     const started = arrivedAt ?? performance.now();
+    if (options.canRecord && !options.canRecord()) {
+      options.metrics?.decided(DECISION.ERROR, 'other', (performance.now() - started) / 1000);
+      throw new HttpError(503, 'decision_log_full', 'the decision log is full (the collector has not acknowledged earlier decisions): nothing is decided unrecorded', { 'retry-after': '1' });
+    }
     const req = parseCheckRequest(body);
     const policy = options.policy();
     const settings = toolPolicy(policy, req.tool);

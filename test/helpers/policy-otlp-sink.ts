@@ -17,6 +17,8 @@ export interface SunkSpan {
 export interface OtlpSink {
   url: string;
   spans: SunkSpan[];
+  /** While true the sink answers 503 and keeps nothing (a collector that is down). */
+  failing: boolean;
   close(): Promise<void>;
 }
 
@@ -63,10 +65,12 @@ function attrs(list: PbKeyValue[] | null): Record<string, string | number | bool
  */
 export async function startOtlpSink(): Promise<OtlpSink> {
   const spans: SunkSpan[] = [];
+  const state = { failing: false };
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
+      if (state.failing) return void res.writeHead(503, { 'retry-after': '0' }).end();
       let body = Buffer.concat(chunks);
       if (req.headers['content-encoding'] === 'gzip') body = zlib.gunzipSync(body);
       const msg = root.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest.decode(body);
@@ -94,6 +98,12 @@ export async function startOtlpSink(): Promise<OtlpSink> {
   return {
     url: `http://127.0.0.1:${port}`,
     spans,
+    get failing() {
+      return state.failing;
+    },
+    set failing(v: boolean) {
+      state.failing = v;
+    },
     close: () =>
       new Promise((resolve) => {
         server.close(() => resolve());
