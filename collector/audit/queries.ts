@@ -48,6 +48,8 @@ export interface AuditEvent {
    * word only.
    */
   trust: string;
+  /** Which tracing convention recorded the call (audit-log-schema.json `convention`); '' if stored before this was recorded. */
+  convention: string;
 }
 
 export interface AgentSummary {
@@ -128,7 +130,7 @@ const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trac
   parent_agent_id, toString(role) AS role, toString(tool_id) AS tool_id, toString(action) AS action, purpose,
   toString(decision) AS decision, policy_decision_id, toString(rule_id) AS rule_id, policy_latency_ms, policy_cached,
   enforced, toString(cohort) AS cohort, toString(status) AS status, toString(error_type) AS error_type, token_jti,
-  request_hash, response_hash, duration_ns, audit_seq, toString(trust) AS trust`;
+  request_hash, response_hash, duration_ns, audit_seq, toString(trust) AS trust, toString(convention) AS convention`;
 
 interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ms' | 'audit_seq'> {
   ts_ns: string;

@@ -94,6 +94,16 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     help: 'Spans stored but not taken for what they claim, by reason: no credential (open mode), an identity the credential does not prove, a service record sent by someone else',
     labelNames: ['reason'],
   });
+  const byConvention = counter<'convention'>({
+    name: METRIC.TOOL_CALLS_BY_CONVENTION_TOTAL,
+    help: 'Tool calls stored, by the tracing convention that recorded them (gen_ai, mcp, openinference, openllmetry)',
+    labelNames: ['convention'],
+  });
+  const unmappedSpans = counter<'convention' | 'reason'>({
+    name: METRIC.TOOL_SPANS_UNMAPPED_TOTAL,
+    help: 'Spans that look like tool calls but got no audit event (kept in otel_traces only), by convention and reason',
+    labelNames: ['convention', 'reason'],
+  });
   const requests = counter<'code'>({ name: METRIC.INGEST_REQUESTS_TOTAL, help: 'OTLP export requests, by HTTP status', labelNames: ['code'] });
   const seenTools = new Set<string>();
 
@@ -245,7 +255,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     const { trust, mismatched } = await trustOf(principal, decoded.spans);
     // token events the service wrote: the instances they bind, for later agent spans
     if (trust === TRUST.SERVICE) learnFromTokenEvents(bindings, decoded.spans);
-    const { rows, counts, spans, toolCalls, untrustedRecords } = mapSpans(decoded.spans, trust);
+    const { rows, counts, spans, toolCalls, untrustedRecords, conventions, unmapped } = mapSpans(decoded.spans, trust);
     const { rejected: refused, rejectedCount, rejectionMessages } = decoded;
     const message = rejectedCount
       ? `${rejectedCount} span(s) rejected: ${rejectionMessages.join('; ')}${rejectedCount > rejectionMessages.length ? '; …' : ''}`
@@ -255,14 +265,14 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       ['identity_mismatch', mismatched],
       ['service_record_from_other_source', untrustedRecords],
     ];
-    return { write: { rows, counts }, spans, toolCalls, refused, rejectedCount, message, flagged };
+    return { write: { rows, counts }, spans, toolCalls, conventions, unmapped, refused, rejectedCount, message, flagged };
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse, format: WireFormat, principal: IngestPrincipal): Promise<void> {
     if (!writer.available) {
       throw new OtlpHttpError(503, GRPC_CODE.UNAVAILABLE, 'storage_unavailable', 'storage is unavailable; retry later', { 'Retry-After': '5' });
     }
-    const { write, spans, toolCalls, refused, rejectedCount, message, flagged } = await receive(req, format, principal);
+    const { write, spans, toolCalls, conventions, unmapped, refused, rejectedCount, message, flagged } = await receive(req, format, principal);
     try {
       await waitForWrite(writer.write(write));
     } catch (err) {
@@ -289,6 +299,11 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     }
     ingested.inc(spans);
     countToolCalls(toolCalls);
+    for (const [convention, n] of conventions) byConvention.inc({ convention }, n);
+    for (const [key, n] of unmapped) {
+      const [convention = '', reason = ''] = key.split('\0');
+      unmappedSpans.inc({ convention, reason }, n);
+    }
     for (const [reason, n] of refused) rejected.inc({ reason }, n);
     for (const [reason, n] of flagged) if (n > 0) unverified.inc({ reason }, n);
     send(res, 200, format, encodeExportResponse(format, rejectedCount, message));
