@@ -252,6 +252,7 @@ export const METRIC = {
   SPANS_UNVERIFIED_TOTAL: 'custody_spans_unverified_total',
   TOOL_CALLS_BY_CONVENTION_TOTAL: 'custody_tool_calls_by_convention_total',
   TOOL_SPANS_UNMAPPED_TOTAL: 'custody_tool_spans_unmapped_total',
+  OTLP_SIGNALS_DROPPED_TOTAL: 'custody_otlp_signals_dropped_total',
   INGEST_REQUESTS_TOTAL: 'custody_ingest_requests_total',
   INGEST_QUEUE_ROWS: 'custody_ingest_queue_rows',
   INGEST_INSERT_DURATION_SECONDS: 'custody_ingest_insert_duration_seconds',

@@ -66,6 +66,11 @@ export interface ReceiverOptions {
 
 export const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
 export const TRACES_PATH = '/v1/traces';
+/**
+ * The other OTLP/HTTP signals: answered with success (an empty Export…ServiceResponse), counted
+ * and dropped, so that a stock SDK exporting everything to one endpoint works unchanged.
+ */
+export const DROPPED_SIGNAL_PATHS: Readonly<Record<string, 'metrics' | 'logs'>> = { '/v1/metrics': 'metrics', '/v1/logs': 'logs' };
 
 const gunzip = promisify(zlib.gunzip);
 const inflate = promisify(zlib.inflate);
@@ -103,6 +108,11 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     name: METRIC.TOOL_SPANS_UNMAPPED_TOTAL,
     help: 'Spans that look like tool calls but got no audit event (kept in otel_traces only), by convention and reason',
     labelNames: ['convention', 'reason'],
+  });
+  const dropped = counter<'signal'>({
+    name: METRIC.OTLP_SIGNALS_DROPPED_TOTAL,
+    help: 'OTLP export requests of signals custody does not store (metrics, logs): answered with success and dropped, by signal',
+    labelNames: ['signal'],
   });
   const requests = counter<'code'>({ name: METRIC.INGEST_REQUESTS_TOTAL, help: 'OTLP export requests, by HTTP status', labelNames: ['code'] });
   const seenTools = new Set<string>();
@@ -312,10 +322,13 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
   return async function otlpReceiver(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const format = formatOf(req);
     try {
-      const path = (req.url ?? '/').split('?')[0];
-      if (path !== TRACES_PATH) throw new OtlpHttpError(404, GRPC_CODE.NOT_FOUND, 'not_found', `no route for ${req.method} ${path}; OTLP traces go to POST ${TRACES_PATH}`);
+      const path = (req.url ?? '/').split('?')[0]!;
+      const signal = DROPPED_SIGNAL_PATHS[path];
+      if (path !== TRACES_PATH && !signal) {
+        throw new OtlpHttpError(404, GRPC_CODE.NOT_FOUND, 'not_found', `no route for ${req.method} ${path}; OTLP traces go to POST ${TRACES_PATH}`);
+      }
       if (req.method !== 'POST') {
-        throw new OtlpHttpError(405, GRPC_CODE.UNIMPLEMENTED, 'method_not_allowed', `${req.method} is not allowed on ${TRACES_PATH}; use POST`, { Allow: 'POST' });
+        throw new OtlpHttpError(405, GRPC_CODE.UNIMPLEMENTED, 'method_not_allowed', `${req.method} is not allowed on ${path}; use POST`, { Allow: 'POST' });
       }
       const principal = await principalOf(req);
       if (!format) {
@@ -325,6 +338,14 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
           'unsupported_media_type',
           `Content-Type '${req.headers['content-type'] ?? ''}' is not supported; use application/x-protobuf or application/json`,
         );
+      }
+      if (signal) {
+        // read to the end (within the body limit) so the connection stays usable, then dropped
+        await readBody(req);
+        dropped.inc({ signal });
+        // an empty ExportMetricsServiceResponse / ExportLogsServiceResponse: `{}`, or no bytes
+        send(res, 200, format, format === 'json' ? Buffer.from('{}') : Buffer.alloc(0));
+        return;
       }
       await handle(req, res, format, principal);
     } catch (err) {
