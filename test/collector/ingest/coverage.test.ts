@@ -11,7 +11,11 @@ import { MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashValue } from '../../../common/canonical';
 import { fixtureRequest } from '../../helpers/conventions';
-import { ROOT, eventually, startCustody, type RunningCustody } from '../../helpers/custody';
+import { ROOT, eventually, runCli, startCustody, type RunningCustody } from '../../helpers/custody';
+import { hex, nowNs } from '../../helpers/otlp-bodies';
+import Ajv2020 from 'ajv/dist/2020';
+import addFormats from 'ajv-formats';
+import fs from 'node:fs';
 
 const run = promisify(execFile);
 
@@ -147,5 +151,62 @@ describe('metrics and logs from stock SDKs', () => {
     expect(((await get.json()) as { error: { message: string } }).error.message).toMatch(/GET is not allowed on \/v1\/metrics/);
     const text = await fetch(`${custody.otlpUrl}/v1/logs`, { method: 'POST', body: 'x', headers: { 'Content-Type': 'text/plain' } });
     expect(text.status).toBe(415);
+  });
+});
+
+describe('custody export --format ndjson', () => {
+  it('each row carries every field of audit-log-schema.json; a fully identified call is valid against it, a call without sponsor or action is not', async () => {
+    const t = nowNs();
+    const attrs: Record<string, string | number | boolean> = {
+      'gen_ai.operation.name': 'execute_tool',
+      'gen_ai.tool.name': 'billing.refund',
+      'gen_ai.tool.call.id': 'call-export-1',
+      'gen_ai.agent.name': 'support-assistant',
+      'custody.sponsor_id': 'heidi@example.com',
+      'custody.agent_instance_id': 'export-agent-1',
+      'custody.role': 'support',
+      'custody.tool_id': 'billing',
+      'custody.action': 'refund',
+      'custody.purpose': 'ticket 1',
+      'custody.request_hash': 'a'.repeat(64),
+      'custody.response_hash': 'b'.repeat(64),
+      'custody.policy_decision_id': 'pd-export-1',
+      'custody.policy.decision': 'allow',
+      'custody.policy.latency_ms': 3.5,
+      'custody.enforced': true,
+      'custody.rollout.cohort': 'canary',
+      'custody.audit.seq': 1,
+      'custody.audit.prev_hash': 'c'.repeat(64),
+    };
+    const span = {
+      traceId: hex(16),
+      spanId: hex(8),
+      name: 'execute_tool billing.refund',
+      startTimeUnixNano: String(t - 4_000_000n),
+      endTimeUnixNano: String(t),
+      attributes: Object.entries(attrs).map(([key, v]) => ({
+        key,
+        value: typeof v === 'string' ? { stringValue: v } : typeof v === 'boolean' ? { boolValue: v } : Number.isInteger(v) ? { intValue: v } : { doubleValue: v },
+      })),
+      status: { code: 1 },
+    };
+    const body = { resourceSpans: [{ resource: { attributes: [{ key: 'service.name', value: { stringValue: 'export-agent' } }] }, scopeSpans: [{ spans: [span] }] }] };
+    expect((await postTraces(body)).status).toBe(200);
+    await eventually(async () => (await events('agent_instance_id=export-agent-1')).length > 0);
+
+    const r = await runCli(['export', '--since', '1h', '--url', custody.url]);
+    expect(r.code, r.stderr).toBe(0);
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const schema = JSON.parse(fs.readFileSync(path.join(ROOT, 'audit-log-schema.json'), 'utf8')) as { properties: Record<string, unknown> };
+    const ajv = new Ajv2020({ allErrors: true, strict: false });
+    addFormats(ajv);
+    const validate = ajv.compile(schema);
+    for (const row of rows) expect(Object.keys(schema.properties).filter((k) => !(k in row)), String(row.span_id)).toEqual([]);
+    const full = rows.find((row) => row.agent_instance_id === 'export-agent-1')!;
+    expect(validate(full), JSON.stringify(validate.errors)).toBe(true);
+    expect(full).toMatchObject({ tool_name: 'billing.refund', tool_call_id: 'call-export-1', agent_name: 'support-assistant', service_name: 'export-agent', duration_ns: 4_000_000, duration_ms: 4, convention: 'gen_ai' });
+    const unsponsored = rows.find((row) => row.tool_id === 'refund' && row.convention === 'openllmetry')!;
+    expect(validate(unsponsored)).toBe(false);
+    expect(new Set(validate.errors!.map((e) => e.instancePath))).toEqual(new Set(['/sponsor_id', '/agent_instance_id', '/action']));
   });
 });
