@@ -5,12 +5,13 @@ import { CLI_ENV, SERVER_ENV, readEnv, type CustodyEnv } from '../common/env';
 import { DEFAULTS, ENV } from '../common/names';
 import type { CommonOptions } from '../common/role';
 
-export function portOption(flag: string, description: string, fallback: number): Option {
-  return new Option(flag, description).default(fallback).argParser((v) => {
+export function portOption(flag: string, description: string, fallback?: number): Option {
+  const option = new Option(flag, description).argParser((v) => {
     const n = Number(v);
     if (!/^\d+$/.test(v) || n > 65535) throw new InvalidArgumentError(`'${v}' is not a port number (0-65535)`);
     return n;
   });
+  return fallback === undefined ? option : option.default(fallback);
 }
 
 /** The flags every server command shares (README "Running"). */
@@ -19,6 +20,12 @@ export function withServerOptions(cmd: Command): Command {
     .option('--host <host>', 'address to listen on', DEFAULTS.HOST)
     .addOption(portOption('--port <port>', 'control API port', DEFAULTS.CONTROL_PORT))
     .addOption(portOption('--otlp-port <port>', 'OTLP/HTTP receiver port', DEFAULTS.OTLP_PORT))
+    .addOption(
+      portOption(
+        '--otlp-grpc-port <port>',
+        `OTLP/gRPC receiver port (default ${DEFAULTS.OTLP_GRPC_PORT}, or any free port when --otlp-port is 0; 0 turns gRPC off)`,
+      ),
+    )
     .option('--data-dir <dir>', 'embedded store and state directory', DEFAULTS.DATA_DIR)
     .option('--clickhouse-url <url>', `ClickHouse server URL instead of the embedded store (or $${ENV.CLICKHOUSE_URL})`)
     .option('--clickhouse-cluster <name>', `ClickHouse cluster: ON CLUSTER DDL, replicated tables (or $${ENV.CLICKHOUSE_CLUSTER})`)
@@ -32,6 +39,8 @@ export interface ServerFlags {
   host: string;
   port: number;
   otlpPort: number;
+  /** Absent: the default (see grpcPortOf). */
+  otlpGrpcPort?: number;
   dataDir: string;
   clickhouseUrl?: string;
   clickhouseCluster?: string;
@@ -39,6 +48,16 @@ export interface ServerFlags {
   tokenConfig?: string;
   otlpUrl?: string;
   policyUrl?: string;
+}
+
+/**
+ * The OTLP/gRPC port to bind, from --otlp-grpc-port: 0 turns gRPC off (undefined); not given, 4317,
+ * or any free port (0) when --otlp-port 0 asked for any free port for OTLP/HTTP, so that processes
+ * started side by side that way (tests) do not fight over 4317.
+ */
+export function grpcPortOf(flags: Pick<ServerFlags, 'otlpPort' | 'otlpGrpcPort'>): number | undefined {
+  if (flags.otlpGrpcPort === undefined) return flags.otlpPort === 0 ? 0 : DEFAULTS.OTLP_GRPC_PORT;
+  return flags.otlpGrpcPort === 0 ? undefined : flags.otlpGrpcPort;
 }
 
 export function commonOptions(flags: ServerFlags, env: CustodyEnv): CommonOptions {
@@ -50,6 +69,7 @@ export function commonOptions(flags: ServerFlags, env: CustodyEnv): CommonOption
     host: flags.host,
     port: flags.port,
     otlpPort: flags.otlpPort,
+    ...(grpcPortOf(flags) !== undefined ? { otlpGrpcPort: grpcPortOf(flags)! } : {}),
     dataDir: path.resolve(flags.dataDir),
     ...(clickhouseUrl ? { clickhouseUrl } : {}),
     ...(clickhouseCluster ? { clickhouseCluster } : {}),

@@ -59,6 +59,8 @@ export interface CommonOptions {
   host: string;
   port: number;
   otlpPort: number;
+  /** OTLP/gRPC receiver port: 0 any free port; absent, no gRPC receiver. */
+  otlpGrpcPort?: number;
   dataDir: string;
   clickhouseUrl?: string;
   /** ClickHouse cluster for ON CLUSTER DDL and replicated tables (server storage only). */

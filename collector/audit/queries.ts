@@ -39,8 +39,15 @@ export interface AuditEvent {
   token_jti: string;
   request_hash: string;
   response_hash: string;
+  agent_name: string;
+  tool_name: string;
+  tool_call_id: string;
+  service_name: string;
+  duration_ns: number;
+  /** duration_ns in milliseconds, kept for readers of the first field name. */
   duration_ms: number;
   audit_seq: number;
+  audit_prev_hash: string;
   /**
    * Who could have written the row (TRUST in common/names.ts): `verified`, `gateway`,
    * `unverified` (no credential, or an identity its credential does not prove), '' if stored
@@ -48,6 +55,8 @@ export interface AuditEvent {
    * word only.
    */
   trust: string;
+  /** Which tracing convention recorded the call (audit-log-schema.json `convention`); '' if stored before this was recorded. */
+  convention: string;
 }
 
 export interface AgentSummary {
@@ -128,9 +137,11 @@ const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trac
   parent_agent_id, toString(role) AS role, toString(tool_id) AS tool_id, toString(action) AS action, purpose,
   toString(decision) AS decision, policy_decision_id, toString(rule_id) AS rule_id, policy_latency_ms, policy_cached,
   enforced, toString(cohort) AS cohort, toString(status) AS status, toString(error_type) AS error_type, token_jti,
-  request_hash, response_hash, duration_ns, audit_seq, toString(trust) AS trust`;
+  request_hash, response_hash, toString(agent_name) AS agent_name, toString(tool_name) AS tool_name, tool_call_id,
+  toString(service_name) AS service_name, duration_ns, audit_seq, audit_prev_hash, toString(trust) AS trust,
+  toString(convention) AS convention`;
 
-interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ms' | 'audit_seq'> {
+interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ns' | 'duration_ms' | 'audit_seq'> {
   ts_ns: string;
   duration_ns: string | number;
   audit_seq: string | number;
@@ -152,6 +163,7 @@ function toEvent(r: EventRow): AuditEvent {
     policy_latency_ms: Number(rest.policy_latency_ms),
     policy_cached: Boolean(rest.policy_cached),
     enforced: Boolean(rest.enforced),
+    duration_ns: Number(duration_ns),
     duration_ms: Number(duration_ns) / 1e6,
     audit_seq: Number(audit_seq),
   };

@@ -13,7 +13,7 @@ import { LEAF_PREFIX } from './merkle';
  * DateTime64 as signed 64-bit little-endian nanoseconds since the epoch; Float64 as its 8 IEEE-754
  * bytes, little-endian; Bool as one byte 0/1; an unsigned integer as 64-bit little-endian; a Map as
  * lp(key) || lp(value) for each pair, sorted by key then value. A column added after rows were
- * sealed (`audit_events.trust`) adds lp(value) only when its value is not empty, so the rows sealed
+ * sealed (`audit_events.trust`, `convention`) adds lp(value) only when its value is not empty, so the rows sealed
  * before it existed keep their leaves. The leaf is SHA-256(0x00 || bytes).
  * Every stored column is covered, the write time included, so any UPDATE shows. The SQL below
  * computes exactly these bytes beside the data; `rowBytes` is the same definition in JavaScript,
@@ -55,7 +55,7 @@ export const SEALED_TABLES: readonly SealedTable[] = Object.freeze([
       sponsor_id agent_instance_id parent_agent_id agent_name role tool_id tool_name action purpose request_hash
       response_hash policy_decision_id decision rule_id policy_latency_ms:float64 policy_cached:bool enforced:bool
       cohort status error_type token_jti tool_call_id audit_seq:uint audit_prev_hash duration_ns:uint
-      attributes:map ingested_at:datetime64 trust:added`),
+      attributes:map ingested_at:datetime64 trust:added convention:added`),
     rowKey: `concat(trace_id, '/', span_id)`,
     label: `concat(agent_instance_id, ' #', toString(audit_seq), ' ', tool_id, if(action = '', '', concat('.', action)))`,
     timeColumn: 'timestamp',

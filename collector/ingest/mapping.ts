@@ -1,5 +1,6 @@
 import { validateAuditRow } from '../audit/schema';
 import { ATTR, SPAN, TABLE, TRUST, type Trust } from '../../common/names';
+import { contentHash, FOREIGN_ATTR, recognise, type Convention, type Recognition } from './conventions';
 import { findAttribute, type AnyValue, type Attributes, type KeyValue, type PbLong, type Resource, type Span } from '../otlp';
 
 /**
@@ -27,7 +28,7 @@ export const AUDIT_COLUMNS = [
   'sponsor_id', 'agent_instance_id', 'parent_agent_id', 'agent_name', 'role', 'tool_id', 'tool_name',
   'action', 'purpose', 'request_hash', 'response_hash', 'policy_decision_id', 'decision', 'rule_id',
   'policy_latency_ms', 'policy_cached', 'enforced', 'cohort', 'status', 'error_type', 'token_jti',
-  'tool_call_id', 'audit_seq', 'audit_prev_hash', 'duration_ns', 'attributes', 'trust',
+  'tool_call_id', 'audit_seq', 'audit_prev_hash', 'duration_ns', 'attributes', 'trust', 'convention',
 ] as const;
 
 export const DECISION_COLUMNS = [
@@ -98,6 +99,10 @@ export interface MappedSpans {
   readonly toolCalls: Map<string, number>;
   /** Tool calls stored without a sponsor: the signal the rules watch. */
   readonly missingSponsor: number;
+  /** Tool calls by the convention that recorded them. */
+  readonly conventions: Map<Convention, number>;
+  /** Spans that look like tool calls but got no audit row, by `convention\0reason`. */
+  readonly unmapped: Map<string, number>;
   /** Spans named as a service's record (decision, token event, rollout change) from another source: kept in otel_traces only. */
   readonly untrustedRecords: number;
   readonly spans: number;
@@ -215,6 +220,11 @@ const SLOT_KEYS = [
   ATTR.ROLLOUT_REASON, ATTR.ROLLOUT_ACTOR, ATTR.ROLLOUT_RECEIPT,
   // Baggage copied onto spans (e.g. by a baggage span processor) may carry a `baggage.` prefix.
   `baggage.${ATTR.SPONSOR_ID}`, `baggage.${ATTR.AGENT_INSTANCE_ID}`, `baggage.${ATTR.PARENT_AGENT_ID}`,
+  // the other conventions' tool-call attributes (conventions.ts); they stay in the attributes map too
+  FOREIGN_ATTR.MCP_METHOD_NAME, FOREIGN_ATTR.OPENINFERENCE_SPAN_KIND, FOREIGN_ATTR.OPENINFERENCE_TOOL_NAME,
+  FOREIGN_ATTR.OPENINFERENCE_TOOL_CALL_ID, FOREIGN_ATTR.OPENINFERENCE_INPUT, FOREIGN_ATTR.OPENINFERENCE_OUTPUT,
+  FOREIGN_ATTR.TRACELOOP_SPAN_KIND, FOREIGN_ATTR.TRACELOOP_ENTITY_NAME, FOREIGN_ATTR.TRACELOOP_ENTITY_INPUT,
+  FOREIGN_ATTR.TRACELOOP_ENTITY_OUTPUT, FOREIGN_ATTR.GEN_AI_TOOL_CALL_ARGUMENTS, FOREIGN_ATTR.GEN_AI_TOOL_CALL_RESULT,
 ] as const;
 type SlotKey = (typeof SLOT_KEYS)[number];
 const SLOT = new Map<string, number>(SLOT_KEYS.map((k, i) => [k, i]));
@@ -262,6 +272,18 @@ const S = {
   SPONSOR_BAGGAGE: slot(`baggage.${ATTR.SPONSOR_ID}`),
   INSTANCE_BAGGAGE: slot(`baggage.${ATTR.AGENT_INSTANCE_ID}`),
   PARENT_BAGGAGE: slot(`baggage.${ATTR.PARENT_AGENT_ID}`),
+  MCP_METHOD: slot(FOREIGN_ATTR.MCP_METHOD_NAME),
+  OI_KIND: slot(FOREIGN_ATTR.OPENINFERENCE_SPAN_KIND),
+  OI_TOOL_NAME: slot(FOREIGN_ATTR.OPENINFERENCE_TOOL_NAME),
+  OI_TOOL_CALL_ID: slot(FOREIGN_ATTR.OPENINFERENCE_TOOL_CALL_ID),
+  OI_INPUT: slot(FOREIGN_ATTR.OPENINFERENCE_INPUT),
+  OI_OUTPUT: slot(FOREIGN_ATTR.OPENINFERENCE_OUTPUT),
+  TL_KIND: slot(FOREIGN_ATTR.TRACELOOP_SPAN_KIND),
+  TL_NAME: slot(FOREIGN_ATTR.TRACELOOP_ENTITY_NAME),
+  TL_INPUT: slot(FOREIGN_ATTR.TRACELOOP_ENTITY_INPUT),
+  TL_OUTPUT: slot(FOREIGN_ATTR.TRACELOOP_ENTITY_OUTPUT),
+  TOOL_ARGUMENTS: slot(FOREIGN_ATTR.GEN_AI_TOOL_CALL_ARGUMENTS),
+  TOOL_RESULT: slot(FOREIGN_ATTR.GEN_AI_TOOL_CALL_RESULT),
 };
 
 /** Which slots a table turns into columns; the other attributes go to its `attributes` map. */
@@ -310,17 +332,22 @@ const enum Kind {
   Rollout,
 }
 
-/** A tool call: named `execute_tool …` or marked gen_ai.operation.name=execute_tool. */
-export function isToolCall(span: Pick<Span, 'name' | 'attributes'>): boolean {
-  const n = span.name;
+/** Named `execute_tool` or `execute_tool {tool}`: the GenAI tool-call span name. */
+function isNamedToolCall(n: string): boolean {
   const p = SPAN.TOOL_CALL_PREFIX;
-  if (n.startsWith(p) && (n.length === p.length || n.charCodeAt(p.length) === 32)) return true;
+  return n.startsWith(p) && (n.length === p.length || n.charCodeAt(p.length) === 32);
+}
+
+/** A GenAI tool call: named `execute_tool …` or marked gen_ai.operation.name=execute_tool. */
+export function isToolCall(span: Pick<Span, 'name' | 'attributes'>): boolean {
+  if (isNamedToolCall(span.name)) return true;
   return findAttribute(span.attributes, ATTR.GEN_AI_OPERATION_NAME)?.stringValue === SPAN.TOOL_CALL_OPERATION;
 }
 
-function kindOf(span: Span): Kind {
-  if (isToolCall(span)) return Kind.ToolCall;
-  switch (span.name) {
+/** The kind a span's name alone gives it; attributes may still make it a tool call (see recognise). */
+function kindByName(name: string): Kind {
+  if (isNamedToolCall(name)) return Kind.ToolCall;
+  switch (name) {
     case SPAN.POLICY_DECISION:
       return Kind.Decision;
     case SPAN.TOKEN_ISSUE:
@@ -329,6 +356,18 @@ function kindOf(span: Span): Kind {
       return Kind.Rollout;
   }
   return Kind.Other;
+}
+
+function recogniseSpan(span: Span, kind: Kind, slots: Slots): Recognition {
+  return recognise(span, kind === Kind.ToolCall, {
+    operation: slots[S.OPERATION],
+    genAiToolName: slots[S.TOOL_NAME],
+    mcpMethod: slots[S.MCP_METHOD],
+    oiKind: slots[S.OI_KIND],
+    oiToolName: slots[S.OI_TOOL_NAME],
+    tlKind: slots[S.TL_KIND],
+    tlEntityName: slots[S.TL_NAME],
+  });
 }
 
 /** A string map for a Map(String, String) column; `__proto__` is an ordinary key here. */
@@ -358,6 +397,19 @@ function walk(attrs: Attributes, slots: Slots, mask: readonly boolean[] | undefi
     if (mask && (s === undefined || !mask[s])) setKey(rest, key, value);
   }
   return [all, rest];
+}
+
+/** The attributes a mask leaves unpromoted, for a span whose kind its attributes decided. */
+function restOf(attrs: Attributes, mask: readonly boolean[]): StringMap {
+  const rest: StringMap = {};
+  for (let i = 0; i < attrs.length; i++) {
+    const kv: KeyValue = attrs[i]!;
+    const key = kv.key ?? '';
+    if (key === ATTR.INGEST_TRUST) continue;
+    const s = SLOT.get(key);
+    if (s === undefined || !mask[s]) setKey(rest, key, attrString(kv.value));
+  }
+  return rest;
 }
 
 function mapOf(attrs: Attributes): StringMap {
@@ -392,33 +444,70 @@ function traceRow(span: Span, start: string, duration: string, attributes: Strin
   ];
 }
 
-/** The tool an audit row is about: custody's id, else the GenAI tool name, else the span name's. */
-function toolIdOf(span: Span, slots: Slots): string {
-  return text(slots, S.TOOL_ID) || text(slots, S.TOOL_NAME) || span.name.slice(SPAN.TOOL_CALL_PREFIX.length + 1);
+/**
+ * The tool an audit row is about: custody's id, else the tool the convention names (GenAI: the
+ * tool name, else the span name's).
+ */
+function toolIdOf(span: Span, slots: Slots, rec: ToolCallRecognition): string {
+  return (
+    text(slots, S.TOOL_ID) ||
+    rec.tool ||
+    text(slots, S.TOOL_NAME) ||
+    (isNamedToolCall(span.name) ? span.name.slice(SPAN.TOOL_CALL_PREFIX.length + 1) : '')
+  );
+}
+
+type ToolCallRecognition = Extract<Recognition, { call: true }>;
+
+/** custody's hash, else the hash of the content the convention recorded. */
+function hashOf(slots: Slots, custody: number, rec: ToolCallRecognition, request: boolean): string {
+  const own = text(slots, custody);
+  if (own) return own;
+  switch (rec.convention) {
+    case 'openinference':
+      return contentHash(slots[request ? S.OI_INPUT : S.OI_OUTPUT]);
+    case 'openllmetry':
+      return contentHash(slots[request ? S.TL_INPUT : S.TL_OUTPUT]);
+    default:
+      return contentHash(slots[request ? S.TOOL_ARGUMENTS : S.TOOL_RESULT]);
+  }
 }
 
 interface Counts {
   toolCalls: Map<string, number>;
   missingSponsor: number;
+  conventions: Map<Convention, number>;
+  unmapped: Map<string, number>;
 }
 
-function auditRow(span: Span, slots: Slots, start: string, duration: string, rest: StringMap, counts: Counts, trust: Trust): unknown[] {
+function auditRow(
+  span: Span,
+  slots: Slots,
+  start: string,
+  duration: string,
+  rest: StringMap,
+  counts: Counts,
+  trust: Trust,
+  rec: ToolCallRecognition,
+): unknown[] {
   const r = span.resource;
-  const tool = toolIdOf(span, slots);
+  const tool = toolIdOf(span, slots, rec);
   const sponsor = firstOf(slots, r, S.SPONSOR, S.SPONSOR_BAGGAGE);
   const decision = text(slots, S.DECISION);
   const cohort = text(slots, S.COHORT);
   if (!sponsor) counts.missingSponsor++;
   const key = `${tool}\0${decision}\0${cohort}`;
   counts.toolCalls.set(key, (counts.toolCalls.get(key) ?? 0) + 1);
+  counts.conventions.set(rec.convention, (counts.conventions.get(rec.convention) ?? 0) + 1);
   return [
     start, nsText(span.endNs), span.traceId, span.spanId, span.parentSpanId, r.serviceName, sponsor,
     firstOf(slots, r, S.INSTANCE, S.GEN_AI_AGENT_ID, S.INSTANCE_BAGGAGE), firstOf(slots, r, S.PARENT, S.PARENT_BAGGAGE),
-    text(slots, S.AGENT_NAME), text(slots, S.ROLE), tool, text(slots, S.TOOL_NAME) || tool, text(slots, S.ACTION),
-    text(slots, S.PURPOSE), text(slots, S.REQUEST_HASH), text(slots, S.RESPONSE_HASH), text(slots, S.DECISION_ID), decision,
-    text(slots, S.RULE_ID), numberOf(slots[S.LATENCY]), boolOf(slots[S.CACHED]), boolOf(slots[S.ENFORCED]), cohort,
-    AUDIT_STATUS[span.statusCode] ?? 'unset', text(slots, S.ERROR_TYPE), text(slots, S.JTI), text(slots, S.TOOL_CALL_ID),
-    uintOf(slots[S.SEQ], Number.MAX_SAFE_INTEGER), text(slots, S.PREV_HASH), duration, rest, trust,
+    text(slots, S.AGENT_NAME), firstOf(slots, r, S.ROLE), tool, text(slots, S.TOOL_NAME) || tool, text(slots, S.ACTION),
+    text(slots, S.PURPOSE), hashOf(slots, S.REQUEST_HASH, rec, true), hashOf(slots, S.RESPONSE_HASH, rec, false),
+    text(slots, S.DECISION_ID), decision, text(slots, S.RULE_ID), numberOf(slots[S.LATENCY]), boolOf(slots[S.CACHED]),
+    boolOf(slots[S.ENFORCED]), cohort, AUDIT_STATUS[span.statusCode] ?? 'unset', text(slots, S.ERROR_TYPE), text(slots, S.JTI),
+    text(slots, S.TOOL_CALL_ID) || text(slots, S.OI_TOOL_CALL_ID), uintOf(slots[S.SEQ], Number.MAX_SAFE_INTEGER),
+    text(slots, S.PREV_HASH), duration, rest, trust, rec.convention,
   ];
 }
 
@@ -513,26 +602,35 @@ export function claimedIdentity(span: Span): { sponsor: string; instance: string
 export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[] = TRUST.SERVICE): MappedSpans {
   const byTable: Partial<Record<IngestTable, unknown[][]>> = {};
   const add = (table: IngestTable, row: unknown[]) => (byTable[table] ??= []).push(row);
-  const counts: Counts = { toolCalls: new Map(), missingSponsor: 0 };
+  const counts: Counts = { toolCalls: new Map(), missingSponsor: 0, conventions: new Map(), unmapped: new Map() };
   const slots: Slots = new Array(SLOT_KEYS.length);
   let untrustedRecords = 0;
   for (let i = 0; i < spans.length; i++) {
     const span = spans[i]!;
     const t: Trust = typeof trust === 'string' ? trust : (trust[i] ?? TRUST.UNVERIFIED);
     slots.fill(undefined);
-    let kind = kindOf(span);
+    const named = kindByName(span.name);
+    const mask = MASKS[named];
+    let [all, rest] = walk(span.attributes, slots, mask);
+    // tool-call conventions are told by attributes: known only after the walk
+    const rec = named === Kind.Other || named === Kind.ToolCall || slots[S.OPERATION] ? recogniseSpan(span, named, slots) : undefined;
+    let kind = rec?.call ? Kind.ToolCall : named === Kind.ToolCall ? Kind.Other : named;
+    if (rec && !rec.call && rec.unmapped) {
+      const key = `${rec.unmapped.convention}\0${rec.unmapped.reason}`;
+      counts.unmapped.set(key, (counts.unmapped.get(key) ?? 0) + 1);
+    }
     if (t !== TRUST.SERVICE && (kind === Kind.Decision || kind === Kind.Token || kind === Kind.Rollout)) {
       kind = Kind.Other;
       untrustedRecords++;
     }
-    const [all, rest] = walk(span.attributes, slots, MASKS[kind]);
+    if (MASKS[kind] !== mask && MASKS[kind]) rest = restOf(span.attributes, MASKS[kind]!);
     if (t !== TRUST.SERVICE) setKey(all, ATTR.INGEST_TRUST, t);
     const start = nsText(span.startNs);
     // a string: ClickHouse reads UInt64 from JSON strings, and a bigint has no JSON form
     const duration = String(span.endNs - span.startNs);
     add(TABLE.OTEL_TRACES, traceRow(span, start, duration, all));
     if (kind === Kind.ToolCall) {
-      const row = auditRow(span, slots, start, duration, rest, counts, t);
+      const row = auditRow(span, slots, start, duration, rest, counts, t, rec as ToolCallRecognition);
       add(TABLE.AUDIT_EVENTS, row);
       checkAuditSchema(span, row);
     }
@@ -549,5 +647,5 @@ export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[]
     rowCounts[table] = byTable[table]!.length;
     bytes += body.length;
   }
-  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, untrustedRecords, spans: spans.length, bytes };
+  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, conventions: counts.conventions, unmapped: counts.unmapped, untrustedRecords, spans: spans.length, bytes };
 }

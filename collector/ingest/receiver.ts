@@ -11,33 +11,16 @@ import { jwksUrl } from '../../identity/client';
 import { loadTokenConfig, type TokenServiceConfig } from '../../identity/config';
 import { isLoopback, type TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
-import { DEFAULTS, ENV, METRIC, TRUST, type Trust } from '../../common/names';
-import {
-  IngestAuthError,
-  TOKEN_GRACE_SECONDS,
-  createIngestAuth,
-  verdictFor,
-  type AgentCredentialChecker,
-  type IngestAuth,
-  type IngestPrincipal,
-} from './auth';
+import { DEFAULTS, ENV, METRIC, TRUST } from '../../common/names';
+import { TOKEN_GRACE_SECONDS, createIngestAuth, type AgentCredentialChecker, type IngestAuth, type IngestPrincipal } from './auth';
 import { createServiceSink } from './sink';
 import { createBindingIndex, learnFromTokenEvents, type BindingIndex } from './bindings';
-import { claimedIdentity, mapSpans } from './mapping';
-import {
-  GRPC_CODE,
-  OtlpDecodeError,
-  OtlpHttpError,
-  decodeJson,
-  decodeProtobuf,
-  encodeExportResponse,
-  encodeStatus,
-  type DecodedRequest,
-  type Span,
-  type WireFormat,
-} from '../otlp';
-import { StoreWriteError, type Store } from '../store';
-import { RowsRefusedError, WriteRefusedError, createBatchWriter, type BatchWriter } from './writer';
+import { mapSpans } from './mapping';
+import { createIngestPipeline, type IngestPipeline } from './pipeline';
+import { startOtlpGrpcReceiver, type GrpcListening } from './grpc';
+import { GRPC_CODE, OtlpHttpError, encodeExportResponse, encodeStatus, type WireFormat } from '../otlp';
+import type { Store } from '../store';
+import { createBatchWriter, type BatchWriter } from './writer';
 
 /**
  * The OTLP/HTTP trace receiver: `POST /v1/traces`, protobuf or JSON, optionally gzip. Answers as
@@ -62,69 +45,28 @@ export interface ReceiverOptions {
   maxBodyBytes?: number;
   /** How long a request waits for its rows to be stored before a 503. Default 30 s. */
   writeTimeoutMs?: number;
+  /** The decode→write pipeline, when another transport (gRPC) shares it; made from the options above otherwise. */
+  pipeline?: IngestPipeline;
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
 export const TRACES_PATH = '/v1/traces';
+/**
+ * The other OTLP/HTTP signals: answered with success (an empty Export…ServiceResponse), counted
+ * and dropped, so that a stock SDK exporting everything to one endpoint works unchanged.
+ */
+export const DROPPED_SIGNAL_PATHS: Readonly<Record<string, 'metrics' | 'logs'>> = { '/v1/metrics': 'metrics', '/v1/logs': 'logs' };
 
 const gunzip = promisify(zlib.gunzip);
 const inflate = promisify(zlib.inflate);
 
-// Bounded label values: tool names come from clients.
-const MAX_TOOL_LABELS = 500;
-
 export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'>) {
-  const { writer, log } = options;
+  const { log } = options;
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-  const writeTimeoutMs = options.writeTimeoutMs ?? 30_000;
-  const auth = options.auth;
-  const bindings = options.bindings ?? createBindingIndex();
+  const pipeline = options.pipeline ?? createIngestPipeline(options);
   // how much of an unwanted body is read and dropped before the connection is cut instead
   const discardLimit = Math.max(4 * maxBody, 64 * 1024 * 1024);
-
-  const ingested = counter({ name: METRIC.SPANS_INGESTED_TOTAL, help: 'Spans stored' });
-  const rejected = counter<'reason'>({ name: METRIC.SPANS_REJECTED_TOTAL, help: 'Spans refused, by reason', labelNames: ['reason'] });
-  const toolCalls = counter<'tool' | 'decision' | 'cohort'>({
-    name: METRIC.TOOL_CALLS_TOTAL,
-    help: 'Tool calls stored, by tool, policy decision and rollout cohort',
-    labelNames: ['tool', 'decision', 'cohort'],
-  });
-  const unverified = counter<'reason'>({
-    name: METRIC.SPANS_UNVERIFIED_TOTAL,
-    help: 'Spans stored but not taken for what they claim, by reason: no credential (open mode), an identity the credential does not prove, a service record sent by someone else',
-    labelNames: ['reason'],
-  });
   const requests = counter<'code'>({ name: METRIC.INGEST_REQUESTS_TOTAL, help: 'OTLP export requests, by HTTP status', labelNames: ['code'] });
-  const seenTools = new Set<string>();
-
-  async function principalOf(req: IncomingMessage): Promise<IngestPrincipal> {
-    if (!auth) return { kind: 'anonymous', reason: 'no_credential' };
-    try {
-      return await auth.authenticate(req.headers.authorization);
-    } catch (err) {
-      if (err instanceof IngestAuthError) {
-        throw new OtlpHttpError(401, GRPC_CODE.UNAUTHENTICATED, 'unauthorized', err.message, { 'WWW-Authenticate': 'Bearer' });
-      }
-      throw err;
-    }
-  }
-
-  /**
-   * Each span's trust: one value for the request, unless an agent credential or a custody token
-   * sent it, when each span's claimed identity is checked against what the credential proves.
-   */
-  async function trustOf(principal: IngestPrincipal, spans: readonly Span[]): Promise<{ trust: Trust | Trust[]; mismatched: number }> {
-    if (principal.kind !== 'agent' && principal.kind !== 'token') return { trust: verdictFor(principal, { sponsor: '', instance: '', parent: '' }, bindings).trust, mismatched: 0 };
-    const claims = spans.map(claimedIdentity);
-    await bindings.load(claims.map((c) => c.instance));
-    let mismatched = 0;
-    const trust = claims.map((c) => {
-      const v = verdictFor(principal, c, bindings);
-      if (v.reason === 'identity_mismatch') mismatched++;
-      return v.trust;
-    });
-    return { trust, mismatched };
-  }
 
   function formatOf(req: IncomingMessage): WireFormat | undefined {
     const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
@@ -185,18 +127,6 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
   const tooLarge = (message: string) =>
     new OtlpHttpError(413, GRPC_CODE.RESOURCE_EXHAUSTED, 'payload_too_large', message, { Connection: 'close' });
 
-  function countToolCalls(calls: Map<string, number>): void {
-    for (const [key, n] of calls) {
-      const [tool = '', decision = '', cohort = ''] = key.split('\0');
-      let label = tool || 'unknown';
-      if (!seenTools.has(label)) {
-        if (seenTools.size < MAX_TOOL_LABELS) seenTools.add(label);
-        else label = 'other';
-      }
-      toolCalls.inc({ tool: label, decision: decision || 'none', cohort: cohort || 'none' }, n);
-    }
-  }
-
   function send(res: ServerResponse, status: number, format: WireFormat, body: Buffer, headers: Record<string, string> = {}): void {
     requests.inc({ code: String(status) });
     res.writeHead(status, {
@@ -211,98 +141,24 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     send(res, err.status, format, encodeStatus(format, err.grpcCode, err.message, { code: err.code, message: err.message }), err.headers);
   }
 
-  async function waitForWrite(promise: Promise<void>): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        promise,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new WriteRefusedError(503, `storage did not confirm the write within ${writeTimeoutMs} ms; retry later`, 5)),
-            writeTimeoutMs,
-          );
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /**
-   * Reads, decodes and maps one request. Only the row buffers and a few counts leave this
-   * function: the decoded spans die here instead of living on while the rows wait for their
-   * insert, which would have them copied into the old generation and cost full collections.
-   */
-  async function receive(req: IncomingMessage, format: WireFormat, principal: IngestPrincipal) {
-    const body = await decompress(req, await readBody(req));
-    let decoded: DecodedRequest;
-    try {
-      decoded = format === 'protobuf' ? decodeProtobuf(body) : decodeJson(body.toString('utf8'));
-    } catch (err) {
-      if (err instanceof OtlpDecodeError) throw new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'invalid_request', err.message);
-      throw err;
-    }
-    const { trust, mismatched } = await trustOf(principal, decoded.spans);
-    // token events the service wrote: the instances they bind, for later agent spans
-    if (trust === TRUST.SERVICE) learnFromTokenEvents(bindings, decoded.spans);
-    const { rows, counts, spans, toolCalls, untrustedRecords } = mapSpans(decoded.spans, trust);
-    const { rejected: refused, rejectedCount, rejectionMessages } = decoded;
-    const message = rejectedCount
-      ? `${rejectedCount} span(s) rejected: ${rejectionMessages.join('; ')}${rejectedCount > rejectionMessages.length ? '; …' : ''}`
-      : '';
-    const flagged: [string, number][] = [
-      [principal.kind === 'anonymous' ? principal.reason : 'no_credential', principal.kind === 'anonymous' ? spans : 0],
-      ['identity_mismatch', mismatched],
-      ['service_record_from_other_source', untrustedRecords],
-    ];
-    return { write: { rows, counts }, spans, toolCalls, refused, rejectedCount, message, flagged };
-  }
-
   async function handle(req: IncomingMessage, res: ServerResponse, format: WireFormat, principal: IngestPrincipal): Promise<void> {
-    if (!writer.available) {
-      throw new OtlpHttpError(503, GRPC_CODE.UNAVAILABLE, 'storage_unavailable', 'storage is unavailable; retry later', { 'Retry-After': '5' });
-    }
-    const { write, spans, toolCalls, refused, rejectedCount, message, flagged } = await receive(req, format, principal);
-    try {
-      await waitForWrite(writer.write(write));
-    } catch (err) {
-      if (err instanceof WriteRefusedError) {
-        rejected.inc({ reason: err.status === 429 ? 'queue_full' : 'storage_unavailable' }, spans);
-        throw new OtlpHttpError(
-          err.status,
-          err.status === 429 ? GRPC_CODE.RESOURCE_EXHAUSTED : GRPC_CODE.UNAVAILABLE,
-          err.status === 429 ? 'overloaded' : 'storage_unavailable',
-          err.message,
-          { 'Retry-After': String(err.retryAfterSeconds) },
-        );
-      }
-      if (err instanceof RowsRefusedError) {
-        // the rows of this request, not the storage: a retry would fail the same way (OTLP: 400 is not retried)
-        rejected.inc({ reason: 'storage_refused' }, spans);
-        throw new OtlpHttpError(400, GRPC_CODE.INVALID_ARGUMENT, 'rows_refused', `${spans} span(s) not stored: ${err.message}`);
-      }
-      if (err instanceof StoreWriteError) {
-        rejected.inc({ reason: 'storage_refused' }, spans);
-        throw new OtlpHttpError(500, GRPC_CODE.INTERNAL, 'storage_refused', 'the spans could not be stored');
-      }
-      throw err;
-    }
-    ingested.inc(spans);
-    countToolCalls(toolCalls);
-    for (const [reason, n] of refused) rejected.inc({ reason }, n);
-    for (const [reason, n] of flagged) if (n > 0) unverified.inc({ reason }, n);
+    const body = await decompress(req, await readBody(req));
+    const { rejectedCount, message } = await pipeline.ingest(body, format, principal);
     send(res, 200, format, encodeExportResponse(format, rejectedCount, message));
   }
 
   return async function otlpReceiver(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const format = formatOf(req);
     try {
-      const path = (req.url ?? '/').split('?')[0];
-      if (path !== TRACES_PATH) throw new OtlpHttpError(404, GRPC_CODE.NOT_FOUND, 'not_found', `no route for ${req.method} ${path}; OTLP traces go to POST ${TRACES_PATH}`);
-      if (req.method !== 'POST') {
-        throw new OtlpHttpError(405, GRPC_CODE.UNIMPLEMENTED, 'method_not_allowed', `${req.method} is not allowed on ${TRACES_PATH}; use POST`, { Allow: 'POST' });
+      const path = (req.url ?? '/').split('?')[0]!;
+      const signal = DROPPED_SIGNAL_PATHS[path];
+      if (path !== TRACES_PATH && !signal) {
+        throw new OtlpHttpError(404, GRPC_CODE.NOT_FOUND, 'not_found', `no route for ${req.method} ${path}; OTLP traces go to POST ${TRACES_PATH}`);
       }
-      const principal = await principalOf(req);
+      if (req.method !== 'POST') {
+        throw new OtlpHttpError(405, GRPC_CODE.UNIMPLEMENTED, 'method_not_allowed', `${req.method} is not allowed on ${path}; use POST`, { Allow: 'POST' });
+      }
+      const principal = await pipeline.principalOf(req.headers.authorization);
       if (!format) {
         throw new OtlpHttpError(
           415,
@@ -310,6 +166,14 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
           'unsupported_media_type',
           `Content-Type '${req.headers['content-type'] ?? ''}' is not supported; use application/x-protobuf or application/json`,
         );
+      }
+      if (signal) {
+        // read to the end (within the body limit) so the connection stays usable, then dropped
+        await readBody(req);
+        pipeline.dropped(signal);
+        // an empty ExportMetricsServiceResponse / ExportLogsServiceResponse: `{}`, or no bytes
+        send(res, 200, format, format === 'json' ? Buffer.from('{}') : Buffer.alloc(0));
+        return;
       }
       await handle(req, res, format, principal);
     } catch (err) {
@@ -351,16 +215,18 @@ export async function startOtlpReceiver(options: ReceiverOptions): Promise<Liste
 export interface RunningIngest {
   readonly writer: BatchWriter;
   readonly url: string;
+  /** The OTLP/gRPC endpoint (`http://host:port`), when gRPC is on. */
+  readonly grpcUrl: string | undefined;
   readonly banner: string[];
   /** Stops taking requests, then inserts what is queued. */
   close(): Promise<void>;
 }
 
 /**
- * Ingest inside the collector role: the batching writer on the store, the OTLP receiver on
- * --otlp-port and the in-process sink of the hosted roles' records, configured from the
- * credentials (see ingestAuth), CUSTODY_INGEST_MAX_BODY_BYTES and
- * CUSTODY_INGEST_MAX_QUEUE_ROWS. Writes are refused (503) until the store's schema is in place.
+ * Ingest inside the collector role: the batching writer on the store, the OTLP receivers on
+ * --otlp-port (HTTP) and --otlp-grpc-port (gRPC) sharing one pipeline, and the in-process sink of
+ * the hosted roles' records, configured from the credentials (see ingestAuth),
+ * CUSTODY_INGEST_MAX_BODY_BYTES and CUSTODY_INGEST_MAX_QUEUE_ROWS. Writes are refused (503) until the store's schema is in place.
  */
 export async function startIngest(ctx: RoleContext, store: Store, env: CustodyEnv = ctx.env): Promise<RunningIngest> {
   const { options, log } = ctx;
@@ -378,13 +244,24 @@ export async function startIngest(ctx: RoleContext, store: Store, env: CustodyEn
       await writer.write(mapSpans(spans, TRUST.SERVICE));
     }),
   );
-  const listening = await startOtlpReceiver({ host: options.host, port: options.otlpPort, writer, log, maxBodyBytes, auth, bindings });
+  const pipeline = createIngestPipeline({ writer, log, auth, bindings });
+  const listening = await startOtlpReceiver({ host: options.host, port: options.otlpPort, writer, log, maxBodyBytes, pipeline });
+  let grpc: GrpcListening | undefined;
+  try {
+    if (options.otlpGrpcPort !== undefined) {
+      grpc = await startOtlpGrpcReceiver({ host: options.host, port: options.otlpGrpcPort, pipeline, log, maxMessageBytes: maxBodyBytes });
+    }
+  } catch (err) {
+    await listening.close();
+    throw err;
+  }
   // the address reporters and people can use, also when bound to every interface
   const host = options.host === '0.0.0.0' ? '127.0.0.1' : options.host === '::' ? '[::1]' : new URL(listening.url).hostname;
   const url = `http://${host}:${listening.port}`;
   ctx.setOtlpUrl(url);
   ctx.addReadinessCheck('ingest', () => writer.available);
-  const banner = [`OTLP          ${url}`, `  credentials ${describe}`];
+  const grpcUrl = grpc && `http://${host}:${grpc.port}`;
+  const banner = [`OTLP          ${url}`, `OTLP/gRPC     ${grpcUrl ?? 'off (--otlp-grpc-port 0)'}`, `  credentials ${describe}`];
   if (!auth.required) {
     banner.push(
       '!! OPEN INGEST: spans without a credential are accepted and stored as unverified (loopback, first day);',
@@ -394,9 +271,10 @@ export async function startIngest(ctx: RoleContext, store: Store, env: CustodyEn
   return {
     writer,
     url,
+    grpcUrl,
     banner,
     async close() {
-      await listening.close();
+      await Promise.all([listening.close(), grpc?.close()]);
       await writer.close();
     },
   };

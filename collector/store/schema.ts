@@ -465,6 +465,15 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
       // The plane's signed receipt of each rollout state it put in force (common/receipt.ts).
       statements: [`ALTER TABLE ${t(TABLE.ROLLOUT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS receipt String`],
     },
+    {
+      version: 11,
+      name: 'tool_call_convention',
+      // Which convention recorded each tool call (CONVENTION in collector/ingest/conventions.ts):
+      // gen_ai, mcp, openinference or openllmetry; '' for rows stored before it was recorded.
+      statements: [
+        `ALTER TABLE ${t(TABLE.AUDIT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS convention LowCardinality(String) DEFAULT '' AFTER trust`,
+      ],
+    },
   ];
 }
 

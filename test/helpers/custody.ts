@@ -12,6 +12,8 @@ export interface RunningCustody {
   url: string;
   /** OTLP base URL */
   otlpUrl: string;
+  /** The OTLP/gRPC endpoint (`http://host:port`), '' when gRPC is off. */
+  otlpGrpcUrl: string;
   dataDir: string;
   output(): string;
   /** SIGTERM and wait; resolves with the exit code. */
@@ -49,6 +51,7 @@ export async function startCustody(
   let readyDeadline = start + (opts.readyTimeoutMs ?? 60_000);
   let url: string | undefined;
   let otlpUrl: string | undefined;
+  let otlpGrpcUrl: string | undefined;
   while (url ? Date.now() < readyDeadline : Date.now() < bannerDeadline) {
     if (proc.exitCode !== null) throw new Error(`custody exited with ${proc.exitCode}:\n${out}`);
     if (!url) {
@@ -56,6 +59,7 @@ export async function startCustody(
       if (url) readyDeadline = Math.max(readyDeadline, Date.now() + (opts.readyTimeoutMs ?? 60_000));
     }
     otlpUrl ??= /OTLP\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
+    otlpGrpcUrl ??= /OTLP\/gRPC\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
     if (url) {
       try {
         const r = await fetch(`${url}/readyz`);
@@ -74,6 +78,7 @@ export async function startCustody(
     proc,
     url,
     otlpUrl: otlpUrl ?? '',
+    otlpGrpcUrl: otlpGrpcUrl ?? '',
     dataDir,
     output: () => out,
     stop: (signal = 'SIGTERM') =>

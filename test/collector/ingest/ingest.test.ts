@@ -172,9 +172,9 @@ describe('bad input', () => {
     expect(res2.status).toBe(415);
   });
 
-  it('only POST /v1/traces', async () => {
+  it('only POST, and only the OTLP signal paths', async () => {
     expect((await fetch(`${custody.otlpUrl}/v1/traces`)).status).toBe(405);
-    expect((await fetch(`${custody.otlpUrl}/v1/logs`, { method: 'POST', body: '{}', headers: { 'Content-Type': 'application/json' } })).status).toBe(404);
+    expect((await fetch(`${custody.otlpUrl}/v1/profiles`, { method: 'POST', body: '{}', headers: { 'Content-Type': 'application/json' } })).status).toBe(404);
   });
 
   it('the receiver is still up and stores after all that', async () => {
