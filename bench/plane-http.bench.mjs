@@ -9,7 +9,7 @@
 // Then `custody policy-plane --workers N` for each N of --workers (default 2): the same closed loop,
 // to show how the plane's throughput scales with its workers.
 //
-//   npm run build && node bench/plane-http.bench.mjs [--seconds 8] [--concurrency 8] [--workers 2,4]
+//   npm run build && node bench/plane-http.bench.mjs [--seconds 8] [--concurrency 8] [--workers 2,4] [--sink]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -31,6 +31,17 @@ else await main();
 
 /** The two reference servers: what any JSON endpoint on this machine costs at the least. */
 async function serve(kind) {
+  if (kind === 'sink') {
+    // an OTLP receiver that acknowledges and discards: the decision log's collector, off this machine's budget
+    const http = await import('node:http');
+    const server = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'application/x-protobuf', 'content-length': 0 }).end());
+    });
+    server.keepAliveTimeout = 65_000;
+    server.listen(0, '127.0.0.1', () => process.stdout.write(`listening http://127.0.0.1:${server.address().port}\n`));
+    return;
+  }
   const answer = JSON.stringify({ decision: 'allow', policy_decision_id: 'pd_0', rule_id: 'r', reason: 'ok', cohort: 'canary', enforced: true });
   let server;
   if (kind === 'node') {
@@ -103,7 +114,16 @@ async function main() {
   try {
     const up = await startCustody(['up', '--no-demo'], { CUSTODY_ADMIN_TOKEN: admin });
     procs.push(up.p);
-    const plane = await startCustody(['policy-plane', '--token-url', up.url, ...(up.otlp ? ['--otlp-url', up.otlp] : [])], { CUSTODY_ADMIN_TOKEN: admin });
+    // The decision log goes to a collector; with --sink, to one that acknowledges and discards (in a
+    // fleet the collector runs elsewhere), otherwise to `custody up`'s own, storing on these cores.
+    let logUrl = up.otlp;
+    if (args.includes('--sink')) {
+      const sink = startProcess([fileURLToPath(import.meta.url), '--serve', 'sink']);
+      procs.push(sink.p);
+      logUrl = await waitFor(sink, /listening (\S+)/);
+    }
+    console.log(`decision log to ${args.includes('--sink') ? 'a discarding OTLP receiver (--sink)' : "custody up's collector, storing on the same cores"}`);
+    const plane = await startCustody(['policy-plane', '--token-url', up.url, ...(logUrl ? ['--otlp-url', logUrl] : [])], { CUSTODY_ADMIN_TOKEN: admin });
     procs.push(plane.p);
     await fetch(`${plane.url}/v1/rollout`, {
       method: 'PUT',
@@ -150,7 +170,7 @@ async function main() {
     const workerCounts = (args.includes('--workers') ? args[args.indexOf('--workers') + 1] : '2').split(',').map(Number).filter((n) => n > 1);
     results.workers = { 1: custody };
     for (const n of workerCounts) {
-      const multi = await startCustody(['policy-plane', '--workers', String(n), '--token-url', up.url, ...(up.otlp ? ['--otlp-url', up.otlp] : [])], { CUSTODY_ADMIN_TOKEN: admin });
+      const multi = await startCustody(['policy-plane', '--workers', String(n), '--token-url', up.url, ...(logUrl ? ['--otlp-url', logUrl] : [])], { CUSTODY_ADMIN_TOKEN: admin });
       procs.push(multi.p);
       const r = await runLoad(multi.url, tokensFile, concurrency, seconds, 'cycle');
       results.workers[n] = r.rps;
