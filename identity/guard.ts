@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import { readEnv } from '../common/env';
+import { TOOL_ENV, readEnv } from '../common/env';
 import { HttpError } from '../common/errors';
 import { JsonRequestError, fetchJson } from '../common/json-client';
 import { ATTR, DECISION, DEFAULTS, ENV, PROPAGATION, SPAN } from '../common/names';
@@ -164,7 +164,7 @@ function compileGuard(options: ToolGuardOptions): Guard {
   if (options.action !== undefined && (typeof options.action !== 'string' || options.action === '')) throw new TypeError("custody/guard: 'action' must be a non-empty string");
   if (check === 'plane' && !options.action) throw new TypeError("custody/guard: check 'plane' needs the route's 'action' (the plane decides a tool and an action)");
 
-  const env = readEnv(process.env, [ENV.URL, ENV.TOKEN_URL, ENV.POLICY_URL, ENV.TOKEN_ISSUER]);
+  const env = readEnv(process.env, TOOL_ENV);
   const base = options.url ?? env[ENV.URL] ?? DEFAULTS.URL;
   const tokenBase = options.tokenUrl ?? env[ENV.TOKEN_URL] ?? base;
   const policyBase = options.policyUrl ?? env[ENV.POLICY_URL] ?? base;

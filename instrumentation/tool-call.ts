@@ -4,6 +4,7 @@ import { canonicalJson, sha256Hex } from '../common/canonical';
 import { performance } from 'node:perf_hooks';
 import { ATTR, DEFAULTS, SPAN } from '../common/names';
 import { PolicyDeniedError, PolicyUnavailableError } from '../enforcer/errors';
+import { withToolCall } from './call-context';
 import { mapTool, type ToolMap, type ToolTarget } from './mapping';
 import { enforcerOf, getRuntime } from './runtime';
 import { currentScope, type AgentScope } from './scope';
@@ -65,6 +66,7 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   call.requestHash = requestHash;
 
   const ctx = trace.setSpan(scope.withBaggage(parent), span);
+  let token: string | undefined;
   if (enforcer) {
     let verdict: EnforcerVerdict;
     try {
@@ -81,11 +83,13 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
       call.fail(error);
       throw error;
     }
+    token = verdict.token;
   }
 
   let result: Awaited<T>;
   try {
-    result = await context.with(ctx, body);
+    // the body's outgoing HTTP carries the call's context (http-client/), and its token to the tool origins
+    result = await context.with(withToolCall(ctx, { tool, action, ...(token ? { token } : {}) }), body);
   } catch (err) {
     call.fail(err);
     throw err;

@@ -28,6 +28,8 @@ export interface EnforcerVerdict {
   cached?: boolean;
   latencyMs?: number;
   tokenJti?: string;
+  /** The token the decision was made on: sent as x-custody-token to the tool origins (CUSTODY_TOOL_ORIGINS) from the call's body. Never recorded. */
+  token?: string;
   /** The policy plane's signed receipt of the decision (custody.policy.receipt). */
   receipt?: string;
   error?: Error;

@@ -5,7 +5,7 @@ import { BUILTIN_RULE } from '../policy/schema';
 import type { TokenCache } from './cache';
 import { TransportError, requestJson, traceHeaders } from './http';
 import type { EnforcerSettings } from './settings';
-import type { EnforcerCheckRequest, PlaneAnswer } from './types';
+import type { AnsweredCall, EnforcerCheckRequest, PlaneAnswer } from './types';
 
 /**
  * Asking the plane: a token for (instance, tool) — reused while valid unless the plane said the
@@ -55,7 +55,7 @@ export function createPlaneAsker(o: {
   }
 
   /** Token, then plane, within `budgetMs`. Throws on anything but a valid answer. */
-  async function ask(req: EnforcerCheckRequest, principal: string, budgetMs: number): Promise<PlaneAnswer> {
+  async function ask(req: EnforcerCheckRequest, principal: string, budgetMs: number): Promise<AnsweredCall> {
     const signal = AbortSignal.timeout(budgetMs);
     const { identity, tool, purpose } = req;
     const tokenKey = `${principal}\0${identity.agentInstanceId}\0${identity.parentAgentId ?? ''}\0${identity.role ?? ''}\0${tool}\0${purpose ?? ''}`;
@@ -87,7 +87,7 @@ export function createPlaneAsker(o: {
       singleUseTools.delete(tool);
       if (reusable) tokens.set(tokenKey, token);
     }
-    return answer;
+    return { answer, token };
   }
 
   return { ask };

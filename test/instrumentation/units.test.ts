@@ -85,9 +85,9 @@ describe('identity and settings from the environment', () => {
   });
 
   it('reads the settings with their defaults', () => {
-    expect(readSettings({})).toEqual({ url: 'http://127.0.0.1:8080', tokenUrl: 'http://127.0.0.1:8080', policyUrl: 'http://127.0.0.1:8080', captureContent: false, propagateRegister: true });
-    expect(readSettings({ CUSTODY_URL: 'http://h:1/', CUSTODY_TOKEN_URL: 'http://t:2', CUSTODY_CAPTURE_CONTENT: 'true', CUSTODY_DELEGATE_TOOLS: 'billing, search', CUSTODY_PROPAGATE_REGISTER: '0' })).toMatchObject({
-      url: 'http://h:1', tokenUrl: 'http://t:2', policyUrl: 'http://h:1', captureContent: true, delegateTools: ['billing', 'search'], propagateRegister: false,
+    expect(readSettings({})).toEqual({ url: 'http://127.0.0.1:8080', tokenUrl: 'http://127.0.0.1:8080', policyUrl: 'http://127.0.0.1:8080', captureContent: false, propagateRegister: true, toolOrigins: [] });
+    expect(readSettings({ CUSTODY_URL: 'http://h:1/', CUSTODY_TOKEN_URL: 'http://t:2', CUSTODY_CAPTURE_CONTENT: 'true', CUSTODY_DELEGATE_TOOLS: 'billing, search', CUSTODY_PROPAGATE_REGISTER: '0', CUSTODY_TOOL_ORIGINS: 'http://127.0.0.1:9000' })).toMatchObject({
+      url: 'http://h:1', tokenUrl: 'http://t:2', policyUrl: 'http://h:1', captureContent: true, delegateTools: ['billing', 'search'], propagateRegister: false, toolOrigins: ['http://127.0.0.1:9000'],
     });
   });
 });
