@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { TOOL_ENV, readEnv } from '../common/env';
 import { HttpError } from '../common/errors';
@@ -257,15 +257,21 @@ function identityAttributes(c: TokenClaims): Attributes {
   return a;
 }
 
-/** The caller's trace: the active span when an HTTP instrumentation made one, else the request's traceparent. */
+/**
+ * The caller's trace: the active span when an HTTP instrumentation made one, else the request's
+ * W3C traceparent. (Baggage is not read: the identity is the verified token's.)
+ */
 function parentContext(headers: GuardHeaders): { parent: Context; nested: boolean } {
   if (trace.getActiveSpan()) return { parent: context.active(), nested: true };
-  const carrier: Record<string, string | string[] | undefined> = {};
-  if (typeof (headers as Headers).get === 'function') (headers as Headers).forEach((v, k) => (carrier[k] = v));
-  else Object.assign(carrier, headers);
-  const withTrace = traceContext.extract(ROOT_CONTEXT, carrier, headerGetter);
-  // baggage too, when the process has a propagator for it
-  return { parent: propagation.extract(withTrace, carrier, headerGetter), nested: false };
+  let carrier = headers as Record<string, string | string[] | undefined>;
+  if (typeof (headers as Headers).get === 'function') {
+    carrier = {};
+    for (const name of [PROPAGATION.TRACEPARENT, PROPAGATION.TRACESTATE]) {
+      const v = (headers as Headers).get(name);
+      if (v !== null) carrier[name] = v;
+    }
+  }
+  return { parent: traceContext.extract(ROOT_CONTEXT, carrier, headerGetter), nested: false };
 }
 
 function startGuardSpan(guard: Guard, headers: GuardHeaders, info: GuardRequestInfo): { span: Span; ctx: Context } {
