@@ -206,7 +206,7 @@ export const ENV_VARS = {
   [ENV.TOOL_MAP]: v(AGENT, text(), 'Tool name → {tool, action} table: inline JSON or a path to a JSON/YAML file.', "the plane's tool_map"),
   [ENV.DELEGATE_TOOLS]: v(AGENT, text(), 'Tools a root agent delegates to its sub-agents (comma-separated).', 'every tool it may call'),
   [ENV.PROPAGATE_REGISTER]: v(AGENT, looseFlag(), '`0`/`false`: child node processes are not started with custody/register preloaded.', 'on'),
-  [ENV.TOOL_ORIGINS]: v(AGENT, origins(ENV.TOOL_ORIGINS), "Origins (comma-separated, e.g. `http://127.0.0.1:9000`) of the tool APIs that outgoing HTTP from a tool call sends baggage and the call's token (`x-custody-token`) to; `traceparent` goes everywhere."),
+  [ENV.TOOL_ORIGINS]: v(AGENT, origins(ENV.TOOL_ORIGINS), "Origins (comma-separated, e.g. `http://127.0.0.1:9000`) of the tool APIs and MCP servers that get a tool call's baggage and token: `x-custody-token` on outgoing HTTP, the delegation token in MCP `_meta` (stdio servers always get it); `traceparent` goes everywhere."),
   [ENV.CAPTURE_CONTENT]: v(AGENT, looseFlag(), 'Record tool arguments and results on the span, not only their hashes.', 'off'),
   // where custody is
   [ENV.URL]: v(ALL, text(), "Control API base URL (token service and policy plane unless set apart); the client commands' `--url`.", DEFAULTS.URL),

@@ -1,10 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import express from 'express';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listen, type Listening } from '../../common/http';
 import { auditEventsOf, runAgent } from '../helpers/agents';
 import { ROOT, eventually, startCustody, type RunningCustody } from '../helpers/custody';
+import { PROPAGATION } from '../../common/names';
 import { ADMIN_TOKEN, policyFile, putRollout } from '../helpers/policy';
 import { call } from '../helpers/tokens';
 
@@ -149,5 +153,38 @@ describe('a billing API behind custody/guard, called by real agents', () => {
     expect(run.report.refund.value.api.status, JSON.stringify(run.report.refund.value.api.body)).toBe(201);
     const kid = (t: string) => JSON.parse(Buffer.from(t.split('.')[0]!, 'base64url').toString()).kid;
     expect(kid(await issue({}))).not.toBe(kid(before));
+  });
+
+  it("MCP over HTTP: a server outside CUSTODY_TOOL_ORIGINS gets the trace context in _meta, never the baggage or the delegation token", async () => {
+    const metas: Array<Record<string, unknown>> = [];
+    const app = express();
+    app.use(express.json());
+    app.post('/mcp', async (req, res) => {
+      if (req.body?.method === 'tools/call') metas.push(req.body.params?._meta ?? {});
+      const server = new McpServer({ name: 'third-party', version: '1.0.0' });
+      server.registerTool('web_search', { description: 'search' }, async () => ({ content: [{ type: 'text' as const, text: 'found' }] }));
+      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+      res.on('close', () => void transport.close().then(() => server.close()));
+      await server.connect(transport);
+      await transport.handleRequest(req, res, req.body);
+    });
+    const mcp = await listen(app, '127.0.0.1', 0);
+    try {
+      const env = (origins: string) => ({ ...agentEnv(`assistant-${randomUUID()}`), CUSTODY_TOOL_ORIGINS: origins, MCP_URL: `${mcp.url}/mcp` });
+      const third = await runAgent('mcp-http.cjs', { custody, env: env(new URL(api.url).origin) });
+      expect(third.code, third.stderr).toBe(0);
+      const listed = await runAgent('mcp-http.cjs', { custody, env: env(`${new URL(api.url).origin},${new URL(mcp.url).origin}`) });
+      expect(listed.code, listed.stderr).toBe(0);
+      expect(metas).toHaveLength(2);
+      const [outside, inside] = metas;
+      expect(outside![PROPAGATION.TRACEPARENT]).toMatch(/^00-/);
+      expect(outside).not.toHaveProperty([PROPAGATION.BAGGAGE]);
+      expect(outside).not.toHaveProperty([PROPAGATION.MCP_DELEGATION_TOKEN]);
+      expect(inside![PROPAGATION.TRACEPARENT]).toMatch(/^00-/);
+      expect(inside![PROPAGATION.BAGGAGE]).toMatch(/custody\.sponsor_id=alice/);
+      expect(inside![PROPAGATION.MCP_DELEGATION_TOKEN]).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+    } finally {
+      await mcp.close();
+    }
   });
 });
