@@ -10,7 +10,7 @@ import { enforcerOf, getRuntime } from './runtime';
 import { currentScope, type AgentScope } from './scope';
 import { ensureSponsor } from './sponsor';
 import { AUDIT_STATUS, POLICY_ERROR_TYPE, SEMCONV, TOOL_TYPE_FUNCTION } from './semconv';
-import type { EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } from './types';
+import type { EnforcerCheck, EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } from './types';
 
 /**
  * The one lifecycle every tool call goes through, whatever framework made it:
@@ -71,7 +71,8 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
     let verdict: EnforcerVerdict;
     try {
       // inside the span: the plane's decision span joins the call's trace
-      const check = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
+      const check: EnforcerCheck = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
+      if ((runtime.settings.toolOrigins?.length ?? 0) > 0) check.withToken = true;
       verdict = await context.with(ctx, () => enforcer.check(check));
     } catch (err) {
       // check() is not supposed to throw; if it does, the call is refused all the same

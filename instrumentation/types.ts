@@ -14,6 +14,8 @@ export interface EnforcerCheck {
    * part of the one budget already, and the decision's latency counts from here.
    */
   startedAt?: number;
+  /** The body may call a guarded tool (CUSTODY_TOOL_ORIGINS set): a token is wanted even for a baseline call. */
+  withToken?: boolean;
 }
 
 export interface EnforcerVerdict {

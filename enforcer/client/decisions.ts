@@ -101,7 +101,7 @@ export function fromCache(o: { answer: PlaneAnswer; token?: string; cohort: Coho
 }
 
 /** A baseline call: runs now; the plane's decision arrives in `shadow`. */
-export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promise<EnforcerDecision>; incident: boolean }): EnforcerDecision {
+export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promise<EnforcerDecision>; incident: boolean; token?: string | undefined }): EnforcerDecision {
   return {
     decision: 'allow',
     allowed: true,
@@ -113,6 +113,7 @@ export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promi
     cached: false,
     latencyMs: o.latencyMs,
     shadow: o.shadow,
+    ...(o.token ? { token: o.token } : {}),
     ...(o.incident ? { incident: true } : {}),
   };
 }

@@ -172,13 +172,23 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
 
     if (waited) return decideRemote(req, principal, key, cohort, started);
 
-    // Baseline: run now, decide in the background, never block and never reject.
+    // Baseline: run now (with a token, when a guarded tool will ask for one), decide in the
+    // background, never block beyond the budget and never reject.
+    let token: string | undefined;
+    if (req.withToken) {
+      const left = Math.floor(settings.timeoutMs - (performance.now() - started));
+      try {
+        if (left >= 1) token = (await planeAsker.tokenFor(req, principal, left)).token;
+      } catch {
+        /* the call runs without one; a guarded tool refuses it */
+      }
+    }
     const shadow = decideRemote(req, principal, key, cohort, started).then(
       (d) => ({ ...d, allowed: true, enforced: false, cohort: COHORT.BASELINE }),
       (err: unknown) =>
         unavailable({ tool, action, reason: `enforcer failure: ${(err as Error)?.message ?? String(err)}`, cohort, waited: false, latencyMs: elapsed(started), incident: incident.active() }),
     );
-    return letThrough({ cohort, latencyMs: elapsed(started), shadow, incident: incident.active() });
+    return letThrough({ cohort, latencyMs: elapsed(started), shadow, incident: incident.active(), token });
   }
 
   async function check(req: EnforcerCheckRequest): Promise<EnforcerDecision> {

@@ -29,6 +29,11 @@ export interface EnforcerCheckRequest {
    * here, so that name resolution and sponsor lookup spend it too, and so does the latency.
    */
   startedAt?: number | undefined;
+  /**
+   * The call's body may reach a guarded tool (CUSTODY_TOOL_ORIGINS is set): a baseline call, let
+   * through before its decision, still gets a token first (within the budget), so the tool can check it.
+   */
+  withToken?: boolean | undefined;
 }
 
 export interface EnforcerDecision {

@@ -155,6 +155,20 @@ describe('a billing API behind custody/guard, called by real agents', () => {
     expect(kid(await issue({}))).not.toBe(kid(before));
   });
 
+  it('a baseline (shadow) agent, let through before its decision, still brings a token the guard accepts', async () => {
+    expect((await putRollout(custody.url, { percent: 0, reason: 'guard test: every agent in the baseline' })).status).toBe(200);
+    try {
+      const instance = `baseline-${randomUUID()}`;
+      const run = await runAgent('guarded-call.cjs', { custody, env: { ...agentEnv(instance), WARM_UP: '1' } });
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.report.refund.value.api.status, JSON.stringify(run.report.refund.value.api.body)).toBe(201);
+      const billing = (await auditEventsOf(custody, instance, 3)).find((e) => e.tool_id === 'billing');
+      expect(billing).toMatchObject({ cohort: 'baseline', enforced: false });
+    } finally {
+      expect((await putRollout(custody.url, { percent: 100, reason: 'guard test' })).status).toBe(200);
+    }
+  });
+
   it("MCP over HTTP: a server outside CUSTODY_TOOL_ORIGINS gets the trace context in _meta, never the baggage or the delegation token", async () => {
     const metas: Array<Record<string, unknown>> = [];
     const app = express();
