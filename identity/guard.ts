@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { bearerToken } from '../common/credentials';
 import { TOOL_ENV, readEnv } from '../common/env';
 import { HttpError } from '../common/errors';
 import { JsonRequestError, fetchJson } from '../common/json-client';
@@ -243,9 +244,7 @@ function tokenOf(headers: GuardHeaders, bearer: boolean): string | undefined {
   };
   const direct = get(PROPAGATION.HTTP_TOKEN)?.trim();
   if (direct) return direct;
-  if (!bearer) return undefined;
-  const m = /^bearer\s+(\S+)\s*$/i.exec(get('authorization') ?? '');
-  return m?.[1];
+  return bearer ? bearerToken(get('authorization')) : undefined;
 }
 
 function identityAttributes(c: TokenClaims): Attributes {
