@@ -10,8 +10,8 @@ import { DEFAULTS, ENV } from './names';
  * value is never repeated.
  */
 
-/** Who reads a variable: the agent (custody/register, the enforcer), the servers (`custody up` and the single-role commands), the client commands. */
-export type EnvSide = 'agent' | 'server' | 'cli';
+/** Who reads a variable: the agent (custody/register, the enforcer), the servers (`custody up` and the single-role commands), the client commands, a tool API behind custody/guard. */
+export type EnvSide = 'agent' | 'server' | 'cli' | 'tool';
 
 export interface EnvVar {
   readonly read: readonly EnvSide[];
@@ -137,6 +137,30 @@ const offSwitch = () =>
     .optional()
     .transform((raw) => (raw === undefined ? undefined : !/^(off|false|0|no)$/i.test(raw)));
 
+/** Comma-separated origins (scheme://host[:port]), normalized as URL.origin; unset or blank: none. */
+const origins = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      if (raw === undefined || raw.trim() === '') return undefined;
+      const out: string[] = [];
+      for (const item of raw.split(',').map((s) => s.trim()).filter(Boolean)) {
+        let url: URL | undefined;
+        try {
+          url = new URL(item);
+        } catch {
+          url = undefined;
+        }
+        if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || (url.pathname !== '/' && url.pathname !== '') || url.search || url.hash || url.username || url.password) {
+          ctx.addIssue({ code: 'custom', message: `${name}: '${item}' is not an origin: expected http(s)://host[:port], e.g. http://127.0.0.1:9000 (comma-separated)` });
+          return z.NEVER;
+        }
+        out.push(url.origin);
+      }
+      return Object.freeze(out);
+    });
+
 /** The audit TTL: the stored times end in 2106, so at most 30 years. */
 const retentionDays = (name: string) =>
   z
@@ -158,7 +182,7 @@ const MAX_CACHE_TTL_S = 3600;
 const AGENT = ['agent'] as const;
 const SERVER = ['server'] as const;
 const SERVER_CLI = ['server', 'cli'] as const;
-const ALL = ['agent', 'server', 'cli'] as const;
+const ALL = ['agent', 'server', 'cli', 'tool'] as const;
 
 const v = <S extends z.ZodType<unknown, string | undefined>>(read: readonly EnvSide[], schema: S, description: string, dflt = '', isSecret = false) => ({
   read,
@@ -182,12 +206,13 @@ export const ENV_VARS = {
   [ENV.TOOL_MAP]: v(AGENT, text(), 'Tool name → {tool, action} table: inline JSON or a path to a JSON/YAML file.', "the plane's tool_map"),
   [ENV.DELEGATE_TOOLS]: v(AGENT, text(), 'Tools a root agent delegates to its sub-agents (comma-separated).', 'every tool it may call'),
   [ENV.PROPAGATE_REGISTER]: v(AGENT, looseFlag(), '`0`/`false`: child node processes are not started with custody/register preloaded.', 'on'),
+  [ENV.TOOL_ORIGINS]: v(AGENT, origins(ENV.TOOL_ORIGINS), "Origins (comma-separated, e.g. `http://127.0.0.1:9000`) of the tool APIs and MCP servers that get a tool call's baggage and token: `x-custody-token` on outgoing HTTP, the delegation token in MCP `_meta` (stdio servers always get it); `traceparent` goes everywhere."),
   [ENV.CAPTURE_CONTENT]: v(AGENT, looseFlag(), 'Record tool arguments and results on the span, not only their hashes.', 'off'),
   // where custody is
   [ENV.URL]: v(ALL, text(), "Control API base URL (token service and policy plane unless set apart); the client commands' `--url`.", DEFAULTS.URL),
   [ENV.POLICY_URL]: v(ALL, text(), 'The policy plane, when not at CUSTODY_URL (also where a lone collector reads the rollout).', '$CUSTODY_URL'),
   [ENV.STATE_URL]: v(SERVER, text(), "A policy plane's replica mode: the plane that owns the rollout and single-use token claims (`custody policy-plane --state-url`).", 'none (this plane owns its state)'),
-  [ENV.TOKEN_URL]: v(['agent', 'server'], text(), 'The token service, when not at CUSTODY_URL (also where the policy plane and the collector fetch its JWKS).', '$CUSTODY_URL'),
+  [ENV.TOKEN_URL]: v(['agent', 'server', 'tool'], text(), 'The token service, when not at CUSTODY_URL (also where the policy plane and the collector fetch its JWKS).', '$CUSTODY_URL'),
   // the enforcer
   [ENV.POLICY_TIMEOUT_MS]: v(AGENT, number(ENV.POLICY_TIMEOUT_MS, 1, 60_000), 'How long a tool call waits for a decision (token and plane) before it is refused.', String(DEFAULTS.POLICY_TIMEOUT_MS)),
   [ENV.DECISION_CACHE_TTL_S]: v(AGENT, number(ENV.DECISION_CACHE_TTL_S, 0, MAX_CACHE_TTL_S), 'Seconds an allow is reused; denies and errors never are.', String(DEFAULTS.DECISION_CACHE_TTL_S)),
@@ -212,7 +237,7 @@ export const ENV_VARS = {
   [ENV.AUDIT_RETENTION_DAYS]: v(SERVER, retentionDays(ENV.AUDIT_RETENTION_DAYS), 'Audit TTL in days (set by the first migration).', String(DEFAULTS.AUDIT_RETENTION_DAYS)),
   [ENV.TOKEN_SIGNING_KEY]: v(SERVER, nonBlank(), "The token service's private signing key (PKCS8 PEM or JWK JSON), when not in a key file (the token config's `signing.key_env` names it).", 'a key generated in memory or the key file', true),
   [ENV.POLICY_SIGNING_KEY]: v(SERVER, nonBlank(), "The policy plane's decision-receipt signing key (PKCS8 PEM or JWK JSON).", 'a key generated into the data dir', true),
-  [ENV.TOKEN_ISSUER]: v(SERVER, orUnset(), 'The issuer the policy plane and the collector expect in tokens.', "the token config's"),
+  [ENV.TOKEN_ISSUER]: v(['server', 'tool'], orUnset(), 'The issuer the policy plane, the collector and custody/guard expect in tokens.', "the token config's (custody/guard: agent-token-svc)"),
   [ENV.LOG_LEVEL]: v(SERVER, text(), 'Server log level (pino).', 'info'),
   [ENV.DEMO]: v(SERVER, text(), '`off`: `custody up` does not play the seed scenario (`--no-demo`).', 'on'),
   // the rollback job inside `custody up`
@@ -272,6 +297,7 @@ const readBy = (side: EnvSide): readonly EnvName[] => Object.freeze(NAMES.filter
 export const AGENT_ENV = readBy('agent');
 export const SERVER_ENV = readBy('server');
 export const CLI_ENV = readBy('cli');
+export const TOOL_ENV = readBy('tool');
 
 /**
  * Parses the variables `names` (default all) from `source`, once, frozen. The first bad value is a

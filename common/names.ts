@@ -63,6 +63,12 @@ export const ATTR = {
   INGEST_TRUST: 'custody.ingest.trust',
   /** The plane's signed receipt of the decision (compact JWS), on the decision and on the call. */
   POLICY_RECEIPT: 'custody.policy.receipt',
+  /** custody/guard: how the tool API checked the call (`offline` or `plane`). */
+  GUARD_CHECK: 'custody.guard.check',
+  HTTP_REQUEST_METHOD: 'http.request.method',
+  HTTP_ROUTE: 'http.route',
+  URL_PATH: 'url.path',
+  HTTP_RESPONSE_STATUS_CODE: 'http.response.status_code',
 } as const;
 
 /**
@@ -91,6 +97,8 @@ export const SPAN = {
   TOKEN_ISSUE: 'custody.token.issue',
   /** One per rollout percent change. */
   ROLLOUT_CHANGE: 'custody.rollout.change',
+  /** custody/guard: a tool API's side of a call, `custody.guard {tool}` (never `execute_tool`: the agent's span is the audit row). */
+  GUARD: 'custody.guard',
 } as const;
 
 /** Custody's entries in an MCP request's `params._meta` and in HTTP headers (remote sub-agents). */
@@ -101,6 +109,8 @@ export const PROPAGATION = {
   /** The caller's delegation token: the callee exchanges it for its own per-tool tokens. */
   MCP_DELEGATION_TOKEN: 'dev.custody/delegation_token',
   HTTP_DELEGATION_TOKEN: 'x-custody-delegation-token',
+  /** The call's per-tool token, on outgoing HTTP to the tool origins (CUSTODY_TOOL_ORIGINS); custody/guard reads it. */
+  HTTP_TOKEN: 'x-custody-token',
 } as const;
 
 export const ENV = {
@@ -144,6 +154,8 @@ export const ENV = {
   DELEGATE_TOOLS: 'CUSTODY_DELEGATE_TOOLS',
   /** `0`/`false` stops child node processes from being started with custody/register preloaded. */
   PROPAGATE_REGISTER: 'CUSTODY_PROPAGATE_REGISTER',
+  /** Origins (comma-separated) that outgoing HTTP from a tool call sends baggage and the call's token to. */
+  TOOL_ORIGINS: 'CUSTODY_TOOL_ORIGINS',
   /** W3C context handed to child processes (the OTel env-carrier convention). */
   TRACEPARENT: 'TRACEPARENT',
   TRACESTATE: 'TRACESTATE',

@@ -27,8 +27,10 @@ export interface TokenVerifierOptions {
   clockSkewSeconds?: number;
   /** Remote JWKS: fetch timeout. Default 2000. */
   timeoutMs?: number;
-  /** Remote JWKS: refetch after this age (an unknown kid refetches sooner, at most every 30 s). Default 10 min. */
+  /** Remote JWKS: refetch after this age (an unknown kid refetches sooner, at most every `jwksCooldownMs`). Default 10 min. */
   cacheMaxAgeMs?: number;
+  /** Remote JWKS: an unknown kid refetches the set at most this often, ms. Default 30000. */
+  jwksCooldownMs?: number;
   /** The clock, epoch ms. */
   now?: () => number;
   algorithms?: readonly TokenAlgorithm[];
@@ -115,7 +117,7 @@ function keyGetter(source: JwksSource, o: TokenVerifierOptions): { getKey: KeyGe
     const remote = createRemoteJWKSet(url, {
       timeoutDuration: o.timeoutMs ?? 2000,
       cacheMaxAge: o.cacheMaxAgeMs ?? 600_000,
-      cooldownDuration: 30_000,
+      cooldownDuration: o.jwksCooldownMs ?? 30_000,
     });
     let stale: LocalSet | undefined;
     return {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { EnvSource } from '../common/env';
+import { readEnv, type EnvSource } from '../common/env';
 import { DEFAULTS, ENV } from '../common/names';
 import { boundInstanceId, credentialAgentId, isAgentId } from '../identity/instance';
 
@@ -40,6 +40,8 @@ export interface AgentSettings {
   delegateTools?: string[];
   /** Whether node child processes are started with custody/register preloaded. */
   propagateRegister: boolean;
+  /** Origins that outgoing HTTP from a tool call sends baggage and the call's token to (CUSTODY_TOOL_ORIGINS). */
+  toolOrigins: readonly string[];
 }
 
 type Env = EnvSource;
@@ -111,6 +113,8 @@ export function readSettings(env: Env): AgentSettings {
     policyUrl: (value(env, ENV.POLICY_URL) ?? url).replace(/\/+$/, ''),
     captureContent: flag(env[ENV.CAPTURE_CONTENT], false),
     propagateRegister: flag(env[ENV.PROPAGATE_REGISTER], true),
+    // a bad origin stops the agent's start (ConfigError naming the variable): tokens must not go astray
+    toolOrigins: readEnv(env, [ENV.TOOL_ORIGINS])[ENV.TOOL_ORIGINS] ?? [],
   };
   const toolMap = value(env, ENV.TOOL_MAP);
   if (toolMap !== undefined) settings.toolMap = toolMap;

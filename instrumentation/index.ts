@@ -9,3 +9,4 @@ export { LangChainInstrumentation } from './langchain/instrumentation';
 export { AiSdkInstrumentation } from './ai-sdk/instrumentation';
 export { OpenAIAgentsInstrumentation } from './openai-agents/instrumentation';
 export { ChildProcessInstrumentation } from './child-process/instrumentation';
+export { HttpClientInstrumentation } from './http-client/instrumentation';

@@ -78,8 +78,10 @@ export function start(): Registration {
   configureRuntime({ tracer: telemetry.tracer });
   const instrumentations = custodyInstrumentations();
   const unregister = registerInstrumentations({ instrumentations });
-  // child_process is a builtin the app may already hold: require it now so its patch applies at once.
+  // builtins the app (or custody itself) may already hold: require them now so their patches apply at once.
   require('node:child_process');
+  require('node:http');
+  require('node:https');
   return {
     telemetry,
     instrumentations,

@@ -4,12 +4,13 @@ import { canonicalJson, sha256Hex } from '../common/canonical';
 import { performance } from 'node:perf_hooks';
 import { ATTR, DEFAULTS, SPAN } from '../common/names';
 import { PolicyDeniedError, PolicyUnavailableError } from '../enforcer/errors';
+import { withToolCall } from './call-context';
 import { mapTool, type ToolMap, type ToolTarget } from './mapping';
 import { enforcerOf, getRuntime } from './runtime';
 import { currentScope, type AgentScope } from './scope';
 import { ensureSponsor } from './sponsor';
 import { AUDIT_STATUS, POLICY_ERROR_TYPE, SEMCONV, TOOL_TYPE_FUNCTION } from './semconv';
-import type { EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } from './types';
+import type { EnforcerCheck, EnforcerLike, EnforcerVerdict, ToolCallOptions, ToolCallRequest } from './types';
 
 /**
  * The one lifecycle every tool call goes through, whatever framework made it:
@@ -65,11 +66,13 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   call.requestHash = requestHash;
 
   const ctx = trace.setSpan(scope.withBaggage(parent), span);
+  let token: string | undefined;
   if (enforcer) {
     let verdict: EnforcerVerdict;
     try {
       // inside the span: the plane's decision span joins the call's trace
-      const check = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
+      const check: EnforcerCheck = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
+      if ((runtime.settings.toolOrigins?.length ?? 0) > 0) check.withToken = true;
       verdict = await context.with(ctx, () => enforcer.check(check));
     } catch (err) {
       // check() is not supposed to throw; if it does, the call is refused all the same
@@ -81,11 +84,13 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
       call.fail(error);
       throw error;
     }
+    token = verdict.token;
   }
 
   let result: Awaited<T>;
   try {
-    result = await context.with(ctx, body);
+    // the body's outgoing HTTP carries the call's context (http-client/), and its token to the tool origins
+    result = await context.with(withToolCall(ctx, { tool, action, ...(token ? { token } : {}) }), body);
   } catch (err) {
     call.fail(err);
     throw err;

@@ -14,6 +14,8 @@ export interface EnforcerCheck {
    * part of the one budget already, and the decision's latency counts from here.
    */
   startedAt?: number;
+  /** The body may call a guarded tool (CUSTODY_TOOL_ORIGINS set): a token is wanted even for a baseline call. */
+  withToken?: boolean;
 }
 
 export interface EnforcerVerdict {
@@ -28,6 +30,8 @@ export interface EnforcerVerdict {
   cached?: boolean;
   latencyMs?: number;
   tokenJti?: string;
+  /** The token the decision was made on: sent as x-custody-token to the tool origins (CUSTODY_TOOL_ORIGINS) from the call's body. Never recorded. */
+  token?: string;
   /** The policy plane's signed receipt of the decision (custody.policy.receipt). */
   receipt?: string;
   error?: Error;

@@ -5,7 +5,7 @@ import { BUILTIN_RULE } from '../policy/schema';
 import type { TokenCache } from './cache';
 import { TransportError, requestJson, traceHeaders } from './http';
 import type { EnforcerSettings } from './settings';
-import type { EnforcerCheckRequest, PlaneAnswer } from './types';
+import type { AnsweredCall, EnforcerCheckRequest, PlaneAnswer } from './types';
 
 /**
  * Asking the plane: a token for (instance, tool) — reused while valid unless the plane said the
@@ -54,11 +54,28 @@ export function createPlaneAsker(o: {
     );
   }
 
+  const keyOf = (req: EnforcerCheckRequest, principal: string) =>
+    `${principal}\0${req.identity.agentInstanceId}\0${req.identity.parentAgentId ?? ''}\0${req.identity.role ?? ''}\0${req.tool}\0${req.purpose ?? ''}`;
+
+  /**
+   * A token for the call without a decision (a baseline call that a guarded tool will check): the
+   * kept one when the tool takes tokens more than once, else a new one, within `budgetMs`.
+   */
+  async function tokenFor(req: EnforcerCheckRequest, principal: string, budgetMs: number): Promise<ObtainedToken> {
+    const tokenKey = keyOf(req, principal);
+    const reusable = !singleUseTools.has(req.tool);
+    const kept = reusable ? tokens.get(tokenKey, o.now()) : undefined;
+    if (kept) return kept;
+    const token = await obtainToken(req, AbortSignal.timeout(budgetMs), budgetMs);
+    if (reusable) tokens.set(tokenKey, token);
+    return token;
+  }
+
   /** Token, then plane, within `budgetMs`. Throws on anything but a valid answer. */
-  async function ask(req: EnforcerCheckRequest, principal: string, budgetMs: number): Promise<PlaneAnswer> {
+  async function ask(req: EnforcerCheckRequest, principal: string, budgetMs: number): Promise<AnsweredCall> {
     const signal = AbortSignal.timeout(budgetMs);
-    const { identity, tool, purpose } = req;
-    const tokenKey = `${principal}\0${identity.agentInstanceId}\0${identity.parentAgentId ?? ''}\0${identity.role ?? ''}\0${tool}\0${purpose ?? ''}`;
+    const { tool, purpose } = req;
+    const tokenKey = keyOf(req, principal);
     const reusable = !singleUseTools.has(tool);
     let token = reusable ? tokens.get(tokenKey, o.now()) : undefined;
     const fromCache = token !== undefined;
@@ -87,10 +104,10 @@ export function createPlaneAsker(o: {
       singleUseTools.delete(tool);
       if (reusable) tokens.set(tokenKey, token);
     }
-    return answer;
+    return { answer, token };
   }
 
-  return { ask };
+  return { ask, tokenFor };
 }
 
 export function parseAnswer(body: unknown): PlaneAnswer {

@@ -54,7 +54,7 @@ export function deniedHere(o: { tool: string; action: string; ruleId: string; re
 }
 
 /** The plane's answer. Its cohort says whether it is enforced; a baseline call (`waited` false) runs anyway. */
-export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswer; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
+export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswer; token?: string; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
   const { answer, waited } = o;
   const denied = answer.decision === 'deny';
   const error = denied
@@ -71,6 +71,7 @@ export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswe
     cached: false,
     latencyMs: o.latencyMs,
     ...(answer.token_jti ? { tokenJti: answer.token_jti } : {}),
+    ...(o.token && !denied ? { token: o.token } : {}),
     ...(typeof answer.receipt === 'string' ? { receipt: answer.receipt } : {}),
     ...(error ? { error } : {}),
     ...(answer.policy_version ? { policyVersion: answer.policy_version } : {}),
@@ -79,7 +80,7 @@ export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswe
 }
 
 /** An allow reused from the decision cache. */
-export function fromCache(o: { answer: PlaneAnswer; cohort: Cohort; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
+export function fromCache(o: { answer: PlaneAnswer; token?: string; cohort: Cohort; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
   const a = o.answer;
   return {
     decision: 'allow',
@@ -92,6 +93,7 @@ export function fromCache(o: { answer: PlaneAnswer; cohort: Cohort; waited: bool
     cached: true,
     latencyMs: o.latencyMs,
     ...(a.token_jti ? { tokenJti: a.token_jti } : {}),
+    ...(o.token ? { token: o.token } : {}),
     ...(typeof a.receipt === 'string' ? { receipt: a.receipt } : {}),
     ...(a.policy_version ? { policyVersion: a.policy_version } : {}),
     ...(o.incident ? { incident: true } : {}),
@@ -99,7 +101,7 @@ export function fromCache(o: { answer: PlaneAnswer; cohort: Cohort; waited: bool
 }
 
 /** A baseline call: runs now; the plane's decision arrives in `shadow`. */
-export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promise<EnforcerDecision>; incident: boolean }): EnforcerDecision {
+export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promise<EnforcerDecision>; incident: boolean; token?: string | undefined }): EnforcerDecision {
   return {
     decision: 'allow',
     allowed: true,
@@ -111,6 +113,7 @@ export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promi
     cached: false,
     latencyMs: o.latencyMs,
     shadow: o.shadow,
+    ...(o.token ? { token: o.token } : {}),
     ...(o.incident ? { incident: true } : {}),
   };
 }

@@ -13,7 +13,7 @@ import { createIncidentSwitch } from './incident';
 import { createRolloutClient, type RolloutSnapshot } from './rollout';
 import { resolveSettings, type EnforcerOptions, type EnforcerSettings } from './settings';
 import { createToolMapClient } from './tool-map';
-import { ENFORCER_RULE, type EnforcerCheckRequest, type EnforcerDecision, type EnforcerIdentity, type PlaneAnswer } from './types';
+import { ENFORCER_RULE, type AnsweredCall, type EnforcerCheckRequest, type EnforcerDecision, type EnforcerIdentity } from './types';
 
 export { ENFORCER_RULE } from './types';
 export type { EnforcerCheckRequest, EnforcerDecision, EnforcerIdentity } from './types';
@@ -55,7 +55,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
   const logger = () => (log ??= createLogger('custody-enforcer', settings.logLevel));
   const recordOnSpan = options.recordOnActiveSpan !== false;
 
-  const allows = new AllowCache<PlaneAnswer>(options.cacheMaxEntries ?? 10_000, MAX_INCIDENT_CACHE_TTL_S * 1000);
+  const allows = new AllowCache<AnsweredCall>(options.cacheMaxEntries ?? 10_000, MAX_INCIDENT_CACHE_TTL_S * 1000);
   const tokens = new TokenCache<ObtainedToken>(options.cacheMaxEntries ?? 10_000, Math.max(TOKEN_REUSE_MARGIN_MS, 2 * settings.timeoutMs));
   const incident = createIncidentSwitch(settings, logger);
   const rollout = createRolloutClient({
@@ -118,9 +118,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       const reason = `no decision within ${settings.timeoutMs} ms: resolving the tool name and the sponsor took the whole budget`;
       return unavailable({ tool, action, reason, cohort, waited, latencyMs: elapsed(started), incident: incident.active() });
     }
-    let answer: PlaneAnswer;
+    let answered: AnsweredCall;
     try {
-      answer = await planeAsker.ask(req, principal, left);
+      answered = await planeAsker.ask(req, principal, left);
     } catch (err) {
       const latencyMs = elapsed(started);
       if (isTokenRefusal(err)) {
@@ -130,13 +130,14 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       return unavailable({ tool, action, reason: describeFailure(err, settings.timeoutMs), cohort, waited, latencyMs, incident: incident.active(), cause: err });
     }
     const latencyMs = elapsed(started);
+    const { answer } = answered;
     if (answer.decision === 'allow') {
       // Single-use tools need a fresh token, so a fresh decision, every call.
-      if (!answer.single_use_token) allows.set(key, answer, now());
+      if (!answer.single_use_token) allows.set(key, answered, now());
     } else {
       allows.delete(key);
     }
-    return fromAnswer({ tool, action, answer, waited, latencyMs, incident: incident.active() });
+    return fromAnswer({ tool, action, answer, token: answered.token.token, waited, latencyMs, incident: incident.active() });
   }
 
   async function checkInner(req: EnforcerCheckRequest, started: number): Promise<EnforcerDecision> {
@@ -164,17 +165,30 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     // answer within what is left of the call's budget)
     if (allows.get(key, now(), incident.ttlMs())) await rollout.settle(Math.max(0, settings.timeoutMs - elapsed(started)));
     const hit = allows.get(key, now(), incident.ttlMs());
-    if (hit) return fromCache({ answer: hit.value, cohort, waited, latencyMs: elapsed(started), incident: incident.active() });
+    // an allow is reused with its token, and only while that token still has time to reach the tool
+    if (hit && hit.value.token.expiresAt - now() > TOKEN_REUSE_MARGIN_MS) {
+      return fromCache({ answer: hit.value.answer, token: hit.value.token.token, cohort, waited, latencyMs: elapsed(started), incident: incident.active() });
+    }
 
     if (waited) return decideRemote(req, principal, key, cohort, started);
 
-    // Baseline: run now, decide in the background, never block and never reject.
+    // Baseline: run now (with a token, when a guarded tool will ask for one), decide in the
+    // background, never block beyond the budget and never reject.
+    let token: string | undefined;
+    if (req.withToken) {
+      const left = Math.floor(settings.timeoutMs - (performance.now() - started));
+      try {
+        if (left >= 1) token = (await planeAsker.tokenFor(req, principal, left)).token;
+      } catch {
+        /* the call runs without one; a guarded tool refuses it */
+      }
+    }
     const shadow = decideRemote(req, principal, key, cohort, started).then(
       (d) => ({ ...d, allowed: true, enforced: false, cohort: COHORT.BASELINE }),
       (err: unknown) =>
         unavailable({ tool, action, reason: `enforcer failure: ${(err as Error)?.message ?? String(err)}`, cohort, waited: false, latencyMs: elapsed(started), incident: incident.active() }),
     );
-    return letThrough({ cohort, latencyMs: elapsed(started), shadow, incident: incident.active() });
+    return letThrough({ cohort, latencyMs: elapsed(started), shadow, incident: incident.active(), token });
   }
 
   async function check(req: EnforcerCheckRequest): Promise<EnforcerDecision> {

@@ -1,4 +1,5 @@
 import type { Cohort } from '../../common/names';
+import type { ObtainedToken } from '../../identity/client';
 import type { PolicyDeniedError, PolicyUnavailableError } from '../errors';
 import { BUILTIN_RULE } from '../policy/schema';
 
@@ -28,6 +29,11 @@ export interface EnforcerCheckRequest {
    * here, so that name resolution and sponsor lookup spend it too, and so does the latency.
    */
   startedAt?: number | undefined;
+  /**
+   * The call's body may reach a guarded tool (CUSTODY_TOOL_ORIGINS is set): a baseline call, let
+   * through before its decision, still gets a token first (within the budget), so the tool can check it.
+   */
+  withToken?: boolean | undefined;
 }
 
 export interface EnforcerDecision {
@@ -45,6 +51,12 @@ export interface EnforcerDecision {
   /** Time from the start of the call's wait (name resolution, sponsor, token, plane) to this decision, ms. */
   latencyMs: number;
   tokenJti?: string;
+  /**
+   * The token the plane decided on: the call's token, which custody/register sends to the tool
+   * origins (x-custody-token). Absent when no token was had (refusals made before asking, a
+   * baseline call let through before its decision). Secret: never recorded.
+   */
+  token?: string;
   /** The plane's signed receipt of the decision (reused with a cached allow). */
   receipt?: string;
   error?: PolicyDeniedError | PolicyUnavailableError;
@@ -63,6 +75,12 @@ export const ENFORCER_RULE = {
   TOKEN_REFUSED: 'token-refused',
   UNAVAILABLE: 'policy-unavailable',
 } as const;
+
+/** The plane's answer with the token it was asked with. */
+export interface AnsweredCall {
+  answer: PlaneAnswer;
+  token: ObtainedToken;
+}
 
 /** What POST /v1/check answers, validated (see parseAnswer). */
 export interface PlaneAnswer {

@@ -13,7 +13,7 @@ import { errorType, runToolCall } from '../tool-call';
 import { VERSION } from '../version';
 import type { CallToolParams, ClientModule, McpClient, McpRequest, McpRequestExtra, McpRequestHandler, McpServer, ServerModule } from './internal-types';
 import type { McpInstrumentationConfig } from './types';
-import { methodOfSchema } from './utils';
+import { methodOfSchema, serverLocation, trustedServer } from './utils';
 
 const SUPPORTED = ['>=1.0.0 <2'];
 const PACKAGE = '@modelcontextprotocol/sdk';
@@ -31,8 +31,9 @@ const CJS_ENTRY_IDS = [
 /**
  * MCP TypeScript SDK 1.x. Client: `Client.callTool` is an enforced tool call of the calling agent
  * (a refused call throws before any request is sent, so the server never sees it), and the
- * request's `params._meta` carries traceparent, tracestate, baggage and the caller's delegation
- * token. Server: the `tools/call` handler — McpServer's or one set on Server directly — runs in the
+ * request's `params._meta` carries traceparent and tracestate; baggage and the caller's delegation
+ * token go only to a server the agent started (stdio), one in the same process, or one at an
+ * origin in CUSTODY_TOOL_ORIGINS — never to a third-party server. Server: the `tools/call` handler — McpServer's or one set on Server directly — runs in the
  * caller's trace and baggage, as the sub-agent that serves that caller, under a SERVER span.
  */
 function packageVersion(basedir: string): string | undefined {
@@ -142,8 +143,11 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
       const send = async () => {
         const meta: Record<string, unknown> = { ...(params._meta ?? {}) };
         const scope = currentScope();
-        Object.assign(meta, w3cCarrier(scope.withBaggage(context.active())));
-        const token = await delegationToken(scope);
+        const carrier = w3cCarrier(scope.withBaggage(context.active()));
+        const trusted = trustedServer(serverLocation(client.transport), getRuntime().settings.toolOrigins ?? []);
+        if (!trusted) delete carrier[PROPAGATION.BAGGAGE];
+        Object.assign(meta, carrier);
+        const token = trusted ? await delegationToken(scope) : undefined;
         if (token) meta[PROPAGATION.MCP_DELEGATION_TOKEN] = token;
         return original.call(client, { ...params, _meta: meta }, ...rest);
       };

@@ -8,6 +8,8 @@ export interface CallToolParams {
 
 export interface McpClient {
   callTool(params: CallToolParams, resultSchema?: unknown, options?: unknown): Promise<unknown>;
+  /** Protocol.transport: the connected transport (StdioClientTransport, StreamableHTTPClientTransport, …). */
+  readonly transport?: unknown;
 }
 
 export interface McpRequest {

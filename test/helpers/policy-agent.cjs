@@ -22,7 +22,7 @@ let bodyRuns = 0;
 
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   const call = JSON.parse(line);
-  tracer.startActiveSpan(`execute_tool ${call.tool}`, async (span) => {
+  tracer.startActiveSpan(`execute_tool ${call.tool}.${call.action}`, async (span) => {
     const started = performance.now();
     const d = await enforcer.check({ tool: call.tool, action: call.action, identity });
     const elapsedMs = performance.now() - started;

@@ -12,7 +12,7 @@ import { withChildEnv } from '../../instrumentation/child-process/utils';
 import { readIdentity, readSettings } from '../../instrumentation/identity';
 import { ownerOf } from '../../instrumentation/langchain/utils';
 import { loadToolMap, mapTool } from '../../instrumentation/mapping';
-import { methodOfSchema } from '../../instrumentation/mcp/utils';
+import { methodOfSchema, serverLocation, trustedServer } from '../../instrumentation/mcp/utils';
 import { withWrappedExecute } from '../../instrumentation/openai-agents/utils';
 import { configureRuntime, getRuntime } from '../../instrumentation/runtime';
 import { AgentScope, currentScope, setRootScope } from '../../instrumentation/scope';
@@ -85,9 +85,9 @@ describe('identity and settings from the environment', () => {
   });
 
   it('reads the settings with their defaults', () => {
-    expect(readSettings({})).toEqual({ url: 'http://127.0.0.1:8080', tokenUrl: 'http://127.0.0.1:8080', policyUrl: 'http://127.0.0.1:8080', captureContent: false, propagateRegister: true });
-    expect(readSettings({ CUSTODY_URL: 'http://h:1/', CUSTODY_TOKEN_URL: 'http://t:2', CUSTODY_CAPTURE_CONTENT: 'true', CUSTODY_DELEGATE_TOOLS: 'billing, search', CUSTODY_PROPAGATE_REGISTER: '0' })).toMatchObject({
-      url: 'http://h:1', tokenUrl: 'http://t:2', policyUrl: 'http://h:1', captureContent: true, delegateTools: ['billing', 'search'], propagateRegister: false,
+    expect(readSettings({})).toEqual({ url: 'http://127.0.0.1:8080', tokenUrl: 'http://127.0.0.1:8080', policyUrl: 'http://127.0.0.1:8080', captureContent: false, propagateRegister: true, toolOrigins: [] });
+    expect(readSettings({ CUSTODY_URL: 'http://h:1/', CUSTODY_TOKEN_URL: 'http://t:2', CUSTODY_CAPTURE_CONTENT: 'true', CUSTODY_DELEGATE_TOOLS: 'billing, search', CUSTODY_PROPAGATE_REGISTER: '0', CUSTODY_TOOL_ORIGINS: 'http://127.0.0.1:9000' })).toMatchObject({
+      url: 'http://h:1', tokenUrl: 'http://t:2', policyUrl: 'http://h:1', captureContent: true, delegateTools: ['billing', 'search'], propagateRegister: false, toolOrigins: ['http://127.0.0.1:9000'],
     });
   });
 });
@@ -234,6 +234,19 @@ describe('framework helpers', () => {
     expect(methodOfSchema(CallToolRequestSchema)).toBe('tools/call');
     expect(methodOfSchema(ListToolsRequestSchema)).toBe('tools/list');
     expect(methodOfSchema({})).toBeUndefined();
+  });
+
+  it('tells where an MCP server runs from its transport, and trusts only local servers and tool origins', () => {
+    expect(serverLocation({ _serverParams: { command: 'node' } })).toBe('local');
+    expect(serverLocation({ _otherTransport: {} })).toBe('local');
+    expect(serverLocation({ _url: new URL('http://127.0.0.1:9000/mcp') })).toBe('http://127.0.0.1:9000');
+    expect(serverLocation({ _url: 'https://mcp.example.com/sse' })).toBe('https://mcp.example.com');
+    expect(serverLocation({})).toBeUndefined();
+    expect(serverLocation(undefined)).toBeUndefined();
+    expect(trustedServer('local', [])).toBe(true);
+    expect(trustedServer('http://127.0.0.1:9000', ['http://127.0.0.1:9000'])).toBe(true);
+    expect(trustedServer('https://mcp.example.com', ['http://127.0.0.1:9000'])).toBe(false);
+    expect(trustedServer(undefined, ['http://127.0.0.1:9000'])).toBe(false);
   });
 
   it('finds the prototype that defines a method', () => {

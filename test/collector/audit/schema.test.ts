@@ -52,10 +52,10 @@ describe('the collector checks every tool-call span against the schema', () => {
     const span = (id: number, a: Record<string, string>) => ({
       traceId: '0af7651916cd43dd8448eb211c80319c',
       spanId: id.toString(16).padStart(16, '0'),
-      name: 'execute_tool billing',
+      name: 'execute_tool billing.refund',
       startTimeUnixNano: String(BigInt(Date.now()) * 1_000_000n),
       endTimeUnixNano: String(BigInt(Date.now() + 2) * 1_000_000n),
-      attributes: attrs({ 'gen_ai.operation.name': 'execute_tool', 'custody.tool_id': 'billing', 'custody.action': 'refund', ...a }),
+      attributes: attrs({ 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'billing.refund', 'custody.tool_id': 'billing', 'custody.action': 'refund', ...a }),
     });
     const body = JSON.stringify({
       resourceSpans: [{ resource: { attributes: [] }, scopeSpans: [{ spans: [

@@ -84,12 +84,15 @@ describe('enforcer against real token service and policy plane processes', () =>
     expect(ok).toMatchObject({ decision: 'allow', allowed: true, ruleId: 'allow-support-search', cohort: 'canary', enforced: true, cached: false, policyVersion: 'starter-1' });
     expect(isDecisionId(ok.policyDecisionId)).toBe(true);
     expect(ok.tokenJti).toMatch(/\S/);
+    // the call's token, for the tool's own guard: the one the plane decided on
+    expect(JSON.parse(Buffer.from(ok.token!.split('.')[1]!, 'base64url').toString()).jti).toBe(ok.tokenJti);
     expect(ok.latencyMs).toBeGreaterThan(0);
     expect(ok.error).toBeUndefined();
 
     const no = await e.check({ tool: 'billing', action: 'charge', identity: user('e-1u') });
     expect(no).toMatchObject({ decision: 'deny', allowed: false, ruleId: 'default-deny', enforced: true });
     expect(no.error).toBeInstanceOf(PolicyDeniedError);
+    expect(no.token).toBeUndefined();
     expect(no.error).toMatchObject({ code: 'ERR_POLICY_DENIED', type: 'policy_denied', policyDecisionId: no.policyDecisionId, tool: 'billing', action: 'charge' });
   });
 
@@ -97,7 +100,7 @@ describe('enforcer against real token service and policy plane processes', () =>
     const e = make({ cacheTtlS: 1 });
     const first = await e.check({ tool: 'search', action: 'call', identity: support('c-1') });
     const again = await e.check({ tool: 'search', action: 'call', identity: support('c-1') });
-    expect(again).toMatchObject({ cached: true, allowed: true, policyDecisionId: first.policyDecisionId });
+    expect(again).toMatchObject({ cached: true, allowed: true, policyDecisionId: first.policyDecisionId, token: first.token });
     for (const [tool, action, identity] of [
       ['search', 'lookup', support('c-1')],
       ['search', 'call', support('c-2')],
@@ -245,6 +248,12 @@ describe('enforcer against real token service and policy plane processes', () =>
         return r;
       });
       expect(d).toMatchObject({ decision: 'allow', allowed: true, enforced: false, cohort: 'baseline', cached: false, policyDecisionId: '' });
+      // a baseline call gets no token unless its body may reach a guarded tool
+      expect(d.token).toBeUndefined();
+      const guarded = await e.check({ tool: 'search', action: 'call', identity: user('base-2'), withToken: true });
+      expect(guarded).toMatchObject({ cohort: 'baseline', enforced: false });
+      expect(guarded.token).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+      await guarded.shadow;
       expect(shadow).toMatchObject({ decision: 'deny', allowed: true, enforced: false, cohort: 'baseline', ruleId: 'default-deny' });
       expect(isDecisionId(shadow!.policyDecisionId)).toBe(true);
       // the span got the real decision once it arrived
