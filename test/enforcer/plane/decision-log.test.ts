@@ -5,25 +5,31 @@ import { ADMIN_TOKEN, check, issue, policyFile, putRollout } from '../../helpers
 
 // The decision log as the plane sends it over OTLP: `custody policy-plane` alone, reporting to a
 // test receiver, tokens from a separate `custody up`.
-describe('decision log', () => {
-  let sink: OtlpSink;
-  let tokens: RunningCustody;
-  let plane: RunningCustody;
-
+function loggedPlane(env: Record<string, string>) {
+  const started = { sink: undefined as unknown as OtlpSink, tokens: undefined as unknown as RunningCustody, plane: undefined as unknown as RunningCustody };
   beforeAll(async () => {
-    sink = await startOtlpSink();
-    tokens = await startCustody();
-    plane = await startCustody({
+    started.sink = await startOtlpSink();
+    started.tokens = await startCustody();
+    started.plane = await startCustody({
       command: 'policy-plane',
-      args: ['--token-url', tokens.url, '--policy', policyFile(), '--otlp-url', sink.url],
-      env: { CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN },
+      args: ['--token-url', started.tokens.url, '--policy', policyFile(), '--otlp-url', started.sink.url],
+      env,
     });
   });
   afterAll(async () => {
-    await plane?.stop();
-    await tokens?.stop();
-    await sink?.close();
+    await started.plane?.stop();
+    await started.tokens?.stop();
+    await started.sink?.close();
   });
+  return started;
+}
+
+describe('decision log', () => {
+  const setup = loggedPlane({ CUSTODY_ADMIN_TOKEN: ADMIN_TOKEN });
+  let sink: OtlpSink;
+  let tokens: RunningCustody;
+  let plane: RunningCustody;
+  beforeAll(() => void ({ sink, tokens, plane } = setup));
 
   it('reports every decision to the collector, joined to the caller\'s trace', async () => {
     const t = await issue(tokens.url, { tool: 'search', sponsor_id: 'bob', agent_instance_id: 'trace-1', role: 'support', purpose: 'ticket:42' });
@@ -77,5 +83,52 @@ describe('decision log', () => {
     const incident = await eventually(async () => sink.spans.find((s) => String(s.attributes['custody.rollout.reason']).includes('incident switch on')));
     expect(incident.attributes).toMatchObject({ 'custody.rollout.from_percent': 30, 'custody.rollout.to_percent': 30 });
     expect(String(incident.attributes['custody.rollout.reason'])).toContain('plane degraded');
+  });
+});
+
+// No decision unrecorded: a plane whose collector does not acknowledge its decision log keeps the
+// records (bounded), refuses to decide once the bound is reached, and delivers every record later.
+const QUEUE_MAX = 30;
+
+describe('the decision log when the collector is down', () => {
+  const setup = loggedPlane({ CUSTODY_REPORT_QUEUE_MAX: String(QUEUE_MAX) });
+  let sink: OtlpSink;
+  let tokens: RunningCustody;
+  let plane: RunningCustody;
+  beforeAll(async () => {
+    ({ sink, tokens, plane } = setup);
+    // the plane's start record has arrived: from here on, only decisions are reported
+    await eventually(async () => sink.spans.some((s) => s.name === 'custody.rollout.change'));
+  });
+
+  it('decides while records fit, answers 503 once they do not, and loses none', async () => {
+    const { token } = await issue(tokens.url, { tool: 'search', sponsor_id: 'alice', role: 'support', agent_instance_id: 'durable-1' });
+    sink.failing = true;
+    const decided: string[] = [];
+    let refused: { status: number; body: any } | undefined;
+    for (let i = 0; i < QUEUE_MAX * 2 && !refused; i++) {
+      const r = await check(plane.url, { token, tool: 'search', action: 'call' });
+      if (r.status === 200) decided.push(r.body.policy_decision_id);
+      else refused = r;
+    }
+    expect(refused, 'a full decision log refuses the check').toBeDefined();
+    expect(refused!.status).toBe(503);
+    expect(refused!.body.error.code).toBe('decision_log_full');
+    expect(decided.length).toBeGreaterThan(0);
+    expect(decided.length).toBeLessThanOrEqual(QUEUE_MAX);
+    const before = sink.spans.filter((s) => s.name === 'custody.policy.decision').length;
+    expect(before).toBe(0);
+
+    // the collector is back: every decision made meanwhile arrives, and checks are decided again
+    sink.failing = false;
+    await eventually(async () => {
+      const got = new Set(sink.spans.map((s) => s.attributes['custody.policy_decision_id']));
+      return decided.every((id) => got.has(id));
+    }, 60_000, 200);
+    const after = await eventually(async () => {
+      const r = await check(plane.url, { token, tool: 'search', action: 'call' });
+      return r.status === 200 ? r : undefined;
+    }, 30_000, 200);
+    expect(after.body.decision).toBe('allow');
   });
 });
