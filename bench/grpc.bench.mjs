@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { startCollector } from './lib/collector.mjs';
 
 const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -99,28 +100,6 @@ function runNode(args) {
     child.stdout.on('data', (d) => (out += d));
     child.on('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`${args.join(' ')} exited with ${code}`))));
   });
-}
-
-async function startCollector(dataDir) {
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/cli/main.js'), 'collector', '--port', '0', '--otlp-port', '0', '--data-dir', dataDir], {
-    cwd: ROOT,
-    env: { ...process.env, CUSTODY_LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  for (let i = 0; i < 600; i++) {
-    const otlp = /OTLP\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
-    const grpc = /OTLP\/gRPC\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
-    const control = /control API\s+(http:\/\/\S+)/.exec(out)?.[1];
-    if (otlp && grpc && control) {
-      const r = await fetch(`${control}/readyz`).catch(() => undefined);
-      if (r?.status === 200) return { child, otlp, grpc, control };
-    }
-    if (child.exitCode !== null) throw new Error(`collector exited with ${child.exitCode}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('collector did not become ready');
 }
 
 async function main() {
