@@ -72,11 +72,9 @@ describe('npm start: the seed scenario', () => {
     const during = outage.filter((c) => c.at >= result.outage.from && c.at < result.outage.to - 250);
     expect(during.length).toBeGreaterThan(0);
     for (const c of during.filter(enforced)) expect(c.code).toBe('ERR_POLICY_UNAVAILABLE');
-    // in shadow the plane's absence does not block the call, once the agent has learned of the
-    // rollback; rolled back during the outage, it could not learn it from the plane, and fails closed
-    if (rolledBackAt + 5000 < result.outage.from) {
-      for (const c of during.filter((c) => !enforced(c) && c.tool === 'search')) expect(c.ok).toBe(true);
-    }
+    // (a shadow call during the outage runs only if its agent had read the rollout before the cut;
+    // these agents start just before it, so either can happen: test/enforcer/client/enforcer.test.ts
+    // checks both cases)
     // once the plane is back a search runs, unless (enforced, on a loaded machine) it timed out
     for (const c of outage.filter((c) => c.at >= result.outage.to + 500 && c.tool === 'search')) {
       if (!c.ok) expect(enforced(c) && c.code === 'ERR_POLICY_UNAVAILABLE').toBe(true);

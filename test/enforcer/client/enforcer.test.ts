@@ -8,6 +8,7 @@ import { ConfigError } from '../../../common/errors';
 import { createEnforcer, type Enforcer, type EnforcerDecision, type EnforcerIdentity } from '../../../enforcer/client/enforcer';
 import { PolicyDeniedError } from '../../../enforcer/errors';
 import { isDecisionId } from '../../../enforcer/policy/ids';
+import { startOutageSwitch } from '../../../cli/demo/proxy';
 import { eventually, startCustody, type RunningCustody } from '../../helpers/custody';
 import { startOtlpSink, type OtlpSink } from '../../helpers/policy-otlp-sink';
 import { ADMIN_TOKEN, issue, policyFile, putRollout } from '../../helpers/policy';
@@ -266,6 +267,28 @@ describe('enforcer against real token service and policy plane processes', () =>
       const logged = await eventually(async () => sink.spans.find((s) => s.attributes['custody.policy_decision_id'] === shadow!.policyDecisionId));
       expect(logged.attributes).toMatchObject({ 'custody.enforced': false, 'custody.rollout.cohort': 'baseline' });
     } finally {
+      await setPercent(100);
+    }
+  });
+
+  it('a baseline instance that has read the rollout runs while the plane is cut off; one that has not fails closed', async () => {
+    await setPercent(0);
+    const outage = await startOutageSwitch({ host: '127.0.0.1', port: Number(new URL(plane.url).port) });
+    try {
+      const knows = make({ policyUrl: outage.url });
+      expect(await knows.refreshRollout()).toMatchObject({ percent: 0 });
+      const fresh = make({ policyUrl: outage.url });
+      outage.cut();
+      const shadow = await knows.check({ tool: 'search', action: 'call', identity: support('outage-baseline-1') });
+      expect(shadow).toMatchObject({ allowed: true, enforced: false, cohort: 'baseline' });
+      // the decision it could not get is recorded as an error, without blocking the call
+      expect(await shadow.shadow).toMatchObject({ decision: 'error', allowed: true, enforced: false });
+      // never having read the rollout, an instance does not know it is baseline: it enforces, and fails closed
+      const unknown = await fresh.check({ tool: 'search', action: 'call', identity: support('outage-baseline-2') });
+      expect(unknown).toMatchObject({ decision: 'error', allowed: false, enforced: true, cohort: 'canary' });
+    } finally {
+      outage.restore();
+      await outage.close();
       await setPercent(100);
     }
   });
