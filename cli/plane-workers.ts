@@ -59,9 +59,6 @@ export function workerMetrics(): () => Promise<string> {
 export interface PlanePrimary {
   /** The port the workers share. */
   readonly url: string;
-  readonly workers: number;
-  /** The state's owner (this process's own plane), or the --state-url given. */
-  readonly stateUrl: string;
   readonly banner: string[];
 }
 
@@ -163,8 +160,6 @@ export async function startPlanePrimary(workers: number, options: CommonOptions,
 
   return {
     url,
-    workers,
-    stateUrl,
     banner: [
       ...banner,
       owner ? `  workers     ${workers}, replicas of this process's plane at ${stateUrl}` : `  workers     ${workers}, replicas of ${stateUrl}`,

@@ -22,8 +22,6 @@ export interface Reporter {
   event(name: string, attributes: Attributes, options?: { error?: string; context?: Context; time?: number }): void;
   /** Whether one more record fits in the queue of records not yet acknowledged. */
   hasRoom(): boolean;
-  /** Records not yet acknowledged by the collector. */
-  readonly pending: number;
   flush(): Promise<void>;
   shutdown(): Promise<void>;
 }
@@ -56,9 +54,6 @@ export function createReporter(options: ReporterOptions): Reporter {
   return {
     tracer,
     hasRoom: () => processor.hasRoom(),
-    get pending() {
-      return processor.size;
-    },
     event(name, attributes, opts = {}) {
       const time = opts.time ?? Date.now();
       const span = tracer.startSpan(name, { attributes, startTime: time }, opts.context);
@@ -73,8 +68,8 @@ export function createReporter(options: ReporterOptions): Reporter {
 /**
  * A batch span processor that drops nothing it has accepted: a batch leaves the queue only once the
  * exporter says SUCCESS; a failed one is sent again after a back-off (0.5 s doubling to 30 s). One
- * export at a time, in order. A span that arrives when the queue is full is counted in `dropped`
- * (callers that must not lose records ask `hasRoom()` first).
+ * export at a time, in order. A span that arrives when the queue is full is not kept (callers that
+ * must not lose records ask `hasRoom()` first).
  */
 export class AcknowledgedBatchProcessor implements SpanProcessor {
   private readonly queue: ReadableSpan[] = [];
@@ -82,16 +77,11 @@ export class AcknowledgedBatchProcessor implements SpanProcessor {
   private timer: NodeJS.Timeout | undefined;
   private backoffMs = 0;
   private stopped = false;
-  dropped = 0;
 
   constructor(
     private readonly exporter: SpanExporter,
     private readonly o: { maxQueue: number; batch: number; delayMs: number },
   ) {}
-
-  get size(): number {
-    return this.queue.length;
-  }
 
   hasRoom(): boolean {
     return this.queue.length < this.o.maxQueue;
@@ -100,11 +90,7 @@ export class AcknowledgedBatchProcessor implements SpanProcessor {
   onStart(): void {}
 
   onEnd(span: ReadableSpan): void {
-    if (this.stopped) return;
-    if (this.queue.length >= this.o.maxQueue) {
-      this.dropped++;
-      return;
-    }
+    if (this.stopped || !this.hasRoom()) return;
     this.queue.push(span);
     this.schedule(this.queue.length >= this.o.batch ? 0 : this.o.delayMs);
   }

@@ -5,7 +5,7 @@ import { credentialsFromEnv } from '../../common/credentials';
 import { DEFAULTS, ENV, SPAN, ATTR } from '../../common/names';
 import { SERVICE, type RoleContext, type RunningRole } from '../../common/role';
 import type { RoleStarter } from '../../common/role';
-import { ConfigError, HttpError } from '../../common/errors';
+import { ConfigError } from '../../common/errors';
 import { openRolloutStore, type RolloutState, type RolloutStore } from '../policy/rollout';
 import { createReplayCache, type ReplayCache } from '../../identity/replay';
 import { mountStateRoutes, sharedReplayCache, sharedRollout, type SharedRollout } from './shared-state';
@@ -118,10 +118,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
 
       // the hot path: served on the bare request, before Express
       // latency is measured from the request's arrival: time spent queued behind others counts
-      ctx.fast.post('/v1/check', (body, req) => {
-        if (shared && !shared.status().known) throw new HttpError(503, 'state_unavailable', `the shared rollout state at ${stateUrl} has not been read yet: nothing can be decided`, { 'retry-after': '1' });
-        return check(body, traceContextOf(req.headers), arrivedAt(req));
-      });
+      // (a replica without a rollout yet answers 503: reading it throws StateUnavailableError)
+      ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers), arrivedAt(req)));
       if (shared) {
         ctx.addReadinessCheck('shared-state', () => {
           const s = shared!.status();

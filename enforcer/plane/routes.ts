@@ -8,8 +8,7 @@ import { SCOPE, requireScope, type ServiceCredentials } from '../../common/crede
 import { CustodyError, HttpError, badRequest } from '../../common/errors';
 import type { Policy } from '../policy/compile';
 import { describeFetchError } from '../../common/json-client';
-import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutState, type RolloutStore } from '../policy/rollout';
-import { StateUnavailableError } from './shared-state';
+import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
 
 export interface PlaneRoutesOptions {
   policy: () => Policy;
@@ -69,13 +68,7 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
   const admin = requireScope(SCOPE.ROLLOUT, o.credentials, { what: 'rollout changes', disabled: { status: 403, code: 'forbidden' } });
 
   const sendRollout = async (res: import('express').Response) => {
-    let state: RolloutState;
-    try {
-      state = o.rollout.get();
-    } catch (err) {
-      if (err instanceof StateUnavailableError) throw new HttpError(503, err.code, err.message, { 'retry-after': '1' });
-      throw err;
-    }
+    const state = o.rollout.get();
     let revocations: { version: string; count: number } | null = null;
     try {
       revocations = o.revocations ? await o.revocations() : null;

@@ -1,7 +1,7 @@
 import type { Router } from 'express';
 import { z } from 'zod';
 import { SCOPE, requireScope, type ServiceCredentials } from '../../common/credentials';
-import { badRequest } from '../../common/errors';
+import { HttpError, badRequest } from '../../common/errors';
 import { JsonRequestError, fetchJson } from '../../common/json-client';
 import type { Logger } from '../../common/log';
 import { TOKEN_ERROR, TokenError } from '../../identity/errors';
@@ -51,14 +51,17 @@ export interface SharedRollout {
   /** Takes an answer of the owner (a forwarded change's body) as the newest state, if it is newer. */
   accept(body: unknown): void;
   /** Known, and when it was last read. */
-  status(): { known: boolean; fresh: boolean; revision: number | null; lastReadAt: number | null; error: string | null };
+  status(): { known: boolean; fresh: boolean; revision: number | null; lastReadAt: number | null };
   /** Resolves after the first read (true) or after `waitMs` without one (false). */
   ready(waitMs: number): Promise<boolean>;
   close(): void;
 }
 
-export class StateUnavailableError extends Error {
-  readonly code = 'state_unavailable';
+/** No rollout read yet: nothing can be decided or shown, wherever it is asked (503). */
+export class StateUnavailableError extends HttpError {
+  constructor(message: string) {
+    super(503, 'state_unavailable', message, { 'retry-after': '1' });
+  }
 }
 
 /** The replica's copy of the owner's rollout, read every `pollMs`. */
@@ -104,7 +107,7 @@ export function sharedRollout(owner: string, o: { log: Logger; pollMs?: number; 
 
   return {
     get() {
-      if (!state) throw new StateUnavailableError(`the shared rollout state at ${owner} has not been read yet${error ? ` (${error})` : ''}`);
+      if (!state) throw new StateUnavailableError(`the shared rollout state at ${owner} has not been read yet${error ? ` (${error})` : ''}: nothing can be decided`);
       return state;
     },
     accept(body) {
@@ -119,7 +122,6 @@ export function sharedRollout(owner: string, o: { log: Logger; pollMs?: number; 
       fresh: error === null && lastReadAt !== null,
       revision: state?.revision ?? null,
       lastReadAt,
-      error,
     }),
     ready(waitMs) {
       if (state) return Promise.resolve(true);
