@@ -45,6 +45,8 @@ export interface EnforcerLike {
   check(request: EnforcerCheck): Promise<EnforcerVerdict>;
   /** A framework tool name → policy tool and action, with the policy plane's tool_map. */
   resolveTool?(name: string, options?: { timeoutMs?: number }): Promise<{ tool: string; action: string }>;
+  /** Which of these tool names the agent's role may ever call; undefined when unknown. Never a decision. */
+  mayEverCall?(names: readonly string[], identity: EnforcerCheck['identity'], options?: { timeoutMs?: number }): Promise<boolean[] | undefined>;
   /** The one budget from "tool called" to "tool runs" (CUSTODY_POLICY_TIMEOUT_MS). */
   readonly settings?: { readonly timeoutMs: number };
   close?(): Promise<void> | void;

@@ -13,6 +13,8 @@ import { createIncidentSwitch } from './incident';
 import { createRolloutClient, type RolloutSnapshot } from './rollout';
 import { resolveSettings, type EnforcerOptions, type EnforcerSettings } from './settings';
 import { createToolMapClient } from './tool-map';
+import { createCallableClient } from './callable';
+import { CALLABLE_PATH, mayEverCall as mayEverCallRef } from '../policy/callable';
 import { ENFORCER_RULE, type AnsweredCall, type EnforcerCheckRequest, type EnforcerDecision, type EnforcerIdentity } from './types';
 
 export { ENFORCER_RULE } from './types';
@@ -27,6 +29,12 @@ export interface Enforcer {
    * within `timeoutMs` (default the whole budget), else by the tool.action convention.
    */
   resolveTool(name: string, options?: { timeoutMs?: number }): Promise<ToolRef>;
+  /**
+   * Which of these framework tool names the agent's role may ever call (GET /v1/policy/callable,
+   * cached): for leaving tools out of the lists an agent is offered. `undefined` when that cannot
+   * be known in time (offer the list whole). Never a decision: every call is still checked.
+   */
+  mayEverCall(names: readonly string[], identity: EnforcerIdentity, options?: { timeoutMs?: number }): Promise<boolean[] | undefined>;
   /** Asks the plane for the rollout now (startup warm-up, tests); undefined when it cannot be had: calls are then enforced. */
   refreshRollout(): Promise<RolloutSnapshot | undefined>;
   /** The settings in force (after env defaults). */
@@ -74,6 +82,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
   void rollout.refresh();
   const toolMap = createToolMapClient({ url: `${settings.policyUrl}/v1/policy`, fetchTimeoutMs: settings.timeoutMs, freshMs: settings.rolloutRefreshMs * 12, now });
   const planeAsker = createPlaneAsker({ settings, tokens, tokenTtlS: options.tokenTtlS, now });
+  const callable = createCallableClient({ url: `${settings.policyUrl}${CALLABLE_PATH}`, timeoutMs: Math.max(settings.timeoutMs, 1000), freshMs: settings.cacheTtlS * 1000, now });
+  // the role each principal's tokens carry (registered agents learn theirs from the token service)
+  const rolesSeen = boundedMemoMap<string>(1000);
   const cohorts = boundedMemo(10_000, cohortBucket);
   const principals = boundedMemo(1000, (secret: string) => createHash('sha256').update(secret).digest('hex').slice(0, 32));
   let closed = false;
@@ -131,6 +142,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     }
     const latencyMs = elapsed(started);
     const { answer } = answered;
+    if (answered.token.claims.role) rolesSeen.set(principal, answered.token.claims.role);
     if (answer.decision === 'allow') {
       // Single-use tools need a fresh token, so a fresh decision, every call.
       if (!answer.single_use_token) allows.set(key, answered, now());
@@ -220,8 +232,31 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     return result;
   }
 
+  async function mayEverCall(names: readonly string[], identity: EnforcerIdentity, opts?: { timeoutMs?: number }): Promise<boolean[] | undefined> {
+    const budget = opts?.timeoutMs ?? Math.max(settings.timeoutMs, 1000);
+    if (closed || !identity?.agentInstanceId || names.length === 0) return undefined;
+    const principal = principalOf(identity);
+    let role = identity.role ?? rolesSeen.get(principal);
+    if (role === undefined && principal && !identity.sponsorId) {
+      // a registered or delegated agent learns its role from a token (kept for its first call)
+      try {
+        const ref = await toolMap.resolve(names[0]!, budget);
+        const token = await planeAsker.tokenFor({ tool: ref.tool, action: ref.action, identity }, principal, budget);
+        role = token.claims.role;
+        if (role) rolesSeen.set(principal, role);
+      } catch {
+        return undefined;
+      }
+    }
+    const answer = await callable.get(role ?? null);
+    if (!answer) return undefined;
+    const refs = await Promise.all(names.map((n) => toolMap.resolve(n, budget)));
+    return refs.map((r) => mayEverCallRef(answer, r.tool, r.action));
+  }
+
   return {
     check,
+    mayEverCall,
     resolveTool: (name, opts) => toolMap.resolve(name, opts?.timeoutMs ?? settings.timeoutMs),
     async refreshRollout() {
       await rollout.refresh();
@@ -233,6 +268,19 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       rollout.close();
       allows.clear();
       tokens.clear();
+      callable.clear();
+    },
+  };
+}
+
+/** A map of at most `max` keys (then forgotten all at once). */
+function boundedMemoMap<V>(max: number) {
+  const map = new Map<string, V>();
+  return {
+    get: (key: string) => map.get(key),
+    set(key: string, value: V) {
+      if (!map.has(key) && map.size >= max) map.clear();
+      map.set(key, value);
     },
   };
 }

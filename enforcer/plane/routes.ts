@@ -6,6 +6,7 @@ import { z } from 'zod';
 import type { JSONWebKeySet } from 'jose';
 import { SCOPE, requireScope, type ServiceCredentials } from '../../common/credentials';
 import { CustodyError, HttpError, badRequest } from '../../common/errors';
+import { CALLABLE_PATH, callableTools } from '../policy/callable';
 import type { Policy } from '../policy/compile';
 import { describeFetchError } from '../../common/json-client';
 import { MAX_INCIDENT_CACHE_TTL_S, RolloutConflictError, rolloutView, type RolloutStore } from '../policy/rollout';
@@ -39,6 +40,7 @@ export interface PlaneRoutesOptions {
 export const PLANE_PATHS = {
   JWKS: '/v1/policy/jwks.json',
   ROTATE: '/v1/policy/keys/rotate',
+  CALLABLE: CALLABLE_PATH,
 } as const;
 
 const propagator = new W3CTraceContextPropagator();
@@ -173,6 +175,16 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
       tools: Object.fromEntries([...p.tools].map(([name, t]) => [name, { risk: t.risk, single_use_tokens: t.singleUseTokens, require_purpose: t.requirePurpose, actions: t.actions ? [...t.actions] : null }])),
       tool_map: Object.fromEntries(p.toolMap),
     });
+  });
+
+  // What a role may ever call (GET /v1/policy/callable?role=support): for leaving tools out of the
+  // lists an agent is offered. Readable by whoever may read the policy; every call is still decided.
+  router.get(PLANE_PATHS.CALLABLE, (req, res) => {
+    const role = req.query.role;
+    if (role !== undefined && (typeof role !== 'string' || role.length === 0 || role.length > 128)) {
+      throw badRequest('invalid_request', "'role' must be one role name (1 to 128 characters), or absent for a caller without a role");
+    }
+    res.set('cache-control', 'no-store').json(callableTools(o.policy(), role ?? null, Date.now()));
   });
 }
 

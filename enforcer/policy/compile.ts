@@ -21,6 +21,8 @@ export interface CompiledRule {
   /** Epoch ms, or null. */
   readonly from: number | null;
   readonly until: number | null;
+  /** The rule has conditions (purpose, sponsors, depth, times, …): it may or may not apply to a call. */
+  readonly conditional: boolean;
 }
 
 export interface ToolPolicy {
@@ -80,6 +82,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
         maxDelegationDepth: c?.max_delegation_depth ?? null,
         from: c?.from ? Date.parse(c.from) : null,
         until: c?.until ? Date.parse(c.until) : null,
+        conditional: c !== undefined && Object.values(c).some((v) => v !== undefined),
       }),
     };
   });

@@ -10,6 +10,7 @@ import { currentScope } from '../scope';
 import { MCP_METHOD, SEMCONV } from '../semconv';
 import { runAsRemoteCallee, w3cCarrier } from '../subagent';
 import { errorType, runToolCall } from '../tool-call';
+import { callableOnly } from '../tool-list';
 import { VERSION } from '../version';
 import type { CallToolParams, ClientModule, McpClient, McpRequest, McpRequestExtra, McpRequestHandler, McpServer, ServerModule } from './internal-types';
 import type { McpInstrumentationConfig } from './types';
@@ -114,12 +115,17 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
     if (!proto || typeof proto.callTool !== 'function') return m;
     if (isWrapped(proto.callTool)) this._unwrap(proto, 'callTool');
     this._wrap(proto, 'callTool', (original) => this.callToolWrapper(original as McpClient['callTool']));
+    if (typeof proto.listTools === 'function') {
+      if (isWrapped(proto.listTools)) this._unwrap(proto, 'listTools');
+      this._wrap(proto, 'listTools', (original) => this.listToolsWrapper(original as NonNullable<McpClient['listTools']>));
+    }
     return m;
   }
 
   private unpatchClient(m: ClientModule): void {
     const proto = m?.Client?.prototype;
     if (proto && isWrapped(proto.callTool)) this._unwrap(proto, 'callTool');
+    if (proto && isWrapped(proto.listTools)) this._unwrap(proto, 'listTools');
   }
 
   private patchServer(m: ServerModule): ServerModule {
@@ -153,6 +159,17 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
       };
       if (instrumentation.getConfig().enforceClientCalls === false) return send();
       return runToolCall({ name: params.name, args: params.arguments ?? {} }, send);
+    };
+  }
+
+  /** `tools/list`: tools the agent's role may never call are left out (SEP-1881); every call is still checked. */
+  private listToolsWrapper(original: NonNullable<McpClient['listTools']>): NonNullable<McpClient['listTools']> {
+    const instrumentation = this;
+    return async function listTools(this: McpClient, params?: unknown, options?: unknown) {
+      const result = await original.call(this, params, options);
+      if (instrumentation.getConfig().filterToolLists === false || !result || !Array.isArray(result.tools)) return result;
+      const tools = await callableOnly(result.tools, (t) => (t && typeof t === 'object' ? (t as { name?: unknown }).name : undefined));
+      return tools.length === result.tools.length ? result : { ...result, tools };
     };
   }
 

@@ -8,6 +8,7 @@ export interface CallToolParams {
 
 export interface McpClient {
   callTool(params: CallToolParams, resultSchema?: unknown, options?: unknown): Promise<unknown>;
+  listTools?(params?: unknown, options?: unknown): Promise<{ tools: unknown[]; [key: string]: unknown }>;
   /** Protocol.transport: the connected transport (StdioClientTransport, StreamableHTTPClientTransport, …). */
   readonly transport?: unknown;
 }

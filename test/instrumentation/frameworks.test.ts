@@ -66,6 +66,8 @@ describe.each([
     expect(r.mcp.allowed).toEqual({ ok: true, value: 'docs for alice' });
     expect(r.mcp.denied).toMatchObject({ ok: false, code: 'ERR_POLICY_DENIED' });
     expect(r.mcp.received).toEqual(['search.query']);
+    // tools/list left out the tool the support role may never call; calling it anyway was still refused
+    expect(r.mcp.listed).toEqual(['search.query']);
   });
 
   it('stores one audit row per call with the sponsor, instance, role and a plane decision id', () => {

@@ -292,4 +292,25 @@ describe('enforcer against real token service and policy plane processes', () =>
       await setPercent(100);
     }
   });
+  it('tells which tool names a role may ever call; a delegated agent learns its role from its token', async () => {
+    const e = make();
+    const names = ['search.query', 'billing.refund', 'billing.read', 'file-store.delete', 'refund_customer'];
+    expect(await e.mayEverCall(names, { sponsorId: 'alice', agentInstanceId: 'lister-1', role: 'support' })).toEqual([true, true, false, false, true]);
+    expect(await e.mayEverCall(names, { sponsorId: 'alice', agentInstanceId: 'lister-2', role: 'admin' })).toEqual([false, true, true, true, true]);
+    // no role given: the role is the one the parent's token carries through the exchange
+    const parent = await issue(url, { tool: 'search', tools: ['search'], sponsor_id: 'alice', agent_instance_id: 'lister-parent', role: 'user' });
+    expect(await e.mayEverCall(['search.query', 'billing.refund'], { agentInstanceId: 'lister-child', delegationToken: parent.token })).toEqual([true, false]);
+    // the list is never a decision: the per-call check still decides (and refuses what the list left out)
+    const d = await e.check({ tool: 'file-store', action: 'delete', identity: { sponsorId: 'alice', agentInstanceId: 'lister-1', role: 'support' } });
+    expect(d).toMatchObject({ decision: 'deny', allowed: false });
+    // the plane's endpoint names what was wrong with a bad role
+    for (const q of ['role=', 'role=a&role=b']) {
+      const res = await fetch(`${plane.url}/v1/policy/callable?${q}`);
+      expect(res.status).toBe(400);
+      expect(await res.text()).toMatch(/'role' must be one role name/);
+    }
+    // no plane: unknown, and the caller offers its list whole
+    const off = make({ policyUrl: 'http://127.0.0.1:1', timeoutMs: 200 });
+    expect(await off.mayEverCall(['search.query'], { sponsorId: 'alice', agentInstanceId: 'lister-3', role: 'support' }, { timeoutMs: 300 })).toBeUndefined();
+  });
 });
