@@ -105,7 +105,7 @@ export async function startHost(options: CommonOptions, starters: RoleStarter[],
     throw err;
   }
   finish(app, log);
-  const control = await listen(fast.listener(app), options.host, options.port);
+  const control = await listen(fast.listener(app), options.host, options.port, options.tls);
 
   let closing: Promise<void> | undefined;
   return {

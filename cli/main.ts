@@ -8,6 +8,7 @@ import { registerRollbackCommands } from './commands/rollback';
 import { registerRollbackWatchCommands } from './commands/rollback-watch';
 import { registerAuditCommands } from './commands/audit';
 import { registerTokenCommands } from './commands/token';
+import { registerCertCommands } from './commands/cert';
 import { registerReadinessCommand } from './commands/readiness';
 import { registerExportCommand } from './commands/export';
 
@@ -23,6 +24,7 @@ registerRollbackWatchCommands(program);
 registerAuditCommands(program);
 registerPolicyCommands(program);
 registerTokenCommands(program);
+registerCertCommands(program);
 registerReadinessCommand(program);
 registerExportCommand(program);
 

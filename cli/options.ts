@@ -1,6 +1,9 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { bootstrapCredentialFile } from '../common/credentials';
+import { ConfigError } from '../common/errors';
+import type { TlsSettings } from '../common/http';
 import { CLI_ENV, SERVER_ENV, readEnv, type CustodyEnv } from '../common/env';
 import { DEFAULTS, ENV } from '../common/names';
 import type { CommonOptions } from '../common/role';
@@ -32,7 +35,10 @@ export function withServerOptions(cmd: Command): Command {
     .option('--policy <file>', 'policy-config.yaml')
     .option('--token-config <file>', 'token-service-config.yml')
     .option('--otlp-url <url>', 'where roles report their events (default: this process\'s OTLP receiver)')
-    .option('--policy-url <url>', `a policy plane in another process, for the rollout percent (or $${ENV.POLICY_URL})`);
+    .option('--policy-url <url>', `a policy plane in another process, for the rollout percent (or $${ENV.POLICY_URL})`)
+    .option('--tls-cert <file>', 'serve the control API and OTLP/HTTP over TLS with this certificate (PEM; with --tls-key)')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
+    .option('--client-ca <file>', "ask TLS clients for certificates of this authority (PEM; custody's: GET /v1/certs/ca.pem): a client certificate is then the caller's identity");
 }
 
 export interface ServerFlags {
@@ -48,6 +54,33 @@ export interface ServerFlags {
   tokenConfig?: string;
   otlpUrl?: string;
   policyUrl?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  clientCa?: string;
+}
+
+/** --tls-cert, --tls-key, --client-ca: read once at start; a missing or unreadable file names its flag. */
+export function tlsSettingsOf(flags: Pick<ServerFlags, 'tlsCert' | 'tlsKey' | 'clientCa'>): TlsSettings | undefined {
+  if (!flags.tlsCert && !flags.tlsKey) {
+    if (flags.clientCa) throw new ConfigError('--client-ca needs --tls-cert and --tls-key: client certificates are asked for only over TLS');
+    return undefined;
+  }
+  if (!flags.tlsCert || !flags.tlsKey) throw new ConfigError('give both --tls-cert and --tls-key');
+  const read = (flag: string, file: string, marker: RegExp, expected: string) => {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`${flag} ${file}: cannot read: ${(err as Error).message}`);
+    }
+    if (!marker.test(text)) throw new ConfigError(`${flag} ${file}: not ${expected}`);
+    return text;
+  };
+  return {
+    cert: read('--tls-cert', flags.tlsCert, /-----BEGIN CERTIFICATE-----/, 'a PEM certificate'),
+    key: read('--tls-key', flags.tlsKey, /-----BEGIN [A-Z ]*PRIVATE KEY-----/, 'a PEM private key'),
+    ...(flags.clientCa ? { clientCa: read('--client-ca', flags.clientCa, /-----BEGIN CERTIFICATE-----/, 'PEM certificates') } : {}),
+  };
 }
 
 /**
@@ -65,7 +98,10 @@ export function commonOptions(flags: ServerFlags, env: CustodyEnv): CommonOption
   const clickhouseUrl = flags.clickhouseUrl ?? env[ENV.CLICKHOUSE_URL];
   const clickhouseCluster = flags.clickhouseCluster ?? env[ENV.CLICKHOUSE_CLUSTER];
   const policyUrl = flags.policyUrl ?? env[ENV.POLICY_URL];
+  const tls = tlsSettingsOf(flags);
+  const scheme = tls ? 'https' : 'http';
   return {
+    ...(tls ? { tls } : {}),
     host: flags.host,
     port: flags.port,
     otlpPort: flags.otlpPort,
@@ -76,8 +112,8 @@ export function commonOptions(flags: ServerFlags, env: CustodyEnv): CommonOption
     ...(flags.policy ? { policyFile: path.resolve(flags.policy) } : {}),
     ...(flags.tokenConfig ? { tokenConfigFile: path.resolve(flags.tokenConfig) } : {}),
     ...(policyUrl ? { policyUrl } : {}),
-    publicUrl: `http://${shownHost}:${flags.port}`,
-    otlpUrl: flags.otlpUrl ?? env.OTEL_EXPORTER_OTLP_ENDPOINT ?? `http://${shownHost}:${flags.otlpPort}`,
+    publicUrl: `${scheme}://${shownHost}:${flags.port}`,
+    otlpUrl: flags.otlpUrl ?? env.OTEL_EXPORTER_OTLP_ENDPOINT ?? `${scheme}://${shownHost}:${flags.otlpPort}`,
     otlpUrlGiven: flags.otlpUrl !== undefined,
   };
 }

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
 import { bearerToken, secretEquals } from './credentials';
@@ -70,6 +71,19 @@ export function bearerAuth(token: string | undefined): RequestHandler {
   };
 }
 
+/**
+ * TLS for a listening port (--tls-cert, --tls-key, --client-ca): the server's certificate and key
+ * (PEM text), and the client certificate authorities whose certificates are asked for. A client
+ * certificate is asked for, never required at the handshake: a caller may still send a bearer
+ * credential, and the routes decide what a presented certificate proves (certificates.ts).
+ */
+export interface TlsSettings {
+  cert: string;
+  key: string;
+  /** PEM: one or more authorities' certificates; absent, no client certificate is asked for. */
+  clientCa?: string;
+}
+
 export interface Listening {
   server: http.Server;
   port: number;
@@ -77,8 +91,10 @@ export interface Listening {
   close(): Promise<void>;
 }
 
-export async function listen(handler: http.RequestListener, host: string, port: number): Promise<Listening> {
-  const server = http.createServer(handler);
+export async function listen(handler: http.RequestListener, host: string, port: number, tls?: TlsSettings): Promise<Listening> {
+  const server: http.Server = tls
+    ? https.createServer({ cert: tls.cert, key: tls.key, ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: false } : {}) }, handler)
+    : http.createServer(handler);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) =>
@@ -98,7 +114,7 @@ export async function listen(handler: http.RequestListener, host: string, port: 
   return {
     server,
     port: actual,
-    url: `http://${shownHost}:${actual}`,
+    url: `${tls ? 'https' : 'http'}://${shownHost}:${actual}`,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -1,3 +1,4 @@
+import type { TlsSettings } from './http';
 import type { Router } from 'express';
 import type { CustodyEnv } from './env';
 import type { FastRoutes } from './fast-route';
@@ -75,6 +76,8 @@ export interface CommonOptions {
   otlpUrl: string;
   /** true when --otlp-url chose it: the collector's own port does not override it. */
   otlpUrlGiven?: boolean;
+  /** --tls-cert/--tls-key/--client-ca: the control API and OTLP/HTTP are served over TLS. */
+  tls?: TlsSettings;
 }
 
 export interface RunningRole {

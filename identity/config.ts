@@ -44,6 +44,19 @@ export const tokenServiceConfigSchema = z
         key_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name').default(ENV.TOKEN_SIGNING_KEY),
       })
       .default({ algorithm: 'EdDSA', key_env: ENV.TOKEN_SIGNING_KEY }),
+    /**
+     * The certificate authority of short-lived mTLS client certificates (POST /v1/certs): its key
+     * and certificate files (PEM, relative to this file), made on first start when absent. Without
+     * them the authority is generated in memory: certificates then do not outlive the process.
+     */
+    certificates: z
+      .strictObject({
+        ca_key_file: z.string().min(1),
+        ca_cert_file: z.string().min(1),
+        /** The SPIFFE trust domain of the certificates' URI SAN. */
+        trust_domain: z.string().regex(/^[a-z0-9.\-_]+$/, 'must be a SPIFFE trust domain (lowercase letters, digits, ".", "-", "_")').default('custody'),
+      })
+      .optional(),
     /** Tolerance for the subject token's exp/nbf in an exchange. */
     clock_skew_seconds: z.number().int().min(0).max(300).default(5),
   })

@@ -9,6 +9,7 @@ import { ATTR, DECISION, DEFAULTS, ENV, PROPAGATION, SPAN } from '../common/name
 import type { TokenClaims } from './claims';
 import { endpoint, jwksUrl, revocationsUrl } from './client';
 import { TOKEN_ERROR, TokenError } from './errors';
+import { certificateClaims, parseCertificateAuthorities, peerCertificateOf, readCertificateAuthorities } from './certificates';
 import type { ReplayCache } from './replay';
 import { createTokenVerifier, type TokenVerifier } from './verify';
 
@@ -79,6 +80,14 @@ export interface ToolGuardOptions {
   tracer?: Tracer;
   /** Fetch used for the plane (tests). */
   fetch?: typeof fetch;
+  /**
+   * mTLS: custody's certificate authority (PEM text, or the path of a PEM file; GET
+   * /v1/certs/ca.pem). A request without a token whose TLS client certificate this authority
+   * issued is verified from the certificate's claims, with the same refusals as a token (expired,
+   * wrong tool, revoked). The server must ask for client certificates (`requestCert: true`).
+   * Not with `check: 'plane'`, which forwards the token to the plane.
+   */
+  clientCa?: string;
 }
 
 /** Why a request was refused: the HTTP status and the `code` of the `{"error":{…}}` body. */
@@ -120,6 +129,8 @@ export interface GuardRequestInfo {
   method?: string;
   path?: string;
   route?: string;
+  /** The TLS client certificate (DER) the request came with: `socket.getPeerCertificate().raw`. */
+  clientCertificate?: Buffer;
 }
 
 const TOKEN_STATUS: Partial<Record<string, [number, GuardErrorCode]>> = {
@@ -151,7 +162,7 @@ interface Guard {
   readonly tools: readonly string[];
   readonly options: Readonly<ToolGuardOptions>;
   /** Verifies and decides; throws GuardError. Records the decision on `span`. */
-  decide(headers: GuardHeaders, span: Span): Promise<CustodyIdentity>;
+  decide(headers: GuardHeaders, span: Span, certificate?: Buffer): Promise<CustodyIdentity>;
   tracer(): Tracer;
 }
 
@@ -183,6 +194,12 @@ function compileGuard(options: ToolGuardOptions): Guard {
       ...(options.replayCache ? { replayCache: options.replayCache } : {}),
     });
   const checkUrl = endpoint(policyBase, '/v1/check');
+  if (options.clientCa !== undefined && typeof options.clientCa !== 'string') throw new TypeError("custody/guard: 'clientCa' must be PEM text or the path of a PEM file");
+  if (options.clientCa && check === 'plane') throw new TypeError("custody/guard: 'clientCa' cannot be combined with check 'plane' (the plane is asked with the call's token)");
+  const authorities = options.clientCa
+    ? options.clientCa.includes('-----BEGIN') ? parseCertificateAuthorities(options.clientCa, 'clientCa') : readCertificateAuthorities(options.clientCa)
+    : [];
+  const now = options.now ?? Date.now;
   const verifyOptions = { audience: tools, singleUse: options.singleUse === true };
   let tracer: Tracer | undefined;
 
@@ -205,20 +222,24 @@ function compileGuard(options: ToolGuardOptions): Guard {
     tools,
     options: { ...options, check },
     tracer: () => (tracer ??= options.tracer ?? trace.getTracer('custody')),
-    async decide(headers, span) {
+    async decide(headers, span, certificate) {
       const token = tokenOf(headers, options.bearer === true);
-      if (!token) {
-        throw new GuardError(401, GUARD_ERROR.TOKEN_REQUIRED, `no custody token: send the call's token in ${PROPAGATION.HTTP_TOKEN}${options.bearer ? ' or Authorization: Bearer' : ''}`);
+      const byCertificate = !token && certificate !== undefined && authorities.length > 0;
+      if (!token && !byCertificate) {
+        const orCert = authorities.length ? ', or present a client certificate of custody\'s authority' : '';
+        throw new GuardError(401, GUARD_ERROR.TOKEN_REQUIRED, `no custody token: send the call's token in ${PROPAGATION.HTTP_TOKEN}${options.bearer ? ' or Authorization: Bearer' : ''}${orCert}`);
       }
       let claims: TokenClaims;
       try {
-        claims = await verifier.verify(token, verifyOptions);
+        claims = byCertificate
+          ? await verifier.verifyClaims(certificateClaims(certificate!, authorities, now()), verifyOptions)
+          : await verifier.verify(token!, verifyOptions);
       } catch (err) {
         if (err instanceof TokenError) throw refusalOf(err);
         throw err;
       }
       span.setAttributes(identityAttributes(claims));
-      const decisionId = check === 'plane' ? await askPlane(token, claims.tool, options.action!) : undefined;
+      const decisionId = check === 'plane' ? await askPlane(token!, claims.tool, options.action!) : undefined;
       return {
         sponsor_id: claims.sponsor_id,
         agent_instance_id: claims.agent_instance_id,
@@ -324,7 +345,7 @@ export function toolRequestVerifier(options: ToolGuardOptions): ToolRequestVerif
   return async (headers, info = {}) => {
     const { span } = startGuardSpan(guard, headers, info);
     try {
-      const identity = await guard.decide(headers, span);
+      const identity = await guard.decide(headers, span, info.clientCertificate);
       recordAllowed(span, identity);
       return identity;
     } catch (err) {
@@ -357,7 +378,7 @@ export function toolGuard(options: ToolGuardOptions): (req: IncomingMessage, res
       span.setAttribute(ATTR.HTTP_RESPONSE_STATUS_CODE, res.statusCode);
       span.end();
     };
-    guard.decide(req.headers, span).then(
+    guard.decide(req.headers, span, peerCertificateOf(req.socket)).then(
       (identity) => {
         recordAllowed(span, identity);
         req.custody = identity;

@@ -4,6 +4,7 @@ import { credentialsFromEnv } from '../common/credentials';
 import { ConfigError } from '../common/errors';
 import { ENV } from '../common/names';
 import { SERVICE, type RoleContext, type RunningRole } from '../common/role';
+import { loadCertificateAuthority } from './certificates';
 import { loadTokenConfig, type TokenMode, type TokenServiceConfig } from './config';
 import { createKeyRing, keySourceFor } from './keys';
 import { openAgentRegistry } from './registry';
@@ -60,8 +61,13 @@ export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRo
   const registry = openAgentRegistry({ config, file: path.join(options.dataDir, AGENT_REGISTRY_FILE) });
   const credentials = credentialsFromEnv(ctx.env);
   const adminToken = credentials.admin;
+  const certs = config.certificates;
+  const authority = await loadCertificateAuthority({
+    ...(certs ? { keyFile: path.resolve(path.dirname(config.file), certs.ca_key_file), certFile: path.resolve(path.dirname(config.file), certs.ca_cert_file), trustDomain: certs.trust_domain } : {}),
+  });
   const service = createTokenService({
     config,
+    authority,
     keys,
     mode,
     registry,
@@ -71,7 +77,7 @@ export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRo
 
   ctx.control.use(tokenRouter(service));
   ctx.control.use(adminRouter({ registry, keys, adminToken, openMode: mode === 'open', credentials }));
-  ctx.control.use([TOKEN_PATHS.ISSUE, TOKEN_PATHS.TOKEN], unreadableBodyReporter(service));
+  ctx.control.use([TOKEN_PATHS.ISSUE, TOKEN_PATHS.TOKEN, TOKEN_PATHS.CERTS], unreadableBodyReporter(service));
   const keysService: TokenKeysService = { issuer: config.issuer, jwks: () => keys.jwks(), revocations: () => registry.revocations() };
   ctx.services.provide(SERVICE.TOKEN_KEYS, keysService);
   // the collector in this process checks agents' OTLP credentials against the registry

@@ -2,13 +2,21 @@ import express, { Router, type ErrorRequestHandler, type RequestHandler } from '
 import { SCOPE, requireScope, type ServiceCredentials } from '../common/credentials';
 import { HttpError } from '../common/errors';
 import { queryString } from '../common/http';
+import { spiffeIdOf } from './certificates';
 import { JWT_TOKEN_TYPE } from './exchange';
 import { REVOCATIONS_PATH } from './revocation';
 import type { KeyRing } from './keys';
 import type { AgentRegistry } from './registry';
 import type { IssuedToken, TokenKind, TokenService } from './service';
 
-export const TOKEN_PATHS = { ISSUE: '/issue', TOKEN: '/token', JWKS: '/.well-known/jwks.json', REVOCATIONS: REVOCATIONS_PATH } as const;
+export const TOKEN_PATHS = {
+  ISSUE: '/issue',
+  TOKEN: '/token',
+  JWKS: '/.well-known/jwks.json',
+  REVOCATIONS: REVOCATIONS_PATH,
+  CERTS: '/v1/certs',
+  CA: '/v1/certs/ca.pem',
+} as const;
 
 const form = express.urlencoded({ extended: false, limit: '64kb', parameterLimit: 50 });
 
@@ -40,6 +48,22 @@ export function tokenRouter(service: TokenService): Router {
         scope: issued.claims.tools.join(' '),
         ...tokenBody(issued),
       });
+  });
+  // Short-lived mTLS client certificates: the same rules as /issue, a key to certify besides.
+  router.post(TOKEN_PATHS.CERTS, async (req, res) => {
+    const issued = await service.certify(req.body, req.get('authorization'));
+    res.set('Cache-Control', 'no-store').status(201).json({
+      certificate: issued.certificate,
+      ca: issued.ca,
+      expires_in: issued.claims.ttl_seconds,
+      spiffe_id: spiffeIdOf(service.authority!.trustDomain, issued.claims),
+      claims: issued.claims,
+    });
+  });
+  // The authority's certificate, for servers' --client-ca.
+  router.get(TOKEN_PATHS.CA, (_req, res) => {
+    if (!service.authority) throw new HttpError(404, 'not_found', 'this token service issues no certificates');
+    res.set('Cache-Control', 'public, max-age=60').type('application/x-pem-file').send(service.authority.certificatePem);
   });
   // Offboardings and revocations, for the policy plane and offline verifiers (createTokenVerifier({ revocations })).
   router.get(TOKEN_PATHS.REVOCATIONS, (_req, res) => {
@@ -76,7 +100,8 @@ export function unreadableBodyReporter(service: TokenService): ErrorRequestHandl
     if (err instanceof HttpError) return next(err);
     const status = typeof err?.status === 'number' ? err.status : 0;
     if (status >= 400 && status < 500) {
-      const kind: TokenKind = req.originalUrl.split('?')[0] === TOKEN_PATHS.TOKEN ? 'exchange' : 'issue';
+      const route = req.originalUrl.split('?')[0];
+      const kind: TokenKind = route === TOKEN_PATHS.TOKEN ? 'exchange' : route === TOKEN_PATHS.CERTS ? 'certificate' : 'issue';
       const code = err.type === 'entity.too.large' ? 'payload_too_large' : 'invalid_request';
       const refusal = new HttpError(status, code, String(err.message ?? 'bad request'));
       service.reportRefusal(kind, refusal);

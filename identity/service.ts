@@ -8,6 +8,7 @@ import { ATTR, METRIC, SPAN } from '../common/names';
 import type { TokenClaims } from './claims';
 import type { TokenServiceConfig } from './config';
 import { REFUSAL, TokenError, TokenRefusal, refuse } from './errors';
+import { publicKeyOf, type CertificateAuthority } from './certificates';
 import { decideExchange, parseExchangeRequest } from './exchange';
 import { decideIssue, parseIssueRequest, type Requester } from './issue';
 import type { KeyRing } from './keys';
@@ -16,7 +17,7 @@ import { bodyField } from './request';
 import { indexRevocations, revocationsVersion, type RevocationFeedBody } from './revocation';
 import { createTokenVerifier, type TokenVerifier } from './verify';
 
-export type TokenKind = 'issue' | 'exchange';
+export type TokenKind = 'issue' | 'exchange' | 'certificate';
 /** open: /issue trusts the body (loopback only); registered: /issue needs an agent credential. */
 export type ServiceMode = 'open' | 'registered';
 
@@ -27,8 +28,20 @@ export interface IssuedToken {
   expiresAt: number;
 }
 
+/** POST /v1/certs: a short-lived mTLS client certificate and the claims it carries. */
+export interface IssuedCertificate {
+  certificate: string;
+  /** The authority's certificate: what servers take as --client-ca. */
+  ca: string;
+  claims: TokenClaims;
+  /** Epoch ms. */
+  expiresAt: number;
+}
+
 export interface TokenServiceOptions {
   config: TokenServiceConfig;
+  /** Issues mTLS client certificates (POST /v1/certs); without it, none are issued. */
+  authority?: CertificateAuthority;
   keys: KeyRing;
   mode: ServiceMode;
   /** Registered agents; without one, only open mode can issue. */
@@ -48,6 +61,12 @@ export interface TokenService {
   issue(body: unknown, authorization?: string): Promise<IssuedToken>;
   /** POST /token (RFC 8693). */
   exchange(body: unknown): Promise<IssuedToken>;
+  /**
+   * POST /v1/certs: the body of /issue plus the key to certify (`public_key` SPKI PEM or `csr`
+   * PKCS#10 PEM); the same rules decide the claims (sponsor, role, tools, TTL per role, max 900 s).
+   */
+  certify(body: unknown, authorization?: string): Promise<IssuedCertificate>;
+  readonly authority?: CertificateAuthority;
   /** Signs claims as they are, with the current key. */
   sign(claims: TokenClaims): Promise<string>;
   /** Reports a refusal that happened before issue()/exchange() saw the request (an unreadable body). */
@@ -100,7 +119,7 @@ function refusalAttributes(kind: TokenKind, code: string, body: unknown, known: 
   setIf(attrs, ATTR.SPONSOR_ID, known.sponsor_id ?? bodyField(body, 'sponsor_id'));
   setIf(attrs, ATTR.AGENT_INSTANCE_ID, known.agent_instance_id ?? bodyField(body, 'agent_instance_id'));
   setIf(attrs, ATTR.PARENT_AGENT_ID, known.parent_agent_id ?? bodyField(body, 'parent_agent_id'));
-  setIf(attrs, ATTR.TOOL_ID, known.tool ?? bodyField(body, kind === 'issue' ? 'tool' : 'audience'));
+  setIf(attrs, ATTR.TOOL_ID, known.tool ?? bodyField(body, kind === 'exchange' ? 'audience' : 'tool'));
   setIf(attrs, ATTR.ROLE, known.role ?? bodyField(body, 'role'));
   setIf(attrs, ATTR.PURPOSE, bodyField(body, 'purpose'));
   const ttl = typeof body === 'object' && body !== null ? Number((body as Record<string, unknown>).ttl) : NaN;
@@ -173,11 +192,35 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
     return { token, claims, expiresAt: claims.exp * 1000 };
   }
 
+  /** The claims /issue (and /v1/certs) would grant: throws the refusal otherwise. */
+  function issuedClaims(body: unknown, authorization: string | undefined, known: Known): TokenClaims {
+    const req = parseIssueRequest(body);
+    const credential = bearer(authorization);
+    let requester: Requester = { kind: 'open' };
+    if (credential !== undefined) {
+      if (!registry) throw refuse(REFUSAL.INVALID_CREDENTIAL, 'this token service has no agent registry', 401);
+      const agent = registry.authenticate(credential);
+      requester = { kind: 'agent', agent };
+      known.sponsor_id = agent.sponsor_id;
+      known.role = agent.role;
+    } else if (mode === 'registered') {
+      throw refuse(REFUSAL.CREDENTIAL_REQUIRED, 'send "Authorization: Bearer <agent credential>" (register the agent with: custody agent register)', 401);
+    }
+    return decideIssue(req, {
+      config,
+      requester,
+      now: now(),
+      newId,
+      ...(registry ? { isSponsorOffboarded: (s: string) => registry.isSponsorOffboarded(s) } : {}),
+    });
+  }
+
   return {
     config,
     keys,
     mode,
     sign,
+    ...(options.authority ? { authority: options.authority } : {}),
     revocationFeed() {
       const list = registry ? [...registry.revocationList()] : [];
       return { issuer: config.issuer, version: registry?.revocations().version ?? revocationsVersion([]), refresh_seconds: REVOCATION_REFRESH_S, revocations: list };
@@ -189,29 +232,35 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
       const known: Known = {};
       let claims: TokenClaims;
       try {
-        const req = parseIssueRequest(body);
-        const credential = bearer(authorization);
-        let requester: Requester = { kind: 'open' };
-        if (credential !== undefined) {
-          if (!registry) throw refuse(REFUSAL.INVALID_CREDENTIAL, 'this token service has no agent registry', 401);
-          const agent = registry.authenticate(credential);
-          requester = { kind: 'agent', agent };
-          known.sponsor_id = agent.sponsor_id;
-          known.role = agent.role;
-        } else if (mode === 'registered') {
-          throw refuse(REFUSAL.CREDENTIAL_REQUIRED, 'send "Authorization: Bearer <agent credential>" (register the agent with: custody agent register)', 401);
-        }
-        claims = decideIssue(req, {
-          config,
-          requester,
-          now: now(),
-          newId,
-          ...(registry ? { isSponsorOffboarded: (s: string) => registry.isSponsorOffboarded(s) } : {}),
-        });
+        claims = issuedClaims(body, authorization, known);
       } catch (err) {
         return refused('issue', err, body, known);
       }
       return finish('issue', claims);
+    },
+    async certify(body, authorization) {
+      const known: Known = {};
+      let claims: TokenClaims;
+      let publicKey: Uint8Array;
+      const fields = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
+      const { public_key: pem, csr, ...rest } = fields;
+      try {
+        if (!options.authority) throw refuse(REFUSAL.INVALID_REQUEST, 'this token service issues no certificates', 404);
+        if ((pem !== undefined && typeof pem !== 'string') || (csr !== undefined && typeof csr !== 'string')) {
+          throw refuse(REFUSAL.INVALID_REQUEST, "'public_key' and 'csr' must be PEM text");
+        }
+        try {
+          publicKey = await publicKeyOf({ public_key: pem as string | undefined, csr: csr as string | undefined });
+        } catch (err) {
+          throw refuse(REFUSAL.INVALID_REQUEST, (err as Error).message);
+        }
+        claims = issuedClaims(rest, authorization, known);
+      } catch (err) {
+        return refused('certificate', err, rest, known);
+      }
+      const certificate = await options.authority.issue(claims, publicKey);
+      report('issued', claimAttributes('certificate', claims));
+      return { certificate, ca: options.authority.certificatePem, claims, expiresAt: claims.exp * 1000 };
     },
     async exchange(body) {
       const known: Known = {};

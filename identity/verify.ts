@@ -68,6 +68,12 @@ export interface VerifyOptions {
 
 export interface TokenVerifier {
   verify(token: string, options?: VerifyOptions): Promise<TokenClaims>;
+  /**
+   * Claims whose origin another check has already proven (a client certificate of custody's
+   * authority, see certificates.ts): every check of verify() but the signature — issuer, clock,
+   * tool, chain, revocations, single use.
+   */
+  verifyClaims(payload: unknown, options?: VerifyOptions): Promise<TokenClaims>;
 }
 
 type KeyGetter = (header: JWSHeaderParameters, token: FlattenedJWSInput) => Promise<CryptoKey>;
@@ -284,6 +290,12 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
           verified.set(token, { claims: Object.freeze(claims) as TokenClaims, ...(set ? { set } : {}) });
         }
       }
+      if (revocations) await revocations.check(claims);
+      if (verifyOptions.singleUse) await replay.use(claims.jti, claims.exp);
+      return claims;
+    },
+    async verifyClaims(payload, verifyOptions = {}) {
+      const claims = checkClaims(payload, claimOptions(verifyOptions.audience));
       if (revocations) await revocations.check(claims);
       if (verifyOptions.singleUse) await replay.use(claims.jti, claims.exp);
       return claims;

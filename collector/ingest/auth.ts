@@ -39,6 +39,8 @@ export interface IngestAuthOptions {
   agents?: () => AgentCredentialChecker | undefined;
   /** Verifies a custody token (signature, issuer, expiry within the grace below). */
   verifyToken?: () => ((token: string) => Promise<TokenClaims>) | undefined;
+  /** Checks the claims of a client certificate custody's authority signed (clock, chain, revocations). */
+  verifyCertificate?: () => ((claims: unknown) => Promise<TokenClaims>) | undefined;
   /** How long a credential's answer is reused, ms. Default 10 s (a revoked credential stops within it). */
   cacheMs?: number;
   now?: () => number;
@@ -47,7 +49,7 @@ export interface IngestAuthOptions {
 export interface IngestAuth {
   readonly required: boolean;
   /** The request's principal; throws IngestAuthError (401) when a credential is required and none is valid. */
-  authenticate(authorization: string | undefined): Promise<IngestPrincipal>;
+  authenticate(authorization: string | undefined, peer?: () => unknown): Promise<IngestPrincipal>;
 }
 
 /**
@@ -100,7 +102,18 @@ export function createIngestAuth(options: IngestAuthOptions): IngestAuth {
 
   return {
     required,
-    async authenticate(authorization) {
+    async authenticate(authorization, peer) {
+      if (!authorization && peer) {
+        // mTLS: the certificate's claims, as a custody token's (its signature was checked against --client-ca)
+        const verify = options.verifyCertificate?.();
+        try {
+          if (!verify) throw new Error('no token keys to check certificates with');
+          const c = await verify(peer());
+          return { kind: 'token', sponsor: c.sponsor_id ?? '', instance: c.agent_instance_id, agentId: c.agent_id ?? '' };
+        } catch (err) {
+          return refuse(`the client certificate is not valid here: ${(err as Error).message}`, 'invalid_credential');
+        }
+      }
       if (!authorization) return refuse('send "Authorization: Bearer <agent credential | custody token | service credential>"', 'no_credential');
       const credential = bearerToken(authorization);
       if (credential === undefined) return refuse('Authorization must be "Bearer <credential>"', 'invalid_credential');

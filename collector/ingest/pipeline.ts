@@ -36,7 +36,8 @@ export interface ExportOutcome {
 
 export interface IngestPipeline {
   /** The principal of a request's `authorization` value; 401/UNAUTHENTICATED when it is required and missing or wrong. */
-  principalOf(authorization: string | undefined): Promise<IngestPrincipal>;
+  /** `peer`: the claims of the sender's client certificate (mTLS), taken when no Authorization is sent. */
+  principalOf(authorization: string | undefined, peer?: () => unknown): Promise<IngestPrincipal>;
   /** Stores one ExportTraceServiceRequest; resolves once its rows are durable. */
   ingest(body: Buffer, format: WireFormat, principal: IngestPrincipal): Promise<ExportOutcome>;
   /** Counts an export request of a signal that is answered and dropped. */
@@ -81,10 +82,10 @@ export function createIngestPipeline(options: PipelineOptions): IngestPipeline {
   });
   const seenTools = new Set<string>();
 
-  async function principalOf(authorization: string | undefined): Promise<IngestPrincipal> {
+  async function principalOf(authorization: string | undefined, peer?: () => unknown): Promise<IngestPrincipal> {
     if (!auth) return { kind: 'anonymous', reason: 'no_credential' };
     try {
-      return await auth.authenticate(authorization);
+      return await auth.authenticate(authorization, peer);
     } catch (err) {
       if (err instanceof IngestAuthError) {
         throw new OtlpHttpError(401, GRPC_CODE.UNAUTHENTICATED, 'unauthorized', err.message, { 'WWW-Authenticate': 'Bearer' });

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
-import { listen, type Listening } from '../../common/http';
+import { listen, type Listening, type TlsSettings } from '../../common/http';
 import type { Logger } from '../../common/log';
 import { counter } from '../../common/metrics';
 import { credentialsFromEnv } from '../../common/credentials';
@@ -11,6 +11,7 @@ import { jwksUrl } from '../../identity/client';
 import { loadTokenConfig, type TokenServiceConfig } from '../../identity/config';
 import { isLoopback, type TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
+import { parseCertificateAuthorities, peerClaimsOf } from '../../identity/certificates';
 import { DEFAULTS, ENV, METRIC, TRUST } from '../../common/names';
 import { TOKEN_GRACE_SECONDS, createIngestAuth, type AgentCredentialChecker, type IngestAuth, type IngestPrincipal } from './auth';
 import { createServiceSink } from './sink';
@@ -32,6 +33,8 @@ import { createBatchWriter, type BatchWriter } from './writer';
 export interface ReceiverOptions {
   host: string;
   port: number;
+  /** Serve over TLS; with `clientCa`, a client certificate of custody's authority is the sender's credential. */
+  tls?: TlsSettings;
   writer: BatchWriter;
   log: Logger;
   /**
@@ -147,6 +150,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
     send(res, 200, format, encodeExportResponse(format, rejectedCount, message));
   }
 
+  const authorities = options.tls?.clientCa ? parseCertificateAuthorities(options.tls.clientCa, '--client-ca') : [];
   return async function otlpReceiver(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const format = formatOf(req);
     try {
@@ -158,7 +162,7 @@ export function createOtlpHandler(options: Omit<ReceiverOptions, 'host' | 'port'
       if (req.method !== 'POST') {
         throw new OtlpHttpError(405, GRPC_CODE.UNIMPLEMENTED, 'method_not_allowed', `${req.method} is not allowed on ${path}; use POST`, { Allow: 'POST' });
       }
-      const principal = await pipeline.principalOf(req.headers.authorization);
+      const principal = await pipeline.principalOf(req.headers.authorization, peerClaimsOf(req.socket, authorities, Date.now, TOKEN_GRACE_SECONDS * 1000));
       if (!format) {
         throw new OtlpHttpError(
           415,
@@ -209,7 +213,7 @@ function discard(req: IncomingMessage, limit: number): Promise<void> {
 /** Starts the receiver on host:port (0: any free port). */
 export async function startOtlpReceiver(options: ReceiverOptions): Promise<Listening> {
   const handler = createOtlpHandler(options);
-  return listen((req, res) => void handler(req, res), options.host, options.port);
+  return listen((req, res) => void handler(req, res), options.host, options.port, options.tls);
 }
 
 export interface RunningIngest {
@@ -245,7 +249,7 @@ export async function startIngest(ctx: RoleContext, store: Store, env: CustodyEn
     }),
   );
   const pipeline = createIngestPipeline({ writer, log, auth, bindings });
-  const listening = await startOtlpReceiver({ host: options.host, port: options.otlpPort, writer, log, maxBodyBytes, pipeline });
+  const listening = await startOtlpReceiver({ host: options.host, port: options.otlpPort, writer, log, maxBodyBytes, pipeline, ...(options.tls ? { tls: options.tls } : {}) });
   let grpc: GrpcListening | undefined;
   try {
     if (options.otlpGrpcPort !== undefined) {
@@ -257,7 +261,7 @@ export async function startIngest(ctx: RoleContext, store: Store, env: CustodyEn
   }
   // the address reporters and people can use, also when bound to every interface
   const host = options.host === '0.0.0.0' ? '127.0.0.1' : options.host === '::' ? '[::1]' : new URL(listening.url).hostname;
-  const url = `http://${host}:${listening.port}`;
+  const url = `${options.tls ? 'https' : 'http'}://${host}:${listening.port}`;
   ctx.setOtlpUrl(url);
   ctx.addReadinessCheck('ingest', () => writer.available);
   const grpcUrl = grpc && `http://${host}:${grpc.port}`;
@@ -315,11 +319,17 @@ export function ingestAuth(ctx: RoleContext, env: CustodyEnv = ctx.env): { auth:
     const v = verifier;
     return (token: string) => v.verify(token);
   };
+  const verifyCertificate = () => {
+    if (!verifyToken()) return undefined;
+    const v = verifier!;
+    return (claims: unknown) => v.verifyClaims(claims);
+  };
   const auth = createIngestAuth({
     credentials,
     required,
     agents: () => ctx.services.lookup<AgentCredentialChecker>(SERVICE.AGENT_CREDENTIALS),
     verifyToken,
+    verifyCertificate,
   });
   const describe = required ? 'credential required: agent credential, custody token, service or gateway credential' : 'open: spans without a credential stored as unverified';
   return { auth, describe };

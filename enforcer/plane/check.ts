@@ -75,10 +75,13 @@ const LIMITS = { token: 16_384, name: 256, purpose: 1024 } as const;
  * its reason; only keys that cannot be fetched make it an error (503), since then nothing was
  * decided.
  */
-export function createChecker(options: CheckerOptions): (body: unknown, traceContext?: Context, arrivedAt?: number) => Promise<CheckResponse> {
+export function createChecker(
+  options: CheckerOptions,
+): (body: unknown, traceContext?: Context, arrivedAt?: number, peer?: () => unknown) => Promise<CheckResponse> {
   const now = options.now ?? Date.now;
 
-  return async function check(body, traceContext, arrivedAt) {
+  /** `peer`: the claims of the caller's client certificate (mTLS), used when the body has no token. */
+  return async function check(body, traceContext, arrivedAt, peer) {
     // From the request's arrival when the server knows it (queueing and body parsing included).
     const started = arrivedAt ?? performance.now();
     if (options.canRecord && !options.canRecord()) {
@@ -92,8 +95,9 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
     let claims: TokenClaims | undefined;
     let outcome: Decision;
     try {
-      if (!req.token) throw new TokenError(TOKEN_ERROR.MALFORMED, 'no token: every call needs a token for its tool');
-      claims = await options.verifier.verify(req.token, { audience: req.tool, singleUse: settings.singleUseTokens });
+      if (req.token) claims = await options.verifier.verify(req.token, { audience: req.tool, singleUse: settings.singleUseTokens });
+      else if (peer) claims = await options.verifier.verifyClaims(peer(), { audience: req.tool, singleUse: settings.singleUseTokens });
+      else throw new TokenError(TOKEN_ERROR.MALFORMED, 'no token: every call needs a token (or a client certificate) for its tool');
       outcome = decideFor(req, claims, policy, now());
     } catch (err) {
       if (!(err instanceof TokenError)) throw err;

@@ -17,6 +17,7 @@ import { jwksUrl, revocationsUrl } from '../../identity/client';
 import { createRevocationChecker, type RevocationChecker } from '../../identity/revocation';
 import type { TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
+import { parseCertificateAuthorities, peerClaimsOf } from '../../identity/certificates';
 import { createChecker } from './check';
 import { receiptBatcher } from './receipt-batcher';
 import { planeMetrics } from './metrics';
@@ -119,7 +120,9 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       // the hot path: served on the bare request, before Express
       // latency is measured from the request's arrival: time spent queued behind others counts
       // (a replica without a rollout yet answers 503: reading it throws StateUnavailableError)
-      ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers), arrivedAt(req)));
+      // mTLS: a client certificate of custody's authority stands for a token (--client-ca)
+      const authorities = options.tls?.clientCa ? parseCertificateAuthorities(options.tls.clientCa, '--client-ca') : [];
+      ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers), arrivedAt(req), peerClaimsOf(req.socket, authorities)));
       if (shared) {
         ctx.addReadinessCheck('shared-state', () => {
           const s = shared!.status();

@@ -1,3 +1,4 @@
+import https from 'node:https';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -29,7 +30,16 @@ export function tempDir(prefix = 'custody-test-'): string {
  * and waits until /readyz answers 200. Extra args are passed through.
  */
 export async function startCustody(
-  opts: { command?: string; args?: string[]; demo?: boolean; dataDir?: string; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {},
+  opts: {
+    command?: string;
+    args?: string[];
+    demo?: boolean;
+    dataDir?: string;
+    env?: NodeJS.ProcessEnv;
+    readyTimeoutMs?: number;
+    /** The server certificate's authority (PEM), when custody serves over TLS (--tls-cert). */
+    ca?: string;
+  } = {},
 ): Promise<RunningCustody> {
   const dataDir = opts.dataDir ?? tempDir();
   const command = opts.command ?? 'up';
@@ -55,15 +65,15 @@ export async function startCustody(
   while (url ? Date.now() < readyDeadline : Date.now() < bannerDeadline) {
     if (proc.exitCode !== null) throw new Error(`custody exited with ${proc.exitCode}:\n${out}`);
     if (!url) {
-      url = /control API\s+(http:\/\/\S+)/.exec(out)?.[1];
+      url = /control API\s+(https?:\/\/\S+)/.exec(out)?.[1];
       if (url) readyDeadline = Math.max(readyDeadline, Date.now() + (opts.readyTimeoutMs ?? 60_000));
     }
-    otlpUrl ??= /OTLP\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
+    otlpUrl ??= /OTLP\s+(https?:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
     otlpGrpcUrl ??= /OTLP\/gRPC\s+(http:\/\/[^\s/]+:\d+)/.exec(out)?.[1];
     if (url) {
       try {
-        const r = await fetch(`${url}/readyz`);
-        if (r.status === 200) break;
+        const status = url.startsWith('https:') ? (await tlsRequest(`${url}/readyz`, { ca: opts.ca })).status : (await fetch(`${url}/readyz`)).status;
+        if (status === 200) break;
       } catch {
         /* not yet */
       }
@@ -149,4 +159,42 @@ export function seedStore(dataDir: string, rows: Record<string, unknown[]>): voi
     });`;
   const r = spawnSync(process.execPath, ['-e', script], { input: JSON.stringify(rows), encoding: 'utf8', timeout: 60_000 });
   if (r.status !== 0) throw new Error(`seeding ${dataDir} failed (${r.status}):\n${r.stderr}`);
+}
+
+/** An HTTPS request with a given server authority and, for mTLS, a client certificate and key (PEM). */
+export function tlsRequest(
+  url: string,
+  o: { method?: string; body?: unknown; headers?: Record<string, string>; ca?: string | undefined; cert?: string; key?: string } = {},
+): Promise<{ status: number; body: any; text: string }> {
+  return new Promise((resolve, reject) => {
+    const payload = o.body === undefined ? undefined : Buffer.from(typeof o.body === 'string' ? o.body : JSON.stringify(o.body));
+    const req = https.request(
+      url,
+      {
+        method: o.method ?? (payload ? 'POST' : 'GET'),
+        ...(o.ca ? { ca: o.ca } : {}),
+        ...(o.cert ? { cert: o.cert, key: o.key } : {}),
+        headers: { ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}), ...o.headers },
+        agent: false,
+        timeout: 20_000,
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => (text += d));
+        res.on('end', () => {
+          let body: unknown;
+          try {
+            body = JSON.parse(text);
+          } catch {
+            body = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, body, text });
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${url}: no answer within 20 s`)));
+    req.on('error', reject);
+    req.end(payload);
+  });
 }
