@@ -73,7 +73,9 @@ export async function startPlanePrimary(workers: number, options: CommonOptions,
   const stateToken = env[ENV.STATE_TOKEN] ?? env[ENV.SERVICE_TOKEN] ?? randomBytes(24).toString('base64url');
   let banner: string[] = [];
   if (!stateUrl) {
-    owner = await startHost({ ...options, host: '127.0.0.1', port: 0 }, [policyPlaneRole({ ...planeOptions, stateToken })], log, env);
+    // the owner answers only its workers, on loopback: plain HTTP (the workers' port carries --tls-cert)
+    const { tls: _tls, ...plain } = options;
+    owner = await startHost({ ...plain, host: '127.0.0.1', port: 0 }, [policyPlaneRole({ ...planeOptions, stateToken })], log, env);
     stateUrl = owner.control.url;
     banner = owner.roles.flatMap((r) => r.banner ?? []);
   }
@@ -97,7 +99,7 @@ export async function startPlanePrimary(workers: number, options: CommonOptions,
       worker.once('listening', (address) => {
         listening.add(worker.id);
         const host = address.address && address.address !== '0.0.0.0' && address.address !== '::' ? address.address : '127.0.0.1';
-        firstUrl ??= `http://${host.includes(':') ? `[${host}]` : host}:${address.port}`;
+        firstUrl ??= `${options.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${address.port}`;
         if (listening.size === workers) resolve(firstUrl);
       });
       worker.once('exit', (code, signal) => {
