@@ -111,6 +111,8 @@ export const PROPAGATION = {
   HTTP_DELEGATION_TOKEN: 'x-custody-delegation-token',
   /** The call's per-tool token, on outgoing HTTP to the tool origins (CUSTODY_TOOL_ORIGINS); custody/guard reads it. */
   HTTP_TOKEN: 'x-custody-token',
+  /** The same in an MCP request's `_meta` (trusted servers only); mcpToolGuard reads it. */
+  MCP_CALL_TOKEN: 'dev.custody/token',
 } as const;
 
 export const ENV = {

@@ -323,6 +323,59 @@ function recordRefused(span: Span, err: unknown): GuardError | undefined {
   return refusal;
 }
 
+/** What an MCP tool handler gets last (the SDK's RequestHandlerExtra), as far as the guard reads and writes it. */
+export interface McpHandlerExtra {
+  _meta?: Record<string, unknown>;
+  /** Set by mcpToolGuard for the handler: the caller's verified identity. */
+  custody?: CustodyIdentity;
+  [key: string]: unknown;
+}
+
+/**
+ * The guard for an MCP server (TypeScript SDK 1.x): wraps a tool's handler, which then runs only
+ * for a request whose `params._meta` carries a valid token for the tool (`dev.custody/token`,
+ * sent by custody/register to the servers it trusts: stdio servers it started, CUSTODY_TOOL_ORIGINS).
+ * The verified identity is `extra.custody`; a refusal is thrown as a GuardError, which the SDK
+ * answers as the tool's error result (`isError`), so the handler never runs:
+ *
+ *   server.registerTool('web_search', { inputSchema }, mcpToolGuard({ tool: 'search' })(async (args, extra) => …));
+ */
+export function mcpToolGuard(options: ToolGuardOptions): <H extends (...args: any[]) => unknown>(handler: H) => H {
+  const guard = compileGuard(options);
+  return <H extends (...args: any[]) => unknown>(handler: H): H => {
+    if (typeof handler !== 'function') throw new TypeError('custody/guard: mcpToolGuard(options) wraps a tool handler function');
+    return async function custodyMcpToolGuard(this: unknown, ...args: unknown[]) {
+      const extra = args[args.length - 1] as McpHandlerExtra | undefined;
+      const meta = extra && typeof extra._meta === 'object' && extra._meta !== null ? extra._meta : {};
+      const headers: Record<string, string> = {};
+      const token = meta[PROPAGATION.MCP_CALL_TOKEN];
+      if (typeof token === 'string') headers[PROPAGATION.HTTP_TOKEN] = token;
+      for (const name of [PROPAGATION.TRACEPARENT, PROPAGATION.TRACESTATE]) if (typeof meta[name] === 'string') headers[name] = meta[name] as string;
+      const { span, ctx } = startGuardSpan(guard, headers, { method: 'tools/call' });
+      let identity: CustodyIdentity;
+      try {
+        identity = await guard.decide(headers, span);
+        recordAllowed(span, identity);
+      } catch (err) {
+        recordRefused(span, err);
+        span.end();
+        if (err instanceof GuardError) {
+          // the SDK shows the message to the caller: it says which refusal, as the HTTP guard's code does
+          const where = err.code === GUARD_ERROR.TOKEN_REQUIRED ? `no custody token in _meta['${PROPAGATION.MCP_CALL_TOKEN}']` : err.message;
+          throw new GuardError(err.status, err.code, `custody: ${err.code}: ${where}`, err.tokenError);
+        }
+        throw err;
+      }
+      if (extra) extra.custody = identity;
+      try {
+        return await context.with(ctx, () => handler.apply(this, args));
+      } finally {
+        span.end();
+      }
+    } as unknown as H;
+  };
+}
+
 const compiled = new WeakMap<ToolGuardOptions, ToolRequestVerifier>();
 
 /**

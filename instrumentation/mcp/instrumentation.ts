@@ -11,6 +11,7 @@ import { MCP_METHOD, SEMCONV } from '../semconv';
 import { runAsRemoteCallee, w3cCarrier } from '../subagent';
 import { errorType, runToolCall } from '../tool-call';
 import { callableOnly } from '../tool-list';
+import { toolCallOf } from '../call-context';
 import { VERSION } from '../version';
 import type { CallToolParams, ClientModule, McpClient, McpRequest, McpRequestExtra, McpRequestHandler, McpServer, ServerModule } from './internal-types';
 import type { McpInstrumentationConfig } from './types';
@@ -155,6 +156,9 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
         Object.assign(meta, carrier);
         const token = trusted ? await delegationToken(scope) : undefined;
         if (token) meta[PROPAGATION.MCP_DELEGATION_TOKEN] = token;
+        // the call's own token, for a server guarded with mcpToolGuard (custody/guard)
+        const callToken = trusted ? toolCallOf(context.active())?.token : undefined;
+        if (callToken) meta[PROPAGATION.MCP_CALL_TOKEN] = callToken;
         return original.call(client, { ...params, _meta: meta }, ...rest);
       };
       if (instrumentation.getConfig().enforceClientCalls === false) return send();

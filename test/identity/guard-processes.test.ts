@@ -1,11 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import express from 'express';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listen, type Listening } from '../../common/http';
+import { mcpToolGuard } from '../../identity/guard';
 import { auditEventsOf, runAgent } from '../helpers/agents';
 import { ROOT, eventually, startCustody, type RunningCustody } from '../helpers/custody';
 import { PROPAGATION } from '../../common/names';
@@ -194,9 +197,59 @@ describe('a billing API behind custody/guard, called by real agents', () => {
       expect(outside![PROPAGATION.TRACEPARENT]).toMatch(/^00-/);
       expect(outside).not.toHaveProperty([PROPAGATION.BAGGAGE]);
       expect(outside).not.toHaveProperty([PROPAGATION.MCP_DELEGATION_TOKEN]);
+      expect(outside).not.toHaveProperty([PROPAGATION.MCP_CALL_TOKEN]);
       expect(inside![PROPAGATION.TRACEPARENT]).toMatch(/^00-/);
       expect(inside![PROPAGATION.BAGGAGE]).toMatch(/custody\.sponsor_id=alice/);
       expect(inside![PROPAGATION.MCP_DELEGATION_TOKEN]).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+      expect(inside![PROPAGATION.MCP_CALL_TOKEN]).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+    } finally {
+      await mcp.close();
+    }
+  });
+  it('an MCP server guarded with mcpToolGuard runs the tool for a custody agent it trusts, and refuses a client without custody', async () => {
+    const seen: Array<Record<string, unknown> | undefined> = [];
+    const app = express();
+    app.use(express.json());
+    app.post('/mcp', async (req, res) => {
+      const server = new McpServer({ name: 'guarded-search', version: '1.0.0' });
+      const guarded = mcpToolGuard({ tool: 'search', url: custody.url });
+      server.registerTool(
+        'web_search',
+        { description: 'search' },
+        guarded(async (extra: any) => {
+          seen.push(extra.custody);
+          return { content: [{ type: 'text' as const, text: `found for ${extra.custody.sponsor_id}` }] };
+        }),
+      );
+      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+      res.on('close', () => void transport.close().then(() => server.close()));
+      await server.connect(transport);
+      await transport.handleRequest(req, res, req.body);
+    });
+    const mcp = await listen(app, '127.0.0.1', 0);
+    try {
+      const instance = `assistant-${randomUUID()}`;
+      const env = (i: string, origins: string) => ({ ...agentEnv(i), CUSTODY_TOOL_ORIGINS: origins, MCP_URL: `${mcp.url}/mcp` });
+      // the server's origin is trusted: the call's token travels in _meta and the tool runs
+      const trusted = await runAgent('mcp-http.cjs', { custody, env: env(instance, `${new URL(api.url).origin},${new URL(mcp.url).origin}`) });
+      expect(trusted.code, trusted.stderr).toBe(0);
+      expect(trusted.report.result).toMatchObject({ content: [{ type: 'text', text: 'found for alice' }] });
+      expect(trusted.report.result.isError).toBeUndefined();
+      expect(seen).toEqual([expect.objectContaining({ sponsor_id: 'alice', agent_instance_id: instance, tool: 'search' })]);
+      // not listed: no token leaves the agent, so the guarded tool refuses it
+      const untrusted = await runAgent('mcp-http.cjs', { custody, env: env(`assistant-${randomUUID()}`, new URL(api.url).origin) });
+      expect(untrusted.code, untrusted.stderr).toBe(0);
+      expect(untrusted.report.result).toMatchObject({ isError: true, content: [{ type: 'text', text: expect.stringMatching(/token_required/) }] });
+      // a client without custody at all, and one that sends a token for another tool
+      const rogue = new Client({ name: 'rogue', version: '1.0.0' });
+      await rogue.connect(new StreamableHTTPClientTransport(new URL(`${mcp.url}/mcp`)));
+      const bare = (await rogue.callTool({ name: 'web_search', arguments: {} })) as any;
+      expect(bare).toMatchObject({ isError: true, content: [{ text: expect.stringMatching(/token_required/) }] });
+      const billingToken = await issue({});
+      const wrong = (await rogue.callTool({ name: 'web_search', arguments: {}, _meta: { [PROPAGATION.MCP_CALL_TOKEN]: billingToken } })) as any;
+      expect(wrong).toMatchObject({ isError: true, content: [{ text: expect.stringMatching(/wrong_tool/) }] });
+      await rogue.close();
+      expect(seen).toHaveLength(1);
     } finally {
       await mcp.close();
     }
