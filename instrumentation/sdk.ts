@@ -1,9 +1,13 @@
 import childProcess from 'node:child_process';
 import {
+  context,
   diag,
   DiagConsoleLogger,
   DiagLogLevel,
+  metrics,
+  propagation,
   trace,
+  type ProxyTracerProvider,
   type Attributes,
   type Context,
   type Link,
@@ -48,7 +52,10 @@ import { VERSION } from './version';
  */
 export interface Telemetry {
   readonly tracer: Tracer;
-  /** 'sdk': custody started the NodeSDK; 'own-provider': another SDK was already registered. */
+  /**
+   * 'sdk': custody started the NodeSDK; 'own-provider': another SDK was already registered, or
+   * registered after custody's and custody stepped aside (see yieldGlobalsToLaterSdk).
+   */
   readonly mode: 'sdk' | 'own-provider' | 'disabled';
   readonly endpoint: string;
   flush(timeoutMs?: number): Promise<void>;
@@ -143,16 +150,26 @@ export function startTelemetry(options: TelemetryOptions = {}): Telemetry {
       ...(env.OTEL_METRICS_EXPORTER ? {} : { metricReaders: [] }),
       ...(env.OTEL_LOGS_EXPORTER ? {} : { logRecordProcessors: [] }),
     });
+    const before = registeredGlobals();
     sdk.start();
-    tracer = trace.getTracer(SCOPE_NAME, VERSION);
+    // custody's own provider, held directly: its spans stay custody's if another SDK takes the globals later
+    const own = (trace.getTracerProvider() as ProxyTracerProvider).getDelegate();
+    tracer = own.getTracer(SCOPE_NAME, VERSION);
     mode = 'sdk';
     stop = () => sdk.shutdown();
+    const registered = registeredGlobals().filter((g) => !before.includes(g));
+    yieldGlobalsToLaterSdk(registered, () => {
+      mode = 'own-provider';
+      diag.debug('custody: another OpenTelemetry SDK registered after custody/register; it takes the globals, custody exports its tool-call spans itself');
+    });
   }
 
   let stopped: Promise<void> | undefined;
   const telemetry: Telemetry = {
     tracer,
-    mode,
+    get mode() {
+      return mode;
+    },
     endpoint,
     flush: (timeoutMs = FLUSH_TIMEOUT_MS) => bounded(processor.forceFlush(), timeoutMs),
     shutdown: (timeoutMs = FLUSH_TIMEOUT_MS) => (stopped ??= bounded(stop(), timeoutMs)),
@@ -184,6 +201,56 @@ export function tracesEndpoint(env: Readonly<Record<string, string | undefined>>
 
 function serviceName(env: Readonly<Record<string, string | undefined>>, explicit?: string): string {
   return explicit ?? env.OTEL_SERVICE_NAME ?? env.CUSTODY_AGENT_NAME ?? 'custody-agent';
+}
+
+type GlobalApi = 'trace' | 'context' | 'propagation' | 'metrics';
+
+/** Which of the API's globals some SDK has registered (the API keeps them on one global object). */
+function registeredGlobals(): GlobalApi[] {
+  const g = (globalThis as Record<symbol, Partial<Record<GlobalApi, unknown>> | undefined>)[Symbol.for('opentelemetry.js.api.1')];
+  return (['trace', 'context', 'propagation', 'metrics'] as const).filter((k) => g?.[k] !== undefined);
+}
+
+/**
+ * custody/register loaded before another SDK (`--require custody/register --require
+ * @opentelemetry/auto-instrumentations-node/register`): the first global that SDK registers makes
+ * custody step aside — it unregisters the globals it registered, so the app's SDK registers all of
+ * its own without "duplicate registration" errors and keeps its spans, and custody goes on with its
+ * own provider for its tool-call spans (as when the app's SDK came first). Only the next
+ * registration through these API entry points is watched; the entry points are then restored.
+ */
+function yieldGlobalsToLaterSdk(mine: readonly GlobalApi[], onYield: () => void): void {
+  if (mine.length === 0) return;
+  const entryPoints = [
+    [trace, 'setGlobalTracerProvider'],
+    [context, 'setGlobalContextManager'],
+    [propagation, 'setGlobalPropagator'],
+    [metrics, 'setGlobalMeterProvider'],
+  ] as const;
+  let yielded = false;
+  const stepAside = () => {
+    if (yielded) return;
+    yielded = true;
+    for (const [api, name] of entryPoints) delete (api as unknown as Record<string, unknown>)[name];
+    // trace: the registration is removed but the API's proxy kept, so the tracers it handed out
+    // before now (the app's instrumentations take theirs when constructed) follow the next provider
+    if (mine.includes('trace')) delete (globalThis as Record<symbol, Partial<Record<GlobalApi, unknown>> | undefined>)[Symbol.for('opentelemetry.js.api.1')]?.trace;
+    if (mine.includes('context')) context.disable();
+    if (mine.includes('propagation')) propagation.disable();
+    if (mine.includes('metrics')) metrics.disable();
+    onYield();
+  };
+  for (const [api, name] of entryPoints) {
+    const original = (api as unknown as Record<string, (...args: unknown[]) => boolean>)[name]!;
+    Object.defineProperty(api, name, {
+      configurable: true,
+      writable: true,
+      value: function (...args: unknown[]) {
+        stepAside();
+        return original.apply(api, args);
+      },
+    });
+  }
 }
 
 function hasGlobalTracerProvider(): boolean {

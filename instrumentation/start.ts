@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import * as nodeModule from 'node:module';
+import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { diag } from '@opentelemetry/api';
 import { registerInstrumentations, type Instrumentation } from '@opentelemetry/instrumentation';
@@ -76,18 +78,88 @@ export function start(): Registration {
   });
   const telemetry = startTelemetry({ env, serviceName: root.identity.agentName, credential: exportCredential(root.identity) });
   configureRuntime({ tracer: telemetry.tracer });
-  const instrumentations = custodyInstrumentations();
-  const unregister = registerInstrumentations({ instrumentations });
-  // builtins the app (or custody itself) may already hold: require them now so their patches apply at once.
-  require('node:child_process');
-  require('node:http');
-  require('node:https');
+  const instrumentations: Instrumentation[] = [];
+  let unregister: (() => void) | undefined;
+  const enable = () => {
+    if (unregister) return;
+    instrumentations.push(...custodyInstrumentations());
+    unregister = registerInstrumentations({ instrumentations });
+  };
+  if (otherPreloads(env) && cjsMainFile()) enableAtMain(enable);
+  else enable();
   return {
     telemetry,
     instrumentations,
     async shutdown() {
-      unregister();
+      unregister?.();
       await telemetry.shutdown();
     },
   };
+}
+
+/**
+ * Other modules preloaded beside custody/register (`--require`/`--import`, NODE_OPTIONS or the
+ * command line): e.g. @opentelemetry/auto-instrumentations-node/register.
+ */
+function otherPreloads(env: Readonly<Record<string, string | undefined>>): boolean {
+  const values: string[] = [];
+  const scan = (args: readonly string[]) => {
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i]!;
+      if (a === '-r' || a === '--require' || a === '--import') values.push(args[++i] ?? '');
+      else {
+        const m = /^(?:-r|--require|--import)=(.*)$/.exec(a);
+        if (m) values.push(m[1]!);
+      }
+    }
+  };
+  scan((env.NODE_OPTIONS ?? '').split(/\s+/).filter(Boolean));
+  scan(process.execArgv);
+  return values.some((v) => !/custody([\\/]dist[\\/]instrumentation)?[\\/]register(\.js)?$/.test(v.replace(/^["']|["']$/g, '')));
+}
+
+/** The main entry is a CommonJS file (Module._load will load it), not ESM, `-e` or the REPL. */
+function cjsMainFile(): boolean {
+  const main = process.argv[1];
+  if (!main || process.execArgv.some((a) => a === '-e' || a === '--eval' || a === '-p' || a === '--print')) return false;
+  if (/\.(mjs|mts)$/.test(main)) return false;
+  if (/\.(cjs|cts)$/.test(main)) return true;
+  try {
+    // a .js (or extensionless) file is ESM under "type": "module"
+    for (let dir = path.dirname(path.resolve(main)); ; dir = path.dirname(dir)) {
+      const file = path.join(dir, 'package.json');
+      if (fs.existsSync(file)) return (JSON.parse(fs.readFileSync(file, 'utf8')) as { type?: string }).type !== 'module';
+      if (path.dirname(dir) === dir) return true;
+    }
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Runs `fn` when the main module starts to load, after every preload. custody's patches are made
+ * there when other preloads come beside custody/register: the OpenTelemetry require hook is shared,
+ * and a builtin required through it before an instrumentation registers is never offered to that
+ * instrumentation again — made at preload, custody's hook would take `http` away from an SDK
+ * preloaded after it (auto-instrumentations-node's HTTP spans).
+ */
+function enableAtMain(fn: () => void): void {
+  // the module system's own object (a namespace import would be a copy)
+  const Module = require('node:module') as { _load: (request: string, parent: unknown, isMain?: boolean) => unknown };
+  const original = Module._load;
+  let done = false;
+  const load = function (this: unknown, request: string, parent: unknown, isMain?: boolean) {
+    if (isMain && !done) {
+      done = true;
+      // take the wrapper out unless something wrapped it since (then it stays, a pass-through)
+      if (Module._load === load) Module._load = original;
+      try {
+        fn();
+      } catch (err) {
+        diag.error(`custody: could not enable its instrumentations: ${(err as Error).message}`);
+      }
+    }
+    return original.apply(this, [request, parent, isMain]);
+  };
+  Module._load = load;
 }

@@ -1,7 +1,8 @@
+import childProcess from 'node:child_process';
 import { syncBuiltinESMExports } from 'node:module';
 import { promisify } from 'node:util';
 import { diag } from '@opentelemetry/api';
-import { InstrumentationBase, InstrumentationNodeModuleDefinition, isWrapped } from '@opentelemetry/instrumentation';
+import { InstrumentationBase, isWrapped } from '@opentelemetry/instrumentation';
 import { childEnv } from '../subagent';
 import { VERSION } from '../version';
 import { PATCHED_FUNCTIONS, type ChildProcessFunction, type ChildProcessModule } from './internal-types';
@@ -20,10 +21,24 @@ export class ChildProcessInstrumentation extends InstrumentationBase<ChildProces
     super('custody-instrumentation-child-process', VERSION, config);
   }
 
+  /**
+   * No module hook: the builtin this module imported when it loaded is patched in enable(). A
+   * builtin goes through the shared require hook once; had another SDK's preload required it
+   * before custody's instrumentation registered, a hook would never offer it to custody (and the
+   * reverse), so builtins are patched where they are.
+   */
   protected init() {
-    return [
-      new InstrumentationNodeModuleDefinition('child_process', ['*'], (m: ChildProcessModule) => this.patch(m), (m: ChildProcessModule) => this.unpatch(m)),
-    ];
+    return [];
+  }
+
+  override enable(): void {
+    super.enable();
+    this.patch(childProcess as unknown as ChildProcessModule);
+  }
+
+  override disable(): void {
+    super.disable();
+    this.unpatch(childProcess as unknown as ChildProcessModule);
   }
 
   private patch(m: ChildProcessModule): ChildProcessModule {

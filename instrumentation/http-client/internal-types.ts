@@ -1,10 +1,11 @@
 import type { ClientRequest } from 'node:http';
 
-/** node:http / node:https, as far as this instrumentation touches them. */
-export type RequestFunction = (...args: unknown[]) => ClientRequest;
+/** `Agent.prototype.addRequest(req, options)`: every request made through an agent. */
+export type AddRequest = (this: unknown, req: ClientRequest, options: unknown, ...rest: unknown[]) => unknown;
+
+/** node:http, as far as this instrumentation touches it (https.Agent inherits http.Agent's addRequest). */
 export interface HttpModule {
-  request: RequestFunction;
-  get: RequestFunction;
+  Agent: { prototype: { addRequest: AddRequest } };
 }
 
 /** What undici publishes on `undici:request:create` (Node's fetch and the undici package). */

@@ -149,4 +149,31 @@ describe('custody/register telemetry', () => {
       await app.close();
     }
   });
+  it.each([
+    ['custody/register first', ['custody/register', '@opentelemetry/auto-instrumentations-node/register']],
+    ['auto-instrumentations-node first', ['@opentelemetry/auto-instrumentations-node/register', 'custody/register']],
+  ])('with auto-instrumentations-node (%s): no duplicate registration, and neither side loses its spans', async (_order, preloads) => {
+    const instance = `tele-auto-${preloads[0]!.startsWith('custody') ? 'custody' : 'auto'}`;
+    const run = await runAgent('auto-instrumented.cjs', {
+      flag: null,
+      env: {
+        ...env({ CUSTODY_AGENT_INSTANCE_ID: instance, PING_URL: `${sink.url}/ping`, OTEL_BSP_SCHEDULE_DELAY: '200' }),
+        NODE_OPTIONS: preloads.map((p) => `--require ${p}`).join(' '),
+        // the app's SDK as a user runs it: diagnostics on, only loopback (no cloud resource detectors), traces only
+        OTEL_LOG_LEVEL: 'info',
+        OTEL_NODE_RESOURCE_DETECTORS: 'env,host,os,process',
+        OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'http,undici',
+        OTEL_METRICS_EXPORTER: 'none',
+        OTEL_LOGS_EXPORTER: 'none',
+        OTEL_SERVICE_NAME: 'app-auto',
+      },
+    });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).not.toMatch(/duplicate registration/i);
+    expect(run.report.mode).toBe('own-provider');
+    const [tool] = await eventually(async () => (toolSpans(instance).length ? toolSpans(instance) : undefined), 15_000);
+    // the app's http instrumentation recorded the tool's request, in the tool call's trace, through the app's SDK
+    const client = await eventually(async () => sink.spans.find((s) => s.traceId === tool!.traceId && s.name === 'GET' && s.service === 'app-auto'), 15_000);
+    expect(client.parentSpanId).toBe(tool!.spanId);
+  });
 });
