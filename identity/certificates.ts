@@ -73,6 +73,10 @@ export async function loadCertificateAuthority(o: { keyFile?: string | undefined
     description = o.keyFile;
   } else {
     if ((o.keyFile === undefined) !== (o.certFile === undefined)) throw new ConfigError('certificates: give both ca_key_file and ca_cert_file, or neither');
+    if (o.keyFile && o.certFile && (fs.existsSync(o.keyFile) || fs.existsSync(o.certFile))) {
+      const [found, missing] = fs.existsSync(o.keyFile) ? [o.keyFile, o.certFile] : [o.certFile, o.keyFile];
+      throw new ConfigError(`certificates: ${found} exists but ${missing} does not; restore it, or remove both to make a new authority`);
+    }
     const keys = (await crypto.webcrypto.subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify'])) as CryptoKeyPair;
     caCert = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: crypto.randomBytes(16).toString('hex').replace(/^[89a-f]/, '1'),

@@ -72,7 +72,7 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
     try {
       // inside the span: the plane's decision span joins the call's trace
       const check: EnforcerCheck = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
-      if ((runtime.settings.toolOrigins?.length ?? 0) > 0) check.withToken = true;
+      if ((runtime.settings.toolOrigins?.length ?? 0) > 0 || request.sendsToken) check.withToken = true;
       verdict = await context.with(ctx, () => enforcer.check(check));
     } catch (err) {
       // check() is not supposed to throw; if it does, the call is refused all the same

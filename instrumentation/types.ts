@@ -71,4 +71,9 @@ export interface ToolCallRequest extends ToolCallOptions {
   /** The framework's tool name (gen_ai.tool.name). */
   name: string;
   args: unknown;
+  /**
+   * The body hands the call's token to a tool that checks it (an MCP server custody trusts): a
+   * baseline call, let through before its decision, still gets its token first.
+   */
+  sendsToken?: boolean;
 }

@@ -55,6 +55,10 @@ export function formatTrail(trail: AuditTrail): string {
     for (const c of node.calls) {
       i += 1;
       out.push(`${inner}${i === items ? '└─ ' : '├─ '}${describeCall(c)}`);
+      // the tool's side: its guard checked the call's token (reported by the tool's process)
+      for (const side of c.tool_side ?? []) {
+        out.push(`${inner}${i === items ? '   ' : '│  '}   ↳ tool side: ${t(side.service)} custody.guard ${t(side.decision)}${side.error_type ? ` (${t(side.error_type)})` : ''}`);
+      }
     }
     for (const child of node.children) {
       i += 1;

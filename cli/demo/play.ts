@@ -31,6 +31,7 @@ export async function playDemo(host: Host, options: CommonOptions, log: Logger):
     `  customer agent      ${count([result.customer], (c) => c.ok)} ran, ${denied([result.customer])} denied (billing is not a user's)`,
     `  during the outage   ${failedClosed([result.duringOutage])} failed closed, ${count([result.duringOutage], (c) => c.ok)} ran once the plane was back`,
     `  without a sponsor   ${denied([result.unsponsored])} denied`,
+    `  script w/o custody  ${count([result.rogue], (c) => !c.ok && /token_required/.test(c.message ?? ''))} refund refused by the billing API's guard (no custody token)`,
     `  fleet in shadow     ${count(result.fleet, (c) => c.ok)} ran unblocked (${result.fleet.length} agents)`,
     `  tool server saw     ${result.toolServerSaw.length} requests: no denied or failed-closed call reached it`,
     `  custody counted     ${f.calls} tool calls: ${f.allow} allowed, ${f.deny} denied, ${f.failClosed} failed closed`,

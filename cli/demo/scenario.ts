@@ -33,7 +33,7 @@ export interface ScenarioOptions {
 export interface AgentReport {
   agent: { agentInstanceId: string; parentAgentId?: string; sponsorId?: string; role?: string };
   /** `at`: when the agent made the call (epoch ms). */
-  calls: { tool: string; ok: boolean; at: number; code?: string }[];
+  calls: { tool: string; ok: boolean; at: number; code?: string; message?: string }[];
   refunds?: AgentReport[];
   ticket?: string;
 }
@@ -43,6 +43,8 @@ export interface ScenarioResult {
   customer: AgentReport;
   fleet: AgentReport[];
   unsponsored: AgentReport;
+  /** A script without custody/register calling the guarded billing API directly. */
+  rogue: AgentReport;
   duringOutage: AgentReport;
   toolServerSaw: { tool: string }[];
   rolledBack: boolean;
@@ -154,10 +156,10 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     for (const [k, v] of Object.entries(extra)) if (v !== undefined) env[k] = v;
     return env;
   };
-  const agent = async (script: string, env: Record<string, string | undefined>): Promise<AgentReport> => {
+  const agent = async (script: string, env: Record<string, string | undefined>, withCustody = true): Promise<AgentReport> => {
     let stdout: string;
     try {
-      ({ stdout } = await run(process.execPath, ['--require', 'custody/register', path.join(EXAMPLES, script)], {
+      ({ stdout } = await run(process.execPath, [...(withCustody ? ['--require', 'custody/register'] : []), path.join(EXAMPLES, script)], {
         cwd: PACKAGE_ROOT,
         env: agentEnv(env),
         maxBuffer: 16 * 1024 * 1024,
@@ -186,6 +188,9 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
     const fleet = await Promise.all(
       fleetIds.map((id) => agent('fleet-agent.cjs', { [ENV.SPONSOR_ID]: 'carol', [ENV.ROLE]: 'support', [ENV.AGENT_NAME]: 'fleet-agent', [ENV.AGENT_INSTANCE_ID]: id })),
     );
+
+    await say('a script without custody/register calls the billing API directly: the guard in front of billing refuses it');
+    const rogue = await agent('rogue-refund.cjs', {}, false);
 
     const outageMs = options.outageMs ?? 4000;
     // Two canary agents work through the outage: the rules never let one instance's failure reports
@@ -264,6 +269,7 @@ export async function playScenario(options: ScenarioOptions): Promise<ScenarioRe
       customer,
       fleet,
       unsponsored,
+      rogue,
       duringOutage,
       toolServerSaw,
       rolledBack,

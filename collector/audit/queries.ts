@@ -71,9 +71,26 @@ export interface AgentSummary {
   call_count: number;
 }
 
+/**
+ * The tool's side of a call: what custody/guard in front of the tool recorded (`custody.guard`
+ * spans of the call's trace, for the call's token). Reported by the tool's own process: evidence
+ * that the tool checked the token, not a record custody's services wrote.
+ */
+export interface ToolSide {
+  service: string;
+  /** allow | deny | error, as the guard recorded it */
+  decision: string;
+  /** The guard's refusal code, when it refused. */
+  error_type: string | null;
+  timestamp: string;
+}
+
+/** A call in a trail: the audit event, with the tool's side when the tool is guarded. */
+export type TrailCall = AuditEvent & { tool_side?: ToolSide[] };
+
 export interface AgentNode extends AgentSummary {
   /** The most recent calls, oldest first. */
-  calls: AuditEvent[];
+  calls: TrailCall[];
   calls_truncated: boolean;
   children: AgentNode[];
 }
@@ -435,6 +452,8 @@ export async function auditTrail(store: Store, agentInstanceId: string, options:
     callsOf.set(r.agent_instance_id, list);
   }
 
+  await attachToolSides(store, [...callsOf.values()].flat());
+
   const nodes = new Map<string, AgentNode>();
   for (const id of ids) {
     const info = who.get(id) ?? { ...unknownAgent(id), parent_agent_id: parentOf.get(id) ?? null };
@@ -447,4 +466,38 @@ export async function auditTrail(store: Store, agentInstanceId: string, options:
   const agent = nodes.get(agentInstanceId)!;
   const sponsor = agent.sponsor_id ?? [...ancestors].reverse().find((a) => a.sponsor_id)?.sponsor_id ?? null;
   return { agent_instance_id: agentInstanceId, sponsor_id: sponsor, ancestors, agent, truncated };
+}
+
+/** Guard spans are named `custody.guard {tool}` (common/names.ts SPAN.GUARD). */
+const GUARD_SPAN_PREFIX = 'custody.guard ';
+
+/**
+ * The tool's side of each call that had a token: the `custody.guard` spans of the call's trace
+ * that verified the call's token (same jti), in one query over otel_traces.
+ */
+async function attachToolSides(store: Store, calls: TrailCall[]): Promise<void> {
+  const withToken = calls.filter((c) => c.token_jti && c.trace_id);
+  if (withToken.length === 0) return;
+  const rows = await store.rows<{ trace_id: string; jti: string; service: string; decision: string; error_type: string; ts: string }>(
+    `SELECT TraceId AS trace_id, SpanAttributes['custody.token.jti'] AS jti, ServiceName AS service,
+            SpanAttributes['custody.policy.decision'] AS decision, SpanAttributes['error.type'] AS error_type,
+            toString(Timestamp) AS ts
+       FROM ${store.database}.${TABLE.OTEL_TRACES}
+      WHERE TraceId IN {traces:Array(String)} AND startsWith(SpanName, {prefix:String})
+        AND SpanAttributes['custody.token.jti'] IN {jtis:Array(String)}
+      ORDER BY Timestamp
+      LIMIT 10000`,
+    { traces: [...new Set(withToken.map((c) => c.trace_id))], prefix: GUARD_SPAN_PREFIX, jtis: [...new Set(withToken.map((c) => c.token_jti))] },
+  );
+  const byKey = new Map<string, ToolSide[]>();
+  for (const r of rows) {
+    const key = `${r.trace_id}\0${r.jti}`;
+    const list = byKey.get(key) ?? [];
+    list.push({ service: r.service, decision: r.decision || 'unknown', error_type: r.error_type || null, timestamp: r.ts });
+    byKey.set(key, list);
+  }
+  for (const c of withToken) {
+    const sides = byKey.get(`${c.trace_id}\0${c.token_jti}`);
+    if (sides) c.tool_side = sides;
+  }
 }

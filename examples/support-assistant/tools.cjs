@@ -9,7 +9,7 @@ async function connectTools(name) {
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [path.join(__dirname, 'tools-server.cjs')],
-    env: { TOOLS_LOG: process.env.TOOLS_LOG ?? '' },
+    env: { TOOLS_LOG: process.env.TOOLS_LOG ?? '', OTEL_SERVICE_NAME: 'acme-support-tools' },
     stderr: 'inherit',
   });
   const client = new Client({ name, version: '1.0.0' });
@@ -23,7 +23,7 @@ async function connectTools(name) {
       try {
         const result = await client.callTool({ name: tool, arguments: args });
         const ok = !result.isError;
-        calls.push({ tool, ok, at, ...(ok ? {} : { code: 'tool_error' }) });
+        calls.push({ tool, ok, at, ...(ok ? {} : { code: 'tool_error', message: result.content?.[0]?.text }) });
         return ok ? JSON.parse(result.content[0].text) : undefined;
       } catch (err) {
         calls.push({ tool, ok: false, at, code: err.code ?? 'error' });

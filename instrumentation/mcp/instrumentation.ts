@@ -162,7 +162,9 @@ export class McpInstrumentation extends InstrumentationBase<McpInstrumentationCo
         return original.call(client, { ...params, _meta: meta }, ...rest);
       };
       if (instrumentation.getConfig().enforceClientCalls === false) return send();
-      return runToolCall({ name: params.name, args: params.arguments ?? {} }, send);
+      // a server custody trusts gets the call's token (mcpToolGuard checks it), also in shadow
+      const sendsToken = trustedServer(serverLocation(client.transport), getRuntime().settings.toolOrigins ?? []);
+      return runToolCall({ name: params.name, args: params.arguments ?? {}, sendsToken }, send);
     };
   }
 

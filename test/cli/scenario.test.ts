@@ -6,7 +6,7 @@ import { eventually, startCustody, type RunningCustody } from '../helpers/custod
 // The main job end to end: `custody up` with the seed scenario, real agent processes loaded with
 // --require custody/register, a real MCP tool server, the rollback job acting on its own.
 
-interface Call { tool: string; ok: boolean; at: number; code?: string }
+interface Call { tool: string; ok: boolean; at: number; code?: string; message?: string }
 interface Report { agent: { agentInstanceId: string; parentAgentId?: string; sponsorId?: string }; calls: Call[]; refunds?: Report[]; ticket?: string }
 
 let custody: RunningCustody | undefined;
@@ -32,7 +32,10 @@ describe('npm start: the seed scenario', () => {
     const rolledBackAt: number = result.rolledBackAt;
     expect(rolledBackAt).toBeGreaterThan(0);
     const enforced = (c: Call) => c.at < rolledBackAt - 50;
-    const refused = (c: Call) => !c.ok && (c.code === 'ERR_POLICY_DENIED' || c.code === 'ERR_POLICY_UNAVAILABLE');
+    // the billing API's guard: a call that reached it without a token (a shadow call whose token came
+    // too late on a loaded machine) or while it could not check one is refused there, never run
+    const guardRefused = (c: Call) => !c.ok && c.tool.startsWith('billing') && c.code === 'tool_error' && /custody: (token_required|guard_unavailable)/.test(c.message ?? '');
+    const refused = (c: Call) => !c.ok && (c.code === 'ERR_POLICY_DENIED' || c.code === 'ERR_POLICY_UNAVAILABLE' || guardRefused(c));
     const canary: Report[] = [assistant, result.customer, result.duringOutage, result.unsponsored];
     // a call that did not run was refused by custody, never broken some other way
     for (const c of canary.flatMap(all)) if (!c.ok) expect(refused(c)).toBe(true);
@@ -54,7 +57,13 @@ describe('npm start: the seed scenario', () => {
       expect(refund.calls.map((c) => c.tool)).toEqual(['billing.refund']);
     }
     // refunds are allowed: one that did not run was refused for want of a decision, never denied
-    for (const c of assistant.refunds!.flatMap(all)) if (!c.ok) expect(c.code).toBe('ERR_POLICY_UNAVAILABLE');
+    for (const c of assistant.refunds!.flatMap(all)) if (!c.ok) expect(c.code === 'ERR_POLICY_UNAVAILABLE' || guardRefused(c)).toBe(true);
+    // every refund that ran was checked by the billing API's guard, which saw alice's token
+    for (const saw of result.toolServerSaw.filter((t: { tool: string }) => t.tool === 'billing.refund')) expect(saw.args.for).toBe('alice');
+
+    // a script without custody/register asked the billing API for a refund: the guard refused it
+    expect(result.rogue.calls).toEqual([expect.objectContaining({ tool: 'billing.refund', ok: false, code: 'tool_error', message: expect.stringMatching(/token_required/) })]);
+    expect(result.toolServerSaw.some((t: { args?: { customer?: string } }) => t.args?.customer === 'c-666')).toBe(false);
 
     // the customer agent (role user) may search, never touch billing while enforced
     const customer = all(result.customer);
@@ -75,9 +84,10 @@ describe('npm start: the seed scenario', () => {
     // (a shadow call during the outage runs only if its agent had read the rollout before the cut;
     // these agents start just before it, so either can happen: test/enforcer/client/enforcer.test.ts
     // checks both cases)
-    // once the plane is back a search runs, unless (enforced, on a loaded machine) it timed out
+    // once the plane is back a search runs, unless on a loaded machine it timed out and failed
+    // closed: an agent enforces while it does not know the rollout, so also after a rollback
     for (const c of outage.filter((c) => c.at >= result.outage.to + 500 && c.tool === 'search')) {
-      if (!c.ok) expect(enforced(c) && c.code === 'ERR_POLICY_UNAVAILABLE').toBe(true);
+      if (!c.ok) expect(c.code).toBe('ERR_POLICY_UNAVAILABLE');
     }
     expect(result.final.failClosed).toBeGreaterThanOrEqual(canary.flatMap(all).filter((c) => c.code === 'ERR_POLICY_UNAVAILABLE').length);
 
@@ -108,6 +118,9 @@ describe('npm start: the seed scenario', () => {
     expect(printed).toContain(`└─ ${assistant.agent.agentInstanceId}`);
     expect(printed).toContain(`name refund-agent`);
     expect(printed).toContain(refundCall.decision === 'allow' ? `billing.refund  allow  decision_id=${refundCall.policy_decision_id}` : 'billing.refund  error');
+    // and the billing API's side of the same call: its guard accepted the call's token
+    expect(refundCall.tool_side).toEqual([expect.objectContaining({ decision: 'allow', error_type: null })]);
+    expect(printed).toMatch(/↳ tool side: acme-support-tools custody\.guard allow/);
     expect(out).toContain('rolled back by the rollback job');
     expect(out).toContain('scenario done');
 
