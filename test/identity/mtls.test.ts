@@ -118,6 +118,14 @@ describe('mTLS client certificates', () => {
     await tokens?.stop();
   });
 
+  it('names the TLS flag that is wrong', () => {
+    const bad = (args: string[]) => custodyCli(['policy-plane', '--port', '0', '--otlp-port', '0', '--data-dir', path.join(dir, 'bad'), ...args]);
+    expect(bad(['--tls-cert', path.join(dir, 'missing.pem'), '--tls-key', serverFiles.key])).toMatchObject({ code: 2, stderr: expect.stringMatching(/--tls-cert .*missing\.pem: cannot read/) });
+    expect(bad(['--tls-cert', serverFiles.cert])).toMatchObject({ code: 2, stderr: expect.stringMatching(/give both --tls-cert and --tls-key/) });
+    expect(bad(['--tls-cert', serverFiles.cert, '--tls-key', serverFiles.cert])).toMatchObject({ code: 2, stderr: expect.stringMatching(/--tls-key .*: not a PEM private key/) });
+    expect(bad(['--client-ca', caCertFile])).toMatchObject({ code: 2, stderr: expect.stringMatching(/--client-ca needs --tls-cert and --tls-key/) });
+  });
+
   it('the authority is made on first start, kept in its files and published at /v1/certs/ca.pem', async () => {
     expect(fs.statSync(caKeyFile).mode & 0o777).toBe(0o600);
     const served = await fetch(`${tokens.url}/v1/certs/ca.pem`);
