@@ -17,7 +17,12 @@ import { jwksUrl, revocationsUrl } from '../../identity/client';
 import { createRevocationChecker, type RevocationChecker } from '../../identity/revocation';
 import type { TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
-import { createChecker } from './check';
+import { createChecker, finalizeApproval } from './check';
+import { createApprovalBook, type ApprovalBook, type ApprovalInput, type ApprovalRecord } from './approvals';
+import { mountApprovalRelay, mountApprovalRoutes, APPROVAL_PATHS } from './approval-routes';
+import { approvalWebhook } from './approval-webhook';
+import { fetchJson } from '../../common/json-client';
+import { STATE_REQUEST_TIMEOUT_MS } from './shared-state';
 import { receiptBatcher } from './receipt-batcher';
 import { planeMetrics } from './metrics';
 import { watchPolicyFile } from './reload';
@@ -112,7 +117,39 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       };
       // decisions made together share one signature; rollout changes are rare and signed alone
       const signer = receiptBatcher(currentSigner, { onBatch: (size) => metrics.receiptBatch(size) });
-      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer });
+      // Human approvals are kept by the plane that owns the shared state; a replica opens them there.
+      let book: ApprovalBook | undefined;
+      let requestApproval: (input: ApprovalInput) => Promise<ApprovalRecord> | ApprovalRecord;
+      if (shared) {
+        const url = new URL(APPROVAL_PATHS.STATE, stateUrl!);
+        requestApproval = async (input) => {
+          if (!stateToken) throw new Error(`approval requests are opened at the state owner: set ${ENV.STATE_TOKEN} (or ${ENV.SERVICE_TOKEN})`);
+          const { body } = await fetchJson(url, { method: 'POST', body: input, headers: { authorization: `Bearer ${stateToken}` }, timeoutMs: STATE_REQUEST_TIMEOUT_MS });
+          return body as ApprovalRecord;
+        };
+      } else {
+        const announce = approvalWebhook({
+          url: () => ctx.env[ENV.APPROVAL_WEBHOOK_URL] || policies.current().approvals.webhook,
+          inboxUrl: new URL(APPROVAL_PATHS.PAGE, options.publicUrl).toString(),
+          log,
+          onFailure: () => metrics.webhookFailed(),
+        });
+        const b = createApprovalBook({
+          onResolved: async (r) => {
+            const final = await finalizeApproval({ signer, report, metrics }, r);
+            metrics.approval(r.status, b.size);
+            log.info({ approval: r.id, status: r.status, by: r.decided_by, tool: r.tool, action: r.action, agent: r.agent_instance_id }, `approval ${r.status}`);
+            return final;
+          },
+          onCreated: (r) => {
+            metrics.approval('requested', b.size);
+            announce(r);
+          },
+        });
+        book = b;
+        requestApproval = (input) => b.create(input);
+      }
+      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer, requestApproval });
       const rolloutReceipt = (state: RolloutState, reason: string, actor: string) =>
         currentSigner().sign(RECEIPT_TYPE.ROLLOUT, { percent: state.percent, revision: state.revision, time: Date.now(), reason, actor } satisfies RolloutReceipt);
 
@@ -121,6 +158,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       // (a replica without a rollout yet answers 503: reading it throws StateUnavailableError)
       ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers), arrivedAt(req)));
       if (shared) {
+        mountApprovalRelay(ctx.control, stateUrl!);
         ctx.addReadinessCheck('shared-state', () => {
           const s = shared!.status();
           if (!s.known) return { ok: false, detail: `rollout not read yet from ${new URL(stateUrl!).origin}: checks are refused` };
@@ -132,6 +170,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       } else {
         // the owner: replicas claim single-use tokens here
         mountStateRoutes(ctx.control, { replay, credential: stateToken });
+        mountApprovalRoutes(ctx.control, { book: book!, policy: policies.current, credentials, stateCredential: stateToken });
       }
       mountPlaneRoutes(ctx.control, {
         ...(shared ? { replicaOf: { owner: stateUrl!, accept: (body: unknown) => shared!.accept(body) } } : {}),
@@ -184,6 +223,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         banner,
         close: async () => {
           policies.close();
+          book?.close();
           shared?.close();
           // Deliver the last decisions and rollout changes while a collector hosted here still listens
           // (roles stop in reverse order); bounded, since a remote collector may be down.
