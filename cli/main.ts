@@ -10,6 +10,7 @@ import { registerAuditCommands } from './commands/audit';
 import { registerTokenCommands } from './commands/token';
 import { registerReadinessCommand } from './commands/readiness';
 import { registerExportCommand } from './commands/export';
+import { registerApprovalsCommands } from './commands/approvals';
 
 // Each command module registers its own subcommands on the program.
 const program = new Command('custody')
@@ -25,6 +26,7 @@ registerPolicyCommands(program);
 registerTokenCommands(program);
 registerReadinessCommand(program);
 registerExportCommand(program);
+registerApprovalsCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
