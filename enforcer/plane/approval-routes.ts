@@ -122,7 +122,8 @@ export function mountApprovalRoutes(router: Router, o: ApprovalRoutesOptions): v
     const settings = o.policy().approvals;
     const requests = o.book.pending().sort((a, b) => a.created_at - b.created_at);
     const note = queryText(req, 'note');
-    html(res, 200, inboxPage({ person: s.approver.person, via: s.approver.via, csrf: s.csrf, requests, can: (r) => mayApprove(r, s.approver.person, settings), ...(note ? { note } : {}) }));
+    const page = Number(queryText(req, 'page') ?? 1) || 1;
+    html(res, 200, inboxPage({ person: s.approver.person, via: s.approver.via, csrf: s.csrf, requests, page, can: (r) => mayApprove(r, s.approver.person, settings), ...(note ? { note } : {}) }));
   });
 
   router.post(`${APPROVAL_PATHS.PAGE}/login`, form, (req, res) => {

@@ -22,7 +22,6 @@ import { createApprovalBook, type ApprovalBook, type ApprovalInput, type Approva
 import { mountApprovalRelay, mountApprovalRoutes, APPROVAL_PATHS } from './approval-routes';
 import { approvalWebhook } from './approval-webhook';
 import { fetchJson } from '../../common/json-client';
-import { STATE_REQUEST_TIMEOUT_MS } from './shared-state';
 import { receiptBatcher } from './receipt-batcher';
 import { planeMetrics } from './metrics';
 import { watchPolicyFile } from './reload';
@@ -124,7 +123,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         const url = new URL(APPROVAL_PATHS.STATE, stateUrl!);
         requestApproval = async (input) => {
           if (!stateToken) throw new Error(`approval requests are opened at the state owner: set ${ENV.STATE_TOKEN} (or ${ENV.SERVICE_TOKEN})`);
-          const { body } = await fetchJson(url, { method: 'POST', body: input, headers: { authorization: `Bearer ${stateToken}` }, timeoutMs: STATE_REQUEST_TIMEOUT_MS });
+          // more time than a single-use claim: a request is opened once per held call, and the agent's own budget bounds its wait
+          const { body } = await fetchJson(url, { method: 'POST', body: input, headers: { authorization: `Bearer ${stateToken}` }, timeoutMs: APPROVAL_OPEN_TIMEOUT_MS });
           return body as ApprovalRecord;
         };
       } else {
@@ -283,6 +283,9 @@ function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions, replayCache: Rep
     revocations,
   };
 }
+
+/** How long a replica waits for the owner to open an approval request. */
+const APPROVAL_OPEN_TIMEOUT_MS = 1000;
 
 /** How long a replica's start waits for its first read of the owner's rollout. */
 const STATE_FIRST_READ_MS = 3000;

@@ -147,8 +147,8 @@ describe('human approval, end to end', () => {
       expect(await page.$eval('#who', (e) => e.textContent)).toBe('carol');
       const row = `tr[data-id="${request.id}"]`;
       expect(await page.$eval(row, (e) => e.textContent)).toContain('amount=500');
-      await page.type(`${row} form[action$="/approve"] input[name=reason]`, 'ticket 4711 checked');
-      await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click(`${row} form[action$="/approve"] button`)]);
+      await page.type(`${row} input[name=reason]`, 'ticket 4711 checked');
+      await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click(`${row} button[value=approve]`)]);
       expect(await page.$eval('#note', (e) => e.textContent)).toContain(`${request.id} approved by carol`);
       expect(await page.$(row)).toBeNull();
     } finally {

@@ -44,7 +44,7 @@ const close = { connection: 'close' };
 async function pendingCheck(url: string, tokensUrl: string, agent: string, purpose = 'ticket-9') {
   const { token } = await issue(tokensUrl, { tool: 'billing', sponsor_id: 'alice', role: 'support', agent_instance_id: agent });
   const r = await check(url, { token, tool: 'billing', action: 'refund', purpose, args: { amount: 900, card: '4242' } }, close);
-  expect(r.status).toBe(200);
+  expect(r.status, JSON.stringify(r.body)).toBe(200);
   return r.body as { decision: string; approval_id: string; approval_expires_at: string; receipt: string; args_disclosed: string[] };
 }
 
