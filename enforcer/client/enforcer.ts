@@ -181,8 +181,8 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     // the disclosed argument fields decide too: an allow for one amount is not one for another
     let disclosed: Record<string, unknown> | undefined;
     if (req.args !== undefined) {
-      const fields = await toolMap.disclosed(tool, Math.max(0, Math.floor(settings.timeoutMs - elapsed(started))));
-      disclosed = discloseArgs(req.args, fields);
+      const known = toolMap.disclosed(tool, Math.max(0, Math.floor(settings.timeoutMs - elapsed(started))));
+      disclosed = discloseArgs(req.args, known instanceof Promise ? await known : known);
     }
     const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}${disclosed ? `\0${canonicalJson(disclosed)}` : ''}`;
     // a cached allow is reused only once the plane's latest revocations are known (or it cannot

@@ -48,11 +48,17 @@ export function createToolMapClient(o: { url: string; fetchTimeoutMs: number; fr
      * The argument fields a tool discloses to the plane (its disclose_args), waiting for a first
      * table at most `waitMs`; unknown, none are sent (argument rules then fail closed at the plane).
      */
-    async disclosed(tool: string, waitMs: number): Promise<readonly string[] | null> {
-      if (!table) await settle(waitMs);
-      else refresh();
-      const fields = table && Object.hasOwn(table.tools, tool) ? table.tools[tool]?.disclose_args : null;
-      return Array.isArray(fields) ? fields : null;
+    disclosed(tool: string, waitMs: number): readonly string[] | null | Promise<readonly string[] | null> {
+      const fieldsOf = (): readonly string[] | null => {
+        const fields = table && Object.hasOwn(table.tools, tool) ? table.tools[tool]?.disclose_args : null;
+        return Array.isArray(fields) ? fields : null;
+      };
+      // known: answered at once (the hot path of every call stays synchronous)
+      if (table) {
+        refresh();
+        return fieldsOf();
+      }
+      return settle(waitMs).then(fieldsOf);
     },
   };
 }
