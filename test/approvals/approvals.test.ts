@@ -245,6 +245,11 @@ describe('human approval, end to end', () => {
     const checked = await runCli(['policy', 'check', file]);
     expect(checked.code).not.toBe(0);
     expect(checked.stderr + checked.stdout).toMatch(/argument 'card_number' is not disclosed by tool 'billing'/);
+    // what a policy decides for a given amount, before shipping it
+    const pendingEval = await runCli(['policy', 'eval', policyFile, '--tool', 'billing.refund', '--role', 'support', '--args', '{"amount": 500, "card": "4242"}']);
+    expect(pendingEval.code).toBe(3);
+    expect(pendingEval.stdout).toMatch(/^pending billing\.refund \(rule large-refunds\).*approvers \{"sponsor":false,"people":\[\],"roles":\["finance"\]\}, waits up to 300 s/);
+    expect((await runCli(['policy', 'eval', policyFile, '--tool', 'billing.refund', '--role', 'support', '--args', '{"amount": 5}'])).code).toBe(0);
     const version = (await (await fetch(`${custody.url}/v1/policy`)).json()) as { version: string; tools: Record<string, { disclose_args: string[] }> };
     expect(version).toMatchObject({ version: 'approvals-e2e', tools: { billing: { disclose_args: ['amount'] } } });
   });
