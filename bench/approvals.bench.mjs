@@ -8,7 +8,7 @@
 //   3. the approval inbox page (GET /approvals) with --pending requests waiting (default 1,000):
 //      server time for the whole page, and a real headless Chromium's load when /usr/bin/chromium exists.
 //
-//   npm run build && node bench/approvals.bench.mjs [--seconds 6] [--concurrency 4] [--pending 1000] [--before DIR]
+//   npm run build && node bench/approvals.bench.mjs [--seconds 6] [--concurrency 4] [--pending 1000] [--before DIR] [--only cached|inbox]
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -61,7 +61,7 @@ rollout: { percent: 100 }
 `;
 
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-const fmt = (ms) => (ms < 1 ? `${(ms * 1000).toFixed(0)} µs` : `${ms.toFixed(2)} ms`);
+const fmt = (ms) => (ms < 1 ? `${(ms * 1000).toFixed(ms < 0.1 ? 2 : 0)} µs` : `${ms.toFixed(2)} ms`);
 
 async function startUp(root, policyText) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'custody-bench-approvals-'));
@@ -155,6 +155,35 @@ async function checkBench(label, root, policyText, withArgs) {
   }
 }
 
+/** The agent side: enforcer.check answered from the allow cache (the most common decision of all), 200,000 calls. */
+async function cachedBench(label, root, policyText, args) {
+  const up = await startUp(root, policyText);
+  try {
+    const { createEnforcer } = await import(path.join(root, 'dist/enforcer/client/enforcer.js'));
+    const e = createEnforcer({ url: up.url, timeoutMs: 5000, recordOnActiveSpan: true });
+    const req = { tool: 'billing', action: 'refund', identity: { sponsorId: 'alice', agentInstanceId: 'bench-cache', role: 'support' }, ...(args ? { args } : {}) };
+    const first = await e.check(req);
+    if (first.decision !== 'allow') throw new Error(`expected an allow to cache: ${first.reason}`);
+    for (let i = 0; i < 20_000; i++) await e.check(req);
+    const n = 200_000;
+    const lat = new Float64Array(n);
+    let cached = 0;
+    for (let i = 0; i < n; i++) {
+      const t = performance.now();
+      const d = await e.check(req);
+      lat[i] = performance.now() - t;
+      if (d.cached) cached++;
+    }
+    await e.close();
+    lat.sort();
+    let sum = 0;
+    for (const v of lat) sum += v;
+    console.log(`| ${label} | ${fmt(pct(lat, 50))} | ${fmt(pct(lat, 99))} | ${fmt(sum / n)} | ${cached === n ? 'all' : cached} |`);
+  } finally {
+    await up.stop();
+  }
+}
+
 async function decideBench(label, root, policyText, request) {
   const { compilePolicyText } = await import(path.join(root, 'dist/enforcer/policy/compile.js'));
   const { decide } = await import(path.join(root, 'dist/enforcer/policy/decide.js'));
@@ -229,6 +258,16 @@ async function inboxBench() {
 
 const ONLY = opt('only', undefined);
 console.log(`machine: ${os.cpus().length} cores, load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}, node ${process.version}`);
+if (ONLY === 'cached') {
+  console.log('\nenforcer.check answered from the allow cache, 200,000 calls, each awaited:\n');
+  console.log('| build | p50 | p99 | mean | cache hits |\n| --- | ---: | ---: | ---: | ---: |');
+  for (let round = 0; round < 2; round++) {
+    if (BEFORE) await cachedBench('before (--before build)', BEFORE, PLAIN, undefined);
+    await cachedBench('this build, same policy, no arguments', ROOT, PLAIN, undefined);
+    await cachedBench('this build, args policy, {amount: 50, order, card} (amount disclosed)', ROOT, ARGS, { amount: 50, order: 'o-1', card: '4242' });
+  }
+  process.exit(0);
+}
 if (ONLY !== 'inbox') {
 console.log('\ndecide() in process, a decision that needs no approval (1,000,000 calls):\n');
 console.log('| build | per decision | answer |\n| --- | ---: | --- |');
@@ -243,6 +282,12 @@ if (BEFORE) await checkBench('before (--before build)', BEFORE, PLAIN, false);
 await checkBench('this build, same policy', ROOT, PLAIN, false);
 await checkBench('this build, args policy, args sent', ROOT, ARGS, true);
 if (BEFORE) await checkBench('before again (drift check)', BEFORE, PLAIN, false);
+
+console.log('\nenforcer.check answered from the allow cache, 200,000 calls, each awaited:\n');
+console.log('| build | p50 | p99 | mean | cache hits |\n| --- | ---: | ---: | ---: | ---: |');
+if (BEFORE) await cachedBench('before (--before build)', BEFORE, PLAIN, undefined);
+await cachedBench('this build, same policy, no arguments', ROOT, PLAIN, undefined);
+await cachedBench('this build, args policy, {amount: 50, order, card} (amount disclosed)', ROOT, ARGS, { amount: 50, order: 'o-1', card: '4242' });
 }
 
 console.log(`\nthe inbox page with ${PENDING} pending requests:\n`);
