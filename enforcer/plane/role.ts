@@ -130,7 +130,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       } else {
         const announce = approvalWebhook({
           url: () => ctx.env[ENV.APPROVAL_WEBHOOK_URL] || policies.current().approvals.webhook,
-          inboxUrl: new URL(APPROVAL_PATHS.PAGE, options.publicUrl).toString(),
+          // on an ephemeral port (0) the address is not known yet: the link is the path alone
+          inboxUrl: options.port === 0 ? APPROVAL_PATHS.PAGE : new URL(APPROVAL_PATHS.PAGE, options.publicUrl).toString(),
           log,
           onFailure: () => metrics.webhookFailed(),
         });
@@ -214,6 +215,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         `  tokens      ${describe}`,
         `  receipts    signed with ${receiptKeys.current().kid} (${receiptKeys.source}); public keys at GET /v1/policy/jwks.json`,
       ];
+      if (book) banner.push(`  approvals   inbox at GET ${APPROVAL_PATHS.PAGE} on the control API (${p.approvals.people.size} approvers listed in the policy)`);
       if (!credentials.admin && !credentials.rollout) banner.push(`  rollout changes disabled until ${ENV.ROLLOUT_TOKEN} or ${ENV.ADMIN_TOKEN} is set`);
       if (state?.incident) {
         banner.push(`!! incident switch on since ${state.incident.since}: agents keep allows cached for ${state.incident.cache_ttl_s} s`);
