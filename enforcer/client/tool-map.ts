@@ -12,6 +12,8 @@ type Tools = Record<string, { disclose_args?: string[] | null }>;
 export function createToolMapClient(o: { url: string; fetchTimeoutMs: number; freshMs: number; now: () => number }) {
   let table: { map: Map; tools: Tools; fetchedAt: number } | undefined;
   let inflight: Promise<void> | undefined;
+  /** When the last read failed (the plane down or hung): callers then do not wait for the next one. */
+  let failedAt: number | undefined;
 
   function refresh(): void {
     if (inflight || (table && o.now() - table.fetchedAt < o.freshMs)) return;
@@ -21,8 +23,10 @@ export function createToolMapClient(o: { url: string; fetchTimeoutMs: number; fr
         if (body && typeof body.tool_map === 'object' && body.tool_map !== null) {
           const tools = typeof body.tools === 'object' && body.tools !== null ? (body.tools as Tools) : {};
           table = { map: body.tool_map as Map, tools, fetchedAt: o.now() };
+          failedAt = undefined;
         }
       } catch {
+        failedAt = o.now();
         /* without the table, names resolve by the tool.action convention; the plane still decides */
       } finally {
         inflight = undefined;
@@ -53,8 +57,10 @@ export function createToolMapClient(o: { url: string; fetchTimeoutMs: number; fr
         const fields = table && Object.hasOwn(table.tools, tool) ? table.tools[tool]?.disclose_args : null;
         return Array.isArray(fields) ? fields : null;
       };
-      // known: answered at once (the hot path of every call stays synchronous)
-      if (table) {
+      // known: answered at once (the hot path of every call stays synchronous); unknown because
+      // the plane did not answer lately: none are sent rather than every call spending its budget
+      // waiting again (argument rules then fail closed at the plane)
+      if (table || (failedAt !== undefined && o.now() - failedAt < o.freshMs)) {
         refresh();
         return fieldsOf();
       }
