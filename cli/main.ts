@@ -11,6 +11,7 @@ import { registerTokenCommands } from './commands/token';
 import { registerCertCommands } from './commands/cert';
 import { registerReadinessCommand } from './commands/readiness';
 import { registerExportCommand } from './commands/export';
+import { registerApprovalsCommands } from './commands/approvals';
 
 // Each command module registers its own subcommands on the program.
 const program = new Command('custody')
@@ -27,6 +28,7 @@ registerTokenCommands(program);
 registerCertCommands(program);
 registerReadinessCommand(program);
 registerExportCommand(program);
+registerApprovalsCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);

@@ -227,6 +227,8 @@ export const ENV_VARS = {
   [ENV.AUDIT_READER_TOKEN]: v(SERVER_CLI, credential(), 'Reads the audit API only; the client commands send it for audit reads.', '', true),
   [ENV.SERVICE_TOKEN]: v(SERVER, credential(), "A role in another process writing the services' own records to the collector; no agent holds it.", '', true),
   [ENV.STATE_TOKEN]: v(SERVER, credential(), 'Policy-plane replicas claim single-use tokens at the plane that owns the state with it (both sides set it).', '$CUSTODY_SERVICE_TOKEN', true),
+  [ENV.APPROVER_TOKEN]: v(['cli'], credential(), "An approver's own credential: `custody approvals` lists, approves and denies with it (its SHA-256 is in the policy's approvals.people).", '', true),
+  [ENV.APPROVAL_WEBHOOK_URL]: v(SERVER, text(), 'Each new approval request is POSTed here as JSON (overrides the policy\'s approvals.webhook).', "the policy's approvals.webhook"),
   [ENV.INGEST_TOKEN]: v(SERVER, credential(), 'A gateway (upstream OpenTelemetry Collector) forwarding agents\' spans to /v1/traces.', '', true),
   // the servers
   [ENV.REPORT_QUEUE_MAX]: v(SERVER, positiveInt(ENV.REPORT_QUEUE_MAX), "Records a server role holds until the collector acknowledges them; a policy plane whose queue is full answers 503 rather than decide unrecorded.", '20000'),

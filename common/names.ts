@@ -63,6 +63,21 @@ export const ATTR = {
   INGEST_TRUST: 'custody.ingest.trust',
   /** The plane's signed receipt of the decision (compact JWS), on the decision and on the call. */
   POLICY_RECEIPT: 'custody.policy.receipt',
+  // human approval (require_approval rules) and disclosed arguments, on the decision and on the call
+  APPROVAL_ID: 'custody.approval.id',
+  /** pending, approved, denied or expired. */
+  APPROVAL_STATUS: 'custody.approval.status',
+  /** The person who approved or denied. */
+  APPROVAL_APPROVER: 'custody.approval.approver',
+  /** `credential` (the approver's own) or `admin` (the admin credential acting for them). */
+  APPROVAL_VIA: 'custody.approval.via',
+  APPROVAL_REASON: 'custody.approval.reason',
+  /** When the approval was answered (or expired), ISO 8601. */
+  APPROVAL_DECIDED_AT: 'custody.approval.decided_at',
+  /** How long the call waited for the human, ms (not part of custody.policy.latency_ms). */
+  APPROVAL_WAIT_MS: 'custody.approval.wait_ms',
+  /** The argument fields sent to the plane in clear (the tool's disclose_args), comma-separated. */
+  ARGS_DISCLOSED: 'custody.args.disclosed',
   /** custody/guard: how the tool API checked the call (`offline` or `plane`). */
   GUARD_CHECK: 'custody.guard.check',
   HTTP_REQUEST_METHOD: 'http.request.method',
@@ -193,6 +208,11 @@ export const ENV = {
   TOKEN_ISSUER: 'CUSTODY_TOKEN_ISSUER',
   INCIDENT_CACHE_TTL_S: 'CUSTODY_INCIDENT_CACHE_TTL_S',
   RULE_MIN_SAMPLE: 'CUSTODY_RULE_MIN_SAMPLE',
+  // human approval
+  /** Each new approval request is POSTed here (overrides the policy's approvals.webhook). */
+  APPROVAL_WEBHOOK_URL: 'CUSTODY_APPROVAL_WEBHOOK_URL',
+  /** An approver's own credential, sent by `custody approvals`. */
+  APPROVER_TOKEN: 'CUSTODY_APPROVER_TOKEN',
 } as const;
 
 export const DEFAULTS = {
@@ -231,7 +251,7 @@ export type Cohort = (typeof COHORT)[keyof typeof COHORT];
 /** Tool calls from agents custody does not manage (no custody cohort): a cohort of their own in the rules. */
 export const UNMANAGED_COHORT = 'unmanaged';
 
-export const DECISION = { ALLOW: 'allow', DENY: 'deny', ERROR: 'error' } as const;
+export const DECISION = { ALLOW: 'allow', DENY: 'deny', ERROR: 'error', PENDING: 'pending' } as const;
 export type DecisionResult = (typeof DECISION)[keyof typeof DECISION];
 
 /** error.type of a tool call refused by policy (denied) or for want of a decision (unavailable): the tool never ran. */
@@ -285,6 +305,9 @@ export const METRIC = {
   ROLLBACK_WATCH_LAST_SUCCESS: 'custody_rollback_watch_last_success_timestamp_seconds',
   ROLLBACK_WATCH_AWAITING_APPROVAL: 'custody_rollback_watch_awaiting_approval',
   POLICY_DECISIONS_TOTAL: 'custody_policy_decisions_total',
+  APPROVALS_PENDING: 'custody_approvals_pending',
+  APPROVALS_TOTAL: 'custody_approvals_total',
+  APPROVAL_WEBHOOK_FAILURES_TOTAL: 'custody_approval_webhook_failures_total',
   POLICY_RELOAD_ERRORS_TOTAL: 'custody_policy_reload_errors_total',
   POLICY_VERSION: 'custody_policy_version',
   AUDIT_CHECKPOINTS_TOTAL: 'custody_audit_checkpoints_total',

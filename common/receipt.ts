@@ -50,7 +50,7 @@ const INDEX_BYTES = 4;
 export interface DecisionReceipt {
   /** The policy_decision_id. */
   id: string;
-  decision: 'allow' | 'deny' | 'error';
+  decision: 'allow' | 'deny' | 'error' | 'pending';
   sponsor_id: string;
   agent_instance_id: string;
   parent_agent_id: string;
@@ -66,6 +66,14 @@ export interface DecisionReceipt {
   policy_version: string;
   rule_id: string;
   rollout_percent: number;
+  /**
+   * Human approval: on a pending decision its request (`id`, status `pending`); on the decision
+   * that resolved it, who answered (`by`, `via` credential or admin), why, when (`at`, epoch ms),
+   * and the pending decision that asked (`requested_by`).
+   */
+  approval?: { id: string; status: string; by?: string; via?: string; reason?: string; at?: number; requested_by?: string };
+  /** The argument fields the plane saw (the tool's disclose_args). */
+  args_disclosed?: string[];
 }
 
 /** What a rollout receipt says: from `time` on, this percent (at this revision) is in force. */

@@ -73,6 +73,7 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
       // inside the span: the plane's decision span joins the call's trace
       const check: EnforcerCheck = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
       if ((runtime.settings.toolOrigins?.length ?? 0) > 0 || request.sendsToken) check.withToken = true;
+      if (request.args !== undefined) check.args = request.args;
       verdict = await context.with(ctx, () => enforcer.check(check));
     } catch (err) {
       // check() is not supposed to throw; if it does, the call is refused all the same
@@ -250,6 +251,17 @@ function setVerdictAttributes(span: Span, v: EnforcerVerdict): void {
   if (v.tokenJti) a[ATTR.TOKEN_JTI] = v.tokenJti;
   if (v.receipt) a[ATTR.POLICY_RECEIPT] = v.receipt;
   if (v.incident) a[ATTR.POLICY_INCIDENT_MODE] = true;
+  if (v.approval) {
+    const x = v.approval;
+    a[ATTR.APPROVAL_ID] = x.id;
+    a[ATTR.APPROVAL_STATUS] = x.status;
+    a[ATTR.APPROVAL_WAIT_MS] = x.waitMs;
+    if (x.approver) a[ATTR.APPROVAL_APPROVER] = x.approver;
+    if (x.via) a[ATTR.APPROVAL_VIA] = x.via;
+    if (x.reason) a[ATTR.APPROVAL_REASON] = x.reason;
+    if (x.decidedAt) a[ATTR.APPROVAL_DECIDED_AT] = x.decidedAt;
+  }
+  if (v.argsDisclosed) a[ATTR.ARGS_DISCLOSED] = v.argsDisclosed.join(',');
   span.setAttributes(a);
 }
 

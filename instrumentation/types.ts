@@ -16,6 +16,8 @@ export interface EnforcerCheck {
   startedAt?: number;
   /** The body may call a guarded tool (CUSTODY_TOOL_ORIGINS set): a token is wanted even for a baseline call. */
   withToken?: boolean;
+  /** The call's arguments: the enforcer sends the plane only the fields the tool discloses. */
+  args?: unknown;
 }
 
 export interface EnforcerVerdict {
@@ -39,6 +41,10 @@ export interface EnforcerVerdict {
   incident?: boolean;
   /** Baseline (shadow) cohort: the real decision, arriving after the call was let through. */
   shadow?: Promise<EnforcerVerdict>;
+  /** The call waited for a human (require_approval). */
+  approval?: { id: string; status: string; approver?: string; via?: string; reason?: string; decidedAt?: string; waitMs: number };
+  /** The argument fields sent to the plane in clear. */
+  argsDisclosed?: string[];
 }
 
 export interface EnforcerLike {

@@ -102,6 +102,11 @@ export function formatReport(r: VerifyReport, location: string): string {
     `keys         ${r.keys.map((k) => t(k.kid)).join(', ') || '(none)'}`,
     `receipts     ${r.receipts.checked ? `${r.receipts.verified} distinct verified with the policy plane's keys ${r.receipts.keys.map((k) => t(k)).join(', ') || '(none)'}; ${r.receipts.rollout_states} signed rollout states` : 'not checked (no policy-plane keys)'}`,
   );
+  const a = r.approvals;
+  if (a && a.approved + a.denied + a.expired > 0) {
+    const by = Object.entries(a.by).map(([who, n]) => (n > 1 ? `${t(who)} ×${n}` : t(who))).join(', ');
+    out.push(`approvals    ${a.approved} approved${by ? ` (${by})` : ''}, ${a.denied} denied, ${a.expired} expired`);
+  }
   const total = Object.values(r.counts).reduce((a, b) => a + (b ?? 0), 0);
   if (total) {
     out.push('', `FINDINGS: ${total} (${Object.entries(r.counts).map(([k, n]) => `${t(k)} ${n}`).join(', ')})`);

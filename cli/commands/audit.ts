@@ -31,6 +31,11 @@ function describeCall(c: AuditEvent): string {
   parts.push(c.decision ? t(c.decision) : 'no policy check');
   if (c.policy_decision_id) parts.push(`decision_id=${t(c.policy_decision_id)}`);
   if (c.rule_id) parts.push(`rule=${t(c.rule_id)}`);
+  if (c.approval_status) {
+    const by = c.approval_approver ? ` by ${t(c.approval_approver)}` : '';
+    parts.push(`approval ${t(c.approval_status)}${by}${c.approval_reason ? ` (${t(c.approval_reason)})` : ''}`);
+  }
+  if (c.args_disclosed) parts.push(`args disclosed: ${t(c.args_disclosed)}`);
   parts.push(`status=${c.status ? t(c.status) : 'unset'}${c.error_type ? ` (${t(c.error_type)})` : ''}`);
   return parts.join('  ');
 }

@@ -5,6 +5,8 @@ import { policyPlaneRole, type PolicyPlaneOptions } from '../../enforcer/plane/r
 import { isPlaneWorker, startPlanePrimary, workerMetrics } from '../plane-workers';
 import { readPolicyFile, type Policy } from '../../enforcer/policy/compile';
 import { decide } from '../../enforcer/policy/decide';
+import { discloseArgs } from '../../enforcer/policy/args';
+import { toolPolicy } from '../../enforcer/policy/compile';
 import { resolveToolName } from '../../enforcer/policy/tool-map';
 import { ENV } from '../../common/names';
 import { closeOnSignals, startHost } from '../host';
@@ -25,7 +27,20 @@ interface EvalFlags {
   action?: string;
   purpose?: string;
   depth?: string;
+  args?: Record<string, unknown>;
   json?: boolean;
+}
+
+/** --args: a JSON object of the call's argument fields (only those the tool discloses count). */
+function argsOption(v: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(v);
+  } catch {
+    throw new InvalidArgumentError(`'${v}' is not JSON: give an object such as '{"amount": 500}'`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new InvalidArgumentError('expected a JSON object of argument fields');
+  return parsed as Record<string, unknown>;
 }
 
 /** `custody policy-plane` (the role alone), `custody policy check FILE` and `custody policy eval FILE`. */
@@ -109,7 +124,7 @@ export function registerPolicyCommands(program: Command): void {
 
   policy
     .command('eval')
-    .description('what the policy decides for one call; exit 0 allow, 1 deny, 2 bad file or usage')
+    .description('what the policy decides for one call; exit 0 allow, 1 deny, 3 pending (a person must approve), 2 bad file or usage')
     .argument('<file>', 'policy-config.yaml')
     .requiredOption('--tool <tool>', 'policy tool, `tool.action`, or a framework name from tool_map')
     .option('--action <action>', 'action (default: from --tool)')
@@ -118,6 +133,7 @@ export function registerPolicyCommands(program: Command): void {
     .option('--instance <id>', 'agent instance id', 'cli')
     .option('--purpose <purpose>', 'stated purpose')
     .option('--depth <n>', 'delegation depth', '0')
+    .addOption(new Option('--args <json>', 'the call\'s arguments as a JSON object (only the fields the tool discloses are seen)').argParser(argsOption))
     .option('--json', 'print the decision as JSON')
     .action((file: string, flags: EvalFlags) => {
       const p = readPolicyFile(file);
@@ -128,12 +144,15 @@ export function registerPolicyCommands(program: Command): void {
           tool: ref.tool,
           action: ref.action,
           purpose: flags.purpose,
+          args: flags.args ? discloseArgs(flags.args, toolPolicy(p, ref.tool).discloseArgs) : undefined,
         },
         p,
         { now: Date.now() },
       );
-      if (flags.json) process.stdout.write(JSON.stringify({ tool: ref.tool, action: ref.action, ...d }) + '\n');
-      else process.stdout.write(`${d.decision} ${ref.tool}.${ref.action} (rule ${d.rule_id}): ${d.reason}\n`);
-      process.exitCode = d.decision === 'allow' ? 0 : 1;
+      const a = d.approval;
+      const approval = a ? { approvers: { sponsor: a.sponsor, people: [...a.people], roles: [...a.roles] }, approval_timeout_s: a.timeoutMs / 1000 } : undefined;
+      if (flags.json) process.stdout.write(JSON.stringify({ tool: ref.tool, action: ref.action, decision: d.decision, rule_id: d.rule_id, reason: d.reason, ...(approval ? { approval } : {}) }) + '\n');
+      else process.stdout.write(`${d.decision} ${ref.tool}.${ref.action} (rule ${d.rule_id}): ${d.reason}${approval ? `; approvers ${JSON.stringify(approval.approvers)}, waits up to ${approval.approval_timeout_s} s` : ''}\n`);
+      process.exitCode = d.decision === 'allow' ? 0 : d.decision === 'pending' ? 3 : 1;
     });
 }

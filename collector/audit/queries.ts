@@ -1,5 +1,5 @@
 import { CustodyError } from '../../common/errors';
-import { TABLE } from '../../common/names';
+import { ATTR, TABLE } from '../../common/names';
 import type { Store } from '../store';
 
 /**
@@ -57,6 +57,13 @@ export interface AuditEvent {
   trust: string;
   /** Which tracing convention recorded the call (audit-log-schema.json `convention`); '' if stored before this was recorded. */
   convention: string;
+  /** Human approval of the call (require_approval rules): its request, outcome, who answered and why; '' when none. */
+  approval_id: string;
+  approval_status: string;
+  approval_approver: string;
+  approval_reason: string;
+  /** The argument fields the plane saw, comma-separated; '' when none. */
+  args_disclosed: string;
 }
 
 export interface AgentSummary {
@@ -156,7 +163,9 @@ const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trac
   enforced, toString(cohort) AS cohort, toString(status) AS status, toString(error_type) AS error_type, token_jti,
   request_hash, response_hash, toString(agent_name) AS agent_name, toString(tool_name) AS tool_name, tool_call_id,
   toString(service_name) AS service_name, duration_ns, audit_seq, audit_prev_hash, toString(trust) AS trust,
-  toString(convention) AS convention`;
+  toString(convention) AS convention, attributes['${ATTR.APPROVAL_ID}'] AS approval_id,
+  attributes['${ATTR.APPROVAL_STATUS}'] AS approval_status, attributes['${ATTR.APPROVAL_APPROVER}'] AS approval_approver,
+  attributes['${ATTR.APPROVAL_REASON}'] AS approval_reason, attributes['${ATTR.ARGS_DISCLOSED}'] AS args_disclosed`;
 
 interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ns' | 'duration_ms' | 'audit_seq'> {
   ts_ns: string;

@@ -122,7 +122,7 @@ export function problemsSql(o: CompletenessOptions): string {
       arrayFilter(x -> x != '', [
         if(t.sponsor_id != a.sponsor_id, 'sponsor', ''), if(t.agent_instance_id != a.agent_instance_id, 'instance', ''),
         if(t.tool_id != a.tool_id, 'tool', '')]) AS t_diff,
-      a.ms + toInt64(ceil(a.policy_latency_ms)) + ${skew} AS ran_by,
+      a.ms + toInt64(ceil(a.policy_latency_ms)) + a.approval_wait_ms + ${skew} AS ran_by,
       d_found AND d.ms > ran_by AS d_late,
       t_found AND t.ms > ran_by AS t_late,
       t_found AND t.exp_ms > 0 AND t.exp_ms + ${skew} < a.ms AS t_expired,
@@ -133,6 +133,7 @@ export function problemsSql(o: CompletenessOptions): string {
       ${receiptCols}
     FROM (
       SELECT agent_instance_id, audit_seq, trace_id, span_id, toUnixTimestamp64Milli(timestamp) AS ms, policy_latency_ms,
+        toInt64(ceil(toFloat64OrZero(attributes['${ATTR.APPROVAL_WAIT_MS}']))) AS approval_wait_ms,
         sponsor_id, parent_agent_id, tool_id, action, cohort, decision, policy_decision_id, token_jti,
         ${EXECUTED} AS executed, ${SHADOW} AS shadow${o.receipts ? `, attributes['${ATTR.POLICY_RECEIPT}'] AS receipt` : ''}
       FROM ${a} WHERE ${page}

@@ -49,6 +49,7 @@ export const FINDING_KINDS = {
   receipt_mismatch: { severity: 'critical', about: 'a call whose receipt is for another call, or not an allow' },
   cohort_unproven: { severity: 'critical', about: 'a call claiming the shadow cohort that the signed rollout put in the enforced one' },
   rollout_receipt_invalid: { severity: 'critical', about: 'a rollout change whose receipt is not signed by the policy plane' },
+  approval_unproven: { severity: 'critical', about: 'an approved call whose signed decision does not name the same approval and approver' },
 } as const satisfies Record<string, { severity: Severity; about: string }>;
 
 export type FindingKind = keyof typeof FINDING_KINDS;

@@ -72,7 +72,7 @@ export function createPlaneAsker(o: {
   }
 
   /** Token, then plane, within `budgetMs`. Throws on anything but a valid answer. */
-  async function ask(req: EnforcerCheckRequest, principal: string, budgetMs: number): Promise<AnsweredCall> {
+  async function ask(req: EnforcerCheckRequest, principal: string, budgetMs: number, disclosed?: Record<string, unknown>): Promise<AnsweredCall> {
     const signal = AbortSignal.timeout(budgetMs);
     const { tool, purpose } = req;
     const tokenKey = keyOf(req, principal);
@@ -83,7 +83,7 @@ export function createPlaneAsker(o: {
     const askPlane = (t: ObtainedToken) =>
       requestJson(`${settings.policyUrl}/v1/check`, {
         method: 'POST',
-        body: { token: t.token, tool, action: req.action, ...(purpose ? { purpose } : {}) },
+        body: { token: t.token, tool, action: req.action, ...(purpose ? { purpose } : {}), ...(disclosed ? { args: disclosed } : {}) },
         headers: traceHeaders(),
         signal,
         timeoutMs: budgetMs,
@@ -114,7 +114,8 @@ export function parseAnswer(body: unknown): PlaneAnswer {
   const b = body as Partial<PlaneAnswer> | undefined;
   const bad = (what: string) => new TransportError('malformed', `the policy plane answered without a valid ${what}`);
   if (typeof b !== 'object' || b === null) throw bad('body');
-  if (b.decision !== 'allow' && b.decision !== 'deny') throw bad('decision');
+  if (b.decision !== 'allow' && b.decision !== 'deny' && b.decision !== 'pending') throw bad('decision');
+  if (b.decision === 'pending' && b.enforced === true && (typeof b.approval_id !== 'string' || b.approval_id === '')) throw bad('approval_id');
   if (typeof b.policy_decision_id !== 'string' || b.policy_decision_id === '') throw bad('policy_decision_id');
   if (typeof b.rule_id !== 'string' || typeof b.reason !== 'string') throw bad('rule_id/reason');
   if (b.cohort !== COHORT.CANARY && b.cohort !== COHORT.BASELINE) throw bad('cohort');

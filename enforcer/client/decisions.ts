@@ -56,12 +56,13 @@ export function deniedHere(o: { tool: string; action: string; ruleId: string; re
 /** The plane's answer. Its cohort says whether it is enforced; a baseline call (`waited` false) runs anyway. */
 export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswer; token?: string; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
   const { answer, waited } = o;
-  const denied = answer.decision === 'deny';
+  // a pending answer reaching here is a baseline call's (no request was opened): it would have waited
+  const denied = answer.decision === 'deny' || answer.decision === 'pending';
   const error = denied
     ? new PolicyDeniedError({ tool: o.tool, action: o.action, policyDecisionId: answer.policy_decision_id, ruleId: answer.rule_id, reason: answer.reason })
     : undefined;
   return {
-    decision: answer.decision,
+    decision: answer.decision === 'pending' ? 'deny' : answer.decision,
     allowed: !denied || !answer.enforced || !waited,
     policyDecisionId: answer.policy_decision_id,
     ruleId: answer.rule_id,

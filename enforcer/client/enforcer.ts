@@ -7,6 +7,9 @@ import { MAX_INCIDENT_CACHE_TTL_S, cohortBucket } from '../policy/rollout';
 import type { ToolRef } from '../policy/tool-map';
 import type { ObtainedToken } from '../../identity/client';
 import { createPlaneAsker, describeFailure, isTokenRefusal } from './ask';
+import { waitForApproval } from './approval-wait';
+import { discloseArgs } from '../policy/args';
+import { canonicalJson } from '../../common/canonical';
 import { AllowCache, TokenCache } from './cache';
 import { deniedHere, fromAnswer, fromCache, letThrough, unavailable } from './decisions';
 import { createIncidentSwitch } from './incident';
@@ -110,6 +113,8 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       };
       if (d.policyDecisionId) a[ATTR.POLICY_DECISION_ID] = d.policyDecisionId;
       if (d.tokenJti) a[ATTR.TOKEN_JTI] = d.tokenJti;
+      if (d.approval) Object.assign(a, approvalAttributes(d.approval));
+      if (d.argsDisclosed) a[ATTR.ARGS_DISCLOSED] = d.argsDisclosed.join(',');
       if (d.incident) {
         a[ATTR.POLICY_INCIDENT_MODE] = true;
         a[ATTR.POLICY_CACHE_TTL_S] = incident.ttlMs() / 1000;
@@ -121,7 +126,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
   }
 
   /** The plane's answer as a decision, within what is left of the budget; every failure a closed one. */
-  async function decideRemote(req: EnforcerCheckRequest, principal: string, key: string, cohort: Cohort, started: number): Promise<EnforcerDecision> {
+  async function decideRemote(req: EnforcerCheckRequest, principal: string, key: string, cohort: Cohort, started: number, disclosed?: Record<string, unknown>): Promise<EnforcerDecision> {
     const { tool, action } = req;
     const waited = cohort === COHORT.CANARY;
     const left = Math.floor(settings.timeoutMs - (performance.now() - started));
@@ -131,7 +136,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     }
     let answered: AnsweredCall;
     try {
-      answered = await planeAsker.ask(req, principal, left);
+      answered = await planeAsker.ask(req, principal, left, disclosed);
     } catch (err) {
       const latencyMs = elapsed(started);
       if (isTokenRefusal(err)) {
@@ -143,13 +148,26 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     const latencyMs = elapsed(started);
     const { answer } = answered;
     if (answered.token.claims.role) rolesSeen.set(principal, answered.token.claims.role);
+    const argsDisclosed = disclosed ? { argsDisclosed: Object.keys(disclosed) } : {};
+    if (answer.decision === 'pending' && answer.approval_id) {
+      // A human decides: the wait is theirs, not the plane's (latencyMs stays the time to reach the
+      // plane). Never cached: an approval is for this one call.
+      allows.delete(key);
+      try {
+        const { answer: final, approval } = await waitForApproval({ policyUrl: settings.policyUrl, pending: answer, isClosed: () => closed });
+        return { ...fromAnswer({ tool, action, answer: final, token: answered.token.token, waited, latencyMs, incident: incident.active() }), approval, ...argsDisclosed };
+      } catch (err) {
+        const reason = `waiting for approval ${answer.approval_id}: ${(err as Error).message}`;
+        return unavailable({ tool, action, reason, cohort, waited, latencyMs, incident: incident.active(), cause: err });
+      }
+    }
     if (answer.decision === 'allow') {
       // Single-use tools need a fresh token, so a fresh decision, every call.
       if (!answer.single_use_token) allows.set(key, answered, now());
     } else {
       allows.delete(key);
     }
-    return fromAnswer({ tool, action, answer, token: answered.token.token, waited, latencyMs, incident: incident.active() });
+    return { ...fromAnswer({ tool, action, answer, token: answered.token.token, waited, latencyMs, incident: incident.active() }), ...argsDisclosed };
   }
 
   async function checkInner(req: EnforcerCheckRequest, started: number): Promise<EnforcerDecision> {
@@ -172,7 +190,13 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       return deniedHere({ tool, action, ruleId: ENFORCER_RULE.SPONSOR_REQUIRED, reason, cohort, waited: true, latencyMs: elapsed(started), incident: incident.active() });
     }
 
-    const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}`;
+    // the disclosed argument fields decide too: an allow for one amount is not one for another
+    let disclosed: Record<string, unknown> | undefined;
+    if (req.args !== undefined) {
+      const known = toolMap.disclosed(tool, Math.max(0, Math.floor(settings.timeoutMs - elapsed(started))));
+      disclosed = discloseArgs(req.args, known instanceof Promise ? await known : known);
+    }
+    const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}${disclosed ? `\0${canonicalJson(disclosed)}` : ''}`;
     // a cached allow is reused only once the plane's latest revocations are known (or it cannot
     // answer within what is left of the call's budget)
     if (allows.get(key, now(), incident.ttlMs())) await rollout.settle(Math.max(0, settings.timeoutMs - elapsed(started)));
@@ -182,7 +206,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       return fromCache({ answer: hit.value.answer, token: hit.value.token.token, cohort, waited, latencyMs: elapsed(started), incident: incident.active() });
     }
 
-    if (waited) return decideRemote(req, principal, key, cohort, started);
+    if (waited) return decideRemote(req, principal, key, cohort, started, disclosed);
 
     // Baseline: run now (with a token, when a guarded tool will ask for one), decide in the
     // background, never block beyond the budget and never reject.
@@ -195,7 +219,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
         /* the call runs without one; a guarded tool refuses it */
       }
     }
-    const shadow = decideRemote(req, principal, key, cohort, started).then(
+    const shadow = decideRemote(req, principal, key, cohort, started, disclosed).then(
       (d) => ({ ...d, allowed: true, enforced: false, cohort: COHORT.BASELINE }),
       (err: unknown) =>
         unavailable({ tool, action, reason: `enforcer failure: ${(err as Error)?.message ?? String(err)}`, cohort, waited: false, latencyMs: elapsed(started), incident: incident.active() }),
@@ -300,4 +324,13 @@ function boundedMemo<V>(max: number, fn: (key: string) => V): (key: string) => V
 
 function elapsed(started: number): number {
   return Math.round((performance.now() - started) * 1000) / 1000;
+}
+
+function approvalAttributes(x: NonNullable<EnforcerDecision['approval']>): Attributes {
+  const a: Attributes = { [ATTR.APPROVAL_ID]: x.id, [ATTR.APPROVAL_STATUS]: x.status, [ATTR.APPROVAL_WAIT_MS]: x.waitMs };
+  if (x.approver) a[ATTR.APPROVAL_APPROVER] = x.approver;
+  if (x.via) a[ATTR.APPROVAL_VIA] = x.via;
+  if (x.reason) a[ATTR.APPROVAL_REASON] = x.reason;
+  if (x.decidedAt) a[ATTR.APPROVAL_DECIDED_AT] = x.decidedAt;
+  return a;
 }

@@ -34,6 +34,22 @@ export interface EnforcerCheckRequest {
    * through before its decision, still gets a token first (within the budget), so the tool can check it.
    */
   withToken?: boolean | undefined;
+  /** The call's arguments: only the fields the tool discloses (the plane's disclose_args) leave the agent. */
+  args?: unknown;
+}
+
+/** How a human approval went (require_approval rules). */
+export interface ApprovalOutcome {
+  id: string;
+  /** approved, denied or expired. */
+  status: string;
+  approver?: string;
+  via?: string;
+  reason?: string;
+  /** ISO 8601. */
+  decidedAt?: string;
+  /** How long the call waited for the human, ms (not in latencyMs). */
+  waitMs: number;
 }
 
 export interface EnforcerDecision {
@@ -66,6 +82,10 @@ export interface EnforcerDecision {
   policyVersion?: string;
   /** True while the incident switch lengthens the decision cache TTL. */
   incident?: boolean;
+  /** The call waited for a human: who answered, how, how long. */
+  approval?: ApprovalOutcome;
+  /** The argument fields sent to the plane. */
+  argsDisclosed?: string[];
 }
 
 /** The built-in rule ids of refusals the enforcer makes itself. */
@@ -84,7 +104,8 @@ export interface AnsweredCall {
 
 /** What POST /v1/check answers, validated (see parseAnswer). */
 export interface PlaneAnswer {
-  decision: 'allow' | 'deny';
+  /** pending: a human must approve; wait on approval_id (a baseline call gets no id: nothing is asked). */
+  decision: 'allow' | 'deny' | 'pending';
   policy_decision_id: string;
   rule_id: string;
   reason: string;
@@ -94,4 +115,7 @@ export interface PlaneAnswer {
   single_use_token?: boolean;
   token_jti?: string;
   receipt?: string;
+  approval_id?: string;
+  approval_expires_at?: string;
+  args_disclosed?: string[];
 }

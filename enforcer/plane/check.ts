@@ -13,6 +13,8 @@ import { TOKEN_ERROR, TokenError } from '../../identity/errors';
 import type { TokenVerifier } from '../../identity/verify';
 import type { PlaneMetrics } from './metrics';
 import type { ReceiptBatcher } from './receipt-batcher';
+import { APPROVAL_STATUS, type ApprovalFinal, type ApprovalInput, type ApprovalRecord } from './approvals';
+import { discloseArgs } from '../policy/args';
 
 /** POST /v1/check body. */
 export interface CheckRequest {
@@ -20,11 +22,14 @@ export interface CheckRequest {
   tool: string;
   action: string;
   purpose?: string;
+  /** The call's disclosed argument fields (the tool's disclose_args); anything else is dropped. */
+  args?: Record<string, string | number | boolean | null>;
 }
 
 /** POST /v1/check answer: the contract's fields, then what the enforcer and operators use besides. */
 export interface CheckResponse {
-  decision: 'allow' | 'deny';
+  /** `pending`: a human must approve first; the enforcer waits on GET /v1/approvals/<approval_id>. */
+  decision: 'allow' | 'deny' | 'pending';
   policy_decision_id: string;
   rule_id: string;
   reason: string;
@@ -40,6 +45,11 @@ export interface CheckResponse {
   token_jti?: string;
   /** The plane's signed receipt of this decision (compact JWS, see common/receipt.ts). */
   receipt?: string;
+  /** pending: the request an approver answers, and when it expires (ISO 8601). */
+  approval_id?: string;
+  approval_expires_at?: string;
+  /** The argument fields the plane saw. */
+  args_disclosed?: string[];
 }
 
 export interface CheckerOptions {
@@ -58,6 +68,11 @@ export interface CheckerOptions {
   canRecord?: () => boolean;
   metrics?: PlaneMetrics;
   now?: () => number;
+  /**
+   * Opens an approval request for a pending decision (at the plane that keeps them). Without it a
+   * require_approval rule cannot be honoured: nothing is decided (503).
+   */
+  requestApproval?: (input: ApprovalInput) => Promise<ApprovalRecord> | ApprovalRecord;
 }
 
 /** Token errors that mean nothing could be decided (503), not a bad token (deny). */
@@ -92,13 +107,14 @@ export function createChecker(
     const policy = options.policy();
     const settings = toolPolicy(policy, req.tool);
     const percent = options.rolloutPercent();
+    const disclosed = req.args ? discloseArgs(req.args, settings.discloseArgs) : undefined;
     let claims: TokenClaims | undefined;
     let outcome: Decision;
     try {
       if (req.token) claims = await options.verifier.verify(req.token, { audience: req.tool, singleUse: settings.singleUseTokens });
       else if (peer) claims = await options.verifier.verifyClaims(peer(), { audience: req.tool, singleUse: settings.singleUseTokens });
       else throw new TokenError(TOKEN_ERROR.MALFORMED, 'no token: every call needs a token (or a client certificate) for its tool');
-      outcome = decideFor(req, claims, policy, now());
+      outcome = decideFor(req, claims, policy, now(), disclosed);
     } catch (err) {
       if (!(err instanceof TokenError)) throw err;
       // Keys, revocations or a single-use claim that cannot be had: nothing was decided.
@@ -124,7 +140,46 @@ export function createChecker(
       single_use_token: settings.singleUseTokens,
       rollout_percent: percent,
       ...(claims ? { token_jti: claims.jti } : {}),
+      ...(disclosed ? { args_disclosed: Object.keys(disclosed) } : {}),
     };
+    if (outcome.decision === 'pending' && response.enforced) {
+      // an enforced call waits for a human; a baseline one only learns it would have
+      if (!options.requestApproval || !claims || !outcome.approval) {
+        throw unavailable(options, { req, policy, risk: settings.risk, started, traceContext, claims }, { code: 'approvals_unavailable', message: 'this plane cannot open approval requests', ruleId: outcome.rule_id, reason: 'approvals unavailable', id: response.policy_decision_id });
+      }
+      const a = outcome.approval;
+      let record: ApprovalRecord;
+      try {
+        record = await options.requestApproval({
+          sponsor_id: claims.sponsor_id ?? '',
+          agent_instance_id: claims.agent_instance_id,
+          parent_agent_id: claims.parent_agent_id ?? '',
+          chain: chainOf(claims),
+          role: claims.role ?? '',
+          tool: req.tool,
+          action: req.action,
+          purpose: claims.purpose ?? req.purpose ?? '',
+          args: disclosed ?? {},
+          rule_id: outcome.rule_id,
+          reason: outcome.reason,
+          approvers: { sponsor: a.sponsor, people: [...a.people], roles: [...a.roles] },
+          timeout_ms: a.timeoutMs,
+          request_decision_id: response.policy_decision_id,
+          cohort,
+          enforced: response.enforced,
+          token_jti: claims.jti,
+          token_exp: claims.exp,
+          policy_version: policy.version,
+          rollout_percent: percent,
+          risk: settings.risk,
+        });
+      } catch (err) {
+        const why = `cannot open an approval request: ${(err as Error)?.message ?? String(err)}`;
+        throw unavailable(options, { req, policy, risk: settings.risk, started, traceContext, claims }, { code: 'approvals_unavailable', message: why, ruleId: outcome.rule_id, reason: why, id: response.policy_decision_id });
+      }
+      response.approval_id = record.id;
+      response.approval_expires_at = new Date(record.expires_at).toISOString();
+    }
     if (options.signer) {
       try {
         response.receipt = await options.signer.sign(RECEIPT_TYPE.DECISION, receiptOf(req, claims, response, decidedAt));
@@ -147,6 +202,8 @@ export function createChecker(
         enforced: response.enforced,
         latencyMs: seconds * 1000,
         ...(response.receipt ? { receipt: response.receipt } : {}),
+        ...(response.approval_id ? { approval: { id: response.approval_id, status: APPROVAL_STATUS.PENDING } } : {}),
+        ...(response.args_disclosed ? { argsDisclosed: response.args_disclosed } : {}),
       }),
       traceContext,
       decidedAt,
@@ -181,7 +238,7 @@ function unavailable(
 }
 
 /** The identity is the token's; the purpose is the token's when it names one (a different stated purpose is refused). */
-function decideFor(req: CheckRequest, claims: TokenClaims, policy: Policy, now: number): Decision {
+function decideFor(req: CheckRequest, claims: TokenClaims, policy: Policy, now: number, args: Record<string, unknown> | undefined): Decision {
   if (claims.purpose && req.purpose && req.purpose !== claims.purpose) {
     return {
       decision: 'deny',
@@ -201,6 +258,7 @@ function decideFor(req: CheckRequest, claims: TokenClaims, policy: Policy, now: 
       tool: req.tool,
       action: req.action,
       purpose: claims.purpose ?? req.purpose,
+      args,
     },
     policy,
     { now },
@@ -227,7 +285,31 @@ export function parseCheckRequest(body: unknown): CheckRequest {
   const action = text('action', LIMITS.name, true)!;
   const purpose = text('purpose', LIMITS.purpose, false);
   const token = text('token', LIMITS.token, false) ?? '';
-  return { token, tool, action, ...(purpose !== undefined ? { purpose } : {}) };
+  const args = parseArgs(b.args);
+  return { token, tool, action, ...(purpose !== undefined ? { purpose } : {}), ...(args ? { args } : {}) };
+}
+
+/** `args`: an object of at most 64 JSON scalars (strings up to 256 characters). */
+function parseArgs(v: unknown): Record<string, string | number | boolean | null> | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v)) throw badRequest('invalid_request', `'args' must be an object of the disclosed argument fields`);
+  const entries = Object.entries(v as Record<string, unknown>);
+  if (entries.length > 64) throw badRequest('invalid_request', `'args' holds more than 64 fields`);
+  const out: Record<string, string | number | boolean | null> = {};
+  for (const [k, x] of entries) {
+    if (!(x === null || typeof x === 'boolean' || (typeof x === 'number' && Number.isFinite(x)) || (typeof x === 'string' && x.length <= 256))) {
+      throw badRequest('invalid_request', `'args.${k}' must be a number, a boolean, null or a string of at most 256 characters`);
+    }
+    if (k !== '__proto__') out[k] = x;
+  }
+  return out;
+}
+
+/** The agents above this one, nearest first (the token's act chain). */
+function chainOf(claims: TokenClaims): string[] {
+  const out: string[] = [];
+  for (let a = claims.act; a && out.length < 32; a = a.act) out.push(a.sub);
+  return out;
 }
 
 interface Outcome {
@@ -239,6 +321,8 @@ interface Outcome {
   enforced: boolean;
   latencyMs: number;
   receipt?: string;
+  approval?: { id: string; status: string; approver?: string; via?: string; reason?: string; decidedAt?: number };
+  argsDisclosed?: string[];
 }
 
 /** What the receipt of a decision says: the identity is the verified token's, never the request's. */
@@ -259,6 +343,8 @@ function receiptOf(req: CheckRequest, claims: TokenClaims | undefined, r: CheckR
     policy_version: r.policy_version,
     rule_id: r.rule_id,
     rollout_percent: r.rollout_percent,
+    ...(r.approval_id ? { approval: { id: r.approval_id, status: APPROVAL_STATUS.PENDING } } : {}),
+    ...(r.args_disclosed ? { args_disclosed: r.args_disclosed } : {}),
   };
 }
 
@@ -277,6 +363,8 @@ function decisionAttributes(req: CheckRequest, claims: TokenClaims | undefined, 
     [ATTR.TOOL_RISK]: risk,
   };
   if (o.receipt) a[ATTR.POLICY_RECEIPT] = o.receipt;
+  if (o.approval) Object.assign(a, approvalAttributes(o.approval));
+  if (o.argsDisclosed) a[ATTR.ARGS_DISCLOSED] = o.argsDisclosed.join(',');
   const purpose = claims?.purpose ?? req.purpose;
   if (purpose) a[ATTR.PURPOSE] = purpose;
   if (claims) {
@@ -296,4 +384,89 @@ function metricTool(policy: Policy, tool: string): string {
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
+}
+
+/** The approval's attributes on a decision-log record. */
+export function approvalAttributes(x: NonNullable<Outcome['approval']>): Attributes {
+  const a: Attributes = { [ATTR.APPROVAL_ID]: x.id, [ATTR.APPROVAL_STATUS]: x.status };
+  if (x.approver) a[ATTR.APPROVAL_APPROVER] = x.approver;
+  if (x.via) a[ATTR.APPROVAL_VIA] = x.via;
+  if (x.reason) a[ATTR.APPROVAL_REASON] = x.reason;
+  if (x.decidedAt) a[ATTR.APPROVAL_DECIDED_AT] = new Date(x.decidedAt).toISOString();
+  return a;
+}
+
+/**
+ * The final decision of an approval request, made when it is approved, denied or expires: a new
+ * decision (its own id), signed and recorded like any other, naming the approver, when and why.
+ * The identity, tool, action and token are the request's, so the call the enforcer then runs
+ * matches its receipt exactly.
+ */
+export async function finalizeApproval(options: Pick<CheckerOptions, 'signer' | 'report' | 'metrics' | 'now'>, r: ApprovalRecord): Promise<ApprovalFinal> {
+  const now = options.now ?? Date.now;
+  const decidedAt = now();
+  const approved = r.status === APPROVAL_STATUS.APPROVED;
+  const reason = approved
+    ? `approved by ${r.decided_by}${r.decision_reason ? `: ${r.decision_reason}` : ''} (rule '${r.rule_id}')`
+    : r.status === APPROVAL_STATUS.DENIED
+      ? `denied by ${r.decided_by}${r.decision_reason ? `: ${r.decision_reason}` : ''} (rule '${r.rule_id}')`
+      : `approval expired: nobody answered within ${Math.round(r.timeout_ms / 1000)} s (rule '${r.rule_id}')`;
+  const id = decisionId(decidedAt);
+  const decision = approved ? DECISION.ALLOW : DECISION.DENY;
+  const approval = {
+    id: r.id,
+    status: r.status,
+    ...(r.decided_by ? { approver: r.decided_by } : {}),
+    ...(r.decided_via ? { via: r.decided_via } : {}),
+    ...(r.decision_reason ? { reason: r.decision_reason } : {}),
+    decidedAt: r.decided_at ?? decidedAt,
+  };
+  const argsDisclosed = Object.keys(r.args);
+  let receipt: string | undefined;
+  if (options.signer) {
+    const payload: DecisionReceipt = {
+      id,
+      decision,
+      sponsor_id: r.sponsor_id,
+      agent_instance_id: r.agent_instance_id,
+      parent_agent_id: r.parent_agent_id,
+      tool_id: r.tool,
+      action: r.action,
+      cohort: r.cohort,
+      enforced: r.enforced,
+      token_jti: r.token_jti,
+      token_exp: r.token_exp,
+      time: decidedAt,
+      policy_version: r.policy_version,
+      rule_id: r.rule_id,
+      rollout_percent: r.rollout_percent,
+      approval: { id: r.id, status: r.status, by: r.decided_by ?? '', via: r.decided_via ?? '', reason: r.decision_reason ?? '', at: approval.decidedAt, requested_by: r.request_decision_id },
+      ...(argsDisclosed.length ? { args_disclosed: argsDisclosed } : {}),
+    };
+    receipt = await options.signer.sign(RECEIPT_TYPE.DECISION, payload);
+  }
+  const a: Attributes = {
+    [ATTR.POLICY_DECISION_ID]: id,
+    [ATTR.POLICY_DECISION]: decision,
+    [ATTR.POLICY_RULE_ID]: r.rule_id,
+    [ATTR.POLICY_REASON]: reason,
+    [ATTR.TOOL_ID]: r.tool,
+    [ATTR.ACTION]: r.action,
+    [ATTR.ROLLOUT_COHORT]: r.cohort,
+    [ATTR.ENFORCED]: r.enforced,
+    [ATTR.POLICY_LATENCY_MS]: 0,
+    [ATTR.POLICY_VERSION]: r.policy_version,
+    [ATTR.TOOL_RISK]: r.risk,
+    [ATTR.AGENT_INSTANCE_ID]: r.agent_instance_id,
+    [ATTR.TOKEN_JTI]: r.token_jti,
+    ...approvalAttributes(approval),
+  };
+  if (receipt) a[ATTR.POLICY_RECEIPT] = receipt;
+  if (r.sponsor_id) a[ATTR.SPONSOR_ID] = r.sponsor_id;
+  if (r.parent_agent_id) a[ATTR.PARENT_AGENT_ID] = r.parent_agent_id;
+  if (r.role) a[ATTR.ROLE] = r.role;
+  if (r.purpose) a[ATTR.PURPOSE] = r.purpose;
+  if (argsDisclosed.length) a[ATTR.ARGS_DISCLOSED] = argsDisclosed.join(',');
+  options.report?.(a, undefined, decidedAt);
+  return { policy_decision_id: id, decision, reason, ...(receipt ? { receipt } : {}) };
 }

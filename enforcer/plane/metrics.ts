@@ -32,6 +32,9 @@ export function planeMetrics() {
     help: 'Decision receipts signed under one signature (the decisions made in one event-loop turn)',
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
   });
+  const approvalsPending = gauge({ name: METRIC.APPROVALS_PENDING, help: 'Tool calls waiting for a human approval' });
+  const approvals = counter<'status'>({ name: METRIC.APPROVALS_TOTAL, help: 'Approval requests by outcome (requested, approved, denied, expired)', labelNames: ['status'] });
+  const webhookFailures = counter({ name: METRIC.APPROVAL_WEBHOOK_FAILURES_TOTAL, help: 'Approval-request webhooks that failed or timed out (the request itself stands)' });
   const rolloutPercent = gauge({ name: METRIC.ROLLOUT_PERCENT, help: 'Percent of agent instances in the canary (enforced) cohort' });
 
   const safely = (fn: () => void) => {
@@ -57,6 +60,13 @@ export function planeMetrics() {
         version.reset();
         version.set({ version: policyVersion, hash: hash.slice(0, 12) }, generation);
       });
+    },
+    approval(status: string, pending: number): void {
+      safely(() => approvals.inc({ status }));
+      safely(() => approvalsPending.set(pending));
+    },
+    webhookFailed(): void {
+      safely(() => webhookFailures.inc());
     },
     rollout(percent: number): void {
       safely(() => rolloutPercent.set(percent));

@@ -18,7 +18,11 @@ import { createRevocationChecker, type RevocationChecker } from '../../identity/
 import type { TokenKeysService } from '../../identity/role';
 import { createTokenVerifier, type TokenVerifier } from '../../identity/verify';
 import { parseCertificateAuthorities, peerClaimsOf } from '../../identity/certificates';
-import { createChecker } from './check';
+import { createChecker, finalizeApproval } from './check';
+import { createApprovalBook, type ApprovalBook, type ApprovalInput, type ApprovalRecord } from './approvals';
+import { mountApprovalRelay, mountApprovalRoutes, APPROVAL_PATHS } from './approval-routes';
+import { approvalWebhook } from './approval-webhook';
+import { fetchJson } from '../../common/json-client';
 import { receiptBatcher } from './receipt-batcher';
 import { planeMetrics } from './metrics';
 import { watchPolicyFile } from './reload';
@@ -113,7 +117,41 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       };
       // decisions made together share one signature; rollout changes are rare and signed alone
       const signer = receiptBatcher(currentSigner, { onBatch: (size) => metrics.receiptBatch(size) });
-      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer });
+      // Human approvals are kept by the plane that owns the shared state; a replica opens them there.
+      let book: ApprovalBook | undefined;
+      let requestApproval: (input: ApprovalInput) => Promise<ApprovalRecord> | ApprovalRecord;
+      if (shared) {
+        const url = new URL(APPROVAL_PATHS.STATE, stateUrl!);
+        requestApproval = async (input) => {
+          if (!stateToken) throw new Error(`approval requests are opened at the state owner: set ${ENV.STATE_TOKEN} (or ${ENV.SERVICE_TOKEN})`);
+          // more time than a single-use claim: a request is opened once per held call, and the agent's own budget bounds its wait
+          const { body } = await fetchJson(url, { method: 'POST', body: input, headers: { authorization: `Bearer ${stateToken}` }, timeoutMs: APPROVAL_OPEN_TIMEOUT_MS });
+          return body as ApprovalRecord;
+        };
+      } else {
+        const announce = approvalWebhook({
+          url: () => ctx.env[ENV.APPROVAL_WEBHOOK_URL] || policies.current().approvals.webhook,
+          // on an ephemeral port (0) the address is not known yet: the link is the path alone
+          inboxUrl: options.port === 0 ? APPROVAL_PATHS.PAGE : new URL(APPROVAL_PATHS.PAGE, options.publicUrl).toString(),
+          log,
+          onFailure: () => metrics.webhookFailed(),
+        });
+        const b = createApprovalBook({
+          onResolved: async (r) => {
+            const final = await finalizeApproval({ signer, report, metrics }, r);
+            metrics.approval(r.status, b.size);
+            log.info({ approval: r.id, status: r.status, by: r.decided_by, tool: r.tool, action: r.action, agent: r.agent_instance_id }, `approval ${r.status}`);
+            return final;
+          },
+          onCreated: (r) => {
+            metrics.approval('requested', b.size);
+            announce(r);
+          },
+        });
+        book = b;
+        requestApproval = (input) => b.create(input);
+      }
+      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer, requestApproval });
       const rolloutReceipt = (state: RolloutState, reason: string, actor: string) =>
         currentSigner().sign(RECEIPT_TYPE.ROLLOUT, { percent: state.percent, revision: state.revision, time: Date.now(), reason, actor } satisfies RolloutReceipt);
 
@@ -124,6 +162,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const authorities = options.tls?.clientCa ? parseCertificateAuthorities(options.tls.clientCa, '--client-ca') : [];
       ctx.fast.post('/v1/check', (body, req) => check(body, traceContextOf(req.headers), arrivedAt(req), peerClaimsOf(req.socket, authorities)));
       if (shared) {
+        mountApprovalRelay(ctx.control, stateUrl!);
         ctx.addReadinessCheck('shared-state', () => {
           const s = shared!.status();
           if (!s.known) return { ok: false, detail: `rollout not read yet from ${new URL(stateUrl!).origin}: checks are refused` };
@@ -135,6 +174,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       } else {
         // the owner: replicas claim single-use tokens here
         mountStateRoutes(ctx.control, { replay, credential: stateToken });
+        mountApprovalRoutes(ctx.control, { book: book!, policy: policies.current, credentials, stateCredential: stateToken });
       }
       mountPlaneRoutes(ctx.control, {
         ...(shared ? { replicaOf: { owner: stateUrl!, accept: (body: unknown) => shared!.accept(body) } } : {}),
@@ -178,6 +218,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         `  tokens      ${describe}`,
         `  receipts    signed with ${receiptKeys.current().kid} (${receiptKeys.source}); public keys at GET /v1/policy/jwks.json`,
       ];
+      if (book) banner.push(`  approvals   inbox at GET ${APPROVAL_PATHS.PAGE} on the control API (${p.approvals.people.size} approvers listed in the policy)`);
       if (!credentials.admin && !credentials.rollout) banner.push(`  rollout changes disabled until ${ENV.ROLLOUT_TOKEN} or ${ENV.ADMIN_TOKEN} is set`);
       if (state?.incident) {
         banner.push(`!! incident switch on since ${state.incident.since}: agents keep allows cached for ${state.incident.cache_ttl_s} s`);
@@ -187,6 +228,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         banner,
         close: async () => {
           policies.close();
+          book?.close();
           shared?.close();
           // Deliver the last decisions and rollout changes while a collector hosted here still listens
           // (roles stop in reverse order); bounded, since a remote collector may be down.
@@ -246,6 +288,9 @@ function tokenVerifier(ctx: RoleContext, o: PolicyPlaneOptions, replayCache: Rep
     revocations,
   };
 }
+
+/** How long a replica waits for the owner to open an approval request. */
+const APPROVAL_OPEN_TIMEOUT_MS = 1000;
 
 /** How long a replica's start waits for its first read of the owner's rollout. */
 const STATE_FIRST_READ_MS = 3000;

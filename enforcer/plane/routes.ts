@@ -172,7 +172,7 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
       source: p.source,
       loaded_at: new Date(p.loadedAt).toISOString(),
       rules: p.ruleCount,
-      tools: Object.fromEntries([...p.tools].map(([name, t]) => [name, { risk: t.risk, single_use_tokens: t.singleUseTokens, require_purpose: t.requirePurpose, actions: t.actions ? [...t.actions] : null }])),
+      tools: Object.fromEntries([...p.tools].map(([name, t]) => [name, { risk: t.risk, single_use_tokens: t.singleUseTokens, require_purpose: t.requirePurpose, actions: t.actions ? [...t.actions] : null, disclose_args: t.discloseArgs ? [...t.discloseArgs] : null }])),
       tool_map: Object.fromEntries(p.toolMap),
     });
   });

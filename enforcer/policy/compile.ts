@@ -1,13 +1,15 @@
 import fs from 'node:fs';
 import { sha256Hex } from '../../common/canonical';
+import { parseDuration } from '../../common/duration';
 import { ConfigError } from '../../common/errors';
 import { DEFAULT_ROLLOUT, WILDCARD, parsePolicyText, type PolicyConfig, type Risk } from './schema';
+import { defaultTimeoutS, type ArgCondition } from './approval-schema';
 import { DEFAULT_ACTION } from './tool-map';
 
 /** A rule made ready for evaluation: sets and compiled patterns, `null` for "any". */
 export interface CompiledRule {
   readonly id: string;
-  readonly effect: 'allow' | 'deny';
+  readonly effect: 'allow' | 'deny' | 'require_approval';
   /** Position in the file, for reasons and tests. */
   readonly index: number;
   readonly roles: ReadonlySet<string> | null;
@@ -23,6 +25,23 @@ export interface CompiledRule {
   readonly until: number | null;
   /** The rule has conditions (purpose, sponsors, depth, times, …): it may or may not apply to a call. */
   readonly conditional: boolean;
+  /** conditions.args: each disclosed field's test, or null. */
+  readonly args: ReadonlyArray<readonly [string, ArgCondition]> | null;
+  /** require_approval: who may approve and how long the call waits; null for other effects. */
+  readonly approval: CompiledApproval | null;
+}
+
+export interface CompiledApproval {
+  readonly sponsor: boolean;
+  readonly people: ReadonlySet<string>;
+  readonly roles: ReadonlySet<string>;
+  readonly timeoutMs: number;
+}
+
+/** The approvers' directory and the webhook (policy `approvals`). */
+export interface ApprovalSettings {
+  readonly webhook: string | undefined;
+  readonly people: ReadonlyMap<string, { readonly roles: readonly string[]; readonly credentialSha256: string | undefined }>;
 }
 
 export interface ToolPolicy {
@@ -30,6 +49,8 @@ export interface ToolPolicy {
   readonly singleUseTokens: boolean;
   readonly requirePurpose: boolean;
   readonly actions: ReadonlySet<string> | null;
+  /** Argument fields the enforcer sends in clear (disclose_args); null: none. */
+  readonly discloseArgs: readonly string[] | null;
 }
 
 export interface RolloutConfig {
@@ -56,11 +77,12 @@ export interface Policy {
   readonly ruleCount: number;
   /** Every tool the policy names: in `tools`, in a rule or in `tool_map`. */
   readonly knownTools: ReadonlySet<string>;
+  readonly approvals: ApprovalSettings;
   /** The rules that can apply to a tool, explicit denies first, each group in file order. */
   rulesFor(tool: string): readonly CompiledRule[];
 }
 
-const DEFAULT_TOOL: ToolPolicy = Object.freeze({ risk: 'low', singleUseTokens: false, requirePurpose: false, actions: null });
+const DEFAULT_TOOL: ToolPolicy = Object.freeze({ risk: 'low', singleUseTokens: false, requirePurpose: false, actions: null, discloseArgs: null });
 
 export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: string; hash: string; loadedAt?: number }): Policy {
   const compiled = config.rules.map((r, index): { rule: CompiledRule; tools: readonly string[] } => {
@@ -83,10 +105,21 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
         from: c?.from ? Date.parse(c.from) : null,
         until: c?.until ? Date.parse(c.until) : null,
         conditional: c !== undefined && Object.values(c).some((v) => v !== undefined),
+        args: c?.args ? Object.freeze(Object.entries(c.args).map(([k, v]) => Object.freeze([k, v] as const))) : null,
+        approval:
+          r.effect === 'require_approval' && r.approvers
+            ? Object.freeze({
+                sponsor: r.approvers.sponsor === true,
+                people: new Set(r.approvers.people ?? []),
+                roles: new Set(r.approvers.roles ?? []),
+                timeoutMs: (r.approval_timeout ? parseDuration(r.approval_timeout) : defaultTimeoutS(config.approvals)) * 1000,
+              })
+            : null,
       }),
     };
   });
-  const ordered = [...compiled.filter((c) => c.rule.effect === 'deny'), ...compiled.filter((c) => c.rule.effect === 'allow')];
+  // explicit denies, then rules that need a human, then allows
+  const ordered = [...compiled.filter((c) => c.rule.effect === 'deny'), ...compiled.filter((c) => c.rule.effect === 'require_approval'), ...compiled.filter((c) => c.rule.effect === 'allow')];
   const anyTool = Object.freeze(ordered.filter((c) => c.tools.includes(WILDCARD)).map((c) => c.rule));
   const byTool = new Map<string, readonly CompiledRule[]>();
   const named = new Set(compiled.flatMap((c) => c.tools.filter((t) => t !== WILDCARD)));
@@ -98,7 +131,13 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
   for (const [name, t] of Object.entries(config.tools ?? {})) {
     tools.set(
       name,
-      Object.freeze({ risk: t.risk, singleUseTokens: t.single_use_tokens, requirePurpose: t.require_purpose, actions: t.actions ? new Set(t.actions) : null }),
+      Object.freeze({
+        risk: t.risk,
+        singleUseTokens: t.single_use_tokens,
+        requirePurpose: t.require_purpose,
+        actions: t.actions ? new Set(t.actions) : null,
+        discloseArgs: t.disclose_args ? Object.freeze([...t.disclose_args]) : null,
+      }),
     );
   }
   const toolMap = new Map<string, { tool: string; action: string }>();
@@ -123,6 +162,10 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
     rollout,
     ruleCount: config.rules.length,
     knownTools: new Set([...named, ...tools.keys(), ...[...toolMap.values()].map((e) => e.tool)]),
+    approvals: Object.freeze({
+      webhook: config.approvals?.webhook,
+      people: new Map(Object.entries(config.approvals?.people ?? {}).map(([id, p]) => [id, Object.freeze({ roles: Object.freeze([...p.roles]), credentialSha256: p.credential_sha256 })])),
+    }),
     rulesFor: (tool: string) => byTool.get(tool) ?? anyTool,
   });
 }

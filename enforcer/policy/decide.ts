@@ -1,4 +1,5 @@
-import { toolPolicy, type CompiledRule, type Policy } from './compile';
+import { toolPolicy, type CompiledApproval, type CompiledRule, type Policy } from './compile';
+import { argsMatch } from './args';
 import { BUILTIN_RULE } from './schema';
 
 export { BUILTIN_RULE };
@@ -18,13 +19,18 @@ export interface DecisionRequest {
   tool: string;
   action: string;
   purpose?: string | undefined;
+  /** The call's disclosed argument fields (the tool's disclose_args), for argument conditions. */
+  args?: Readonly<Record<string, unknown>> | undefined;
 }
 
 export interface Decision {
-  decision: 'allow' | 'deny';
+  /** `pending`: a require_approval rule matched; the call runs only once a human approves it. */
+  decision: 'allow' | 'deny' | 'pending';
   /** The rule that decided: a policy rule's id, or a built-in one such as `default-deny`. */
   rule_id: string;
   reason: string;
+  /** pending: who may approve and how long to wait. */
+  approval?: CompiledApproval;
 }
 
 /**
@@ -58,11 +64,13 @@ export function decide(request: DecisionRequest, policy: Policy, options: { now:
   const rules = policy.rulesFor(tool);
   for (let i = 0; i < rules.length; i++) {
     const rule = rules[i]!;
-    if (matches(rule, identity, action, purpose, now)) {
+    if (matches(rule, identity, action, purpose, now) && (rule.args === null || argsMatch(rule.args, request.args, rule.effect !== 'allow'))) {
       const who = identity.role ? `role '${identity.role}'` : 'a caller without a role';
-      return rule.effect === 'deny'
-        ? deny(rule.id, `rule '${rule.id}' denies ${who} ${action} on ${tool}`)
-        : { decision: 'allow', rule_id: rule.id, reason: `rule '${rule.id}' allows ${who} ${action} on ${tool}` };
+      if (rule.effect === 'deny') return deny(rule.id, `rule '${rule.id}' denies ${who} ${action} on ${tool}`);
+      if (rule.effect === 'require_approval' && rule.approval) {
+        return { decision: 'pending', rule_id: rule.id, reason: `rule '${rule.id}' lets ${who} ${action} on ${tool} once a human approves`, approval: rule.approval };
+      }
+      return { decision: 'allow', rule_id: rule.id, reason: `rule '${rule.id}' allows ${who} ${action} on ${tool}` };
     }
   }
   const who = identity.role ? `role '${identity.role}'` : 'a caller without a role';

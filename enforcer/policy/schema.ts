@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { loadConfigFile, parseConfigText } from '../../common/config';
 import { DEFAULTS } from '../../common/names';
+import { APPROVAL_DEFAULTS, approvalsConfig, approvers, argConditions, argName, checkApprovalRule, checkArgConditions, type ApprovalsConfig } from './approval-schema';
 
 /** Matches any role, tool or action. */
 export const WILDCARD = '*';
@@ -74,19 +75,24 @@ const conditions = z.strictObject({
   /** The rule applies from / until these times (a temporary grant). */
   from: isoTime.optional(),
   until: isoTime.optional(),
+  /** Named argument fields of the call (human approval and argument conditions, see approval-schema.ts). */
+  args: argConditions.optional(),
 });
 
 const rule = z
   .strictObject({
     id: z.string().regex(RULE_ID, `expected a rule id: letters, digits, '_', '-', '.', ':'`),
     description: z.string().optional(),
-    effect: z.enum(['allow', 'deny']).default('allow'),
+    effect: z.enum(['allow', 'deny', 'require_approval']).default('allow'),
     role: oneOrMany(nameOrWildcard('a role name')),
     tool: oneOrMany(toolOrWildcard),
     /** The seed's name for the actions a rule covers; `actions` is the same thing. Absent: every action. */
     allowed_actions: oneOrMany(nameOrWildcard('an action name')).optional(),
     actions: oneOrMany(nameOrWildcard('an action name')).optional(),
     conditions: conditions.optional(),
+    /** require_approval: who may approve, and how long the call waits. */
+    approvers: approvers.optional(),
+    approval_timeout: z.string().optional(),
   })
   .superRefine((r, ctx) => {
     if (r.allowed_actions && r.actions) {
@@ -114,6 +120,8 @@ const toolSettings = z.strictObject({
   require_purpose: z.boolean().default(false),
   /** The tool's actions; when given, any other action is denied and rules may only name these. */
   actions: z.array(actionName).min(1).optional(),
+  /** Argument fields the enforcer sends to the plane (in clear); every other argument stays a hash. */
+  disclose_args: z.array(argName).min(1).optional(),
 });
 
 const toolMapEntry = z.strictObject({
@@ -148,6 +156,8 @@ export const policyConfigSchema = z
     tool_map: z.record(z.string().min(1).max(256), toolMapEntry).optional(),
     rules: z.array(rule),
     rollout: rollout.optional(),
+    /** Human approval: timeouts, the webhook, the approvers' directory. */
+    approvals: approvalsConfig.optional(),
   })
   .superRefine((p, ctx) => {
     const seen = new Map<string, number>();
@@ -158,6 +168,8 @@ export const policyConfigSchema = z
       if (first !== undefined) {
         ctx.addIssue({ code: 'custom', path: ['rules', i, 'id'], message: `duplicate rule id '${r.id}' (also rules[${first}])` });
       } else seen.set(r.id, i);
+      checkApprovalRule(r, i, p.approvals, ctx);
+      checkArgConditions(r, i, tools, ctx);
       if (!tools) return;
       const actionsKey = r.allowed_actions ? 'allowed_actions' : 'actions';
       for (const t of r.tool) {
@@ -201,6 +213,8 @@ export const policyConfigSchema = z
 export type PolicyConfig = z.infer<typeof policyConfigSchema>;
 export type PolicyRuleConfig = PolicyConfig['rules'][number];
 export type ToolSettings = z.infer<typeof toolSettings>;
+export type { ApprovalsConfig };
+export { APPROVAL_DEFAULTS };
 
 /** Rollout defaults when the policy has no `rollout` block: the contract's 10 → 30 → 60 → 100. */
 export const DEFAULT_ROLLOUT = Object.freeze({ percent: DEFAULTS.ROLLOUT_STAGES[0]!, stages: DEFAULTS.ROLLOUT_STAGES });

@@ -68,6 +68,8 @@ describe('an allowed call', () => {
         identity: expect.objectContaining({ agentInstanceId: 'inst-1', sponsorId: 'alice', role: 'support' }),
         // when the call began waiting: the enforcer's budget counts from there
         startedAt: expect.any(Number),
+        // the enforcer sends the plane only the fields the tool discloses
+        args: { amount: 10, currency: 'EUR' },
       },
     ]);
     const span = only();

@@ -66,6 +66,8 @@ export interface VerifyReport {
   counts: Partial<Record<FindingKind, number>>;
   not_listed: number;
   shadow: { calls: number; would_deny: number; listed: ListedCall[] };
+  /** Calls that waited for a human: how many were approved (by whom, as their signed decisions say), denied, expired. */
+  approvals: { approved: number; by: Record<string, number>; denied: number; expired: number };
   /** Calls without a sponsor that custody refused: listed, not findings. */
   blocked_without_sponsor: { calls: number; listed: ListedCall[] };
   notes: string[];

@@ -8,6 +8,7 @@ import { walkCheckpoints } from './checkpoints';
 import { trustedKeys } from './keys';
 import { PeriodVerifier } from './periods';
 import { planeKeys } from './receipts';
+import { verifyApprovals } from './approvals';
 import { iso, type VerifyOptions, type VerifyReport, type Walked } from './types';
 
 /**
@@ -98,6 +99,7 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     progress,
     ...(plane ? { receipts: { keys: plane.keys, graceMs: options.cohortGraceMs ?? 35_000 + skew } } : {}),
   });
+  const approvals = await verifyApprovals(store, findings, { receiptsChecked: !!plane, ...(sinceMs !== undefined ? { sinceMs } : {}) });
   if (calls.receipts?.unsigned_rollout_rows) {
     notes.push(`${calls.receipts.unsigned_rollout_rows} rollout changes carry no receipt (written before receipts, or not by the plane): not used to prove cohorts`);
   }
@@ -132,6 +134,7 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     not_listed: findings.notListed,
     shadow: { calls: calls.totals.shadow, would_deny: calls.shadow.would_deny, listed: calls.shadow.listed },
     blocked_without_sponsor: calls.blocked_without_sponsor,
+    approvals,
     notes,
   };
 }
