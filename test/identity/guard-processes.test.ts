@@ -174,18 +174,12 @@ describe('a billing API behind custody/guard, called by real agents', () => {
 
   it("MCP over HTTP: a server outside CUSTODY_TOOL_ORIGINS gets the trace context in _meta, never the baggage or the delegation token", async () => {
     const metas: Array<Record<string, unknown>> = [];
-    const app = express();
-    app.use(express.json());
-    app.post('/mcp', async (req, res) => {
-      if (req.body?.method === 'tools/call') metas.push(req.body.params?._meta ?? {});
-      const server = new McpServer({ name: 'third-party', version: '1.0.0' });
-      server.registerTool('web_search', { description: 'search' }, async () => ({ content: [{ type: 'text' as const, text: 'found' }] }));
-      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
-      res.on('close', () => void transport.close().then(() => server.close()));
-      await server.connect(transport);
-      await transport.handleRequest(req, res, req.body);
-    });
-    const mcp = await listen(app, '127.0.0.1', 0);
+    const mcp = await startMcpHttpServer(
+      (server) => server.registerTool('web_search', { description: 'search' }, async () => ({ content: [{ type: 'text' as const, text: 'found' }] })),
+      (body) => {
+        if (body?.method === 'tools/call') metas.push(body.params?._meta ?? {});
+      },
+    );
     try {
       const env = (origins: string) => ({ ...agentEnv(`assistant-${randomUUID()}`), CUSTODY_TOOL_ORIGINS: origins, MCP_URL: `${mcp.url}/mcp` });
       const third = await runAgent('mcp-http.cjs', { custody, env: env(new URL(api.url).origin) });
@@ -208,11 +202,8 @@ describe('a billing API behind custody/guard, called by real agents', () => {
   });
   it('an MCP server guarded with mcpToolGuard runs the tool for a custody agent it trusts, and refuses a client without custody', async () => {
     const seen: Array<Record<string, unknown> | undefined> = [];
-    const app = express();
-    app.use(express.json());
-    app.post('/mcp', async (req, res) => {
-      const server = new McpServer({ name: 'guarded-search', version: '1.0.0' });
-      const guarded = mcpToolGuard({ tool: 'search', url: custody.url });
+    const guarded = mcpToolGuard({ tool: 'search', url: custody.url });
+    const mcp = await startMcpHttpServer((server) =>
       server.registerTool(
         'web_search',
         { description: 'search' },
@@ -220,13 +211,8 @@ describe('a billing API behind custody/guard, called by real agents', () => {
           seen.push(extra.custody);
           return { content: [{ type: 'text' as const, text: `found for ${extra.custody.sponsor_id}` }] };
         }),
-      );
-      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
-      res.on('close', () => void transport.close().then(() => server.close()));
-      await server.connect(transport);
-      await transport.handleRequest(req, res, req.body);
-    });
-    const mcp = await listen(app, '127.0.0.1', 0);
+      ),
+    );
     try {
       const instance = `assistant-${randomUUID()}`;
       const env = (i: string, origins: string) => ({ ...agentEnv(i), CUSTODY_TOOL_ORIGINS: origins, MCP_URL: `${mcp.url}/mcp` });
@@ -255,3 +241,19 @@ describe('a billing API behind custody/guard, called by real agents', () => {
     }
   });
 });
+
+/** An MCP server over streamable HTTP on 127.0.0.1 (a new server per request, stateless): `setup` registers its tools. */
+async function startMcpHttpServer(setup: (server: McpServer) => unknown, onBody?: (body: any) => void): Promise<Listening> {
+  const app = express();
+  app.use(express.json());
+  app.post('/mcp', async (req, res) => {
+    onBody?.(req.body);
+    const server = new McpServer({ name: 'test-tools', version: '1.0.0' });
+    setup(server);
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+    res.on('close', () => void transport.close().then(() => server.close()));
+    await server.connect(transport);
+    await transport.handleRequest(req, res, req.body);
+  });
+  return listen(app, '127.0.0.1', 0);
+}
