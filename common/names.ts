@@ -33,6 +33,10 @@ export const ATTR = {
   TOKEN_JTI: 'custody.token.jti',
   AUDIT_SEQ: 'custody.audit.seq',
   AUDIT_PREV_HASH: 'custody.audit.prev_hash',
+  /** The call is sampled out of the audit (common/audit-sample.ts): stored as a counted stub. */
+  AUDIT_SAMPLED: 'custody.audit.sampled',
+  /** The audit sampling rate the plane granted the call's decision (0 < rate < 1). */
+  AUDIT_SAMPLE_RATE: 'custody.audit.sample_rate',
   REQUEST_CONTENT: 'custody.request',
   RESPONSE_CONTENT: 'custody.response',
 
@@ -269,6 +273,8 @@ export const METRIC = {
   TOOL_CALLS_BY_CONVENTION_TOTAL: 'custody_tool_calls_by_convention_total',
   TOOL_SPANS_UNMAPPED_TOTAL: 'custody_tool_spans_unmapped_total',
   OTLP_SIGNALS_DROPPED_TOTAL: 'custody_otlp_signals_dropped_total',
+  AUDIT_SAMPLED_OUT_TOTAL: 'custody_audit_sampled_out_total',
+  AUDIT_SAMPLE_REFUSED_TOTAL: 'custody_audit_sample_refused_total',
   INGEST_REQUESTS_TOTAL: 'custody_ingest_requests_total',
   INGEST_GRPC_REQUESTS_TOTAL: 'custody_ingest_grpc_requests_total',
   INGEST_QUEUE_ROWS: 'custody_ingest_queue_rows',

@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
+import { isSampledOut } from '../common/audit-sample';
 import { canonicalJson, sha256Hex } from '../common/canonical';
 import { performance } from 'node:perf_hooks';
 import { ATTR, DEFAULTS, SPAN } from '../common/names';
@@ -167,6 +168,8 @@ export function wrapTool<A, R, Rest extends unknown[]>(
 class CallRecord {
   requestHash = '';
   private decisionId = '';
+  private decision = '';
+  private auditSample: number | undefined;
   private shadow: Promise<EnforcerVerdict> | undefined;
   private ended = false;
 
@@ -180,6 +183,8 @@ class CallRecord {
   applyVerdict(v: EnforcerVerdict): void {
     setVerdictAttributes(this.span, v);
     this.decisionId = v.policyDecisionId ?? '';
+    this.decision = v.decision;
+    this.auditSample = v.auditSample;
     this.shadow = v.shadow;
   }
 
@@ -212,6 +217,8 @@ class CallRecord {
       (v) => {
         setVerdictAttributes(this.span, { ...v, enforced: false });
         this.decisionId = v.policyDecisionId ?? this.decisionId;
+        this.decision = v.decision;
+        this.auditSample = v.auditSample;
       },
       () => undefined,
     ).finally(() => this.close(status, responseHash));
@@ -234,6 +241,13 @@ class CallRecord {
       status,
     });
     this.span.setAttributes({ [ATTR.AUDIT_SEQ]: link.seq, [ATTR.AUDIT_PREV_HASH]: link.prevHash });
+    // Sampling is decided here, where the chain advanced: only an allowed, successful, sponsored
+    // call the plane granted a rate may become a stub; the collector and verify check it again.
+    const rate = this.auditSample;
+    if (rate !== undefined && this.decision === 'allow' && status === AUDIT_STATUS.OK && id.sponsorId && this.decisionId) {
+      this.span.setAttribute(ATTR.AUDIT_SAMPLE_RATE, rate);
+      if (isSampledOut(sc.traceId, sc.spanId, rate)) this.span.setAttribute(ATTR.AUDIT_SAMPLED, true);
+    }
     this.span.end();
   }
 }

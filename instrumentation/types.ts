@@ -37,6 +37,8 @@ export interface EnforcerVerdict {
   error?: Error;
   /** True while the incident switch lengthens the decision cache TTL. */
   incident?: boolean;
+  /** The audit sampling rate the plane granted this allow (common/audit-sample.ts). */
+  auditSample?: number;
   /** Baseline (shadow) cohort: the real decision, arriving after the call was let through. */
   shadow?: Promise<EnforcerVerdict>;
 }

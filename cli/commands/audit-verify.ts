@@ -121,6 +121,10 @@ export function formatReport(r: VerifyReport, location: string): string {
     out.push('', `calls without a sponsor that custody refused: ${r.blocked_without_sponsor.calls}`);
     for (const s of r.blocked_without_sponsor.listed) out.push(call(s));
   }
+  if (r.sampled_out.calls) {
+    const tools = Object.entries(r.sampled_out.by_tool).map(([tool, n]) => `${t(tool)} ${n}`).join(', ');
+    out.push('', `sampled out: ${r.sampled_out.calls} calls stored as chained stubs, each an allow the plane sampled (${tools})`);
+  }
   if (r.notes.length) out.push('', 'notes:', ...r.notes.map((n) => `  - ${t(n)}`));
   out.push('', r.ok ? 'result: CLEAN — every period, chain and call verified' : `result: ${total} FINDINGS`);
   return out.join('\n') + '\n';

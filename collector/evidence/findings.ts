@@ -43,6 +43,7 @@ export const FINDING_KINDS = {
   token_after_call: { severity: 'high', about: 'the token was issued after the call started' },
   token_expired: { severity: 'high', about: 'the token had expired when the call started' },
   missing_sponsor: { severity: 'high', about: 'a call that ran without a sponsor' },
+  sample_unlawful: { severity: 'critical', about: 'a call stored as a sampled-out stub that may never be sampled (not an allow with a granted rate, high-risk, failed, unsponsored, or inside the sample)' },
   // receipts (the policy plane's signatures)
   receipt_missing: { severity: 'critical', about: 'an executed gated call without the policy plane\'s receipt' },
   receipt_invalid: { severity: 'critical', about: 'a call whose receipt is not signed by the policy plane' },

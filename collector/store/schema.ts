@@ -474,6 +474,15 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         `ALTER TABLE ${t(TABLE.AUDIT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS convention LowCardinality(String) DEFAULT '' AFTER trust`,
       ],
     },
+    {
+      version: 12,
+      name: 'audit_sampling',
+      // A sampled-out tool call (common/audit-sample.ts) is stored as a stub: its chain fields and
+      // what the rules count, no attributes and no otel_traces row. The rollups count it like any call.
+      statements: [
+        `ALTER TABLE ${t(TABLE.AUDIT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS audit_sampled Bool DEFAULT false AFTER convention`,
+      ],
+    },
   ];
 }
 

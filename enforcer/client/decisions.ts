@@ -75,6 +75,7 @@ export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswe
     ...(typeof answer.receipt === 'string' ? { receipt: answer.receipt } : {}),
     ...(error ? { error } : {}),
     ...(answer.policy_version ? { policyVersion: answer.policy_version } : {}),
+    ...(!denied ? sampleOf(answer) : {}),
     ...(o.incident ? { incident: true } : {}),
   };
 }
@@ -96,6 +97,7 @@ export function fromCache(o: { answer: PlaneAnswer; token?: string; cohort: Coho
     ...(o.token ? { token: o.token } : {}),
     ...(typeof a.receipt === 'string' ? { receipt: a.receipt } : {}),
     ...(a.policy_version ? { policyVersion: a.policy_version } : {}),
+    ...sampleOf(a),
     ...(o.incident ? { incident: true } : {}),
   };
 }
@@ -116,4 +118,10 @@ export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promi
     ...(o.token ? { token: o.token } : {}),
     ...(o.incident ? { incident: true } : {}),
   };
+}
+
+/** The audit sampling rate of an allow, when the plane granted one in (0, 1). */
+function sampleOf(a: PlaneAnswer): { auditSample?: number } {
+  const r = a.audit_sample;
+  return typeof r === 'number' && r > 0 && r < 1 ? { auditSample: r } : {};
 }

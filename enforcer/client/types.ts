@@ -64,6 +64,8 @@ export interface EnforcerDecision {
   shadow?: Promise<EnforcerDecision>;
   /** The policy version that decided (plane answers only). */
   policyVersion?: string;
+  /** The audit sampling rate the plane granted this allow (common/audit-sample.ts). */
+  auditSample?: number;
   /** True while the incident switch lengthens the decision cache TTL. */
   incident?: boolean;
 }
@@ -94,4 +96,5 @@ export interface PlaneAnswer {
   single_use_token?: boolean;
   token_jti?: string;
   receipt?: string;
+  audit_sample?: number;
 }

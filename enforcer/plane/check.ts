@@ -40,6 +40,8 @@ export interface CheckResponse {
   token_jti?: string;
   /** The plane's signed receipt of this decision (compact JWS, see common/receipt.ts). */
   receipt?: string;
+  /** An allow of a tool with `audit: { sample }`: the share of its calls whose full record is kept (common/audit-sample.ts). */
+  audit_sample?: number;
 }
 
 export interface CheckerOptions {
@@ -121,6 +123,8 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
       rollout_percent: percent,
       ...(claims ? { token_jti: claims.jti } : {}),
     };
+    // audit sampling: granted to allows only; denies and errors are always kept whole
+    if (outcome.decision === 'allow' && settings.auditSample < 1) response.audit_sample = settings.auditSample;
     if (options.signer) {
       try {
         response.receipt = await options.signer.sign(RECEIPT_TYPE.DECISION, receiptOf(req, claims, response, decidedAt));
@@ -143,6 +147,7 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
         enforced: response.enforced,
         latencyMs: seconds * 1000,
         ...(response.receipt ? { receipt: response.receipt } : {}),
+        ...(response.audit_sample !== undefined ? { auditSample: response.audit_sample } : {}),
       }),
       traceContext,
       decidedAt,
@@ -235,6 +240,7 @@ interface Outcome {
   enforced: boolean;
   latencyMs: number;
   receipt?: string;
+  auditSample?: number;
 }
 
 /** What the receipt of a decision says: the identity is the verified token's, never the request's. */
@@ -273,6 +279,7 @@ function decisionAttributes(req: CheckRequest, claims: TokenClaims | undefined, 
     [ATTR.TOOL_RISK]: risk,
   };
   if (o.receipt) a[ATTR.POLICY_RECEIPT] = o.receipt;
+  if (o.auditSample !== undefined) a[ATTR.AUDIT_SAMPLE_RATE] = o.auditSample;
   const purpose = claims?.purpose ?? req.purpose;
   if (purpose) a[ATTR.PURPOSE] = purpose;
   if (claims) {

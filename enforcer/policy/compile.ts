@@ -28,6 +28,8 @@ export interface ToolPolicy {
   readonly singleUseTokens: boolean;
   readonly requirePurpose: boolean;
   readonly actions: ReadonlySet<string> | null;
+  /** Share of allowed, successful calls whose full audit record is kept (1: all). */
+  readonly auditSample: number;
 }
 
 export interface RolloutConfig {
@@ -58,7 +60,7 @@ export interface Policy {
   rulesFor(tool: string): readonly CompiledRule[];
 }
 
-const DEFAULT_TOOL: ToolPolicy = Object.freeze({ risk: 'low', singleUseTokens: false, requirePurpose: false, actions: null });
+const DEFAULT_TOOL: ToolPolicy = Object.freeze({ risk: 'low', singleUseTokens: false, requirePurpose: false, actions: null, auditSample: 1 });
 
 export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: string; hash: string; loadedAt?: number }): Policy {
   const compiled = config.rules.map((r, index): { rule: CompiledRule; tools: readonly string[] } => {
@@ -95,7 +97,13 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
   for (const [name, t] of Object.entries(config.tools ?? {})) {
     tools.set(
       name,
-      Object.freeze({ risk: t.risk, singleUseTokens: t.single_use_tokens, requirePurpose: t.require_purpose, actions: t.actions ? new Set(t.actions) : null }),
+      Object.freeze({
+        risk: t.risk,
+        singleUseTokens: t.single_use_tokens,
+        requirePurpose: t.require_purpose,
+        actions: t.actions ? new Set(t.actions) : null,
+        auditSample: t.audit?.sample ?? 1,
+      }),
     );
   }
   const toolMap = new Map<string, { tool: string; action: string }>();

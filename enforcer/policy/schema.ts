@@ -114,7 +114,20 @@ const toolSettings = z.strictObject({
   require_purpose: z.boolean().default(false),
   /** The tool's actions; when given, any other action is denied and rules may only name these. */
   actions: z.array(actionName).min(1).optional(),
+  /** Audit sampling (see auditSettings). */
+  audit: z.lazy(() => auditSettings).optional(),
 });
+
+// --- audit sampling -------------------------------------------------------------------------
+/**
+ * `audit: { sample: 0.01 }`: keep the full record of this share of the tool's allowed, successful
+ * calls; the others are stored as counted stubs that still carry the chain (common/audit-sample.ts).
+ * Denies, errors and calls without a sponsor are never sampled; nor are high- or critical-risk tools.
+ */
+const auditSettings = z.strictObject({
+  sample: z.number().gt(0, 'expected a rate above 0 (1 keeps every call)').max(1, 'expected a rate of at most 1'),
+});
+const UNSAMPLED_RISKS: ReadonlySet<string> = new Set(['high', 'critical']);
 
 const toolMapEntry = z.strictObject({
   tool: toolName,
@@ -183,6 +196,11 @@ export const policyConfigSchema = z
         }
       }
     });
+    for (const [name, t] of Object.entries(tools ?? {})) {
+      if (t.audit && t.audit.sample < 1 && UNSAMPLED_RISKS.has(t.risk)) {
+        ctx.addIssue({ code: 'custom', path: ['tools', name, 'audit', 'sample'], message: `a ${t.risk}-risk tool's calls are never sampled: remove 'audit.sample' or lower its risk` });
+      }
+    }
     for (const [name, entry] of Object.entries(p.tool_map ?? {})) {
       if (!tools) break;
       const settings = tools[entry.tool];

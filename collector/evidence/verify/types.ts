@@ -68,6 +68,8 @@ export interface VerifyReport {
   shadow: { calls: number; would_deny: number; listed: ListedCall[] };
   /** Calls without a sponsor that custody refused: listed, not findings. */
   blocked_without_sponsor: { calls: number; listed: ListedCall[] };
+  /** Calls stored as sampled-out stubs (chained and proven against the decision log), by tool. */
+  sampled_out: { calls: number; by_tool: Record<string, number> };
   notes: string[];
 }
 

@@ -132,6 +132,7 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     not_listed: findings.notListed,
     shadow: { calls: calls.totals.shadow, would_deny: calls.shadow.would_deny, listed: calls.shadow.listed },
     blocked_without_sponsor: calls.blocked_without_sponsor,
+    sampled_out: { calls: calls.totals.sampled_out, by_tool: calls.sampled_out_by_tool },
     notes,
   };
 }

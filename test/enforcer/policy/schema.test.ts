@@ -129,3 +129,29 @@ describe('tool_map', () => {
     expect(resolveToolName('constructor', p.config.tool_map)).toEqual({ tool: 'constructor', action: 'call', mapped: false });
   });
 });
+
+describe('audit sampling in the policy', () => {
+  const withTools = (tools: string[]) =>
+    ['tools:', ...tools, 'rules:', '  - id: a', '    role: support', '    tool: search'].join('\n');
+
+  it('takes a per-tool rate on a low- or medium-risk tool; every other tool keeps all its calls', () => {
+    const p = compilePolicyText(withTools(['  search:', '    risk: low', '    audit: { sample: 0.01 }', '  notes:', '    risk: medium']), 'p.yaml');
+    expect(p.tools.get('search')!.auditSample).toBe(0.01);
+    expect(p.tools.get('notes')!.auditSample).toBe(1);
+  });
+
+  it.each(['high', 'critical'])('refuses a rate below 1 on a %s-risk tool', (risk) => {
+    const msg = refusal(withTools(['  search:', `    risk: ${risk}`, '    audit: { sample: 0.5 }']));
+    expect(msg).toContain("field 'tools.search.audit.sample'");
+    expect(msg).toContain(`${risk}-risk tool's calls are never sampled`);
+  });
+
+  it.each(['0', '1.5', '-0.1'])('refuses a rate of %s', (rate) => {
+    const msg = refusal(withTools(['  search:', '    risk: low', `    audit: { sample: ${rate} }`]));
+    expect(msg).toContain("field 'tools.search.audit.sample'");
+  });
+
+  it('refuses an unknown audit field', () => {
+    expect(refusal(withTools(['  search:', '    audit: { rate: 0.5 }']))).toContain('rate');
+  });
+});
