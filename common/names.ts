@@ -151,6 +151,8 @@ export const ENV = {
   /** Rows waiting for storage beyond which ingest answers 429 (default 200000). */
   INGEST_MAX_QUEUE_ROWS: 'CUSTODY_INGEST_MAX_QUEUE_ROWS',
   LOG_LEVEL: 'CUSTODY_LOG_LEVEL',
+  /** `staging`: a call without a sponsor is a validation error everywhere, shadow included. */
+  ENVIRONMENT: 'CUSTODY_ENV',
   // agent side (custody/register)
   /** Tool-name → {tool, action} table: inline JSON or a path to a JSON/YAML file. */
   TOOL_MAP: 'CUSTODY_TOOL_MAP',

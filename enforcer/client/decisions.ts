@@ -1,5 +1,5 @@
 import { COHORT, type Cohort } from '../../common/names';
-import { PolicyDeniedError, PolicyUnavailableError } from '../errors';
+import { PolicyDeniedError, PolicyUnavailableError, SponsorMissingError } from '../errors';
 import { ENFORCER_RULE, type EnforcerDecision, type PlaneAnswer } from './types';
 
 /**
@@ -48,21 +48,23 @@ export function unavailable(o: { tool: string; action: string; reason: string; c
 }
 
 /** The enforcer's own deny (no instance id, no sponsor, the token service refused). */
-export function deniedHere(o: { tool: string; action: string; ruleId: string; reason: string; cohort: Cohort; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
-  const error = new PolicyDeniedError({ tool: o.tool, action: o.action, policyDecisionId: '', ruleId: o.ruleId, reason: o.reason });
+export function deniedHere(o: { tool: string; action: string; ruleId: string; reason: string; cohort: Cohort; waited: boolean; latencyMs: number; incident: boolean; staging?: boolean }): EnforcerDecision {
+  const details = { tool: o.tool, action: o.action, policyDecisionId: '', ruleId: o.ruleId, reason: o.reason };
+  const error = o.staging && o.ruleId === ENFORCER_RULE.SPONSOR_REQUIRED ? new SponsorMissingError(details) : new PolicyDeniedError(details);
   return refusal({ decision: 'deny', ruleId: o.ruleId, reason: o.reason, cohort: o.cohort, waited: o.waited, latencyMs: o.latencyMs, error, incident: o.incident });
 }
 
 /** The plane's answer. Its cohort says whether it is enforced; a baseline call (`waited` false) runs anyway. */
-export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswer; token?: string; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
+export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswer; token?: string; waited: boolean; latencyMs: number; incident: boolean; staging?: boolean }): EnforcerDecision {
   const { answer, waited } = o;
   const denied = answer.decision === 'deny';
-  const error = denied
-    ? new PolicyDeniedError({ tool: o.tool, action: o.action, policyDecisionId: answer.policy_decision_id, ruleId: answer.rule_id, reason: answer.reason })
-    : undefined;
+  const details = { tool: o.tool, action: o.action, policyDecisionId: answer.policy_decision_id, ruleId: answer.rule_id, reason: answer.reason };
+  // staging: a call without a sponsor is refused whatever its cohort
+  const sponsorMissing = denied && !!o.staging && answer.rule_id === ENFORCER_RULE.SPONSOR_REQUIRED;
+  const error = sponsorMissing ? new SponsorMissingError(details) : denied ? new PolicyDeniedError(details) : undefined;
   return {
     decision: answer.decision,
-    allowed: !denied || !answer.enforced || !waited,
+    allowed: !denied || (!sponsorMissing && (!answer.enforced || !waited)),
     policyDecisionId: answer.policy_decision_id,
     ruleId: answer.rule_id,
     reason: answer.reason,

@@ -110,9 +110,13 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
   }
 
   /** The plane's answer as a decision, within what is left of the budget; every failure a closed one. */
-  async function decideRemote(req: EnforcerCheckRequest, principal: string, key: string, cohort: Cohort, started: number): Promise<EnforcerDecision> {
+  /** Staging (this process's CUSTODY_ENV, or the plane's say-so): a call without a sponsor is refused in every cohort. */
+  const staging = (): boolean => settings.staging || rollout.staging();
+
+  /** `gate`: a baseline call that waits for its decision all the same (staging, no sponsor known here). */
+  async function decideRemote(req: EnforcerCheckRequest, principal: string, key: string, cohort: Cohort, started: number, gate = false): Promise<EnforcerDecision> {
     const { tool, action } = req;
-    const waited = cohort === COHORT.CANARY;
+    const waited = cohort === COHORT.CANARY || gate;
     const left = Math.floor(settings.timeoutMs - (performance.now() - started));
     if (left < 1) {
       const reason = `no decision within ${settings.timeoutMs} ms: resolving the tool name and the sponsor took the whole budget`;
@@ -125,7 +129,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       const latencyMs = elapsed(started);
       if (isTokenRefusal(err)) {
         const reason = `the token service refused a token: ${err.message}`;
-        return deniedHere({ tool, action, ruleId: ENFORCER_RULE.TOKEN_REFUSED, reason, cohort, waited, latencyMs, incident: incident.active() });
+        return deniedHere({ tool, action, ruleId: ENFORCER_RULE.TOKEN_REFUSED, reason, cohort, waited, latencyMs, incident: incident.active(), staging: staging() });
       }
       return unavailable({ tool, action, reason: describeFailure(err, settings.timeoutMs), cohort, waited, latencyMs, incident: incident.active(), cause: err });
     }
@@ -137,7 +141,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     } else {
       allows.delete(key);
     }
-    return fromAnswer({ tool, action, answer, token: answered.token.token, waited, latencyMs, incident: incident.active() });
+    return fromAnswer({ tool, action, answer, token: answered.token.token, waited, latencyMs, incident: incident.active(), staging: staging() });
   }
 
   async function checkInner(req: EnforcerCheckRequest, started: number): Promise<EnforcerDecision> {
@@ -157,7 +161,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     const principal = principalOf(identity);
     if (!principal) {
       const reason = `no sponsor: set ${ENV.SPONSOR_ID}, or give the agent a credential (${ENV.AGENT_CREDENTIAL}) or a delegation token`;
-      return deniedHere({ tool, action, ruleId: ENFORCER_RULE.SPONSOR_REQUIRED, reason, cohort, waited: true, latencyMs: elapsed(started), incident: incident.active() });
+      // refused either way; whether as a staging validation error may depend on the plane's mode
+      if (!staging()) await rollout.settle(Math.max(0, settings.timeoutMs - elapsed(started)));
+      return deniedHere({ tool, action, ruleId: ENFORCER_RULE.SPONSOR_REQUIRED, reason, cohort, waited: true, latencyMs: elapsed(started), incident: incident.active(), staging: staging() });
     }
 
     const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}`;
@@ -171,6 +177,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     }
 
     if (waited) return decideRemote(req, principal, key, cohort, started);
+    // staging: a baseline call whose sponsor is not known here (a credential or delegation token
+    // stands for it) is not let through before the plane has seen a sponsor on its token
+    if (staging() && !identity.sponsorId) return decideRemote(req, principal, key, cohort, started, true);
 
     // Baseline: run now (with a token, when a guarded tool will ask for one), decide in the
     // background, never block beyond the budget and never reject.

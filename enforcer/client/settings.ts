@@ -35,6 +35,8 @@ export interface EnforcerOptions {
   log?: Logger;
   /** Environment to read defaults from (parsed with common/env.ts). Default process.env. */
   env?: NodeJS.ProcessEnv;
+  /** Staging: a call without a sponsor fails with ERR_SPONSOR_MISSING in every cohort. Default $CUSTODY_ENV=staging (or the plane's say-so). */
+  staging?: boolean;
 }
 
 export interface EnforcerSettings {
@@ -47,6 +49,8 @@ export interface EnforcerSettings {
   rolloutMaxAgeMs: number;
   /** $CUSTODY_LOG_LEVEL, for the enforcer's own log. */
   logLevel: string;
+  /** $CUSTODY_ENV=staging: calls without a sponsor fail in every cohort (the plane can also say so). */
+  staging: boolean;
 }
 
 /** The variables the enforcer reads (common/env.ts). */
@@ -58,6 +62,7 @@ const ENFORCER_ENV = [
   ENV.DECISION_CACHE_TTL_S,
   ENV.INCIDENT_CACHE_TTL_S,
   ENV.LOG_LEVEL,
+  ENV.ENVIRONMENT,
 ] as const;
 
 /**
@@ -77,6 +82,7 @@ export function resolveSettings(options: EnforcerOptions): Readonly<EnforcerSett
     rolloutRefreshMs: options.rolloutRefreshMs ?? 2_000,
     rolloutMaxAgeMs: options.rolloutMaxAgeMs ?? 30_000,
     logLevel: env[ENV.LOG_LEVEL] || 'info',
+    staging: options.staging ?? env[ENV.ENVIRONMENT] === 'staging',
   });
   for (const [name, v] of Object.entries({ timeoutMs: settings.timeoutMs, cacheTtlS: settings.cacheTtlS })) {
     if (!Number.isFinite(v) || v < 0) throw new ConfigError(`enforcer option '${name}' must be a number ≥ 0, got ${v}`);

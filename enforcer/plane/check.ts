@@ -40,6 +40,8 @@ export interface CheckResponse {
   token_jti?: string;
   /** The plane's signed receipt of this decision (compact JWS, see common/receipt.ts). */
   receipt?: string;
+  /** Present in staging: a call without a sponsor is a validation error in every cohort. */
+  environment?: 'staging';
   /** An allow of a tool with `audit: { sample }`: the share of its calls whose full record is kept (common/audit-sample.ts). */
   audit_sample?: number;
 }
@@ -60,6 +62,8 @@ export interface CheckerOptions {
   canRecord?: () => boolean;
   metrics?: PlaneMetrics;
   now?: () => number;
+  /** Staging (CUSTODY_ENV=staging or the policy's `mode: staging`): a deny for want of a sponsor is enforced in every cohort. */
+  staging?: () => boolean;
 }
 
 /** Token errors that mean nothing could be decided (503), not a bad token (deny). */
@@ -123,6 +127,11 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
       rollout_percent: percent,
       ...(claims ? { token_jti: claims.jti } : {}),
     };
+    // staging: no sponsor is a validation error, enforced in the baseline cohort too
+    if (options.staging?.()) {
+      response.environment = 'staging';
+      if (response.rule_id === BUILTIN_RULE.SPONSOR_REQUIRED) response.enforced = true;
+    }
     // audit sampling: granted to allows only; denies and errors are always kept whole
     if (outcome.decision === 'allow' && settings.auditSample < 1) response.audit_sample = settings.auditSample;
     if (options.signer) {

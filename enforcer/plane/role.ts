@@ -112,7 +112,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       };
       // decisions made together share one signature; rollout changes are rare and signed alone
       const signer = receiptBatcher(currentSigner, { onBatch: (size) => metrics.receiptBatch(size) });
-      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer });
+      const staging = () => ctx.env[ENV.ENVIRONMENT] === 'staging' || policies.current().config.mode === 'staging';
+      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer, staging });
       const rolloutReceipt = (state: RolloutState, reason: string, actor: string) =>
         currentSigner().sign(RECEIPT_TYPE.ROLLOUT, { percent: state.percent, revision: state.revision, time: Date.now(), reason, actor } satisfies RolloutReceipt);
 
@@ -137,6 +138,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         ...(shared ? { replicaOf: { owner: stateUrl!, accept: (body: unknown) => shared!.accept(body) } } : {}),
         policy: policies.current,
         rollout,
+        staging,
         credentials,
         revocations: async () => {
           const r = await revocations.current();

@@ -161,6 +161,8 @@ export const policyConfigSchema = z
     tool_map: z.record(z.string().min(1).max(256), toolMapEntry).optional(),
     rules: z.array(rule),
     rollout: rollout.optional(),
+    /** `staging`: a call without a sponsor is a validation error everywhere, shadow included (as CUSTODY_ENV=staging). */
+    mode: z.enum(['production', 'staging']).optional(),
   })
   .superRefine((p, ctx) => {
     const seen = new Map<string, number>();
