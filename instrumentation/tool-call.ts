@@ -55,6 +55,8 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   if (identity.parentAgentId) attributes[ATTR.PARENT_AGENT_ID] = identity.parentAgentId;
   if (identity.role) attributes[ATTR.ROLE] = identity.role;
   if (purpose) attributes[ATTR.PURPOSE] = purpose;
+  // the call's own attributes never replace custody's
+  for (const [k, v] of Object.entries(request.attributes ?? {})) if (!(k in attributes) && typeof v === 'string') attributes[k] = v;
 
   const requestJson = safeJson(request.args);
   const requestHash = sha256(requestJson);
@@ -74,6 +76,7 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
       // inside the span: the plane's decision span joins the call's trace
       const check: EnforcerCheck = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
       if ((runtime.settings.toolOrigins?.length ?? 0) > 0) check.withToken = true;
+      if (request.attributes) check.attributes = request.attributes;
       verdict = await context.with(ctx, () => enforcer.check(check));
     } catch (err) {
       // check() is not supposed to throw; if it does, the call is refused all the same

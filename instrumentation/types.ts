@@ -16,6 +16,8 @@ export interface EnforcerCheck {
   startedAt?: number;
   /** The body may call a guarded tool (CUSTODY_TOOL_ORIGINS set): a token is wanted even for a baseline call. */
   withToken?: boolean;
+  /** The call's attributes (e.g. `customer.tier`): a tier-scoped canary matches its scope on them. */
+  attributes?: Readonly<Record<string, string>>;
 }
 
 export interface EnforcerVerdict {
@@ -64,6 +66,11 @@ export interface ToolCallOptions {
   toolCallId?: string;
   /** gen_ai.tool.description */
   description?: string;
+  /**
+   * Attributes of this call, e.g. `{ 'customer.tier': 'free' }`: recorded on the span, and what a
+   * tier-scoped canary (the policy's `rollout.scope`) matches on, over the agent's resource attributes.
+   */
+  attributes?: Readonly<Record<string, string>>;
 }
 
 /** One tool call as a patch hands it to the lifecycle. */

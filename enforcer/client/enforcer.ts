@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { trace, type Attributes, type Span } from '@opentelemetry/api';
 import { createLogger, type Logger } from '../../common/log';
 import { ATTR, COHORT, ENV, type Cohort } from '../../common/names';
-import { MAX_INCIDENT_CACHE_TTL_S, cohortBucket } from '../policy/rollout';
+import { MAX_INCIDENT_CACHE_TTL_S, cohortBucket, inScope } from '../policy/rollout';
 import type { ToolRef } from '../policy/tool-map';
 import type { ObtainedToken } from '../../identity/client';
 import { createPlaneAsker, describeFailure, isTokenRefusal } from './ask';
@@ -151,8 +151,14 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       return unavailable({ tool: String(tool), action: String(action), reason: 'a tool call needs a tool and an action', latencyMs: 0, incident: incident.active() });
     }
     const state = rollout.current();
-    // Unknown rollout: enforce.
-    const cohort: Cohort = !identity?.agentInstanceId || !state || cohorts(identity.agentInstanceId) < state.percent ? COHORT.CANARY : COHORT.BASELINE;
+    // the call's attributes over the agent's own: a tier-scoped canary matches its scope on them
+    const attributes = req.attributes ? { ...settings.attributes, ...req.attributes } : settings.attributes;
+    if (Object.keys(attributes).length) req = { ...req, attributes };
+    // Unknown rollout: enforce. A scoped canary: only calls in its scope can be canary.
+    const cohort: Cohort =
+      !identity?.agentInstanceId || !state || ((!state.scope || inScope(state.scope, attributes)) && cohorts(identity.agentInstanceId) < state.percent)
+        ? COHORT.CANARY
+        : COHORT.BASELINE;
     const waited = cohort === COHORT.CANARY;
 
     if (!identity?.agentInstanceId) {
@@ -166,7 +172,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       return deniedHere({ tool, action, ruleId: ENFORCER_RULE.SPONSOR_REQUIRED, reason, cohort, waited: true, latencyMs: elapsed(started), incident: incident.active(), staging: staging() });
     }
 
-    const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}`;
+    // under a scoped canary, calls of one instance may fall in different cohorts: their allows are kept apart
+    const scoped = state?.scope ? Object.keys(state.scope).map((k) => attributes[k] ?? '').join('\0') : '';
+    const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}\0${scoped}`;
     // a cached allow is reused only once the plane's latest revocations are known (or it cannot
     // answer within what is left of the call's budget)
     if (allows.get(key, now(), incident.ttlMs())) await rollout.settle(Math.max(0, settings.timeoutMs - elapsed(started)));

@@ -7,6 +7,8 @@ export interface RolloutSnapshot {
   incidentCacheTtlS: number | null;
   /** The version of the revocations the plane enforces; undefined when it does not say. */
   revocationsVersion?: string;
+  /** A tier-scoped canary: only calls with these attribute values can be canary. */
+  scope?: Readonly<Record<string, readonly string[]>>;
   /** The plane runs in staging (CUSTODY_ENV=staging or the policy's `mode: staging`). */
   staging?: boolean;
   /** Epoch ms of the answer. */
@@ -122,7 +124,7 @@ export type RolloutClient = ReturnType<typeof createRolloutClient>;
 
 function parseRollout(body: unknown): Omit<RolloutSnapshot, 'fetchedAt'> | undefined {
   if (typeof body !== 'object' || body === null) return undefined;
-  const b = body as { percent?: unknown; incident?: unknown; revocations?: unknown; environment?: unknown };
+  const b = body as { percent?: unknown; incident?: unknown; revocations?: unknown; environment?: unknown; scope?: unknown };
   if (typeof b.percent !== 'number' || !(b.percent >= 0 && b.percent <= 100)) return undefined;
   let incidentCacheTtlS: number | null = null;
   if (b.incident !== undefined && b.incident !== null) {
@@ -136,5 +138,18 @@ function parseRollout(body: unknown): Omit<RolloutSnapshot, 'fetchedAt'> | undef
     incidentCacheTtlS,
     ...(typeof version === 'string' && version ? { revocationsVersion: version } : {}),
     ...(b.environment === 'staging' ? { staging: true } : {}),
+    ...(scopeOf(b.scope) ?? {}),
   };
+}
+
+/** A scope as GET /v1/rollout gives it; anything malformed counts as a scope no call is in (enforce nothing unknown as canary). */
+function scopeOf(v: unknown): { scope: Record<string, string[]> } | undefined {
+  if (v === undefined || v === null) return undefined;
+  const scope: Record<string, string[]> = {};
+  if (typeof v === 'object' && !Array.isArray(v)) {
+    for (const [k, values] of Object.entries(v as Record<string, unknown>)) {
+      scope[k] = Array.isArray(values) ? values.filter((x): x is string => typeof x === 'string') : [];
+    }
+  }
+  return { scope };
 }

@@ -24,6 +24,8 @@ export interface EnforcerCheckRequest {
   action: string;
   purpose?: string | undefined;
   identity: EnforcerIdentity;
+  /** Attributes of this call (over the agent's resource attributes): a tier-scoped canary's scope is matched on them. */
+  attributes?: Readonly<Record<string, string>> | undefined;
   /**
    * When the call began waiting (performance.now()), if before check(): the budget counts from
    * here, so that name resolution and sponsor lookup spend it too, and so does the latency.

@@ -20,6 +20,8 @@ export interface CheckRequest {
   tool: string;
   action: string;
   purpose?: string;
+  /** Attributes the agent reports for the call (resource or call attributes): a tier-scoped canary's scope is matched on them. */
+  attributes?: Record<string, string>;
 }
 
 /** POST /v1/check answer: the contract's fields, then what the enforcer and operators use besides. */
@@ -111,7 +113,7 @@ export function createChecker(options: CheckerOptions): (body: unknown, traceCon
       outcome = { decision: 'deny', rule_id: BUILTIN_RULE.TOKEN_INVALID, reason: `token refused (${err.code}): ${err.message}` };
     }
     // Without a verified identity there is no cohort to trust: such calls count as enforced.
-    const cohort = claims ? cohortOf(claims.agent_instance_id, percent) : COHORT.CANARY;
+    const cohort = claims ? cohortOf(claims.agent_instance_id, percent, policy.rollout.scope, req.attributes) : COHORT.CANARY;
     const decidedAt = now();
     const response: CheckResponse = {
       decision: outcome.decision,
@@ -237,7 +239,24 @@ export function parseCheckRequest(body: unknown): CheckRequest {
   const action = text('action', LIMITS.name, true)!;
   const purpose = text('purpose', LIMITS.purpose, false);
   const token = text('token', LIMITS.token, false) ?? '';
-  return { token, tool, action, ...(purpose !== undefined ? { purpose } : {}) };
+  const attributes = parseAttributes(b.attributes);
+  return { token, tool, action, ...(purpose !== undefined ? { purpose } : {}), ...(attributes ? { attributes } : {}) };
+}
+
+/** The reported attributes: an object of at most 32 strings of at most 256 characters each. */
+function parseAttributes(v: unknown): Record<string, string> | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v)) throw badRequest('invalid_request', `'attributes' must be an object of strings`);
+  const entries = Object.entries(v as Record<string, unknown>);
+  if (entries.length > 32) throw badRequest('invalid_request', `'attributes' has more than 32 entries`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of entries) {
+    if (typeof val !== 'string' || k.length > LIMITS.name || val.length > LIMITS.name) {
+      throw badRequest('invalid_request', `'attributes.${k.slice(0, 64)}' must be a string of at most ${LIMITS.name} characters`);
+    }
+    out[k] = val;
+  }
+  return out;
 }
 
 interface Outcome {

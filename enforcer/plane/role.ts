@@ -50,7 +50,7 @@ export interface PolicyPlaneOptions {
 
 /** What the policy plane offers other roles in the same process (SERVICE.ROLLOUT). */
 export interface RolloutService {
-  get(): Promise<{ percent: number; revision: number; updated_at: string }>;
+  get(): Promise<{ percent: number; revision: number; updated_at: string; scope: Readonly<Record<string, readonly string[]>> | null }>;
 }
 
 /** The default policy: --policy, else ./policy-config.yaml, else the example shipped with the package. */
@@ -72,7 +72,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
     const policies = watchPolicyFile(file, {
       log,
       ...(planeOptions.pollMs !== undefined ? { pollMs: planeOptions.pollMs } : {}),
-      onLoad: (p, generation) => metrics.loaded(generation, p.version, p.hash),
+      onLoad: (p, generation) => metrics.loaded(generation, p.version, p.hash, p.rollout.scope),
       onError: () => metrics.reloadFailed(),
     });
     let shared: SharedRollout | undefined;
@@ -165,7 +165,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const service: RolloutService = {
         get: async () => {
           const s = rollout.get();
-          return { percent: s.percent, revision: s.revision, updated_at: s.updated_at };
+          return { percent: s.percent, revision: s.revision, updated_at: s.updated_at, scope: policies.current().rollout.scope ?? null };
         },
       };
       ctx.services.provide(SERVICE.ROLLOUT, service);

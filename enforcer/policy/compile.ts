@@ -36,7 +36,12 @@ export interface RolloutConfig {
   readonly percent: number;
   readonly increment?: number | undefined;
   readonly stages: readonly number[];
+  /** Tier-scoped canary: only calls with these attribute values can be canary. */
+  readonly scope?: RolloutScope | undefined;
 }
+
+/** Attribute name → the values that put a call in the canary's scope. */
+export type RolloutScope = Readonly<Record<string, readonly string[]>>;
 
 /** A validated, indexed policy. Immutable: a reload makes a new one and swaps the reference. */
 export interface Policy {
@@ -112,7 +117,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
   const r = config.rollout;
   const rollout: RolloutConfig = Object.freeze(
     r
-      ? { percent: r.percent, increment: r.increment, stages: r.stages ?? (r.increment ? [] : DEFAULT_ROLLOUT.stages) }
+      ? { percent: r.percent, increment: r.increment, stages: r.stages ?? (r.increment ? [] : DEFAULT_ROLLOUT.stages), ...(r.scope ? { scope: r.scope } : {}) }
       : { percent: DEFAULT_ROLLOUT.percent, stages: DEFAULT_ROLLOUT.stages },
   );
 

@@ -127,6 +127,21 @@ const toolSettings = z.strictObject({
 const auditSettings = z.strictObject({
   sample: z.number().gt(0, 'expected a rate above 0 (1 keeps every call)').max(1, 'expected a rate of at most 1'),
 });
+// --- tier-scoped canary ------------------------------------------------------------------------
+/**
+ * `scope: { "customer.tier": [free] }`: only calls whose reported attribute (a resource attribute
+ * of the agent, a call attribute, or one the token carries) has one of these values can be in the
+ * canary, and `percent` is taken of those; everything else is baseline. Several attributes must
+ * all match.
+ */
+const SCOPE_ATTRIBUTE = /^[A-Za-z_][A-Za-z0-9_.:/-]*$/;
+const rolloutScope = z
+  .record(
+    z.string().regex(SCOPE_ATTRIBUTE, `expected an attribute name such as 'customer.tier'`),
+    z.preprocess((v) => (typeof v === 'string' ? [v] : v), z.array(z.string().min(1).max(256)).min(1, 'expected at least one value')),
+  )
+  .refine((s) => Object.keys(s).length > 0 && Object.keys(s).length <= 8, 'expected one to eight attributes');
+
 const UNSAMPLED_RISKS: ReadonlySet<string> = new Set(['high', 'critical']);
 
 const toolMapEntry = z.strictObject({
@@ -143,6 +158,8 @@ const rollout = z
     increment: z.number().gt(0).max(100).optional(),
     /** The stages the rollout advances through, e.g. [10, 30, 60, 100]. */
     stages: z.array(z.number().gt(0).max(100)).min(1).optional(),
+    /** Tier-scoped canary (see rolloutScope). */
+    scope: z.lazy(() => rolloutScope).optional(),
   })
   .superRefine((r, ctx) => {
     if (r.stages?.some((s, i) => i > 0 && s <= r.stages![i - 1]!)) {

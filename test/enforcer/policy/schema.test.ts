@@ -155,3 +155,18 @@ describe('audit sampling in the policy', () => {
     expect(refusal(withTools(['  search:', '    audit: { rate: 0.5 }']))).toContain('rate');
   });
 });
+
+describe('rollout.scope in the policy', () => {
+  const withRollout = (rollout: string[]) => ['rules:', '  - id: a', '    role: support', '    tool: search', 'rollout:', '  percent: 10', ...rollout].join('\n');
+
+  it('takes attribute names and the values that put a call in the canary (one value is a list of one)', () => {
+    const p = compilePolicyText(withRollout(['  scope:', '    customer.tier: [free, trial]', '    region: eu']), 'p.yaml');
+    expect(p.rollout.scope).toEqual({ 'customer.tier': ['free', 'trial'], region: ['eu'] });
+  });
+
+  it('refuses an empty scope, an empty value list and a bad attribute name', () => {
+    expect(refusal(withRollout(['  scope: {}']))).toContain("field 'rollout.scope'");
+    expect(refusal(withRollout(['  scope: { customer.tier: [] }']))).toContain('expected at least one value');
+    expect(refusal(withRollout(['  scope: { "customer tier": [free] }']))).toContain("field 'rollout.scope.customer tier'");
+  });
+});
