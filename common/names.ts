@@ -55,6 +55,15 @@ export const ATTR = {
   /** The plane's signed record of the rollout in force (compact JWS). */
   ROLLOUT_RECEIPT: 'custody.rollout.receipt',
 
+  // policy changes (each load or refused reload of the policy file)
+  POLICY_HASH: 'custody.policy.hash',
+  POLICY_SOURCE: 'custody.policy.source',
+  /** `loaded` or `refused`. */
+  POLICY_CHANGE_RESULT: 'custody.policy.change.result',
+  POLICY_CHANGE_ERROR: 'custody.policy.change.error',
+  /** The plane's signed record of the change (compact JWS). */
+  POLICY_CHANGE_RECEIPT: 'custody.policy.change.receipt',
+
   // policy plane / enforcer
   POLICY_VERSION: 'custody.policy.version',
   TOOL_RISK: 'custody.tool.risk',
@@ -101,6 +110,8 @@ export const SPAN = {
   TOKEN_ISSUE: 'custody.token.issue',
   /** One per rollout percent change. */
   ROLLOUT_CHANGE: 'custody.rollout.change',
+  /** One per policy load or refused reload. */
+  POLICY_CHANGE: 'custody.policy.change',
   /** custody/guard: a tool API's side of a call, `custody.guard {tool}` (never `execute_tool`: the agent's span is the audit row). */
   GUARD: 'custody.guard',
 } as const;
@@ -248,6 +259,8 @@ export const TABLE = {
   POLICY_DECISIONS: 'policy_decisions',
   TOKEN_EVENTS: 'token_events',
   ROLLOUT_EVENTS: 'rollout_events',
+  /** Each policy load or refused reload, signed by the plane. */
+  POLICY_EVENTS: 'policy_events',
   AUDIT_ROLLUP_1M: 'audit_rollup_1m',
   TOKEN_ROLLUP_1M: 'token_rollup_1m',
   /** The plane's decision log per minute: decisions, errors, server-side latency histogram. */

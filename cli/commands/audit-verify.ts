@@ -99,6 +99,7 @@ export function formatReport(r: VerifyReport, location: string): string {
     `periods      ${c.periods_verified} verified, ${c.rows_verified} rows${c.rows_unsealed_after_last ? `, ${c.rows_unsealed_after_last} written since the last checkpoint` : ''}${c.rows_pending ? `, ${c.rows_pending} pending` : ''}`,
     `chains       ${c.instances} agent instances, ${c.chained_calls} chained calls${c.unchained_calls ? `, ${c.unchained_calls} without custody.audit.seq` : ''}`,
     `calls        ${c.calls.calls}: ${c.calls.executed} executed (${c.calls.gated_executed} gated, ${c.calls.shadow} shadow), ${c.calls.blocked} blocked`,
+    `policy       ${r.policy.loaded} loads (${r.policy.versions.map((v) => t(v)).join(', ') || 'none'}), ${r.policy.refused} refused reloads; ${r.policy.decisions_checked} decisions name a loaded version`,
     `keys         ${r.keys.map((k) => t(k.kid)).join(', ') || '(none)'}`,
     `receipts     ${r.receipts.checked ? `${r.receipts.verified} distinct verified with the policy plane's keys ${r.receipts.keys.map((k) => t(k)).join(', ') || '(none)'}; ${r.receipts.rollout_states} signed rollout states` : 'not checked (no policy-plane keys)'}`,
   );

@@ -50,6 +50,9 @@ export const FINDING_KINDS = {
   receipt_mismatch: { severity: 'critical', about: 'a call whose receipt is for another call, or not an allow' },
   cohort_unproven: { severity: 'critical', about: 'a call claiming the shadow cohort that the signed rollout put in the enforced one' },
   rollout_receipt_invalid: { severity: 'critical', about: 'a rollout change whose receipt is not signed by the policy plane' },
+  // policy changes
+  policy_receipt_invalid: { severity: 'critical', about: 'a policy load or refused reload whose receipt is not the policy plane\'s, or says something else' },
+  policy_version_unknown: { severity: 'high', about: 'decisions naming a policy version that no recorded policy load put in force' },
 } as const satisfies Record<string, { severity: Severity; about: string }>;
 
 export type FindingKind = keyof typeof FINDING_KINDS;

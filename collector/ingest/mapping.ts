@@ -47,6 +47,10 @@ export const ROLLOUT_COLUMNS = [
   'timestamp', 'from_percent', 'to_percent', 'reason', 'actor', 'trace_id', 'span_id', 'service_name', 'receipt',
 ] as const;
 
+export const POLICY_EVENT_COLUMNS = [
+  'timestamp', 'result', 'version', 'hash', 'source', 'error', 'receipt', 'trace_id', 'span_id', 'service_name',
+] as const;
+
 /** The tables ingest writes, with the columns of its rows, in order. */
 export const INGEST_TABLES = {
   [TABLE.OTEL_TRACES]: TRACE_COLUMNS,
@@ -54,6 +58,7 @@ export const INGEST_TABLES = {
   [TABLE.POLICY_DECISIONS]: DECISION_COLUMNS,
   [TABLE.TOKEN_EVENTS]: TOKEN_COLUMNS,
   [TABLE.ROLLOUT_EVENTS]: ROLLOUT_COLUMNS,
+  [TABLE.POLICY_EVENTS]: POLICY_EVENT_COLUMNS,
 } as const;
 export type IngestTable = keyof typeof INGEST_TABLES;
 
@@ -223,6 +228,7 @@ const SLOT_KEYS = [
   ATTR.AUDIT_SEQ, ATTR.AUDIT_PREV_HASH, ATTR.TOKEN_RESULT, ATTR.TOKEN_KIND, ATTR.TOKEN_REFUSAL_CODE,
   ATTR.TOKEN_TTL_SECONDS, ATTR.TOKEN_EXPIRES_AT, ATTR.ROLLOUT_FROM_PERCENT, ATTR.ROLLOUT_TO_PERCENT,
   ATTR.ROLLOUT_REASON, ATTR.ROLLOUT_ACTOR, ATTR.ROLLOUT_RECEIPT, ATTR.AUDIT_SAMPLED, ATTR.AUDIT_SAMPLE_RATE,
+  ATTR.POLICY_CHANGE_RESULT, ATTR.POLICY_VERSION, ATTR.POLICY_HASH, ATTR.POLICY_SOURCE, ATTR.POLICY_CHANGE_ERROR, ATTR.POLICY_CHANGE_RECEIPT,
   // Baggage copied onto spans (e.g. by a baggage span processor) may carry a `baggage.` prefix.
   `baggage.${ATTR.SPONSOR_ID}`, `baggage.${ATTR.AGENT_INSTANCE_ID}`, `baggage.${ATTR.PARENT_AGENT_ID}`,
   // the other conventions' tool-call attributes (conventions.ts); they stay in the attributes map too
@@ -276,6 +282,12 @@ const S = {
   ROLLOUT_RECEIPT: slot(ATTR.ROLLOUT_RECEIPT),
   SAMPLED: slot(ATTR.AUDIT_SAMPLED),
   SAMPLE_RATE: slot(ATTR.AUDIT_SAMPLE_RATE),
+  POLICY_RESULT: slot(ATTR.POLICY_CHANGE_RESULT),
+  POLICY_VERSION: slot(ATTR.POLICY_VERSION),
+  POLICY_HASH: slot(ATTR.POLICY_HASH),
+  POLICY_SOURCE: slot(ATTR.POLICY_SOURCE),
+  POLICY_ERROR: slot(ATTR.POLICY_CHANGE_ERROR),
+  POLICY_RECEIPT: slot(ATTR.POLICY_CHANGE_RECEIPT),
   SPONSOR_BAGGAGE: slot(`baggage.${ATTR.SPONSOR_ID}`),
   INSTANCE_BAGGAGE: slot(`baggage.${ATTR.AGENT_INSTANCE_ID}`),
   PARENT_BAGGAGE: slot(`baggage.${ATTR.PARENT_AGENT_ID}`),
@@ -337,6 +349,7 @@ const enum Kind {
   Decision,
   Token,
   Rollout,
+  PolicyChange,
 }
 
 /** Named `execute_tool` or `execute_tool {tool}`: the GenAI tool-call span name. */
@@ -361,6 +374,8 @@ function kindByName(name: string): Kind {
       return Kind.Token;
     case SPAN.ROLLOUT_CHANGE:
       return Kind.Rollout;
+    case SPAN.POLICY_CHANGE:
+      return Kind.PolicyChange;
   }
   return Kind.Other;
 }
@@ -581,6 +596,13 @@ function rolloutRow(span: Span, slots: Slots, start: string): unknown[] {
   ];
 }
 
+function policyEventRow(span: Span, slots: Slots, start: string): unknown[] {
+  return [
+    start, text(slots, S.POLICY_RESULT), text(slots, S.POLICY_VERSION), text(slots, S.POLICY_HASH), text(slots, S.POLICY_SOURCE),
+    text(slots, S.POLICY_ERROR), text(slots, S.POLICY_RECEIPT), span.traceId, span.spanId, span.resource.serviceName,
+  ];
+}
+
 // Which attributes become columns, per kind of span; none for spans whose row has no attribute map.
 const MASKS: Record<Kind, readonly boolean[] | undefined> = {
   [Kind.Other]: undefined,
@@ -588,6 +610,7 @@ const MASKS: Record<Kind, readonly boolean[] | undefined> = {
   [Kind.Decision]: DECISION_PROMOTED,
   [Kind.Token]: TOKEN_PROMOTED,
   [Kind.Rollout]: undefined,
+  [Kind.PolicyChange]: undefined,
 };
 
 /**
@@ -659,7 +682,7 @@ export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[]
       const key = `${rec.unmapped.convention}\0${rec.unmapped.reason}`;
       counts.unmapped.set(key, (counts.unmapped.get(key) ?? 0) + 1);
     }
-    if (t !== TRUST.SERVICE && (kind === Kind.Decision || kind === Kind.Token || kind === Kind.Rollout)) {
+    if (t !== TRUST.SERVICE && (kind === Kind.Decision || kind === Kind.Token || kind === Kind.Rollout || kind === Kind.PolicyChange)) {
       kind = Kind.Other;
       untrustedRecords++;
     }
@@ -688,6 +711,7 @@ export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[]
     if (kind === Kind.Decision) add(TABLE.POLICY_DECISIONS, decisionRow(span, slots, start, rest));
     else if (kind === Kind.Token) add(TABLE.TOKEN_EVENTS, tokenRow(span, slots, start, rest));
     else if (kind === Kind.Rollout) add(TABLE.ROLLOUT_EVENTS, rolloutRow(span, slots, start));
+    else if (kind === Kind.PolicyChange) add(TABLE.POLICY_EVENTS, policyEventRow(span, slots, start));
   }
   const rows: TableRows = {};
   const rowCounts: Partial<Record<IngestTable, number>> = {};
