@@ -281,7 +281,7 @@ export const METRIC = {
   TOKEN_ISSUE_FAILURE_RATIO: 'custody_token_issue_failure_ratio',
   ROLLBACK_RULE_BREACHED: 'custody_rollback_rule_breached',
   ROLLOUT_PERCENT: 'custody_rollout_percent',
-  /** A tier-scoped canary's scope: 1 per attribute, labelled with its name and values ('' / '*' when unscoped). */
+  /** A tier-scoped canary's scope: 1 per attribute, labelled with its name and values ('*' / '*' when unscoped). */
   ROLLOUT_SCOPE_INFO: 'custody_rollout_scope_info',
   TOOL_CALLS_TOTAL: 'custody_tool_calls_total',
   SPANS_INGESTED_TOTAL: 'custody_spans_ingested_total',

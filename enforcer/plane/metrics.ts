@@ -35,7 +35,7 @@ export function planeMetrics() {
   const rolloutPercent = gauge({ name: METRIC.ROLLOUT_PERCENT, help: 'Percent of agent instances in the canary (enforced) cohort' });
   const rolloutScope = gauge<'attribute' | 'values'>({
     name: METRIC.ROLLOUT_SCOPE_INFO,
-    help: "The canary's scope (the policy's rollout.scope): 1 per attribute, labelled with the values that put a call in it; attribute=\"\", values=\"*\" when every instance can be canary",
+    help: "The canary's scope (the policy's rollout.scope): 1 per attribute, labelled with the values that put a call in it; attribute=\"*\", values=\"*\" when every instance can be canary",
     labelNames: ['attribute', 'values'],
     aggregator: 'max',
   });
@@ -65,7 +65,7 @@ export function planeMetrics() {
       });
       safely(() => {
         rolloutScope.reset();
-        if (!scope) rolloutScope.set({ attribute: '', values: '*' }, 1);
+        if (!scope) rolloutScope.set({ attribute: '*', values: '*' }, 1);
         else for (const [attribute, values] of Object.entries(scope)) rolloutScope.set({ attribute, values: values.join('|') }, 1);
       });
     },
