@@ -57,6 +57,8 @@ export interface AuditEvent {
   trust: string;
   /** Which tracing convention recorded the call (audit-log-schema.json `convention`); '' if stored before this was recorded. */
   convention: string;
+  /** Sampled out of the audit (the policy's `audit: { sample }`): a stub that keeps its chain fields and no attributes. */
+  audit_sampled: boolean;
 }
 
 export interface AgentSummary {
@@ -139,7 +141,7 @@ const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trac
   enforced, toString(cohort) AS cohort, toString(status) AS status, toString(error_type) AS error_type, token_jti,
   request_hash, response_hash, toString(agent_name) AS agent_name, toString(tool_name) AS tool_name, tool_call_id,
   toString(service_name) AS service_name, duration_ns, audit_seq, audit_prev_hash, toString(trust) AS trust,
-  toString(convention) AS convention`;
+  toString(convention) AS convention, audit_sampled`;
 
 interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ns' | 'duration_ms' | 'audit_seq'> {
   ts_ns: string;
@@ -163,6 +165,7 @@ function toEvent(r: EventRow): AuditEvent {
     policy_latency_ms: Number(rest.policy_latency_ms),
     policy_cached: Boolean(rest.policy_cached),
     enforced: Boolean(rest.enforced),
+    audit_sampled: Boolean(Number(rest.audit_sampled)),
     duration_ns: Number(duration_ns),
     duration_ms: Number(duration_ns) / 1e6,
     audit_seq: Number(audit_seq),

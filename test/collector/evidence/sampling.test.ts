@@ -67,6 +67,12 @@ describe('audit sampling through a real custody up', () => {
   it('counts the stubs on /metrics', async () => {
     expect(await metric(custody.url, 'custody_audit_sampled_out_total', { tool: 'search' })).toBeGreaterThan(CALLS * 0.9);
     expect(await metric(custody.url, 'custody_audit_sample_refused_total')).toBeUndefined();
+    // the audit API says which calls are stubs
+    const page = await (await fetch(`${custody.url}/v1/audit/events?agent_instance_id=${searcher}&limit=1000`)).json();
+    const events = page.events as { audit_sampled: boolean; purpose: string; decision: string }[];
+    expect(events).toHaveLength(1000);
+    expect(events.filter((e) => e.audit_sampled).length).toBeGreaterThan(900);
+    expect(events.every((e) => e.decision === 'allow')).toBe(true);
   });
 
   describe('once stopped', () => {
