@@ -59,6 +59,8 @@ export interface Policy {
   readonly toolMap: ReadonlyMap<string, { readonly tool: string; readonly action: string }>;
   readonly rollout: RolloutConfig;
   readonly ruleCount: number;
+  /** The settings of a tool the `tools` table does not list (low risk, the policy's low-risk sampling). */
+  readonly defaultTool: ToolPolicy;
   /** Every tool the policy names: in `tools`, in a rule or in `tool_map`. */
   readonly knownTools: ReadonlySet<string>;
   /** The rules that can apply to a tool, explicit denies first, each group in file order. */
@@ -107,7 +109,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
         singleUseTokens: t.single_use_tokens,
         requirePurpose: t.require_purpose,
         actions: t.actions ? new Set(t.actions) : null,
-        auditSample: t.audit?.sample ?? 1,
+        auditSample: t.audit?.sample ?? config.audit?.sample[t.risk] ?? 1,
       }),
     );
   }
@@ -131,6 +133,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
     tools,
     toolMap,
     rollout,
+    defaultTool: config.audit?.sample.low !== undefined ? Object.freeze({ ...DEFAULT_TOOL, auditSample: config.audit.sample.low }) : DEFAULT_TOOL,
     ruleCount: config.rules.length,
     knownTools: new Set([...named, ...tools.keys(), ...[...toolMap.values()].map((e) => e.tool)]),
     rulesFor: (tool: string) => byTool.get(tool) ?? anyTool,
@@ -139,7 +142,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
 
 /** The settings of a tool; tools without a `tools` entry get the defaults (low risk, reusable tokens). */
 export function toolPolicy(policy: Policy, tool: string): ToolPolicy {
-  return policy.tools.get(tool) ?? DEFAULT_TOOL;
+  return policy.tools.get(tool) ?? policy.defaultTool;
 }
 
 /** Parses and compiles policy text; a bad text is a ConfigError naming file, line and field. */

@@ -124,8 +124,11 @@ const toolSettings = z.strictObject({
  * calls; the others are stored as counted stubs that still carry the chain (common/audit-sample.ts).
  * Denies, errors and calls without a sponsor are never sampled; nor are high- or critical-risk tools.
  */
-const auditSettings = z.strictObject({
-  sample: z.number().gt(0, 'expected a rate above 0 (1 keeps every call)').max(1, 'expected a rate of at most 1'),
+const sampleRate = z.number().gt(0, 'expected a rate above 0 (1 keeps every call)').max(1, 'expected a rate of at most 1');
+const auditSettings = z.strictObject({ sample: sampleRate });
+/** The policy-wide default per risk, e.g. `audit: { sample: { low: 0.01 } }`; a tool's own `audit.sample` wins. */
+const auditDefaults = z.strictObject({
+  sample: z.strictObject({ low: sampleRate.optional(), medium: sampleRate.optional(), high: sampleRate.optional(), critical: sampleRate.optional() }),
 });
 // --- tier-scoped canary ------------------------------------------------------------------------
 /**
@@ -180,6 +183,8 @@ export const policyConfigSchema = z
     rollout: rollout.optional(),
     /** `staging`: a call without a sponsor is a validation error everywhere, shadow included (as CUSTODY_ENV=staging). */
     mode: z.enum(['production', 'staging']).optional(),
+    /** Audit sampling per risk (see auditDefaults). */
+    audit: z.lazy(() => auditDefaults).optional(),
   })
   .superRefine((p, ctx) => {
     const seen = new Map<string, number>();
@@ -215,6 +220,12 @@ export const policyConfigSchema = z
         }
       }
     });
+    for (const risk of UNSAMPLED_RISKS) {
+      const rate = p.audit?.sample[risk as Risk];
+      if (rate !== undefined && rate < 1) {
+        ctx.addIssue({ code: 'custom', path: ['audit', 'sample', risk], message: `${risk}-risk tools' calls are never sampled` });
+      }
+    }
     for (const [name, t] of Object.entries(tools ?? {})) {
       if (t.audit && t.audit.sample < 1 && UNSAMPLED_RISKS.has(t.risk)) {
         ctx.addIssue({ code: 'custom', path: ['tools', name, 'audit', 'sample'], message: `a ${t.risk}-risk tool's calls are never sampled: remove 'audit.sample' or lower its risk` });

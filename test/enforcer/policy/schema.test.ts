@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../../common/errors';
-import { compilePolicyText, readPolicyFile } from '../../../enforcer/policy/compile';
+import { compilePolicyText, readPolicyFile, toolPolicy } from '../../../enforcer/policy/compile';
 import { resolveToolName } from '../../../enforcer/policy/tool-map';
 import { ROOT, tempDir } from '../../helpers/custody';
 
@@ -168,5 +168,27 @@ describe('rollout.scope in the policy', () => {
     expect(refusal(withRollout(['  scope: {}']))).toContain("field 'rollout.scope'");
     expect(refusal(withRollout(['  scope: { customer.tier: [] }']))).toContain('expected at least one value');
     expect(refusal(withRollout(['  scope: { "customer tier": [free] }']))).toContain("field 'rollout.scope.customer tier'");
+  });
+});
+
+describe('audit sampling per risk', () => {
+  it("sets a default per risk; a tool's own rate wins; a tool outside the table is low risk", () => {
+    const p = compilePolicyText(
+      [
+        'audit: { sample: { low: 0.01, medium: 0.5 } }',
+        'tools:', '  search: { risk: low }', '  notes: { risk: medium }', '  kb: { risk: low, audit: { sample: 0.2 } }', '  billing: { risk: high }',
+        'rules:', '  - id: a', '    role: support', '    tool: search',
+      ].join('\n'),
+      'p.yaml',
+    );
+    expect(['search', 'notes', 'kb', 'billing'].map((t) => p.tools.get(t)!.auditSample)).toEqual([0.01, 0.5, 0.2, 1]);
+    const open = compilePolicyText(['audit: { sample: { low: 0.05 } }', 'rules:', '  - id: a', '    role: support', '    tool: search'].join('\n'), 'p.yaml');
+    expect(toolPolicy(open, 'anything').auditSample).toBe(0.05);
+  });
+
+  it.each(['high', 'critical'])('refuses a %s-risk default below 1', (risk) => {
+    const msg = refusal([`audit: { sample: { ${risk}: 0.5 } }`, 'rules:', '  - id: a', '    role: support', '    tool: search'].join('\n'));
+    expect(msg).toContain(`field 'audit.sample.${risk}'`);
+    expect(msg).toContain("calls are never sampled");
   });
 });
