@@ -153,7 +153,8 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     const state = rollout.current();
     // the call's attributes over the agent's own: a tier-scoped canary matches its scope on them
     const attributes = req.attributes ? { ...settings.attributes, ...req.attributes } : settings.attributes;
-    if (Object.keys(attributes).length) req = { ...req, attributes };
+    const sent = reportedAttributes(attributes, state ? (state.scope ?? null) : undefined);
+    if (sent) req = { ...req, attributes: sent };
     // Unknown rollout: enforce. A scoped canary: only calls in its scope can be canary.
     const cohort: Cohort =
       !identity?.agentInstanceId || !state || ((!state.scope || inScope(state.scope, attributes)) && cohorts(identity.agentInstanceId) < state.percent)
@@ -269,4 +270,29 @@ function boundedMemo<V>(max: number, fn: (key: string) => V): (key: string) => V
 
 function elapsed(started: number): number {
   return Math.round((performance.now() - started) * 1000) / 1000;
+}
+
+/** What the plane's /v1/check takes of the attributes: at most 32, names and values of at most 256 characters. */
+const MAX_REPORTED = 32;
+const MAX_REPORTED_LENGTH = 256;
+
+/**
+ * The attributes sent with a check: those the scope names (`null`: an unscoped rollout, none); with
+ * the rollout unknown (`undefined`), as many as the plane takes, since the plane decides the
+ * cohort. Undefined when there are none.
+ */
+export function reportedAttributes(
+  attributes: Readonly<Record<string, string>>,
+  scope: Readonly<Record<string, readonly string[]>> | null | undefined,
+): Record<string, string> | undefined {
+  if (scope === null) return undefined;
+  const out: Record<string, string> = {};
+  let n = 0;
+  for (const [k, v] of Object.entries(attributes)) {
+    if (scope && !Object.hasOwn(scope, k)) continue;
+    if (k.length > MAX_REPORTED_LENGTH || v.length > MAX_REPORTED_LENGTH) continue;
+    out[k] = v;
+    if (++n >= MAX_REPORTED) break;
+  }
+  return n ? out : undefined;
 }

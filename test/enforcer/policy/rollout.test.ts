@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { reportedAttributes } from '../../../enforcer/client/enforcer';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../../common/errors';
 import { RolloutConflictError, cohortBucket, cohortOf, inScope, openRolloutStore, rolloutView } from '../../../enforcer/policy/rollout';
@@ -107,5 +108,17 @@ describe('a tier-scoped canary', () => {
     const base = { percent: 10, revision: 0, reason: '', actor: '', updated_at: '', incident: null };
     expect(rolloutView(base, { percent: 10, stages: [10, 30], scope }).scope).toEqual(scope);
     expect(rolloutView(base, { percent: 10, stages: [10, 30] }).scope).toBeNull();
+  });
+});
+
+describe('the attributes an agent reports with a check', () => {
+  const attrs = { 'customer.tier': 'free', 'host.name': 'worker-1', long: 'x'.repeat(300) };
+  it('the scope\'s only when the rollout is known; none for an unscoped one; what the plane takes when unknown', () => {
+    expect(reportedAttributes(attrs, { 'customer.tier': ['free'] })).toEqual({ 'customer.tier': 'free' });
+    expect(reportedAttributes(attrs, { region: ['eu'] })).toBeUndefined();
+    expect(reportedAttributes(attrs, null)).toBeUndefined();
+    expect(reportedAttributes(attrs, undefined)).toEqual({ 'customer.tier': 'free', 'host.name': 'worker-1' });
+    const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`k${i}`, 'v']));
+    expect(Object.keys(reportedAttributes(many, undefined)!)).toHaveLength(32);
   });
 });
