@@ -17,7 +17,7 @@ export type { IssueTokenBody, ExchangeTokenParams, ObtainedToken, TokenRequestOp
 // Policy: the enforcer agents ask before every tool call, its refusals, and the pure decision function.
 export { createEnforcer, ENFORCER_RULE } from './enforcer/client/enforcer';
 export type { Enforcer, EnforcerOptions, EnforcerDecision, EnforcerCheckRequest, EnforcerIdentity, EnforcerSettings } from './enforcer/client/enforcer';
-export { PolicyDeniedError, PolicyUnavailableError } from './enforcer/errors';
+export { PolicyDeniedError, PolicyUnavailableError, SponsorMissingError } from './enforcer/errors';
 export { decide, BUILTIN_RULE } from './enforcer/policy/decide';
 export type { Decision, DecisionRequest, DecisionIdentity } from './enforcer/policy/decide';
 export { compilePolicy, compilePolicyText, readPolicyFile } from './enforcer/policy/compile';

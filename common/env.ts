@@ -241,6 +241,21 @@ export const ENV_VARS = {
   [ENV.POLICY_SIGNING_KEY]: v(SERVER, nonBlank(), "The policy plane's decision-receipt signing key (PKCS8 PEM or JWK JSON).", 'a key generated into the data dir', true),
   [ENV.TOKEN_ISSUER]: v(['server', 'tool'], orUnset(), 'The issuer the policy plane, the collector and custody/guard expect in tokens.', "the token config's (custody/guard: agent-token-svc)"),
   [ENV.LOG_LEVEL]: v(SERVER, text(), 'Server log level (pino).', 'info'),
+  [ENV.ENVIRONMENT]: v(
+    ['agent', 'server'],
+    z
+      .string()
+      .optional()
+      .transform((raw, ctx) => {
+        const v = raw?.trim().toLowerCase();
+        if (!v) return undefined;
+        if (v === 'staging' || v === 'production') return v;
+        ctx.addIssue({ code: 'custom', message: `${ENV.ENVIRONMENT} must be 'staging' or 'production', got '${raw}'` });
+        return z.NEVER;
+      }),
+    "`staging`: a tool call without a sponsor fails with `ERR_SPONSOR_MISSING` everywhere, shadow (baseline) calls included, and the token service requires a sponsor whatever its config (the policy's `mode: staging` does the same).",
+    'production',
+  ),
   [ENV.DEMO]: v(SERVER, text(), '`off`: `custody up` does not play the seed scenario (`--no-demo`).', 'on'),
   // the rollback job inside `custody up`
   [ENV.ROLLBACK_WATCH]: v(SERVER, onOff(ENV.ROLLBACK_WATCH), 'Run the rollback job inside `custody up`.', 'on'),

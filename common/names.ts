@@ -33,6 +33,10 @@ export const ATTR = {
   TOKEN_JTI: 'custody.token.jti',
   AUDIT_SEQ: 'custody.audit.seq',
   AUDIT_PREV_HASH: 'custody.audit.prev_hash',
+  /** The call is sampled out of the audit (common/audit-sample.ts): stored as a counted stub. */
+  AUDIT_SAMPLED: 'custody.audit.sampled',
+  /** The audit sampling rate the plane granted the call's decision (0 < rate < 1). */
+  AUDIT_SAMPLE_RATE: 'custody.audit.sample_rate',
   REQUEST_CONTENT: 'custody.request',
   RESPONSE_CONTENT: 'custody.response',
 
@@ -50,6 +54,15 @@ export const ATTR = {
   ROLLOUT_ACTOR: 'custody.rollout.actor',
   /** The plane's signed record of the rollout in force (compact JWS). */
   ROLLOUT_RECEIPT: 'custody.rollout.receipt',
+
+  // policy changes (each load or refused reload of the policy file)
+  POLICY_HASH: 'custody.policy.hash',
+  POLICY_SOURCE: 'custody.policy.source',
+  /** `loaded` or `refused`. */
+  POLICY_CHANGE_RESULT: 'custody.policy.change.result',
+  POLICY_CHANGE_ERROR: 'custody.policy.change.error',
+  /** The plane's signed record of the change (compact JWS). */
+  POLICY_CHANGE_RECEIPT: 'custody.policy.change.receipt',
 
   // policy plane / enforcer
   POLICY_VERSION: 'custody.policy.version',
@@ -112,6 +125,8 @@ export const SPAN = {
   TOKEN_ISSUE: 'custody.token.issue',
   /** One per rollout percent change. */
   ROLLOUT_CHANGE: 'custody.rollout.change',
+  /** One per policy load or refused reload. */
+  POLICY_CHANGE: 'custody.policy.change',
   /** custody/guard: a tool API's side of a call, `custody.guard {tool}` (never `execute_tool`: the agent's span is the audit row). */
   GUARD: 'custody.guard',
 } as const;
@@ -164,6 +179,8 @@ export const ENV = {
   /** Rows waiting for storage beyond which ingest answers 429 (default 200000). */
   INGEST_MAX_QUEUE_ROWS: 'CUSTODY_INGEST_MAX_QUEUE_ROWS',
   LOG_LEVEL: 'CUSTODY_LOG_LEVEL',
+  /** `staging`: a call without a sponsor is a validation error everywhere, shadow included. */
+  ENVIRONMENT: 'CUSTODY_ENV',
   // agent side (custody/register)
   /** Tool-name → {tool, action} table: inline JSON or a path to a JSON/YAML file. */
   TOOL_MAP: 'CUSTODY_TOOL_MAP',
@@ -264,6 +281,8 @@ export const TABLE = {
   POLICY_DECISIONS: 'policy_decisions',
   TOKEN_EVENTS: 'token_events',
   ROLLOUT_EVENTS: 'rollout_events',
+  /** Each policy load or refused reload, signed by the plane. */
+  POLICY_EVENTS: 'policy_events',
   AUDIT_ROLLUP_1M: 'audit_rollup_1m',
   TOKEN_ROLLUP_1M: 'token_rollup_1m',
   /** The plane's decision log per minute: decisions, errors, server-side latency histogram. */
@@ -284,6 +303,8 @@ export const METRIC = {
   TOKEN_ISSUE_FAILURE_RATIO: 'custody_token_issue_failure_ratio',
   ROLLBACK_RULE_BREACHED: 'custody_rollback_rule_breached',
   ROLLOUT_PERCENT: 'custody_rollout_percent',
+  /** A tier-scoped canary's scope: 1 per attribute, labelled with its name and values ('*' / '*' when unscoped). */
+  ROLLOUT_SCOPE_INFO: 'custody_rollout_scope_info',
   TOOL_CALLS_TOTAL: 'custody_tool_calls_total',
   SPANS_INGESTED_TOTAL: 'custody_spans_ingested_total',
   SPANS_REJECTED_TOTAL: 'custody_spans_rejected_total',
@@ -291,6 +312,8 @@ export const METRIC = {
   TOOL_CALLS_BY_CONVENTION_TOTAL: 'custody_tool_calls_by_convention_total',
   TOOL_SPANS_UNMAPPED_TOTAL: 'custody_tool_spans_unmapped_total',
   OTLP_SIGNALS_DROPPED_TOTAL: 'custody_otlp_signals_dropped_total',
+  AUDIT_SAMPLED_OUT_TOTAL: 'custody_audit_sampled_out_total',
+  AUDIT_SAMPLE_REFUSED_TOTAL: 'custody_audit_sample_refused_total',
   INGEST_REQUESTS_TOTAL: 'custody_ingest_requests_total',
   INGEST_GRPC_REQUESTS_TOTAL: 'custody_ingest_grpc_requests_total',
   INGEST_QUEUE_ROWS: 'custody_ingest_queue_rows',

@@ -31,6 +31,7 @@ import { LEAF_PREFIX, leafHash, merkleTree, rootFromPath } from './merkle';
 export const RECEIPT_TYPE = {
   DECISION: 'custody-decision+jws',
   ROLLOUT: 'custody-rollout+jws',
+  POLICY: 'custody-policy+jws',
 } as const;
 export type ReceiptType = (typeof RECEIPT_TYPE)[keyof typeof RECEIPT_TYPE];
 
@@ -38,6 +39,7 @@ export type ReceiptType = (typeof RECEIPT_TYPE)[keyof typeof RECEIPT_TYPE];
 export const RECEIPT_BATCH_TYPE: Readonly<Record<ReceiptType, string>> = {
   [RECEIPT_TYPE.DECISION]: 'custody-decision-batch+jws',
   [RECEIPT_TYPE.ROLLOUT]: 'custody-rollout-batch+jws',
+  [RECEIPT_TYPE.POLICY]: 'custody-policy-batch+jws',
 };
 
 /** Receipts signed together at most: the index is 4 bytes. */
@@ -74,6 +76,20 @@ export interface DecisionReceipt {
   approval?: { id: string; status: string; by?: string; via?: string; reason?: string; at?: number; requested_by?: string };
   /** The argument fields the plane saw (the tool's disclose_args). */
   args_disclosed?: string[];
+}
+
+/** What a policy receipt says: at `time` the plane loaded (or refused) the policy of this hash from `source`. */
+export interface PolicyReceipt {
+  result: 'loaded' | 'refused';
+  /** The policy's version (refused: the one that stays in force). */
+  version: string;
+  /** SHA-256 hex of the file's text ('' when it could not be read). */
+  hash: string;
+  source: string;
+  /** Epoch ms. */
+  time: number;
+  /** Why a file was refused. */
+  error?: string;
 }
 
 /** What a rollout receipt says: from `time` on, this percent (at this revision) is in force. */

@@ -13,7 +13,7 @@ export interface RefusalDetails {
 
 /** The policy plane (or a check made before asking it, such as a missing sponsor) said no. */
 export class PolicyDeniedError extends CustodyError implements RefusalDetails {
-  static readonly code = 'ERR_POLICY_DENIED';
+  static readonly code: string = 'ERR_POLICY_DENIED';
   /** The span's `error.type`. */
   readonly type = POLICY_ERROR_TYPE.DENIED;
   readonly tool: string;
@@ -31,6 +31,18 @@ export class PolicyDeniedError extends CustodyError implements RefusalDetails {
     this.ruleId = details.ruleId;
     this.reason = details.reason;
   }
+}
+
+/**
+ * Staging (`CUSTODY_ENV=staging` or the policy's `mode: staging`): a call without a sponsor is a
+ * validation error, refused in every cohort, shadow included. A PolicyDeniedError (the tool never
+ * ran; `error.type` stays policy_denied) with its own code.
+ */
+export class SponsorMissingError extends PolicyDeniedError {
+  static override readonly code = 'ERR_SPONSOR_MISSING';
+  override readonly code: string = SponsorMissingError.code;
+  /** A validation error: what was sent is incomplete, not a decision about what it asked. */
+  readonly validation = true;
 }
 
 /**

@@ -55,7 +55,9 @@ export const AGENT_REGISTRY_FILE = path.join('tokens', 'agents.json');
 /** The token-service role: POST /issue, POST /token, the JWKS, and the agent admin API. */
 export async function startTokenServiceRole(ctx: RoleContext): Promise<RunningRole> {
   const { options, log } = ctx;
-  const config: TokenServiceConfig = loadTokenConfig(options.tokenConfigFile);
+  const loaded: TokenServiceConfig = loadTokenConfig(options.tokenConfigFile);
+  // staging: every token names a sponsor, whatever the file says
+  const config: TokenServiceConfig = ctx.env[ENV.ENVIRONMENT] === 'staging' && !loaded.require_sponsor ? { ...loaded, require_sponsor: true } : loaded;
   const mode = resolveMode(config.mode, options.host, config.file);
   const keys = await createKeyRing(keySourceFor(config, signingKeyEnv(ctx, config.signing.key_env)), { clockSkewSeconds: config.clock_skew_seconds });
   const registry = openAgentRegistry({ config, file: path.join(options.dataDir, AGENT_REGISTRY_FILE) });

@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
+import { isSampledOut } from '../common/audit-sample';
 import { canonicalJson, sha256Hex } from '../common/canonical';
 import { performance } from 'node:perf_hooks';
 import { ATTR, DEFAULTS, SPAN } from '../common/names';
@@ -54,6 +55,8 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
   if (identity.parentAgentId) attributes[ATTR.PARENT_AGENT_ID] = identity.parentAgentId;
   if (identity.role) attributes[ATTR.ROLE] = identity.role;
   if (purpose) attributes[ATTR.PURPOSE] = purpose;
+  // the call's own attributes never replace custody's
+  for (const [k, v] of Object.entries(request.attributes ?? {})) if (!(k in attributes) && typeof v === 'string') attributes[k] = v;
 
   const requestJson = safeJson(request.args);
   const requestHash = sha256(requestJson);
@@ -74,6 +77,7 @@ export async function runToolCall<T>(request: ToolCallRequest, body: () => T | P
       const check: EnforcerCheck = purpose ? { tool, action, purpose, identity, startedAt } : { tool, action, identity, startedAt };
       if ((runtime.settings.toolOrigins?.length ?? 0) > 0 || request.sendsToken) check.withToken = true;
       if (request.args !== undefined) check.args = request.args;
+      if (request.attributes) check.attributes = request.attributes;
       verdict = await context.with(ctx, () => enforcer.check(check));
     } catch (err) {
       // check() is not supposed to throw; if it does, the call is refused all the same
@@ -168,6 +172,8 @@ export function wrapTool<A, R, Rest extends unknown[]>(
 class CallRecord {
   requestHash = '';
   private decisionId = '';
+  private decision = '';
+  private auditSample: number | undefined;
   private shadow: Promise<EnforcerVerdict> | undefined;
   private ended = false;
 
@@ -181,6 +187,8 @@ class CallRecord {
   applyVerdict(v: EnforcerVerdict): void {
     setVerdictAttributes(this.span, v);
     this.decisionId = v.policyDecisionId ?? '';
+    this.decision = v.decision;
+    this.auditSample = v.auditSample;
     this.shadow = v.shadow;
   }
 
@@ -213,6 +221,8 @@ class CallRecord {
       (v) => {
         setVerdictAttributes(this.span, { ...v, enforced: false });
         this.decisionId = v.policyDecisionId ?? this.decisionId;
+        this.decision = v.decision;
+        this.auditSample = v.auditSample;
       },
       () => undefined,
     ).finally(() => this.close(status, responseHash));
@@ -235,6 +245,13 @@ class CallRecord {
       status,
     });
     this.span.setAttributes({ [ATTR.AUDIT_SEQ]: link.seq, [ATTR.AUDIT_PREV_HASH]: link.prevHash });
+    // Sampling is decided here, where the chain advanced: only an allowed, successful, sponsored
+    // call the plane granted a rate may become a stub; the collector and verify check it again.
+    const rate = this.auditSample;
+    if (rate !== undefined && this.decision === 'allow' && status === AUDIT_STATUS.OK && id.sponsorId && this.decisionId) {
+      this.span.setAttribute(ATTR.AUDIT_SAMPLE_RATE, rate);
+      if (isSampledOut(sc.traceId, sc.spanId, rate)) this.span.setAttribute(ATTR.AUDIT_SAMPLED, true);
+    }
     this.span.end();
   }
 }

@@ -18,6 +18,8 @@ export interface EnforcerCheck {
   withToken?: boolean;
   /** The call's arguments: the enforcer sends the plane only the fields the tool discloses. */
   args?: unknown;
+  /** The call's attributes (e.g. `customer.tier`): a tier-scoped canary matches its scope on them. */
+  attributes?: Readonly<Record<string, string>>;
 }
 
 export interface EnforcerVerdict {
@@ -39,6 +41,8 @@ export interface EnforcerVerdict {
   error?: Error;
   /** True while the incident switch lengthens the decision cache TTL. */
   incident?: boolean;
+  /** The audit sampling rate the plane granted this allow (common/audit-sample.ts). */
+  auditSample?: number;
   /** Baseline (shadow) cohort: the real decision, arriving after the call was let through. */
   shadow?: Promise<EnforcerVerdict>;
   /** The call waited for a human (require_approval). */
@@ -70,6 +74,11 @@ export interface ToolCallOptions {
   toolCallId?: string;
   /** gen_ai.tool.description */
   description?: string;
+  /**
+   * Attributes of this call, e.g. `{ 'customer.tier': 'free' }`: recorded on the span, and what a
+   * tier-scoped canary (the policy's `rollout.scope`) matches on, over the agent's resource attributes.
+   */
+  attributes?: Readonly<Record<string, string>>;
 }
 
 /** One tool call as a patch hands it to the lifecycle. */

@@ -99,6 +99,7 @@ export function formatReport(r: VerifyReport, location: string): string {
     `periods      ${c.periods_verified} verified, ${c.rows_verified} rows${c.rows_unsealed_after_last ? `, ${c.rows_unsealed_after_last} written since the last checkpoint` : ''}${c.rows_pending ? `, ${c.rows_pending} pending` : ''}`,
     `chains       ${c.instances} agent instances, ${c.chained_calls} chained calls${c.unchained_calls ? `, ${c.unchained_calls} without custody.audit.seq` : ''}`,
     `calls        ${c.calls.calls}: ${c.calls.executed} executed (${c.calls.gated_executed} gated, ${c.calls.shadow} shadow), ${c.calls.blocked} blocked`,
+    `policy       ${r.policy.loaded} loads (${r.policy.versions.map((v) => t(v)).join(', ') || 'none'}), ${r.policy.refused} refused reloads; ${r.policy.decisions_checked} decisions name a loaded version`,
     `keys         ${r.keys.map((k) => t(k.kid)).join(', ') || '(none)'}`,
     `receipts     ${r.receipts.checked ? `${r.receipts.verified} distinct verified with the policy plane's keys ${r.receipts.keys.map((k) => t(k)).join(', ') || '(none)'}; ${r.receipts.rollout_states} signed rollout states` : 'not checked (no policy-plane keys)'}`,
   );
@@ -125,6 +126,10 @@ export function formatReport(r: VerifyReport, location: string): string {
   if (r.blocked_without_sponsor.calls) {
     out.push('', `calls without a sponsor that custody refused: ${r.blocked_without_sponsor.calls}`);
     for (const s of r.blocked_without_sponsor.listed) out.push(call(s));
+  }
+  if (r.sampled_out.calls) {
+    const tools = Object.entries(r.sampled_out.by_tool).map(([tool, n]) => `${t(tool)} ${n}`).join(', ');
+    out.push('', `sampled out: ${r.sampled_out.calls} calls stored as chained stubs, each an allow the plane sampled (${tools})`);
   }
   if (r.notes.length) out.push('', 'notes:', ...r.notes.map((n) => `  - ${t(n)}`));
   out.push('', r.ok ? 'result: CLEAN — every period, chain and call verified' : `result: ${total} FINDINGS`);

@@ -19,7 +19,7 @@ interface StatusBody {
   window_s: number;
   sample_size: number;
   rules: RuleResult[];
-  rollout: { percent: number | null };
+  rollout: { percent: number | null; scope?: Record<string, string[]> | null };
   cohort?: string;
   alerts?: AlertResult[];
   more_calls?: number | null;
@@ -45,12 +45,18 @@ function humanWindow(s: number): string {
   return s % 3600 === 0 ? `${s / 3600}h` : s % 60 === 0 ? `${s / 60}m` : `${s}s`;
 }
 
+/** A tier-scoped canary's scope, e.g. ` of customer.tier=free|trial`. */
+function scopeText(scope: Record<string, string[]> | null | undefined): string {
+  if (!scope) return '';
+  return ` of ${Object.entries(scope).map(([k, v]) => `${t(k)}=${v.map((x) => t(x)).join('|')}`).join(', ')}`;
+}
+
 export function formatStatus(body: StatusBody): string {
   const percent = body.rollout?.percent;
   const head = [
     `${body.action.toUpperCase().replace('_', ' ')}`,
     `cohort ${t(body.cohort ?? '?')}, last ${t(humanWindow(body.window_s))}, ${t(body.sample_size)} calls`,
-    percent === null || percent === undefined ? 'rollout unknown' : `rollout ${t(percent)}%`,
+    percent === null || percent === undefined ? 'rollout unknown' : `rollout ${t(percent)}%${scopeText(body.rollout.scope)}`,
   ];
   const width = Math.max(...body.rules.map((r) => r.rule.length), ...(body.alerts ?? []).map((a) => a.alert.length + 6));
   const lines = [`${head[0]}  (${head.slice(1).join(', ')})`];

@@ -64,6 +64,8 @@ export interface AuditEvent {
   approval_reason: string;
   /** The argument fields the plane saw, comma-separated; '' when none. */
   args_disclosed: string;
+  /** Sampled out of the audit (the policy's `audit: { sample }`): a stub that keeps its chain fields and no attributes. */
+  audit_sampled: boolean;
 }
 
 export interface AgentSummary {
@@ -165,7 +167,7 @@ const EVENT_COLUMNS = `toString(toUnixTimestamp64Nano(timestamp)) AS ts_ns, trac
   toString(service_name) AS service_name, duration_ns, audit_seq, audit_prev_hash, toString(trust) AS trust,
   toString(convention) AS convention, attributes['${ATTR.APPROVAL_ID}'] AS approval_id,
   attributes['${ATTR.APPROVAL_STATUS}'] AS approval_status, attributes['${ATTR.APPROVAL_APPROVER}'] AS approval_approver,
-  attributes['${ATTR.APPROVAL_REASON}'] AS approval_reason, attributes['${ATTR.ARGS_DISCLOSED}'] AS args_disclosed`;
+  attributes['${ATTR.APPROVAL_REASON}'] AS approval_reason, attributes['${ATTR.ARGS_DISCLOSED}'] AS args_disclosed, audit_sampled`;
 
 interface EventRow extends Omit<AuditEvent, 'timestamp' | 'duration_ns' | 'duration_ms' | 'audit_seq'> {
   ts_ns: string;
@@ -189,6 +191,7 @@ function toEvent(r: EventRow): AuditEvent {
     policy_latency_ms: Number(rest.policy_latency_ms),
     policy_cached: Boolean(rest.policy_cached),
     enforced: Boolean(rest.enforced),
+    audit_sampled: Boolean(Number(rest.audit_sampled)),
     duration_ns: Number(duration_ns),
     duration_ms: Number(duration_ns) / 1e6,
     audit_seq: Number(audit_seq),

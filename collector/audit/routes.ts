@@ -17,6 +17,7 @@ import {
 } from './queries';
 import type { Store } from '../store';
 import { auditHealth } from './health';
+import { MAX_POLICY_EVENTS, policyEvents } from './policy';
 import { parseWindow } from '../rules/evaluate';
 
 /**
@@ -104,6 +105,14 @@ export function auditRouter(store: Store, log: Logger): Router {
     res.json(await fromStore(log, () => auditEvents(store, filters)));
   });
 
+  // each policy load or refused reload, with the plane's signed receipt
+  router.get('/v1/audit/policy', async (req, res) => {
+    const q = req.query as Record<string, unknown>;
+    rejectUnknown(q, ['limit']);
+    const limit = queryInt(q, 'limit', 1, MAX_POLICY_EVENTS);
+    res.json({ events: await fromStore(log, () => policyEvents(store, limit ?? 100)) });
+  });
+
   router.get('/v1/audit/health', async (req, res) => {
     const q = req.query as Record<string, unknown>;
     rejectUnknown(q, ['window']);
@@ -121,7 +130,7 @@ export function auditRouter(store: Store, log: Logger): Router {
 }
 
 /** The audit API's read paths (the published audit keys are public and not among them). */
-export const AUDIT_READ_PATHS = ['/v1/audit/trail', '/v1/audit/events', '/v1/audit/health', '/v1/audit/checkpoints'] as const;
+export const AUDIT_READ_PATHS = ['/v1/audit/trail', '/v1/audit/events', '/v1/audit/health', '/v1/audit/checkpoints', '/v1/audit/policy'] as const;
 
 /**
  * Off loopback, reading the audit API needs the reader credential (CUSTODY_AUDIT_READER_TOKEN) or

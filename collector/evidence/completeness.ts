@@ -1,3 +1,4 @@
+import { sampleBucketSql } from '../../common/audit-sample';
 import { ATTR, COHORT, DECISION, POLICY_ERROR_TYPE, TABLE } from '../../common/names';
 import type { Findings } from './findings';
 
@@ -29,6 +30,12 @@ import type { Findings } from './findings';
  * must be in that cohort under a signed rollout in force at some moment of the `graceMs` before it
  * (agents act on a rollout they read up to that long ago), or carry a receipt that says the plane
  * did not enforce it.
+ *
+ * Sampled-out calls (stubs, common/audit-sample.ts) keep no attributes, so no receipt: each must
+ * instead be an allow in the decision log whose plane granted a rate in (0, 1) to a tool that is
+ * neither high- nor critical-risk, with the call's bucket past that rate, and must have run
+ * successfully with a sponsor. Any other stub is a finding (`sample_unlawful`): nothing the plane
+ * denied, no error and no unsponsored call can hide as a stub.
  *
  * What this proves: the token event is the token service's own record of issuing that jti for
  * that sponsor, instance and tool, and the decision row is the plane's record of allowing it
@@ -66,11 +73,14 @@ export interface CompletenessTotals {
   blocked: number;
   shadow: number;
   missing_sponsor: number;
+  /** Calls stored as sampled-out stubs. */
+  sampled_out: number;
 }
 
 export function totalsSql(o: CompletenessOptions): string {
   return `SELECT count() AS calls, countIf(${EXECUTED}) AS executed, countIf(${EXECUTED} AND NOT ${SHADOW}) AS gated_executed,
-      countIf(NOT ${EXECUTED}) AS blocked, countIf(${EXECUTED} AND ${SHADOW}) AS shadow, countIf(sponsor_id = '') AS missing_sponsor
+      countIf(NOT ${EXECUTED}) AS blocked, countIf(${EXECUTED} AND ${SHADOW}) AS shadow, countIf(sponsor_id = '') AS missing_sponsor,
+      countIf(audit_sampled) AS sampled_out
     FROM ${o.database}.${TABLE.AUDIT_EVENTS} WHERE ${since(o)}`;
 }
 
@@ -99,7 +109,7 @@ export function problemsSql(o: CompletenessOptions): string {
       r_found AND r_ms > ran_by AS r_late,
       r_found AND r_token_exp > 0 AND r_token_exp * 1000 + ${skew} < a.ms AS r_expired,
       r_found AND NOT r_bad AND length(r_diff) = 0 AND NOT r_late AND NOT r_expired AS r_for_call,
-      r_for_call AND r_decision = '${DECISION.ALLOW}' AS receipt_ok,
+      a.stub OR (r_for_call AND r_decision = '${DECISION.ALLOW}') AS receipt_ok,
       reinterpretAsUInt32(reverse(substring(SHA256(a.agent_instance_id), 1, 4))) / 4294967296 * 100 AS bucket,
       arrayLastIndex(t -> t <= a.ms - ${grace}, {rollout_ms:Array(Int64)}) AS r_k0,
       arrayFilter((p, t, i) -> i = r_k0 OR (t > a.ms - ${grace} AND t <= a.ms), {rollout_percent:Array(Float64)}, {rollout_ms:Array(Int64)},
@@ -130,17 +140,23 @@ export function problemsSql(o: CompletenessOptions): string {
       t_found AND length(t_diff) = 0 AND NOT t_late AND NOT t_expired AS token_ok,
       a.executed AND NOT a.shadow AND (a.decision IN ('${DECISION.DENY}', '${DECISION.ERROR}') OR (d_found AND d.decision != '${DECISION.ALLOW}')) AS deny_executed,
       a.executed AND a.shadow AND (a.decision = '${DECISION.DENY}' OR (d_found AND d.decision = '${DECISION.DENY}')) AS shadow_deny,
+      a.stub AS stub,
+      a.stub AND NOT (d_found AND d.decision = '${DECISION.ALLOW}' AND d.sample_rate > 0 AND d.sample_rate < 1
+        AND d.risk NOT IN ('high', 'critical') AND a.bucket >= d.sample_rate AND a.status = 'ok' AND a.error_type = ''
+        AND a.sponsor_id != '') AS stub_bad,
+      d.sample_rate AS d_sample_rate, d.risk AS d_risk,
       ${receiptCols}
     FROM (
       SELECT agent_instance_id, audit_seq, trace_id, span_id, toUnixTimestamp64Milli(timestamp) AS ms, policy_latency_ms,
         toInt64(ceil(toFloat64OrZero(attributes['${ATTR.APPROVAL_WAIT_MS}']))) AS approval_wait_ms,
         sponsor_id, parent_agent_id, tool_id, action, cohort, decision, policy_decision_id, token_jti,
-        ${EXECUTED} AS executed, ${SHADOW} AS shadow${o.receipts ? `, attributes['${ATTR.POLICY_RECEIPT}'] AS receipt` : ''}
+        ${EXECUTED} AS executed, ${SHADOW} AS shadow, status, error_type, audit_sampled AS stub, ${sampleBucketSql()} AS bucket${o.receipts ? `, attributes['${ATTR.POLICY_RECEIPT}'] AS receipt` : ''}
       FROM ${a} WHERE ${page}
     ) AS a
     LEFT JOIN (
       SELECT policy_decision_id AS id, decision, toUnixTimestamp64Milli(timestamp) AS ms,
-        sponsor_id, agent_instance_id, parent_agent_id, tool_id, action
+        sponsor_id, agent_instance_id, parent_agent_id, tool_id, action,
+        toFloat64OrZero(attributes['${ATTR.AUDIT_SAMPLE_RATE}']) AS sample_rate, attributes['${ATTR.TOOL_RISK}'] AS risk
       FROM ${o.database}.${TABLE.POLICY_DECISIONS}
       WHERE policy_decision_id IN (SELECT policy_decision_id FROM ${a} WHERE ${page} AND policy_decision_id != '')
       ORDER BY timestamp LIMIT 1 BY policy_decision_id
@@ -153,7 +169,7 @@ export function problemsSql(o: CompletenessOptions): string {
       ORDER BY timestamp LIMIT 1 BY jti
     ) AS t ON a.token_jti = t.jti
   )
-  WHERE sponsor_id = '' OR deny_executed OR shadow_deny
+  WHERE sponsor_id = '' OR deny_executed OR shadow_deny OR stub_bad
     OR (executed AND NOT shadow AND (NOT decision_ok OR NOT token_ok OR NOT receipt_ok))
     OR (executed AND shadow AND NOT shadow_ok)
   ORDER BY agent_instance_id, ms, span_id
@@ -201,6 +217,10 @@ export interface ProblemRow {
   rollout_known: number | boolean;
   rollout_min: number | string;
   shadow_ok: number | boolean;
+  stub: number | boolean;
+  stub_bad: number | boolean;
+  d_sample_rate: number | string;
+  d_risk: string;
 }
 
 const iso = (v: string | number) => new Date(Number(v)).toISOString();
@@ -257,6 +277,18 @@ export function reportProblem(
     return;
   }
   if (!r.sponsor_id) findings.add('missing_sponsor', `${call}: no sponsor_id, and the call ran`, where);
+  if (Number(r.stub_bad)) {
+    const why = !Number(r.d_found)
+      ? `its decision ${r.policy_decision_id || '(none)'} is not in the decision log`
+      : r.d_decision !== DECISION.ALLOW
+        ? `the plane's decision was '${r.d_decision}'`
+        : !(Number(r.d_sample_rate) > 0 && Number(r.d_sample_rate) < 1)
+          ? 'the plane granted no sampling rate'
+          : r.d_risk === 'high' || r.d_risk === 'critical'
+            ? `the tool is ${r.d_risk}-risk`
+            : 'it is inside the sample, failed, or has no sponsor';
+    findings.add('sample_unlawful', `${call}: stored as a sampled-out stub, but ${why}`, where);
+  }
   if (shadow) {
     if (Number(r.shadow_deny)) lists.shadowDeny(listed);
     if (!Number(r.shadow_ok)) {

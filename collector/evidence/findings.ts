@@ -43,6 +43,7 @@ export const FINDING_KINDS = {
   token_after_call: { severity: 'high', about: 'the token was issued after the call started' },
   token_expired: { severity: 'high', about: 'the token had expired when the call started' },
   missing_sponsor: { severity: 'high', about: 'a call that ran without a sponsor' },
+  sample_unlawful: { severity: 'critical', about: 'a call stored as a sampled-out stub that may never be sampled (not an allow with a granted rate, high-risk, failed, unsponsored, or inside the sample)' },
   // receipts (the policy plane's signatures)
   receipt_missing: { severity: 'critical', about: 'an executed gated call without the policy plane\'s receipt' },
   receipt_invalid: { severity: 'critical', about: 'a call whose receipt is not signed by the policy plane' },
@@ -50,6 +51,9 @@ export const FINDING_KINDS = {
   cohort_unproven: { severity: 'critical', about: 'a call claiming the shadow cohort that the signed rollout put in the enforced one' },
   rollout_receipt_invalid: { severity: 'critical', about: 'a rollout change whose receipt is not signed by the policy plane' },
   approval_unproven: { severity: 'critical', about: 'an approved call whose signed decision does not name the same approval and approver' },
+  // policy changes
+  policy_receipt_invalid: { severity: 'critical', about: 'a policy load or refused reload whose receipt is not the policy plane\'s, or says something else' },
+  policy_version_unknown: { severity: 'high', about: 'decisions naming a policy version that no recorded policy load put in force' },
 } as const satisfies Record<string, { severity: Severity; about: string }>;
 
 export type FindingKind = keyof typeof FINDING_KINDS;

@@ -14,14 +14,14 @@ import { LEAF_PREFIX } from './merkle';
  * bytes, little-endian; Bool as one byte 0/1; an unsigned integer as 64-bit little-endian; a Map as
  * lp(key) || lp(value) for each pair, sorted by key then value. A column added after rows were
  * sealed (`audit_events.trust`, `convention`) adds lp(value) only when its value is not empty, so the rows sealed
- * before it existed keep their leaves. The leaf is SHA-256(0x00 || bytes).
+ * before it existed keep their leaves; a Bool added so (`audit_sampled`) adds lp(0x01) only when true. The leaf is SHA-256(0x00 || bytes).
  * Every stored column is covered, the write time included, so any UPDATE shows. The SQL below
  * computes exactly these bytes beside the data; `rowBytes` is the same definition in JavaScript,
  * for auditors and tests.
  */
 export const LEAF_FORMAT = 1;
 
-type Kind = 'string' | 'datetime64' | 'float64' | 'bool' | 'uint' | 'map' | 'added';
+type Kind = 'string' | 'datetime64' | 'float64' | 'bool' | 'uint' | 'map' | 'added' | 'flag';
 
 interface Column {
   readonly name: string;
@@ -55,7 +55,7 @@ export const SEALED_TABLES: readonly SealedTable[] = Object.freeze([
       sponsor_id agent_instance_id parent_agent_id agent_name role tool_id tool_name action purpose request_hash
       response_hash policy_decision_id decision rule_id policy_latency_ms:float64 policy_cached:bool enforced:bool
       cohort status error_type token_jti tool_call_id audit_seq:uint audit_prev_hash duration_ns:uint
-      attributes:map ingested_at:datetime64 trust:added convention:added`),
+      attributes:map ingested_at:datetime64 trust:added convention:added audit_sampled:flag`),
     rowKey: `concat(trace_id, '/', span_id)`,
     label: `concat(agent_instance_id, ' #', toString(audit_seq), ' ', tool_id, if(action = '', '', concat('.', action)))`,
     timeColumn: 'timestamp',
@@ -98,6 +98,8 @@ function piecesSql(c: Column): string[] {
       return [u32(`length(${c.name})`), c.name];
     case 'added':
       return [`if(${c.name} = '', '', concat(${u32(`length(${c.name})`)}, ${c.name}))`];
+    case 'flag':
+      return [`if(${c.name}, concat(${u32('1')}, char(1)), '')`];
     case 'datetime64':
       return fixed(`toUnixTimestamp64Nano(${c.name})`, 8);
     case 'float64':
@@ -175,6 +177,7 @@ function valueBytes(c: Column, v: RowValue): Buffer {
       b.writeDoubleLE(Number(v ?? 0));
       return b;
     case 'bool':
+    case 'flag':
       return Buffer.from([v ? 1 : 0]);
     case 'map': {
       const entries = Object.entries((v ?? {}) as Record<string, string>).map(([k, val]) => [Buffer.from(k), Buffer.from(val)] as const);
@@ -184,9 +187,13 @@ function valueBytes(c: Column, v: RowValue): Buffer {
   }
 }
 
+const isTrue = (v: RowValue): boolean => v === true || v === 1 || v === '1' || v === 'true';
+
 /** Leaf format 1 bytes of a row (absent columns take their empty/zero value). */
 export function rowBytes(table: SealedTable, row: Record<string, RowValue>): Buffer {
-  const present = table.columns.filter((c) => c.kind !== 'added' || String(row[c.name] ?? '') !== '');
+  const present = table.columns.filter(
+    (c) => (c.kind !== 'added' || String(row[c.name] ?? '') !== '') && (c.kind !== 'flag' || isTrue(row[c.name])),
+  );
   return Buffer.concat([lp(Buffer.from(table.name)), ...present.map((c) => lp(valueBytes(c, row[c.name])))]);
 }
 

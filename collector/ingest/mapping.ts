@@ -1,5 +1,6 @@
 import { validateAuditRow } from '../audit/schema';
-import { ATTR, SPAN, TABLE, TRUST, type Trust } from '../../common/names';
+import { sampleBucket } from '../../common/audit-sample';
+import { ATTR, COHORT, SPAN, TABLE, TRUST, type Trust } from '../../common/names';
 import { contentHash, FOREIGN_ATTR, recognise, type Convention, type Recognition } from './conventions';
 import { findAttribute, type AnyValue, type Attributes, type KeyValue, type PbLong, type Resource, type Span } from '../otlp';
 
@@ -28,7 +29,7 @@ export const AUDIT_COLUMNS = [
   'sponsor_id', 'agent_instance_id', 'parent_agent_id', 'agent_name', 'role', 'tool_id', 'tool_name',
   'action', 'purpose', 'request_hash', 'response_hash', 'policy_decision_id', 'decision', 'rule_id',
   'policy_latency_ms', 'policy_cached', 'enforced', 'cohort', 'status', 'error_type', 'token_jti',
-  'tool_call_id', 'audit_seq', 'audit_prev_hash', 'duration_ns', 'attributes', 'trust', 'convention',
+  'tool_call_id', 'audit_seq', 'audit_prev_hash', 'duration_ns', 'attributes', 'trust', 'convention', 'audit_sampled',
 ] as const;
 
 export const DECISION_COLUMNS = [
@@ -46,6 +47,10 @@ export const ROLLOUT_COLUMNS = [
   'timestamp', 'from_percent', 'to_percent', 'reason', 'actor', 'trace_id', 'span_id', 'service_name', 'receipt',
 ] as const;
 
+export const POLICY_EVENT_COLUMNS = [
+  'timestamp', 'result', 'version', 'hash', 'source', 'error', 'receipt', 'trace_id', 'span_id', 'service_name',
+] as const;
+
 /** The tables ingest writes, with the columns of its rows, in order. */
 export const INGEST_TABLES = {
   [TABLE.OTEL_TRACES]: TRACE_COLUMNS,
@@ -53,6 +58,7 @@ export const INGEST_TABLES = {
   [TABLE.POLICY_DECISIONS]: DECISION_COLUMNS,
   [TABLE.TOKEN_EVENTS]: TOKEN_COLUMNS,
   [TABLE.ROLLOUT_EVENTS]: ROLLOUT_COLUMNS,
+  [TABLE.POLICY_EVENTS]: POLICY_EVENT_COLUMNS,
 } as const;
 export type IngestTable = keyof typeof INGEST_TABLES;
 
@@ -105,6 +111,10 @@ export interface MappedSpans {
   readonly unmapped: Map<string, number>;
   /** Spans named as a service's record (decision, token event, rollout change) from another source: kept in otel_traces only. */
   readonly untrustedRecords: number;
+  /** Tool calls stored as sampled-out stubs, by tool. */
+  readonly sampledOut: Map<string, number>;
+  /** Tool calls marked sampled out that may not be (kept whole instead), by reason. */
+  readonly sampleRefused: Map<string, number>;
   readonly spans: number;
   /** Bytes in all bodies, for the writer's memory bound. */
   readonly bytes: number;
@@ -217,7 +227,8 @@ const SLOT_KEYS = [
   ATTR.POLICY_REASON, ATTR.POLICY_LATENCY_MS, ATTR.POLICY_CACHED, ATTR.ENFORCED, ATTR.ROLLOUT_COHORT, ATTR.TOKEN_JTI,
   ATTR.AUDIT_SEQ, ATTR.AUDIT_PREV_HASH, ATTR.TOKEN_RESULT, ATTR.TOKEN_KIND, ATTR.TOKEN_REFUSAL_CODE,
   ATTR.TOKEN_TTL_SECONDS, ATTR.TOKEN_EXPIRES_AT, ATTR.ROLLOUT_FROM_PERCENT, ATTR.ROLLOUT_TO_PERCENT,
-  ATTR.ROLLOUT_REASON, ATTR.ROLLOUT_ACTOR, ATTR.ROLLOUT_RECEIPT,
+  ATTR.ROLLOUT_REASON, ATTR.ROLLOUT_ACTOR, ATTR.ROLLOUT_RECEIPT, ATTR.AUDIT_SAMPLED, ATTR.AUDIT_SAMPLE_RATE,
+  ATTR.POLICY_CHANGE_RESULT, ATTR.POLICY_VERSION, ATTR.POLICY_HASH, ATTR.POLICY_SOURCE, ATTR.POLICY_CHANGE_ERROR, ATTR.POLICY_CHANGE_RECEIPT,
   // Baggage copied onto spans (e.g. by a baggage span processor) may carry a `baggage.` prefix.
   `baggage.${ATTR.SPONSOR_ID}`, `baggage.${ATTR.AGENT_INSTANCE_ID}`, `baggage.${ATTR.PARENT_AGENT_ID}`,
   // the other conventions' tool-call attributes (conventions.ts); they stay in the attributes map too
@@ -269,6 +280,14 @@ const S = {
   ROLLOUT_REASON: slot(ATTR.ROLLOUT_REASON),
   ROLLOUT_ACTOR: slot(ATTR.ROLLOUT_ACTOR),
   ROLLOUT_RECEIPT: slot(ATTR.ROLLOUT_RECEIPT),
+  SAMPLED: slot(ATTR.AUDIT_SAMPLED),
+  SAMPLE_RATE: slot(ATTR.AUDIT_SAMPLE_RATE),
+  POLICY_RESULT: slot(ATTR.POLICY_CHANGE_RESULT),
+  POLICY_VERSION: slot(ATTR.POLICY_VERSION),
+  POLICY_HASH: slot(ATTR.POLICY_HASH),
+  POLICY_SOURCE: slot(ATTR.POLICY_SOURCE),
+  POLICY_ERROR: slot(ATTR.POLICY_CHANGE_ERROR),
+  POLICY_RECEIPT: slot(ATTR.POLICY_CHANGE_RECEIPT),
   SPONSOR_BAGGAGE: slot(`baggage.${ATTR.SPONSOR_ID}`),
   INSTANCE_BAGGAGE: slot(`baggage.${ATTR.AGENT_INSTANCE_ID}`),
   PARENT_BAGGAGE: slot(`baggage.${ATTR.PARENT_AGENT_ID}`),
@@ -330,6 +349,7 @@ const enum Kind {
   Decision,
   Token,
   Rollout,
+  PolicyChange,
 }
 
 /** Named `execute_tool` or `execute_tool {tool}`: the GenAI tool-call span name. */
@@ -354,6 +374,8 @@ function kindByName(name: string): Kind {
       return Kind.Token;
     case SPAN.ROLLOUT_CHANGE:
       return Kind.Rollout;
+    case SPAN.POLICY_CHANGE:
+      return Kind.PolicyChange;
   }
   return Kind.Other;
 }
@@ -507,8 +529,38 @@ function auditRow(
     text(slots, S.DECISION_ID), decision, text(slots, S.RULE_ID), numberOf(slots[S.LATENCY]), boolOf(slots[S.CACHED]),
     boolOf(slots[S.ENFORCED]), cohort, AUDIT_STATUS[span.statusCode] ?? 'unset', text(slots, S.ERROR_TYPE), text(slots, S.JTI),
     text(slots, S.TOOL_CALL_ID) || text(slots, S.OI_TOOL_CALL_ID), uintOf(slots[S.SEQ], Number.MAX_SAFE_INTEGER),
-    text(slots, S.PREV_HASH), duration, rest, trust, rec.convention,
+    text(slots, S.PREV_HASH), duration, rest, trust, rec.convention, false,
   ];
+}
+
+// --- audit sampling (common/audit-sample.ts) -----------------------------------------------------
+const COL = Object.fromEntries(AUDIT_COLUMNS.map((c, i) => [c, i])) as Record<(typeof AUDIT_COLUMNS)[number], number>;
+/** Columns a sampled-out stub does not keep: everything that is neither chained nor counted by the rules. */
+const STUB_CLEARED = ['parent_span_id', 'agent_name', 'purpose', 'tool_call_id'] as const;
+
+/**
+ * Why a call marked sampled out must be kept whole, or '' when it may become a stub: only an
+ * allowed, successful, sponsored, chained call with a decision id, a granted rate and a bucket
+ * past that rate. An agent cannot hide a deny, an error or an unsponsored call behind the mark.
+ */
+function stubRefusal(span: Span, slots: Slots, row: unknown[]): string {
+  if (row[COL.decision] !== 'allow') return 'not_allowed';
+  if (row[COL.status] === 'error' || row[COL.error_type] !== '') return 'error';
+  if (row[COL.sponsor_id] === '') return 'missing_sponsor';
+  if (row[COL.policy_decision_id] === '' || !row[COL.audit_seq]) return 'unchained';
+  if (row[COL.cohort] !== COHORT.CANARY && row[COL.cohort] !== COHORT.BASELINE) return 'unmanaged';
+  const rate = numberOf(slots[S.SAMPLE_RATE]);
+  if (!(rate > 0 && rate < 1)) return 'no_rate';
+  if (sampleBucket(span.traceId, span.spanId) < rate) return 'in_sample';
+  return '';
+}
+
+/** The stub of a sampled-out call: the chain fields and what the rules count, no attributes. */
+function toStub(row: unknown[]): void {
+  for (const c of STUB_CLEARED) row[COL[c]] = '';
+  row[COL.tool_name] = row[COL.tool_id];
+  row[COL.attributes] = {};
+  row[COL.audit_sampled] = true;
 }
 
 function decisionRow(span: Span, slots: Slots, start: string, rest: StringMap): unknown[] {
@@ -544,6 +596,13 @@ function rolloutRow(span: Span, slots: Slots, start: string): unknown[] {
   ];
 }
 
+function policyEventRow(span: Span, slots: Slots, start: string): unknown[] {
+  return [
+    start, text(slots, S.POLICY_RESULT), text(slots, S.POLICY_VERSION), text(slots, S.POLICY_HASH), text(slots, S.POLICY_SOURCE),
+    text(slots, S.POLICY_ERROR), text(slots, S.POLICY_RECEIPT), span.traceId, span.spanId, span.resource.serviceName,
+  ];
+}
+
 // Which attributes become columns, per kind of span; none for spans whose row has no attribute map.
 const MASKS: Record<Kind, readonly boolean[] | undefined> = {
   [Kind.Other]: undefined,
@@ -551,6 +610,7 @@ const MASKS: Record<Kind, readonly boolean[] | undefined> = {
   [Kind.Decision]: DECISION_PROMOTED,
   [Kind.Token]: TOKEN_PROMOTED,
   [Kind.Rollout]: undefined,
+  [Kind.PolicyChange]: undefined,
 };
 
 /**
@@ -564,6 +624,7 @@ function checkAuditSchema(span: Span, row: unknown[]): void {
   delete event.end_timestamp;
   delete event.attributes;
   delete event.trust;
+  delete event.audit_sampled;
   event.duration_ns = Number(event.duration_ns);
   validateAuditRow(event);
 }
@@ -605,6 +666,8 @@ export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[]
   const counts: Counts = { toolCalls: new Map(), missingSponsor: 0, conventions: new Map(), unmapped: new Map() };
   const slots: Slots = new Array(SLOT_KEYS.length);
   let untrustedRecords = 0;
+  const sampledOut = new Map<string, number>();
+  const sampleRefused = new Map<string, number>();
   for (let i = 0; i < spans.length; i++) {
     const span = spans[i]!;
     const t: Trust = typeof trust === 'string' ? trust : (trust[i] ?? TRUST.UNVERIFIED);
@@ -619,7 +682,7 @@ export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[]
       const key = `${rec.unmapped.convention}\0${rec.unmapped.reason}`;
       counts.unmapped.set(key, (counts.unmapped.get(key) ?? 0) + 1);
     }
-    if (t !== TRUST.SERVICE && (kind === Kind.Decision || kind === Kind.Token || kind === Kind.Rollout)) {
+    if (t !== TRUST.SERVICE && (kind === Kind.Decision || kind === Kind.Token || kind === Kind.Rollout || kind === Kind.PolicyChange)) {
       kind = Kind.Other;
       untrustedRecords++;
     }
@@ -628,15 +691,27 @@ export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[]
     const start = nsText(span.startNs);
     // a string: ClickHouse reads UInt64 from JSON strings, and a bigint has no JSON form
     const duration = String(span.endNs - span.startNs);
-    add(TABLE.OTEL_TRACES, traceRow(span, start, duration, all));
     if (kind === Kind.ToolCall) {
       const row = auditRow(span, slots, start, duration, rest, counts, t, rec as ToolCallRecognition);
+      const refusal = boolOf(slots[S.SAMPLED]) ? stubRefusal(span, slots, row) : undefined;
+      if (refusal) sampleRefused.set(refusal, (sampleRefused.get(refusal) ?? 0) + 1);
+      if (refusal === '') {
+        // sampled out: the stub alone, no otel_traces row
+        toStub(row);
+        const tool = row[COL.tool_id] as string;
+        sampledOut.set(tool, (sampledOut.get(tool) ?? 0) + 1);
+      } else {
+        add(TABLE.OTEL_TRACES, traceRow(span, start, duration, all));
+        checkAuditSchema(span, row);
+      }
       add(TABLE.AUDIT_EVENTS, row);
-      checkAuditSchema(span, row);
+      continue;
     }
-    else if (kind === Kind.Decision) add(TABLE.POLICY_DECISIONS, decisionRow(span, slots, start, rest));
+    add(TABLE.OTEL_TRACES, traceRow(span, start, duration, all));
+    if (kind === Kind.Decision) add(TABLE.POLICY_DECISIONS, decisionRow(span, slots, start, rest));
     else if (kind === Kind.Token) add(TABLE.TOKEN_EVENTS, tokenRow(span, slots, start, rest));
     else if (kind === Kind.Rollout) add(TABLE.ROLLOUT_EVENTS, rolloutRow(span, slots, start));
+    else if (kind === Kind.PolicyChange) add(TABLE.POLICY_EVENTS, policyEventRow(span, slots, start));
   }
   const rows: TableRows = {};
   const rowCounts: Partial<Record<IngestTable, number>> = {};
@@ -647,5 +722,5 @@ export function mapSpans(spans: readonly Span[], trust: Trust | readonly Trust[]
     rowCounts[table] = byTable[table]!.length;
     bytes += body.length;
   }
-  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, conventions: counts.conventions, unmapped: counts.unmapped, untrustedRecords, spans: spans.length, bytes };
+  return { rows, counts: rowCounts, toolCalls: counts.toolCalls, missingSponsor: counts.missingSponsor, conventions: counts.conventions, unmapped: counts.unmapped, untrustedRecords, sampledOut, sampleRefused, spans: spans.length, bytes };
 }

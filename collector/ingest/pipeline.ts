@@ -80,6 +80,16 @@ export function createIngestPipeline(options: PipelineOptions): IngestPipeline {
     help: 'OTLP export requests of signals custody does not store (metrics, logs): answered with success and dropped, by signal',
     labelNames: ['signal'],
   });
+  const sampledOutCalls = counter<'tool'>({
+    name: METRIC.AUDIT_SAMPLED_OUT_TOTAL,
+    help: 'Tool calls stored as sampled-out stubs (chained and counted, no attributes), by tool',
+    labelNames: ['tool'],
+  });
+  const sampleRefusedCalls = counter<'reason'>({
+    name: METRIC.AUDIT_SAMPLE_REFUSED_TOTAL,
+    help: 'Tool calls marked sampled out that may never be (a deny, an error, no sponsor, no granted rate, inside the sample): stored whole, by reason',
+    labelNames: ['reason'],
+  });
   const seenTools = new Set<string>();
 
   async function principalOf(authorization: string | undefined, peer?: () => unknown): Promise<IngestPrincipal> {
@@ -156,7 +166,7 @@ export function createIngestPipeline(options: PipelineOptions): IngestPipeline {
     const { trust, mismatched } = await trustOf(principal, decoded.spans);
     // token events the service wrote: the instances they bind, for later agent spans
     if (trust === TRUST.SERVICE) learnFromTokenEvents(bindings, decoded.spans);
-    const { rows, counts, spans, toolCalls, untrustedRecords, conventions, unmapped } = mapSpans(decoded.spans, trust);
+    const { rows, counts, spans, toolCalls, untrustedRecords, conventions, unmapped, sampledOut, sampleRefused } = mapSpans(decoded.spans, trust);
     const { rejected: refused, rejectedCount, rejectionMessages } = decoded;
     const message = rejectedCount
       ? `${rejectedCount} span(s) rejected: ${rejectionMessages.join('; ')}${rejectedCount > rejectionMessages.length ? '; …' : ''}`
@@ -166,14 +176,14 @@ export function createIngestPipeline(options: PipelineOptions): IngestPipeline {
       ['identity_mismatch', mismatched],
       ['service_record_from_other_source', untrustedRecords],
     ];
-    return { write: { rows, counts }, spans, toolCalls, conventions, unmapped, refused, rejectedCount, message, flagged };
+    return { write: { rows, counts }, spans, toolCalls, conventions, unmapped, sampledOut, sampleRefused, refused, rejectedCount, message, flagged };
   }
 
   async function ingest(body: Buffer, format: WireFormat, principal: IngestPrincipal): Promise<ExportOutcome> {
     if (!writer.available) {
       throw new OtlpHttpError(503, GRPC_CODE.UNAVAILABLE, 'storage_unavailable', 'storage is unavailable; retry later', { 'Retry-After': '5' });
     }
-    const { write, spans, toolCalls, conventions, unmapped, refused, rejectedCount, message, flagged } = await receive(body, format, principal);
+    const { write, spans, toolCalls, conventions, unmapped, sampledOut, sampleRefused, refused, rejectedCount, message, flagged } = await receive(body, format, principal);
     try {
       await waitForWrite(writer.write(write));
     } catch (err) {
@@ -205,6 +215,8 @@ export function createIngestPipeline(options: PipelineOptions): IngestPipeline {
       const [convention = '', reason = ''] = key.split('\0');
       unmappedSpans.inc({ convention, reason }, n);
     }
+    for (const [tool, n] of sampledOut) sampledOutCalls.inc({ tool: seenTools.has(tool) ? tool : 'other' }, n);
+    for (const [reason, n] of sampleRefused) sampleRefusedCalls.inc({ reason }, n);
     for (const [reason, n] of refused) rejected.inc({ reason }, n);
     for (const [reason, n] of flagged) if (n > 0) unverified.inc({ reason }, n);
     return { rejectedCount, message };

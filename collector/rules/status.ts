@@ -28,17 +28,21 @@ import type { Store } from '../store';
 const ROLLOUT_TIMEOUT_MS = 1000;
 const PARAMETERS = ['window', 'cohort', ...Object.keys(THRESHOLD_PARAMETERS)];
 
-/** The current rollout percent, or null when no policy plane can be asked. */
-export type RolloutPercent = () => Promise<number | null>;
+/** The rollout as the status shows it: the percent and a tier-scoped canary's scope (null: every instance). */
+export interface RolloutSummary {
+  percent: number | null;
+  scope: Readonly<Record<string, readonly string[]>> | null;
+}
 
 /**
  * In `custody up` the policy plane offers its rollout state in-process; a lone collector asks
  * `${CUSTODY_POLICY_URL}/v1/rollout`. Looked up per request: the plane starts after the collector.
  */
-export function rolloutPercent(services: Services, log: Logger, policyUrl: string | undefined): RolloutPercent {
+export function rolloutSummary(services: Services, log: Logger, policyUrl: string | undefined): () => Promise<RolloutSummary> {
   const valid = (p: unknown): number | null => (typeof p === 'number' && Number.isFinite(p) && p >= 0 && p <= 100 ? p : null);
+  const scopeOf = (s: unknown): RolloutSummary['scope'] => (s && typeof s === 'object' && !Array.isArray(s) ? (s as Record<string, string[]>) : null);
   return async () => {
-    const local = services.lookup<{ get(): Promise<{ percent: number }> }>(SERVICE.ROLLOUT);
+    const local = services.lookup<{ get(): Promise<{ percent: number; scope?: unknown }> }>(SERVICE.ROLLOUT);
     try {
       if (local) {
         let timer: NodeJS.Timeout | undefined;
@@ -46,19 +50,21 @@ export function rolloutPercent(services: Services, log: Logger, policyUrl: strin
           const timeout = new Promise<never>((_, reject) => {
             timer = setTimeout(() => reject(new Error('rollout service timed out')), ROLLOUT_TIMEOUT_MS);
           });
-          return valid((await Promise.race([local.get(), timeout])).percent);
+          const got = await Promise.race([local.get(), timeout]);
+          return { percent: valid(got.percent), scope: scopeOf(got.scope) };
         } finally {
           clearTimeout(timer);
         }
       }
-      if (!policyUrl) return null;
+      if (!policyUrl) return { percent: null, scope: null };
       const res = await fetch(new URL('/v1/rollout', policyUrl), { signal: AbortSignal.timeout(ROLLOUT_TIMEOUT_MS) });
       if (!res.ok) throw new Error(`GET /v1/rollout answered ${res.status}`);
-      return valid(((await res.json()) as { percent?: unknown }).percent);
+      const body = (await res.json()) as { percent?: unknown; scope?: unknown };
+      return { percent: valid(body.percent), scope: scopeOf(body.scope) };
     } catch (err) {
-      // the rollout percent is context for the reader, not part of the verdict
-      log.warn({ err }, 'rollback status: rollout percent unavailable');
-      return null;
+      // the rollout is context for the reader, not part of the verdict
+      log.warn({ err }, 'rollback status: rollout unavailable');
+      return { percent: null, scope: null };
     }
   };
 }
@@ -78,7 +84,7 @@ function parsed<T>(parse: () => T): T {
   }
 }
 
-export function rollbackStatusRouter(store: Store, options: { config: Readonly<RulesConfig>; rollout: RolloutPercent; log: Logger }): Router {
+export function rollbackStatusRouter(store: Store, options: { config: Readonly<RulesConfig>; rollout: () => Promise<RolloutSummary>; log: Logger }): Router {
   const { config } = options;
   const router = Router();
   router.get('/v1/rollback/status', async (req, res) => {
@@ -110,7 +116,8 @@ export function rollbackStatusRouter(store: Store, options: { config: Readonly<R
       window_s: result.window_s,
       sample_size: result.sample_size,
       rules: result.rules,
-      rollout: { percent: await options.rollout() },
+      // a scoped canary's cohort is only the calls in its scope: the rules say so beside the percent
+      rollout: await options.rollout(),
       cohort: result.cohort,
       window: result.window,
       more_calls: result.more_calls,
@@ -125,6 +132,6 @@ export function rollbackStatusRouter(store: Store, options: { config: Readonly<R
 /** Mounts GET /v1/rollback/status and the rule gauges; the collector role calls it once its store is open. */
 export function mountRules(ctx: RoleContext, store: Store, options: { config?: Readonly<RulesConfig> } = {}): { close(): void } {
   const config = options.config ?? resolveRulesConfig();
-  ctx.control.use(rollbackStatusRouter(store, { config, rollout: rolloutPercent(ctx.services, ctx.log, ctx.options.policyUrl), log: ctx.log }));
+  ctx.control.use(rollbackStatusRouter(store, { config, rollout: rolloutSummary(ctx.services, ctx.log, ctx.options.policyUrl), log: ctx.log }));
   return registerRuleMetrics(store, { config, log: ctx.log });
 }

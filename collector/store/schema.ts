@@ -474,6 +474,40 @@ export function migrations(options: SchemaOptions = {}): Migration[] {
         `ALTER TABLE ${t(TABLE.AUDIT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS convention LowCardinality(String) DEFAULT '' AFTER trust`,
       ],
     },
+    {
+      version: 12,
+      name: 'audit_sampling',
+      // A sampled-out tool call (common/audit-sample.ts) is stored as a stub: its chain fields and
+      // what the rules count, no attributes and no otel_traces row. The rollups count it like any call.
+      statements: [
+        `ALTER TABLE ${t(TABLE.AUDIT_EVENTS)}${onCluster} ADD COLUMN IF NOT EXISTS audit_sampled Bool DEFAULT false AFTER convention`,
+      ],
+    },
+    {
+      version: 13,
+      name: 'policy_events',
+      // Each policy load or refused reload, written only by the policy plane, with its signed
+      // receipt (common/receipt.ts PolicyReceipt): which version decided when.
+      statements: [
+        `CREATE TABLE IF NOT EXISTS ${t(TABLE.POLICY_EVENTS)}${onCluster} (
+          timestamp DateTime64(9),
+          result LowCardinality(String),
+          version String,
+          hash String,
+          source String,
+          error String,
+          receipt String,
+          trace_id String,
+          span_id String,
+          service_name LowCardinality(String),
+          ingested_at DateTime64(3) DEFAULT now64(3)
+        ) ENGINE = ${engine('MergeTree', TABLE.POLICY_EVENTS)}
+        ORDER BY (timestamp)
+        TTL toDateTime(timestamp) + toIntervalDay(${days})`,
+        `ALTER TABLE ${t(TABLE.POLICY_EVENTS)}${onCluster} MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1`,
+        ...(options.cluster ? [] : [`ALTER TABLE ${t(TABLE.POLICY_EVENTS)} MODIFY SETTING non_replicated_deduplication_window = ${DEDUP_WINDOW}`]),
+      ],
+    },
   ];
 }
 

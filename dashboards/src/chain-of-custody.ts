@@ -453,6 +453,30 @@ export function chainOfCustody(): Dashboard {
           ),
         ),
     )
+
+    .withRow(new RowBuilder('Policy').gridPos(at(0, 73, 24, 1)))
+    .withPanel(
+      new TableBuilder()
+        .title('Policy changes')
+        .description(
+          `Every policy load and refused reload (${TABLE.POLICY_EVENTS}, written by the policy plane only, each with its signed receipt), and the decisions in the time range that name each version. A refused file keeps the version before it in force. \`custody audit verify\` checks the receipts, and that every decision names a loaded version.`,
+        )
+        .datasource(ds)
+        .gridPos(at(0, 74, 24, 8))
+        .withTarget(
+          ch(`
+            SELECT p.timestamp AS time, toString(p.result) AS result, p.version AS version, substring(p.hash, 1, 12) AS hash,
+              p.source AS source, p.error AS error, d.n AS decisions_in_range
+            FROM ${DATABASE}.${TABLE.POLICY_EVENTS} AS p
+            LEFT JOIN (
+              SELECT attributes['custody.policy.version'] AS version, count() AS n FROM ${DECISIONS}
+              WHERE $__timeFilter(timestamp) GROUP BY version
+            ) AS d ON p.version = d.version
+            WHERE $__timeFilter(p.timestamp)
+            ORDER BY p.timestamp DESC
+            LIMIT 500`),
+        ),
+    )
     .build();
   return finalize(dashboard);
 }

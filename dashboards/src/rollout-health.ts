@@ -1,6 +1,7 @@
 import {
   BigValueColorMode,
   BigValueGraphMode,
+  BigValueTextMode,
   GraphThresholdsStyleConfigBuilder,
   GraphThresholdsStyleMode,
   LegendDisplayMode,
@@ -142,13 +143,24 @@ export function rolloutHealth(): Dashboard {
         .title('Rollout now')
         .description('Share of agents whose calls the policy gate enforces (the canary cohort).')
         .datasource(ds)
-        .gridPos(at(0, 10, 4, 8))
+        .gridPos(at(0, 10, 4, 5))
         .unit('percent')
         .min(0)
         .max(100)
         .graphMode(BigValueGraphMode.Area)
         .reduceOptions(lastValue())
         .withTarget(prom(`max(${METRIC.ROLLOUT_PERCENT})`, 'rollout')),
+    )
+    .withPanel(
+      new StatBuilder()
+        .title('Canary scope')
+        .description("Which calls the canary can take (the policy's rollout.scope): only those whose attribute has one of these values; * when every instance can be canary.")
+        .datasource(ds)
+        .gridPos(at(0, 15, 4, 3))
+        .textMode(BigValueTextMode.Name)
+        .graphMode(BigValueGraphMode.None)
+        .reduceOptions(lastValue())
+        .withTarget(prom(`max by (attribute, values) (${METRIC.ROLLOUT_SCOPE_INFO})`, '{{attribute}} {{values}}')),
     )
     .withPanel(
       new TimeseriesBuilder()

@@ -83,7 +83,7 @@ export function createPlaneAsker(o: {
     const askPlane = (t: ObtainedToken) =>
       requestJson(`${settings.policyUrl}/v1/check`, {
         method: 'POST',
-        body: { token: t.token, tool, action: req.action, ...(purpose ? { purpose } : {}), ...(disclosed ? { args: disclosed } : {}) },
+        body: { token: t.token, tool, action: req.action, ...(purpose ? { purpose } : {}), ...(disclosed ? { args: disclosed } : {}), ...(req.attributes && Object.keys(req.attributes).length ? { attributes: req.attributes } : {}) },
         headers: traceHeaders(),
         signal,
         timeoutMs: budgetMs,

@@ -1,5 +1,5 @@
 import { COHORT, type Cohort } from '../../common/names';
-import { PolicyDeniedError, PolicyUnavailableError } from '../errors';
+import { PolicyDeniedError, PolicyUnavailableError, SponsorMissingError } from '../errors';
 import { ENFORCER_RULE, type EnforcerDecision, type PlaneAnswer } from './types';
 
 /**
@@ -48,22 +48,24 @@ export function unavailable(o: { tool: string; action: string; reason: string; c
 }
 
 /** The enforcer's own deny (no instance id, no sponsor, the token service refused). */
-export function deniedHere(o: { tool: string; action: string; ruleId: string; reason: string; cohort: Cohort; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
-  const error = new PolicyDeniedError({ tool: o.tool, action: o.action, policyDecisionId: '', ruleId: o.ruleId, reason: o.reason });
+export function deniedHere(o: { tool: string; action: string; ruleId: string; reason: string; cohort: Cohort; waited: boolean; latencyMs: number; incident: boolean; staging?: boolean }): EnforcerDecision {
+  const details = { tool: o.tool, action: o.action, policyDecisionId: '', ruleId: o.ruleId, reason: o.reason };
+  const error = o.staging && o.ruleId === ENFORCER_RULE.SPONSOR_REQUIRED ? new SponsorMissingError(details) : new PolicyDeniedError(details);
   return refusal({ decision: 'deny', ruleId: o.ruleId, reason: o.reason, cohort: o.cohort, waited: o.waited, latencyMs: o.latencyMs, error, incident: o.incident });
 }
 
 /** The plane's answer. Its cohort says whether it is enforced; a baseline call (`waited` false) runs anyway. */
-export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswer; token?: string; waited: boolean; latencyMs: number; incident: boolean }): EnforcerDecision {
+export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswer; token?: string; waited: boolean; latencyMs: number; incident: boolean; staging?: boolean }): EnforcerDecision {
   const { answer, waited } = o;
   // a pending answer reaching here is a baseline call's (no request was opened): it would have waited
   const denied = answer.decision === 'deny' || answer.decision === 'pending';
-  const error = denied
-    ? new PolicyDeniedError({ tool: o.tool, action: o.action, policyDecisionId: answer.policy_decision_id, ruleId: answer.rule_id, reason: answer.reason })
-    : undefined;
+  const details = { tool: o.tool, action: o.action, policyDecisionId: answer.policy_decision_id, ruleId: answer.rule_id, reason: answer.reason };
+  // staging: a call without a sponsor is refused whatever its cohort
+  const sponsorMissing = denied && !!o.staging && answer.rule_id === ENFORCER_RULE.SPONSOR_REQUIRED;
+  const error = sponsorMissing ? new SponsorMissingError(details) : denied ? new PolicyDeniedError(details) : undefined;
   return {
     decision: answer.decision === 'pending' ? 'deny' : answer.decision,
-    allowed: !denied || !answer.enforced || !waited,
+    allowed: !denied || (!sponsorMissing && (!answer.enforced || !waited)),
     policyDecisionId: answer.policy_decision_id,
     ruleId: answer.rule_id,
     reason: answer.reason,
@@ -76,6 +78,7 @@ export function fromAnswer(o: { tool: string; action: string; answer: PlaneAnswe
     ...(typeof answer.receipt === 'string' ? { receipt: answer.receipt } : {}),
     ...(error ? { error } : {}),
     ...(answer.policy_version ? { policyVersion: answer.policy_version } : {}),
+    ...(!denied ? sampleOf(answer) : {}),
     ...(o.incident ? { incident: true } : {}),
   };
 }
@@ -97,6 +100,7 @@ export function fromCache(o: { answer: PlaneAnswer; token?: string; cohort: Coho
     ...(o.token ? { token: o.token } : {}),
     ...(typeof a.receipt === 'string' ? { receipt: a.receipt } : {}),
     ...(a.policy_version ? { policyVersion: a.policy_version } : {}),
+    ...sampleOf(a),
     ...(o.incident ? { incident: true } : {}),
   };
 }
@@ -117,4 +121,10 @@ export function letThrough(o: { cohort: Cohort; latencyMs: number; shadow: Promi
     ...(o.token ? { token: o.token } : {}),
     ...(o.incident ? { incident: true } : {}),
   };
+}
+
+/** The audit sampling rate of an allow, when the plane granted one in (0, 1). */
+function sampleOf(a: PlaneAnswer): { auditSample?: number } {
+  const r = a.audit_sample;
+  return typeof r === 'number' && r > 0 && r < 1 ? { auditSample: r } : {};
 }

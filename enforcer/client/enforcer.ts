@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { trace, type Attributes, type Span } from '@opentelemetry/api';
 import { createLogger, type Logger } from '../../common/log';
 import { ATTR, COHORT, ENV, type Cohort } from '../../common/names';
-import { MAX_INCIDENT_CACHE_TTL_S, cohortBucket } from '../policy/rollout';
+import { MAX_INCIDENT_CACHE_TTL_S, cohortBucket, inScope } from '../policy/rollout';
 import type { ToolRef } from '../policy/tool-map';
 import type { ObtainedToken } from '../../identity/client';
 import { createPlaneAsker, describeFailure, isTokenRefusal } from './ask';
@@ -126,9 +126,13 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
   }
 
   /** The plane's answer as a decision, within what is left of the budget; every failure a closed one. */
-  async function decideRemote(req: EnforcerCheckRequest, principal: string, key: string, cohort: Cohort, started: number, disclosed?: Record<string, unknown>): Promise<EnforcerDecision> {
+  /** Staging (this process's CUSTODY_ENV, or the plane's say-so): a call without a sponsor is refused in every cohort. */
+  const staging = (): boolean => settings.staging || rollout.staging();
+
+  /** `gate`: a baseline call that waits for its decision all the same (staging, no sponsor known here). */
+  async function decideRemote(req: EnforcerCheckRequest, principal: string, key: string, cohort: Cohort, started: number, disclosed?: Record<string, unknown>, gate = false): Promise<EnforcerDecision> {
     const { tool, action } = req;
-    const waited = cohort === COHORT.CANARY;
+    const waited = cohort === COHORT.CANARY || gate;
     const left = Math.floor(settings.timeoutMs - (performance.now() - started));
     if (left < 1) {
       const reason = `no decision within ${settings.timeoutMs} ms: resolving the tool name and the sponsor took the whole budget`;
@@ -141,7 +145,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       const latencyMs = elapsed(started);
       if (isTokenRefusal(err)) {
         const reason = `the token service refused a token: ${err.message}`;
-        return deniedHere({ tool, action, ruleId: ENFORCER_RULE.TOKEN_REFUSED, reason, cohort, waited, latencyMs, incident: incident.active() });
+        return deniedHere({ tool, action, ruleId: ENFORCER_RULE.TOKEN_REFUSED, reason, cohort, waited, latencyMs, incident: incident.active(), staging: staging() });
       }
       return unavailable({ tool, action, reason: describeFailure(err, settings.timeoutMs), cohort, waited, latencyMs, incident: incident.active(), cause: err });
     }
@@ -167,7 +171,7 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     } else {
       allows.delete(key);
     }
-    return { ...fromAnswer({ tool, action, answer, token: answered.token.token, waited, latencyMs, incident: incident.active() }), ...argsDisclosed };
+    return { ...fromAnswer({ tool, action, answer, token: answered.token.token, waited, latencyMs, incident: incident.active(), staging: staging() }), ...argsDisclosed };
   }
 
   async function checkInner(req: EnforcerCheckRequest, started: number): Promise<EnforcerDecision> {
@@ -177,8 +181,15 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       return unavailable({ tool: String(tool), action: String(action), reason: 'a tool call needs a tool and an action', latencyMs: 0, incident: incident.active() });
     }
     const state = rollout.current();
-    // Unknown rollout: enforce.
-    const cohort: Cohort = !identity?.agentInstanceId || !state || cohorts(identity.agentInstanceId) < state.percent ? COHORT.CANARY : COHORT.BASELINE;
+    // the call's attributes over the agent's own: a tier-scoped canary matches its scope on them
+    const attributes = req.attributes ? { ...settings.attributes, ...req.attributes } : settings.attributes;
+    const sent = reportedAttributes(attributes, state ? (state.scope ?? null) : undefined);
+    if (sent) req = { ...req, attributes: sent };
+    // Unknown rollout: enforce. A scoped canary: only calls in its scope can be canary.
+    const cohort: Cohort =
+      !identity?.agentInstanceId || !state || ((!state.scope || inScope(state.scope, attributes)) && cohorts(identity.agentInstanceId) < state.percent)
+        ? COHORT.CANARY
+        : COHORT.BASELINE;
     const waited = cohort === COHORT.CANARY;
 
     if (!identity?.agentInstanceId) {
@@ -187,7 +198,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     const principal = principalOf(identity);
     if (!principal) {
       const reason = `no sponsor: set ${ENV.SPONSOR_ID}, or give the agent a credential (${ENV.AGENT_CREDENTIAL}) or a delegation token`;
-      return deniedHere({ tool, action, ruleId: ENFORCER_RULE.SPONSOR_REQUIRED, reason, cohort, waited: true, latencyMs: elapsed(started), incident: incident.active() });
+      // refused either way; whether as a staging validation error may depend on the plane's mode
+      if (!staging()) await rollout.settle(Math.max(0, settings.timeoutMs - elapsed(started)));
+      return deniedHere({ tool, action, ruleId: ENFORCER_RULE.SPONSOR_REQUIRED, reason, cohort, waited: true, latencyMs: elapsed(started), incident: incident.active(), staging: staging() });
     }
 
     // the disclosed argument fields decide too: an allow for one amount is not one for another
@@ -196,7 +209,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
       const known = toolMap.disclosed(tool, Math.max(0, Math.floor(settings.timeoutMs - elapsed(started))));
       disclosed = discloseArgs(req.args, known instanceof Promise ? await known : known);
     }
-    const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}${disclosed ? `\0${canonicalJson(disclosed)}` : ''}`;
+    // under a scoped canary, calls of one instance may fall in different cohorts: their allows are kept apart
+    const scoped = state?.scope ? Object.keys(state.scope).map((k) => attributes[k] ?? '').join('\0') : '';
+    const key = `${principal}\0${identity.agentInstanceId}\0${identity.role ?? ''}\0${tool}\0${action}\0${req.purpose ?? ''}\0${scoped}${disclosed ? `\0${canonicalJson(disclosed)}` : ''}`;
     // a cached allow is reused only once the plane's latest revocations are known (or it cannot
     // answer within what is left of the call's budget)
     if (allows.get(key, now(), incident.ttlMs())) await rollout.settle(Math.max(0, settings.timeoutMs - elapsed(started)));
@@ -207,6 +222,9 @@ export function createEnforcer(options: EnforcerOptions = {}): Enforcer {
     }
 
     if (waited) return decideRemote(req, principal, key, cohort, started, disclosed);
+    // staging: a baseline call whose sponsor is not known here (a credential or delegation token
+    // stands for it) is not let through before the plane has seen a sponsor on its token
+    if (staging() && !identity.sponsorId) return decideRemote(req, principal, key, cohort, started, disclosed, true);
 
     // Baseline: run now (with a token, when a guarded tool will ask for one), decide in the
     // background, never block beyond the budget and never reject.
@@ -333,4 +351,29 @@ function approvalAttributes(x: NonNullable<EnforcerDecision['approval']>): Attri
   if (x.reason) a[ATTR.APPROVAL_REASON] = x.reason;
   if (x.decidedAt) a[ATTR.APPROVAL_DECIDED_AT] = x.decidedAt;
   return a;
+}
+
+/** What the plane's /v1/check takes of the attributes: at most 32, names and values of at most 256 characters. */
+const MAX_REPORTED = 32;
+const MAX_REPORTED_LENGTH = 256;
+
+/**
+ * The attributes sent with a check: those the scope names (`null`: an unscoped rollout, none); with
+ * the rollout unknown (`undefined`), as many as the plane takes, since the plane decides the
+ * cohort. Undefined when there are none.
+ */
+export function reportedAttributes(
+  attributes: Readonly<Record<string, string>>,
+  scope: Readonly<Record<string, readonly string[]>> | null | undefined,
+): Record<string, string> | undefined {
+  if (scope === null) return undefined;
+  const out: Record<string, string> = {};
+  let n = 0;
+  for (const [k, v] of Object.entries(attributes)) {
+    if (scope && !Object.hasOwn(scope, k)) continue;
+    if (k.length > MAX_REPORTED_LENGTH || v.length > MAX_REPORTED_LENGTH) continue;
+    out[k] = v;
+    if (++n >= MAX_REPORTED) break;
+  }
+  return n ? out : undefined;
 }

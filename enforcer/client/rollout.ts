@@ -7,6 +7,10 @@ export interface RolloutSnapshot {
   incidentCacheTtlS: number | null;
   /** The version of the revocations the plane enforces; undefined when it does not say. */
   revocationsVersion?: string;
+  /** A tier-scoped canary: only calls with these attribute values can be canary. */
+  scope?: Readonly<Record<string, readonly string[]>>;
+  /** The plane runs in staging (CUSTODY_ENV=staging or the policy's `mode: staging`). */
+  staging?: boolean;
   /** Epoch ms of the answer. */
   fetchedAt: number;
 }
@@ -35,6 +39,7 @@ export function createRolloutClient(o: RolloutClientOptions) {
   let snapshot: RolloutSnapshot | undefined;
   let incident: number | null = null;
   let revocations: string | undefined;
+  let staging = false;
   /** Whether the last ask was answered: a plane in trouble is not waited for. */
   let answering = true;
   let inflight: Promise<void> | undefined;
@@ -51,6 +56,7 @@ export function createRolloutClient(o: RolloutClientOptions) {
         answering = parsed !== undefined;
         if (!parsed) return; // a malformed answer leaves what we knew to age out
         snapshot = { ...parsed, fetchedAt: o.now() };
+        staging = parsed.staging === true;
         if (parsed.incidentCacheTtlS !== incident) {
           incident = parsed.incidentCacheTtlS;
           o.onIncident?.(incident);
@@ -87,6 +93,8 @@ export function createRolloutClient(o: RolloutClientOptions) {
      * the switch exists for the time the plane is in trouble.
      */
     incidentCacheTtlS: (): number | null => incident,
+    /** Whether the plane last said it runs in staging (kept when the rollout ages out: staging only adds refusals). */
+    staging: (): boolean => staging,
     /**
      * Before reusing a cached allow: when the last answer is older than the refresh interval, ask
      * again and wait for it (at most `maxWaitMs`), so a revocation the plane announced is seen first.
@@ -116,7 +124,7 @@ export type RolloutClient = ReturnType<typeof createRolloutClient>;
 
 function parseRollout(body: unknown): Omit<RolloutSnapshot, 'fetchedAt'> | undefined {
   if (typeof body !== 'object' || body === null) return undefined;
-  const b = body as { percent?: unknown; incident?: unknown; revocations?: unknown };
+  const b = body as { percent?: unknown; incident?: unknown; revocations?: unknown; environment?: unknown; scope?: unknown };
   if (typeof b.percent !== 'number' || !(b.percent >= 0 && b.percent <= 100)) return undefined;
   let incidentCacheTtlS: number | null = null;
   if (b.incident !== undefined && b.incident !== null) {
@@ -125,5 +133,23 @@ function parseRollout(body: unknown): Omit<RolloutSnapshot, 'fetchedAt'> | undef
     incidentCacheTtlS = ttl;
   }
   const version = (b.revocations as { version?: unknown } | null | undefined)?.version;
-  return { percent: b.percent, incidentCacheTtlS, ...(typeof version === 'string' && version ? { revocationsVersion: version } : {}) };
+  return {
+    percent: b.percent,
+    incidentCacheTtlS,
+    ...(typeof version === 'string' && version ? { revocationsVersion: version } : {}),
+    ...(b.environment === 'staging' ? { staging: true } : {}),
+    ...(scopeOf(b.scope) ?? {}),
+  };
+}
+
+/** A scope as GET /v1/rollout gives it; anything malformed counts as a scope no call is in (enforce nothing unknown as canary). */
+function scopeOf(v: unknown): { scope: Record<string, string[]> } | undefined {
+  if (v === undefined || v === null) return undefined;
+  const scope: Record<string, string[]> = {};
+  if (typeof v === 'object' && !Array.isArray(v)) {
+    for (const [k, values] of Object.entries(v as Record<string, unknown>)) {
+      scope[k] = Array.isArray(values) ? values.filter((x): x is string => typeof x === 'string') : [];
+    }
+  }
+  return { scope };
 }

@@ -35,6 +35,10 @@ export interface EnforcerOptions {
   log?: Logger;
   /** Environment to read defaults from (parsed with common/env.ts). Default process.env. */
   env?: NodeJS.ProcessEnv;
+  /** Staging: a call without a sponsor fails with ERR_SPONSOR_MISSING in every cohort. Default $CUSTODY_ENV=staging (or the plane's say-so). */
+  staging?: boolean;
+  /** The agent's own attributes, which a tier-scoped canary's scope is matched on. Default the resource attributes in $OTEL_RESOURCE_ATTRIBUTES. */
+  attributes?: Readonly<Record<string, string>>;
 }
 
 export interface EnforcerSettings {
@@ -47,6 +51,10 @@ export interface EnforcerSettings {
   rolloutMaxAgeMs: number;
   /** $CUSTODY_LOG_LEVEL, for the enforcer's own log. */
   logLevel: string;
+  /** $CUSTODY_ENV=staging: calls without a sponsor fail in every cohort (the plane can also say so). */
+  staging: boolean;
+  /** The agent's attributes for a tier-scoped canary (options.attributes, else $OTEL_RESOURCE_ATTRIBUTES). */
+  attributes: Readonly<Record<string, string>>;
 }
 
 /** The variables the enforcer reads (common/env.ts). */
@@ -58,6 +66,7 @@ const ENFORCER_ENV = [
   ENV.DECISION_CACHE_TTL_S,
   ENV.INCIDENT_CACHE_TTL_S,
   ENV.LOG_LEVEL,
+  ENV.ENVIRONMENT,
 ] as const;
 
 /**
@@ -77,6 +86,8 @@ export function resolveSettings(options: EnforcerOptions): Readonly<EnforcerSett
     rolloutRefreshMs: options.rolloutRefreshMs ?? 2_000,
     rolloutMaxAgeMs: options.rolloutMaxAgeMs ?? 30_000,
     logLevel: env[ENV.LOG_LEVEL] || 'info',
+    staging: options.staging ?? env[ENV.ENVIRONMENT] === 'staging',
+    attributes: Object.freeze({ ...(options.attributes ?? resourceAttributes((options.env ?? process.env).OTEL_RESOURCE_ATTRIBUTES)) }),
   });
   for (const [name, v] of Object.entries({ timeoutMs: settings.timeoutMs, cacheTtlS: settings.cacheTtlS })) {
     if (!Number.isFinite(v) || v < 0) throw new ConfigError(`enforcer option '${name}' must be a number ≥ 0, got ${v}`);
@@ -85,6 +96,25 @@ export function resolveSettings(options: EnforcerOptions): Readonly<EnforcerSett
     throw new ConfigError(`enforcer option 'incidentCacheTtlS' must be from 1 to ${MAX_INCIDENT_CACHE_TTL_S} s`);
   }
   return settings;
+}
+
+/**
+ * OTEL_RESOURCE_ATTRIBUTES as the OpenTelemetry SDK reads it: `key=value` pairs separated by
+ * commas, values percent-decoded; a malformed pair is skipped, as the SDK does.
+ */
+export function resourceAttributes(raw: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of (raw ?? '').split(',')) {
+    const i = pair.indexOf('=');
+    if (i <= 0) continue;
+    const key = pair.slice(0, i).trim();
+    try {
+      out[key] = decodeURIComponent(pair.slice(i + 1).trim());
+    } catch {
+      /* not percent-encoded properly: skipped */
+    }
+  }
+  return out;
 }
 
 function trimSlash(url: string): string {

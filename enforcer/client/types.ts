@@ -24,6 +24,8 @@ export interface EnforcerCheckRequest {
   action: string;
   purpose?: string | undefined;
   identity: EnforcerIdentity;
+  /** Attributes of this call (over the agent's resource attributes): a tier-scoped canary's scope is matched on them. */
+  attributes?: Readonly<Record<string, string>> | undefined;
   /**
    * When the call began waiting (performance.now()), if before check(): the budget counts from
    * here, so that name resolution and sponsor lookup spend it too, and so does the latency.
@@ -80,6 +82,8 @@ export interface EnforcerDecision {
   shadow?: Promise<EnforcerDecision>;
   /** The policy version that decided (plane answers only). */
   policyVersion?: string;
+  /** The audit sampling rate the plane granted this allow (common/audit-sample.ts). */
+  auditSample?: number;
   /** True while the incident switch lengthens the decision cache TTL. */
   incident?: boolean;
   /** The call waited for a human: who answered, how, how long. */
@@ -118,4 +122,5 @@ export interface PlaneAnswer {
   approval_id?: string;
   approval_expires_at?: string;
   args_disclosed?: string[];
+  audit_sample?: number;
 }

@@ -24,6 +24,8 @@ export interface CheckRequest {
   purpose?: string;
   /** The call's disclosed argument fields (the tool's disclose_args); anything else is dropped. */
   args?: Record<string, string | number | boolean | null>;
+  /** Attributes the agent reports for the call (resource or call attributes): a tier-scoped canary's scope is matched on them. */
+  attributes?: Record<string, string>;
 }
 
 /** POST /v1/check answer: the contract's fields, then what the enforcer and operators use besides. */
@@ -50,6 +52,10 @@ export interface CheckResponse {
   approval_expires_at?: string;
   /** The argument fields the plane saw. */
   args_disclosed?: string[];
+  /** Present in staging: a call without a sponsor is a validation error in every cohort. */
+  environment?: 'staging';
+  /** An allow of a tool with `audit: { sample }`: the share of its calls whose full record is kept (common/audit-sample.ts). */
+  audit_sample?: number;
 }
 
 export interface CheckerOptions {
@@ -73,6 +79,8 @@ export interface CheckerOptions {
    * require_approval rule cannot be honoured: nothing is decided (503).
    */
   requestApproval?: (input: ApprovalInput) => Promise<ApprovalRecord> | ApprovalRecord;
+  /** Staging (CUSTODY_ENV=staging or the policy's `mode: staging`): a deny for want of a sponsor is enforced in every cohort. */
+  staging?: () => boolean;
 }
 
 /** Token errors that mean nothing could be decided (503), not a bad token (deny). */
@@ -125,7 +133,7 @@ export function createChecker(
       outcome = { decision: 'deny', rule_id: BUILTIN_RULE.TOKEN_INVALID, reason: `token refused (${err.code}): ${err.message}` };
     }
     // Without a verified identity there is no cohort to trust: such calls count as enforced.
-    const cohort = claims ? cohortOf(claims.agent_instance_id, percent) : COHORT.CANARY;
+    const cohort = claims ? cohortOf(claims.agent_instance_id, percent, policy.rollout.scope, req.attributes) : COHORT.CANARY;
     const decidedAt = now();
     const response: CheckResponse = {
       decision: outcome.decision,
@@ -180,6 +188,13 @@ export function createChecker(
       response.approval_id = record.id;
       response.approval_expires_at = new Date(record.expires_at).toISOString();
     }
+    // staging: no sponsor is a validation error, enforced in the baseline cohort too
+    if (options.staging?.()) {
+      response.environment = 'staging';
+      if (response.rule_id === BUILTIN_RULE.SPONSOR_REQUIRED) response.enforced = true;
+    }
+    // audit sampling: granted to allows only; denies and errors are always kept whole
+    if (outcome.decision === 'allow' && settings.auditSample < 1) response.audit_sample = settings.auditSample;
     if (options.signer) {
       try {
         response.receipt = await options.signer.sign(RECEIPT_TYPE.DECISION, receiptOf(req, claims, response, decidedAt));
@@ -204,6 +219,7 @@ export function createChecker(
         ...(response.receipt ? { receipt: response.receipt } : {}),
         ...(response.approval_id ? { approval: { id: response.approval_id, status: APPROVAL_STATUS.PENDING } } : {}),
         ...(response.args_disclosed ? { argsDisclosed: response.args_disclosed } : {}),
+        ...(response.audit_sample !== undefined ? { auditSample: response.audit_sample } : {}),
       }),
       traceContext,
       decidedAt,
@@ -286,7 +302,8 @@ export function parseCheckRequest(body: unknown): CheckRequest {
   const purpose = text('purpose', LIMITS.purpose, false);
   const token = text('token', LIMITS.token, false) ?? '';
   const args = parseArgs(b.args);
-  return { token, tool, action, ...(purpose !== undefined ? { purpose } : {}), ...(args ? { args } : {}) };
+  const attributes = parseAttributes(b.attributes);
+  return { token, tool, action, ...(purpose !== undefined ? { purpose } : {}), ...(args ? { args } : {}), ...(attributes ? { attributes } : {}) };
 }
 
 /** `args`: an object of at most 64 JSON scalars (strings up to 256 characters). */
@@ -312,6 +329,22 @@ function chainOf(claims: TokenClaims): string[] {
   return out;
 }
 
+/** The reported attributes: an object of at most 32 strings of at most 256 characters each. */
+function parseAttributes(v: unknown): Record<string, string> | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v)) throw badRequest('invalid_request', `'attributes' must be an object of strings`);
+  const entries = Object.entries(v as Record<string, unknown>);
+  if (entries.length > 32) throw badRequest('invalid_request', `'attributes' has more than 32 entries`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of entries) {
+    if (typeof val !== 'string' || k.length > LIMITS.name || val.length > LIMITS.name) {
+      throw badRequest('invalid_request', `'attributes.${k.slice(0, 64)}' must be a string of at most ${LIMITS.name} characters`);
+    }
+    out[k] = val;
+  }
+  return out;
+}
+
 interface Outcome {
   id: string;
   decision: DecisionResult;
@@ -323,6 +356,7 @@ interface Outcome {
   receipt?: string;
   approval?: { id: string; status: string; approver?: string; via?: string; reason?: string; decidedAt?: number };
   argsDisclosed?: string[];
+  auditSample?: number;
 }
 
 /** What the receipt of a decision says: the identity is the verified token's, never the request's. */
@@ -365,6 +399,7 @@ function decisionAttributes(req: CheckRequest, claims: TokenClaims | undefined, 
   if (o.receipt) a[ATTR.POLICY_RECEIPT] = o.receipt;
   if (o.approval) Object.assign(a, approvalAttributes(o.approval));
   if (o.argsDisclosed) a[ATTR.ARGS_DISCLOSED] = o.argsDisclosed.join(',');
+  if (o.auditSample !== undefined) a[ATTR.AUDIT_SAMPLE_RATE] = o.auditSample;
   const purpose = claims?.purpose ?? req.purpose;
   if (purpose) a[ATTR.PURPOSE] = purpose;
   if (claims) {

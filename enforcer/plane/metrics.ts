@@ -36,6 +36,12 @@ export function planeMetrics() {
   const approvals = counter<'status'>({ name: METRIC.APPROVALS_TOTAL, help: 'Approval requests by outcome (requested, approved, denied, expired)', labelNames: ['status'] });
   const webhookFailures = counter({ name: METRIC.APPROVAL_WEBHOOK_FAILURES_TOTAL, help: 'Approval-request webhooks that failed or timed out (the request itself stands)' });
   const rolloutPercent = gauge({ name: METRIC.ROLLOUT_PERCENT, help: 'Percent of agent instances in the canary (enforced) cohort' });
+  const rolloutScope = gauge<'attribute' | 'values'>({
+    name: METRIC.ROLLOUT_SCOPE_INFO,
+    help: "The canary's scope (the policy's rollout.scope): 1 per attribute, labelled with the values that put a call in it; attribute=\"*\", values=\"*\" when every instance can be canary",
+    labelNames: ['attribute', 'values'],
+    aggregator: 'max',
+  });
 
   const safely = (fn: () => void) => {
     try {
@@ -55,10 +61,15 @@ export function planeMetrics() {
     reloadFailed(): void {
       safely(() => reloadErrors.inc());
     },
-    loaded(generation: number, policyVersion: string, hash: string): void {
+    loaded(generation: number, policyVersion: string, hash: string, scope?: Readonly<Record<string, readonly string[]>>): void {
       safely(() => {
         version.reset();
         version.set({ version: policyVersion, hash: hash.slice(0, 12) }, generation);
+      });
+      safely(() => {
+        rolloutScope.reset();
+        if (!scope) rolloutScope.set({ attribute: '*', values: '*' }, 1);
+        else for (const [attribute, values] of Object.entries(scope)) rolloutScope.set({ attribute, values: values.join('|') }, 1);
       });
     },
     approval(status: string, pending: number): void {

@@ -18,8 +18,8 @@ export interface WatchOptions {
   log: Logger;
   /** Called with each policy that takes effect, the first one included. */
   onLoad?: (policy: Policy, generation: number) => void;
-  /** Called once per refused file content. */
-  onError?: (err: Error) => void;
+  /** Called once per refused file content, with that content's hash ('' when it could not be read). */
+  onError?: (err: Error, refused: { hash: string }) => void;
   /** Poll interval, for file systems where fs.watch says nothing (network mounts, some containers). Default 1000. */
   pollMs?: number;
   /** Wait this long after a change event before reading, so a file being written is read whole. Default 50. */
@@ -84,7 +84,7 @@ export function watchPolicyFile(file: string, options: WatchOptions): PolicySour
         { file, err: message, keptVersion: policy.version, keptHash: policy.hash.slice(0, 12) },
         `policy file refused; the last good policy (version ${policy.version}) stays in force`,
       );
-      options.onError?.(err);
+      options.onError?.(err, { hash: key.startsWith('unreadable:') ? '' : key });
     }
     return false;
   }

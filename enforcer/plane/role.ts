@@ -9,7 +9,7 @@ import { ConfigError } from '../../common/errors';
 import { openRolloutStore, type RolloutState, type RolloutStore } from '../policy/rollout';
 import { createReplayCache, type ReplayCache } from '../../identity/replay';
 import { mountStateRoutes, sharedReplayCache, sharedRollout, type SharedRollout } from './shared-state';
-import { RECEIPT_TYPE, receiptSigner, type ReceiptSigner, type RolloutReceipt } from '../../common/receipt';
+import { RECEIPT_TYPE, receiptSigner, type PolicyReceipt, type ReceiptSigner, type RolloutReceipt } from '../../common/receipt';
 import { openKeyArchive } from '../../identity/key-archive';
 import { packageRoot } from '../../common/package-root';
 import { loadTokenConfig } from '../../identity/config';
@@ -25,7 +25,7 @@ import { approvalWebhook } from './approval-webhook';
 import { fetchJson } from '../../common/json-client';
 import { receiptBatcher } from './receipt-batcher';
 import { planeMetrics } from './metrics';
-import { watchPolicyFile } from './reload';
+import { watchPolicyFile, type PolicySource } from './reload';
 import { arrivedAt } from '../../common/http';
 import { mountPlaneRoutes, traceContextOf } from './routes';
 
@@ -55,7 +55,7 @@ export interface PolicyPlaneOptions {
 
 /** What the policy plane offers other roles in the same process (SERVICE.ROLLOUT). */
 export interface RolloutService {
-  get(): Promise<{ percent: number; revision: number; updated_at: string }>;
+  get(): Promise<{ percent: number; revision: number; updated_at: string; scope: Readonly<Record<string, readonly string[]>> | null }>;
 }
 
 /** The default policy: --policy, else ./policy-config.yaml, else the example shipped with the package. */
@@ -74,11 +74,21 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
     const { options, log } = ctx;
     const metrics = planeMetrics();
     const file = resolvePolicyFile(options.policyFile);
-    const policies = watchPolicyFile(file, {
+    // policy changes are audit events, signed like decisions: held until the signer is ready
+    const policyChanges: PolicyReceipt[] = [];
+    let recordPolicyChange = (c: PolicyReceipt): void => void policyChanges.push(c);
+    const policies: PolicySource = watchPolicyFile(file, {
       log,
       ...(planeOptions.pollMs !== undefined ? { pollMs: planeOptions.pollMs } : {}),
-      onLoad: (p, generation) => metrics.loaded(generation, p.version, p.hash),
-      onError: () => metrics.reloadFailed(),
+      onLoad: (p, generation) => {
+        metrics.loaded(generation, p.version, p.hash, p.rollout.scope);
+        recordPolicyChange({ result: 'loaded', version: p.version, hash: p.hash, source: p.source, time: Date.now() });
+      },
+      onError: (err, refused) => {
+        metrics.reloadFailed();
+        // the version that stays in force, the hash of the content refused
+        recordPolicyChange({ result: 'refused', version: policies.current().version, hash: refused.hash, source: file, time: Date.now(), error: err.message.slice(0, 2000) });
+      },
     });
     let shared: SharedRollout | undefined;
     try {
@@ -107,6 +117,9 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         if (keySigner.kid !== key.kid) keySigner = receiptSigner(key.kid, key.privateKey);
         return keySigner;
       };
+
+      recordPolicyChange = (c) => reportPolicyChange(ctx, c, currentSigner().sign(RECEIPT_TYPE.POLICY, c));
+      for (const c of policyChanges.splice(0)) recordPolicyChange(c);
 
       const report = (attributes: Attributes, parent: Context | undefined, time: number, error?: string) => {
         try {
@@ -151,7 +164,8 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         book = b;
         requestApproval = (input) => b.create(input);
       }
-      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer, requestApproval });
+      const staging = () => ctx.env[ENV.ENVIRONMENT] === 'staging' || policies.current().config.mode === 'staging';
+      const check = createChecker({ policy: policies.current, verifier, rolloutPercent: () => rollout.get().percent, report, canRecord: () => ctx.reporter.hasRoom(), metrics, signer, requestApproval, staging });
       const rolloutReceipt = (state: RolloutState, reason: string, actor: string) =>
         currentSigner().sign(RECEIPT_TYPE.ROLLOUT, { percent: state.percent, revision: state.revision, time: Date.now(), reason, actor } satisfies RolloutReceipt);
 
@@ -180,6 +194,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
         ...(shared ? { replicaOf: { owner: stateUrl!, accept: (body: unknown) => shared!.accept(body) } } : {}),
         policy: policies.current,
         rollout,
+        staging,
         credentials,
         revocations: async () => {
           const r = await revocations.current();
@@ -206,7 +221,7 @@ export function policyPlaneRole(planeOptions: PolicyPlaneOptions = {}): RoleStar
       const service: RolloutService = {
         get: async () => {
           const s = rollout.get();
-          return { percent: s.percent, revision: s.revision, updated_at: s.updated_at };
+          return { percent: s.percent, revision: s.revision, updated_at: s.updated_at, scope: policies.current().rollout.scope ?? null };
         },
       };
       ctx.services.provide(SERVICE.ROLLOUT, service);
@@ -315,5 +330,25 @@ function reportRollout(ctx: RoleContext, c: { from: number; to: number; reason: 
     });
   } catch (err) {
     ctx.log.warn({ err: (err as Error).message }, 'cannot report a rollout change');
+  }
+}
+
+/** A policy load or refused reload, as the plane's own record (`custody.policy.change`, table policy_events). */
+function reportPolicyChange(ctx: RoleContext, c: PolicyReceipt, receipt: string): void {
+  try {
+    ctx.reporter.event(
+      SPAN.POLICY_CHANGE,
+      {
+        [ATTR.POLICY_CHANGE_RESULT]: c.result,
+        [ATTR.POLICY_VERSION]: c.version,
+        [ATTR.POLICY_HASH]: c.hash,
+        [ATTR.POLICY_SOURCE]: c.source,
+        [ATTR.POLICY_CHANGE_RECEIPT]: receipt,
+        ...(c.error ? { [ATTR.POLICY_CHANGE_ERROR]: c.error } : {}),
+      },
+      { time: c.time, ...(c.error ? { error: c.error } : {}) },
+    );
+  } catch (err) {
+    ctx.log.warn({ err: (err as Error).message }, 'cannot report a policy change');
   }
 }

@@ -35,6 +35,8 @@ export interface PlaneRoutesOptions {
   replicaOf?: { owner: string; accept(body: unknown): void };
   /** The keys that sign receipts: GET /v1/policy/jwks.json, POST /v1/policy/keys/rotate (admin). */
   receiptKeys?: { jwks(): JSONWebKeySet; rotate(): Promise<{ kid: string; retired: string }> };
+  /** Staging: GET /v1/rollout says so (`environment: 'staging'`), and agents refuse calls without a sponsor in every cohort. */
+  staging?: () => boolean;
 }
 
 export const PLANE_PATHS = {
@@ -80,7 +82,7 @@ export function mountPlaneRoutes(router: Router, o: PlaneRoutesOptions): void {
     res
       .set('etag', `"${state.revision}"`)
       .set('cache-control', 'no-store')
-      .json({ ...rolloutView(state, o.policy().rollout), ...(o.revocations ? { revocations } : {}) });
+      .json({ ...rolloutView(state, o.policy().rollout), ...(o.revocations ? { revocations } : {}), ...(o.staging?.() ? { environment: 'staging' } : {}) });
   };
 
   router.get('/v1/rollout', (_req, res) => sendRollout(res));

@@ -51,13 +51,20 @@ export interface ToolPolicy {
   readonly actions: ReadonlySet<string> | null;
   /** Argument fields the enforcer sends in clear (disclose_args); null: none. */
   readonly discloseArgs: readonly string[] | null;
+  /** Share of allowed, successful calls whose full audit record is kept (1: all). */
+  readonly auditSample: number;
 }
 
 export interface RolloutConfig {
   readonly percent: number;
   readonly increment?: number | undefined;
   readonly stages: readonly number[];
+  /** Tier-scoped canary: only calls with these attribute values can be canary. */
+  readonly scope?: RolloutScope | undefined;
 }
+
+/** Attribute name → the values that put a call in the canary's scope. */
+export type RolloutScope = Readonly<Record<string, readonly string[]>>;
 
 /** A validated, indexed policy. Immutable: a reload makes a new one and swaps the reference. */
 export interface Policy {
@@ -75,6 +82,8 @@ export interface Policy {
   readonly toolMap: ReadonlyMap<string, { readonly tool: string; readonly action: string }>;
   readonly rollout: RolloutConfig;
   readonly ruleCount: number;
+  /** The settings of a tool the `tools` table does not list (low risk, the policy's low-risk sampling). */
+  readonly defaultTool: ToolPolicy;
   /** Every tool the policy names: in `tools`, in a rule or in `tool_map`. */
   readonly knownTools: ReadonlySet<string>;
   readonly approvals: ApprovalSettings;
@@ -82,7 +91,7 @@ export interface Policy {
   rulesFor(tool: string): readonly CompiledRule[];
 }
 
-const DEFAULT_TOOL: ToolPolicy = Object.freeze({ risk: 'low', singleUseTokens: false, requirePurpose: false, actions: null, discloseArgs: null });
+const DEFAULT_TOOL: ToolPolicy = Object.freeze({ risk: 'low', singleUseTokens: false, requirePurpose: false, actions: null, discloseArgs: null, auditSample: 1 });
 
 export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: string; hash: string; loadedAt?: number }): Policy {
   const compiled = config.rules.map((r, index): { rule: CompiledRule; tools: readonly string[] } => {
@@ -137,6 +146,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
         requirePurpose: t.require_purpose,
         actions: t.actions ? new Set(t.actions) : null,
         discloseArgs: t.disclose_args ? Object.freeze([...t.disclose_args]) : null,
+        auditSample: t.audit?.sample ?? config.audit?.sample[t.risk] ?? 1,
       }),
     );
   }
@@ -146,7 +156,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
   const r = config.rollout;
   const rollout: RolloutConfig = Object.freeze(
     r
-      ? { percent: r.percent, increment: r.increment, stages: r.stages ?? (r.increment ? [] : DEFAULT_ROLLOUT.stages) }
+      ? { percent: r.percent, increment: r.increment, stages: r.stages ?? (r.increment ? [] : DEFAULT_ROLLOUT.stages), ...(r.scope ? { scope: r.scope } : {}) }
       : { percent: DEFAULT_ROLLOUT.percent, stages: DEFAULT_ROLLOUT.stages },
   );
 
@@ -160,6 +170,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
     tools,
     toolMap,
     rollout,
+    defaultTool: config.audit?.sample.low !== undefined ? Object.freeze({ ...DEFAULT_TOOL, auditSample: config.audit.sample.low }) : DEFAULT_TOOL,
     ruleCount: config.rules.length,
     knownTools: new Set([...named, ...tools.keys(), ...[...toolMap.values()].map((e) => e.tool)]),
     approvals: Object.freeze({
@@ -172,7 +183,7 @@ export function compilePolicy(config: Readonly<PolicyConfig>, meta: { source: st
 
 /** The settings of a tool; tools without a `tools` entry get the defaults (low risk, reusable tokens). */
 export function toolPolicy(policy: Policy, tool: string): ToolPolicy {
-  return policy.tools.get(tool) ?? DEFAULT_TOOL;
+  return policy.tools.get(tool) ?? policy.defaultTool;
 }
 
 /** Parses and compiles policy text; a bad text is a ConfigError naming file, line and field. */

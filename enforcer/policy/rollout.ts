@@ -4,7 +4,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../../common/errors';
 import { COHORT, type Cohort } from '../../common/names';
-import type { RolloutConfig } from './compile';
+import type { RolloutConfig, RolloutScope } from './compile';
 import { RolloutConflictError } from '../errors';
 
 /**
@@ -17,9 +17,22 @@ export function cohortBucket(agentInstanceId: string): number {
   return (digest.readUInt32BE(0) / 2 ** 32) * 100;
 }
 
-/** Canary (enforced) when the instance's bucket is below the percent; baseline (shadow) otherwise. */
-export function cohortOf(agentInstanceId: string, percent: number): Cohort {
+/**
+ * Canary (enforced) when the instance's bucket is below the percent; baseline (shadow) otherwise.
+ * With a scope (a tier-scoped canary), only calls whose attributes are in it can be canary.
+ */
+export function cohortOf(agentInstanceId: string, percent: number, scope?: RolloutScope, attributes?: Readonly<Record<string, string>>): Cohort {
+  if (scope && !inScope(scope, attributes)) return COHORT.BASELINE;
   return cohortBucket(agentInstanceId) < percent ? COHORT.CANARY : COHORT.BASELINE;
+}
+
+/** Every attribute the scope names has one of its values. */
+export function inScope(scope: RolloutScope, attributes: Readonly<Record<string, string>> | undefined): boolean {
+  for (const [name, values] of Object.entries(scope)) {
+    const v = attributes?.[name];
+    if (v === undefined || !values.includes(v)) return false;
+  }
+  return true;
 }
 
 /** The incident switch: allows stay cached longer while the plane is in trouble. Never turns enforcement off. */
@@ -49,6 +62,8 @@ export interface RolloutView extends RolloutState {
   /** The percent the next advance goes to; null at 100. */
   next_percent: number | null;
   increment: number | null;
+  /** The tier-scoped canary's scope (the policy's `rollout.scope`), null when every instance can be canary. */
+  scope: RolloutScope | null;
 }
 
 /** Longest incident cache TTL: an hour keeps the seed's 30-minute rollback path inside it. */
@@ -61,7 +76,7 @@ export function rolloutView(state: RolloutState, config: RolloutConfig): Rollout
   if (state.percent < 100) {
     next = stages.find((s) => s > state.percent) ?? (config.increment ? Math.min(100, state.percent + config.increment) : null);
   }
-  return { ...state, stage, stages, next_percent: next, increment: config.increment ?? null };
+  return { ...state, stage, stages, next_percent: next, increment: config.increment ?? null, scope: config.scope ?? null };
 }
 
 const incidentSchema = z.strictObject({

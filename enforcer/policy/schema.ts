@@ -122,7 +122,38 @@ const toolSettings = z.strictObject({
   actions: z.array(actionName).min(1).optional(),
   /** Argument fields the enforcer sends to the plane (in clear); every other argument stays a hash. */
   disclose_args: z.array(argName).min(1).optional(),
+  /** Audit sampling (see auditSettings). */
+  audit: z.lazy(() => auditSettings).optional(),
 });
+
+// --- audit sampling -------------------------------------------------------------------------
+/**
+ * `audit: { sample: 0.01 }`: keep the full record of this share of the tool's allowed, successful
+ * calls; the others are stored as counted stubs that still carry the chain (common/audit-sample.ts).
+ * Denies, errors and calls without a sponsor are never sampled; nor are high- or critical-risk tools.
+ */
+const sampleRate = z.number().gt(0, 'expected a rate above 0 (1 keeps every call)').max(1, 'expected a rate of at most 1');
+const auditSettings = z.strictObject({ sample: sampleRate });
+/** The policy-wide default per risk, e.g. `audit: { sample: { low: 0.01 } }`; a tool's own `audit.sample` wins. */
+const auditDefaults = z.strictObject({
+  sample: z.strictObject({ low: sampleRate.optional(), medium: sampleRate.optional(), high: sampleRate.optional(), critical: sampleRate.optional() }),
+});
+// --- tier-scoped canary ------------------------------------------------------------------------
+/**
+ * `scope: { "customer.tier": [free] }`: only calls whose reported attribute (a resource attribute
+ * of the agent, a call attribute, or one the token carries) has one of these values can be in the
+ * canary, and `percent` is taken of those; everything else is baseline. Several attributes must
+ * all match.
+ */
+const SCOPE_ATTRIBUTE = /^[A-Za-z_][A-Za-z0-9_.:/-]*$/;
+const rolloutScope = z
+  .record(
+    z.string().regex(SCOPE_ATTRIBUTE, `expected an attribute name such as 'customer.tier'`),
+    z.preprocess((v) => (typeof v === 'string' ? [v] : v), z.array(z.string().min(1).max(256)).min(1, 'expected at least one value')),
+  )
+  .refine((s) => Object.keys(s).length > 0 && Object.keys(s).length <= 8, 'expected one to eight attributes');
+
+const UNSAMPLED_RISKS: ReadonlySet<string> = new Set(['high', 'critical']);
 
 const toolMapEntry = z.strictObject({
   tool: toolName,
@@ -138,6 +169,8 @@ const rollout = z
     increment: z.number().gt(0).max(100).optional(),
     /** The stages the rollout advances through, e.g. [10, 30, 60, 100]. */
     stages: z.array(z.number().gt(0).max(100)).min(1).optional(),
+    /** Tier-scoped canary (see rolloutScope). */
+    scope: z.lazy(() => rolloutScope).optional(),
   })
   .superRefine((r, ctx) => {
     if (r.stages?.some((s, i) => i > 0 && s <= r.stages![i - 1]!)) {
@@ -158,6 +191,10 @@ export const policyConfigSchema = z
     rollout: rollout.optional(),
     /** Human approval: timeouts, the webhook, the approvers' directory. */
     approvals: approvalsConfig.optional(),
+    /** `staging`: a call without a sponsor is a validation error everywhere, shadow included (as CUSTODY_ENV=staging). */
+    mode: z.enum(['production', 'staging']).optional(),
+    /** Audit sampling per risk (see auditDefaults). */
+    audit: z.lazy(() => auditDefaults).optional(),
   })
   .superRefine((p, ctx) => {
     const seen = new Map<string, number>();
@@ -195,6 +232,17 @@ export const policyConfigSchema = z
         }
       }
     });
+    for (const risk of UNSAMPLED_RISKS) {
+      const rate = p.audit?.sample[risk as Risk];
+      if (rate !== undefined && rate < 1) {
+        ctx.addIssue({ code: 'custom', path: ['audit', 'sample', risk], message: `${risk}-risk tools' calls are never sampled` });
+      }
+    }
+    for (const [name, t] of Object.entries(tools ?? {})) {
+      if (t.audit && t.audit.sample < 1 && UNSAMPLED_RISKS.has(t.risk)) {
+        ctx.addIssue({ code: 'custom', path: ['tools', name, 'audit', 'sample'], message: `a ${t.risk}-risk tool's calls are never sampled: remove 'audit.sample' or lower its risk` });
+      }
+    }
     for (const [name, entry] of Object.entries(p.tool_map ?? {})) {
       if (!tools) break;
       const settings = tools[entry.tool];

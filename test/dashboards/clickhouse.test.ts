@@ -112,7 +112,19 @@ beforeAll(async () => {
       cohort: r.cohort,
       enforced: r.enforced,
       latency_ms: r.policy_latency_ms,
+      attributes: { 'custody.policy.version': 'v2' },
     })),
+    format: 'JSONEachRow',
+  });
+  // the policy plane's record of its policy: v1 loaded, v2 loaded, a refused file (v2 stays)
+  const at = (i: number) => new Date(BASE - 60_000 + i * 1000).toISOString();
+  await store.client.insert({
+    table: 'custody.policy_events',
+    values: [
+      { timestamp: at(1), result: 'loaded', version: 'v1', hash: 'a'.repeat(64), source: '/etc/custody/policy.yaml' },
+      { timestamp: at(2), result: 'loaded', version: 'v2', hash: 'b'.repeat(64), source: '/etc/custody/policy.yaml' },
+      { timestamp: at(3), result: 'refused', version: 'v2', hash: 'c'.repeat(64), source: '/etc/custody/policy.yaml', error: "field 'rules.0.effect': expected allow or deny" },
+    ],
     format: 'JSONEachRow',
   });
   await store.client.insert({
@@ -275,6 +287,16 @@ describe('Chain of custody queries on the embedded store', () => {
     expect(await run(sqlOf('Trace $trace_id'), ctx({ trace_id: ['f'.repeat(32)] }))).toEqual([]);
   });
 
+  it('policy changes: loads and refused reloads, newest first, with the decisions naming each version', async () => {
+    const changes = await run<{ result: string; version: string; hash: string; error: string; decisions_in_range: string }>(sqlOf('Policy changes'));
+    expect(changes.map((c) => [c.result, c.version, c.hash, Number(c.decisions_in_range)])).toEqual([
+      ['refused', 'v2', 'c'.repeat(12), 20],
+      ['loaded', 'v2', 'b'.repeat(12), 20],
+      ['loaded', 'v1', 'a'.repeat(12), 0],
+    ]);
+    expect(changes[0]!.error).toMatch(/expected allow or deny/);
+  });
+
   it('every query of the dashboard was run above', () => {
     const covered = [
       'Calls by sponsor and tool',
@@ -289,6 +311,7 @@ describe('Chain of custody queries on the embedded store', () => {
       'Decisions by result (decision log)',
       'Tool-call spans',
       'Trace $trace_id',
+      'Policy changes',
     ];
     expect(dashboard.panels.filter((p) => p.targets?.length).map((p) => p.title).sort()).toEqual([...covered].sort());
   });
@@ -397,6 +420,12 @@ describe('Chain of custody queries on what custody up ingested', () => {
     expect(results['Agent → sub-agent tree edges']!.map((r) => [r.source, r.target, Number(r.mainstat)])).toEqual([['planner-1', 'refunds-1', 2]]);
     const nodes = Object.fromEntries(results['Agent → sub-agent tree nodes']!.map((r) => [r.id, [r.title, Number(r.mainstat)]]));
     expect(nodes).toEqual({ 'cron-1': ['cron', 1], 'planner-1': ['planner', 2], 'refunds-1': ['refunds', 2] });
+  });
+
+  it('the policy plane recorded the policy it loaded at start, and the decisions name it', () => {
+    const changes = results['Policy changes A']!;
+    expect(changes.map((c) => [c.result, c.version])).toEqual([['loaded', 'starter-1']]);
+    expect(Number(changes[0]!.decisions_in_range)).toBe(checks.allow + checks.deny);
   });
 
   it('the decision log counts the plane\'s real decisions', () => {

@@ -216,6 +216,8 @@ describe.skipIf(!hasPrometheus)('PromQL of the dashboards and alerts on a real P
     'Policy latency p95 A': (r) => expect(byLabel(r, 'cohort')).toEqual({ canary: 0.25 }),
     'Rollout now A': (r) => expect(r.map((s) => s.value)).toEqual([0]),
     'Rollout percent over time A': (r) => expect(r.map((s) => s.value)).toEqual([0]),
+    // the example policy has no rollout.scope: every instance can be canary
+    'Canary scope A': (r) => expect(r.map((s) => [s.metric.attribute, s.metric.values, s.value])).toEqual([['*', '*', 1]]),
     'Rollback watch A': (r) => {
       // the rollback after the person's 30 (the first one happened before the first scrape)
       expect(Object.keys(byLabel(r, 'action'))).toEqual(['rollback']);

@@ -27,6 +27,8 @@ export interface CallsReport {
   totals: CompletenessTotals;
   shadow: { would_deny: number; listed: ListedCall[] };
   blocked_without_sponsor: { calls: number; listed: ListedCall[] };
+  /** Calls stored as sampled-out stubs, by tool. */
+  sampled_out_by_tool: Record<string, number>;
   /** With receipts: distinct receipts verified, and rollout rows that carried none. */
   receipts?: { verified: number; rollout_states: number; unsigned_rollout_rows: number };
 }
@@ -74,7 +76,16 @@ export async function verifyCalls(o: CallCheckOptions): Promise<CallsReport> {
     blocked: Number(totalsRow?.blocked ?? 0),
     shadow: Number(totalsRow?.shadow ?? 0),
     missing_sponsor: Number(totalsRow?.missing_sponsor ?? 0),
+    sampled_out: Number(totalsRow?.sampled_out ?? 0),
   };
+  const sampledOutByTool: Record<string, number> = {};
+  if (totals.sampled_out > 0) {
+    const since = o.sinceMs === undefined ? '' : ` AND timestamp >= fromUnixTimestamp64Milli(toInt64(${Math.trunc(o.sinceMs)}))`;
+    for (const r of await store.rows<{ tool_id: string; calls: string; sampled_out: string }>(
+      `SELECT tool_id, count() AS calls, countIf(audit_sampled) AS sampled_out FROM ${store.database}.${TABLE.AUDIT_EVENTS}
+        WHERE 1${since} GROUP BY tool_id HAVING sampled_out > 0 ORDER BY tool_id`,
+    )) sampledOutByTool[r.tool_id] = Number(r.sampled_out);
+  }
   const sinceCond = o.sinceMs === undefined ? '' : ` AND timestamp >= fromUnixTimestamp64Milli(toInt64(${Math.trunc(o.sinceMs)}))`;
   const [chainTotals] = await store.rows<{ chained: string; unchained: string }>(
     `SELECT countIf(audit_seq > 0) AS chained, countIf(audit_seq = 0) AS unchained FROM ${store.database}.${TABLE.AUDIT_EVENTS} WHERE 1${sinceCond}`,
@@ -156,6 +167,7 @@ export async function verifyCalls(o: CallCheckOptions): Promise<CallsReport> {
     totals,
     shadow: { would_deny: shadowDenyCount, listed: shadowDenies },
     blocked_without_sponsor: { calls: blockedNoSponsorCount, listed: blockedNoSponsor },
+    sampled_out_by_tool: sampledOutByTool,
     ...(history ? { receipts: { verified: receiptsVerified, rollout_states: history.ms.length, unsigned_rollout_rows: history.unsigned } } : {}),
   };
 }

@@ -1,3 +1,4 @@
+import type { PolicyReport } from './policy';
 import type { JSONWebKeySet } from 'jose';
 import type { Store } from '../../store';
 import type { CompletenessTotals, ListedCall } from '../completeness';
@@ -70,6 +71,10 @@ export interface VerifyReport {
   approvals: { approved: number; by: Record<string, number>; denied: number; expired: number };
   /** Calls without a sponsor that custody refused: listed, not findings. */
   blocked_without_sponsor: { calls: number; listed: ListedCall[] };
+  /** Policy loads and refused reloads, each checked against the plane's receipt; the decisions checked to name a loaded version. */
+  policy: PolicyReport;
+  /** Calls stored as sampled-out stubs (chained and proven against the decision log), by tool. */
+  sampled_out: { calls: number; by_tool: Record<string, number> };
   notes: string[];
 }
 

@@ -1,3 +1,4 @@
+import { verifyPolicyEvents } from './policy';
 import { TABLE } from '../../../common/names';
 import type { Store } from '../../store';
 import { Findings } from '../findings';
@@ -100,6 +101,8 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     ...(plane ? { receipts: { keys: plane.keys, graceMs: options.cohortGraceMs ?? 35_000 + skew } } : {}),
   });
   const approvals = await verifyApprovals(store, findings, { receiptsChecked: !!plane, ...(sinceMs !== undefined ? { sinceMs } : {}) });
+  const policy = await verifyPolicyEvents(store, findings, plane?.keys, sinceMs);
+  if (!policy.events) notes.push('no policy changes recorded (stored before custody recorded them): the policy versions of decisions were not checked');
   if (calls.receipts?.unsigned_rollout_rows) {
     notes.push(`${calls.receipts.unsigned_rollout_rows} rollout changes carry no receipt (written before receipts, or not by the plane): not used to prove cohorts`);
   }
@@ -135,6 +138,8 @@ export async function verifyAudit(options: VerifyOptions): Promise<VerifyReport>
     shadow: { calls: calls.totals.shadow, would_deny: calls.shadow.would_deny, listed: calls.shadow.listed },
     blocked_without_sponsor: calls.blocked_without_sponsor,
     approvals,
+    sampled_out: { calls: calls.totals.sampled_out, by_tool: calls.sampled_out_by_tool },
+    policy,
     notes,
   };
 }

@@ -6,6 +6,7 @@ import { openStore, type Store } from '../../../collector/store';
 import type { Checkpointer } from '../../../collector/evidence/checkpoint';
 import type { Finding } from '../../../collector/evidence/findings';
 import { verifyAudit, type VerifyReport } from '../../../collector/evidence/verify';
+import { sampleBucket } from '../../../common/audit-sample';
 import { CLI, ROOT, tempDir } from '../../helpers/custody';
 import { Scenario, auditRow, checkpointerFor, decisionRow, insert, minutesAgo, tokenRow, type Call } from '../../helpers/evidence';
 
@@ -62,7 +63,7 @@ describe('a small team\'s day', () => {
     const r = await verify();
     expect(r.findings).toEqual([]);
     expect(r.ok).toBe(true);
-    expect(r.checked.calls).toEqual({ calls: 9, executed: 7, gated_executed: 5, blocked: 2, shadow: 2, missing_sponsor: 0 });
+    expect(r.checked.calls).toEqual({ calls: 9, executed: 7, gated_executed: 5, blocked: 2, shadow: 2, missing_sponsor: 0, sampled_out: 0 });
     expect(r.shadow).toEqual({ calls: 2, would_deny: 0, listed: [] });
   });
 
@@ -191,5 +192,61 @@ describe('calls that ran without authority', () => {
     expect(r.findings.filter((f) => f.agent_instance_id?.startsWith('support-'))).toEqual([]);
     expect(r.findings.filter((f) => f.checkpoint_seq !== undefined)).toEqual([]);
     expect(r.ok).toBe(false);
+  });
+});
+
+describe('sampled-out stubs', () => {
+  const c: Record<string, Call> = {};
+  let r: VerifyReport;
+  beforeAll(async () => {
+    const t0 = base + 2 * PERIOD + 1000;
+    const names = ['lawful', 'lawfulShadow', 'deny', 'highRisk', 'noRate', 'inSample', 'failed', 'noDecision'];
+    names.forEach((n, i) => (c[n] = s.call({ instance: `stub-${n}`, ts: t0 + i * 2000, tool: 'search', action: 'query', ...(n === 'lawfulShadow' ? { cohort: 'baseline' } : {}) })));
+    // a rate the call's bucket is past (sampled out), or one it is under (inside the sample)
+    const past = (x: Call) => sampleBucket(x.trace, x.span) / 2;
+    const under = (x: Call) => Math.min(0.999, (1 + sampleBucket(x.trace, x.span)) / 2);
+    const stub = { attributes: {}, purpose: '', audit_sampled: true };
+    const granted = (x: Call, rate: number, over: Record<string, unknown> = {}) => ({
+      attributes: { 'custody.audit.sample_rate': String(rate), 'custody.tool.risk': 'low' },
+      ...over,
+    });
+    await write([
+      { c: c.lawful!, audit: stub, decision: granted(c.lawful!, past(c.lawful!)) },
+      { c: c.lawfulShadow!, audit: { ...stub, decision: 'allow' }, decision: granted(c.lawfulShadow!, past(c.lawfulShadow!), { enforced: false }) },
+      // the agent says allow; the plane's decision log says deny
+      { c: c.deny!, audit: stub, decision: { decision: 'deny' } },
+      { c: c.highRisk!, audit: stub, decision: { attributes: { 'custody.audit.sample_rate': '0.5', 'custody.tool.risk': 'high' } } },
+      { c: c.noRate!, audit: stub },
+      { c: c.inSample!, audit: stub, decision: granted(c.inSample!, under(c.inSample!)) },
+      { c: c.failed!, audit: { ...stub, status: 'error', error_type: 'TypeError' }, decision: granted(c.failed!, past(c.failed!)) },
+      { c: c.noDecision!, audit: stub, decision: null },
+    ]);
+    await cp.seal(base + 2 * PERIOD, base + 3 * PERIOD, 'periodic');
+    r = await verify();
+  });
+  const kinds = (name: string) => r.findings.filter((f) => f.agent_instance_id === c[name]!.instance).map((f) => f.kind).sort();
+
+  it('a stub the plane sampled verifies clean, enforced or shadow, and is counted per tool', () => {
+    expect(kinds('lawful')).toEqual([]);
+    expect(kinds('lawfulShadow')).toEqual([]);
+    expect(r.sampled_out).toEqual({ calls: 8, by_tool: { search: 8 } });
+    expect(r.checked.calls.sampled_out).toBe(8);
+  });
+
+  it.each([
+    ['deny', /the plane's decision was 'deny'/],
+    ['highRisk', /the tool is high-risk/],
+    ['noRate', /granted no sampling rate/],
+    ['inSample', /inside the sample/],
+    ['failed', /inside the sample, failed, or has no sponsor/],
+  ])('a stub that may not be one is a critical finding: %s', (name, message) => {
+    expect(kinds(name)).toContain('sample_unlawful');
+    const f = r.findings.find((x) => x.agent_instance_id === c[name]!.instance && x.kind === 'sample_unlawful')!;
+    expect(f.severity).toBe('critical');
+    expect(f.message).toMatch(message);
+  });
+
+  it('a stub without a decision is both unproven and unlawful', () => {
+    expect(kinds('noDecision')).toEqual(['decision_missing', 'sample_unlawful']);
   });
 });

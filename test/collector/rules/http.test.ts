@@ -111,7 +111,7 @@ describe('GET /v1/rollback/status', () => {
     expect(body.inputs).toMatchObject({ plane_decisions: 3000, plane_errors: 0, agent_failures: 0, instances: 7 });
     const rollout = await get(`${custody!.url}/v1/rollout`);
     expect(typeof rollout.body.percent).toBe('number');
-    expect(body.rollout).toEqual({ percent: rollout.body.percent });
+    expect(body.rollout).toEqual({ percent: rollout.body.percent, scope: null });
   });
 
   it('evaluates the cohort, window and thresholds asked for', async () => {

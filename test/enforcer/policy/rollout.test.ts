@@ -1,8 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { reportedAttributes } from '../../../enforcer/client/enforcer';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../../common/errors';
-import { RolloutConflictError, cohortBucket, cohortOf, openRolloutStore, rolloutView } from '../../../enforcer/policy/rollout';
+import { RolloutConflictError, cohortBucket, cohortOf, inScope, openRolloutStore, rolloutView } from '../../../enforcer/policy/rollout';
 import { tempDir } from '../../helpers/custody';
 
 describe('cohorts', () => {
@@ -83,5 +84,41 @@ describe('rollout state', () => {
     expect(rolloutView({ ...base, percent: 45 }, staged)).toMatchObject({ stage: 2, next_percent: 60 });
     expect(rolloutView({ ...base, percent: 100 }, staged)).toMatchObject({ stage: 4, next_percent: null });
     expect(rolloutView({ ...base, percent: 10 }, { percent: 10, increment: 2, stages: [] })).toMatchObject({ stage: 0, next_percent: 12, increment: 2 });
+  });
+});
+
+describe('a tier-scoped canary', () => {
+  const scope = { 'customer.tier': ['free', 'trial'], region: ['eu'] };
+  it('is canary only in scope, and there by the percent', () => {
+    const inside = { 'customer.tier': 'free', region: 'eu' };
+    expect(inScope(scope, inside)).toBe(true);
+    expect(inScope(scope, { 'customer.tier': 'paid', region: 'eu' })).toBe(false);
+    expect(inScope(scope, { 'customer.tier': 'free' })).toBe(false);
+    expect(inScope(scope, undefined)).toBe(false);
+    expect(cohortOf('any-instance', 100, scope, inside)).toBe('canary');
+    expect(cohortOf('any-instance', 100, scope, { 'customer.tier': 'paid', region: 'eu' })).toBe('baseline');
+    expect(cohortOf('any-instance', 0, scope, inside)).toBe('baseline');
+    const id = 'instance-at-some-bucket';
+    const bucket = cohortBucket(id);
+    expect(cohortOf(id, bucket + 0.001, scope, inside)).toBe('canary');
+    expect(cohortOf(id, bucket, scope, inside)).toBe('baseline');
+  });
+
+  it('GET /v1/rollout names the scope, null when unscoped', () => {
+    const base = { percent: 10, revision: 0, reason: '', actor: '', updated_at: '', incident: null };
+    expect(rolloutView(base, { percent: 10, stages: [10, 30], scope }).scope).toEqual(scope);
+    expect(rolloutView(base, { percent: 10, stages: [10, 30] }).scope).toBeNull();
+  });
+});
+
+describe('the attributes an agent reports with a check', () => {
+  const attrs = { 'customer.tier': 'free', 'host.name': 'worker-1', long: 'x'.repeat(300) };
+  it('the scope\'s only when the rollout is known; none for an unscoped one; what the plane takes when unknown', () => {
+    expect(reportedAttributes(attrs, { 'customer.tier': ['free'] })).toEqual({ 'customer.tier': 'free' });
+    expect(reportedAttributes(attrs, { region: ['eu'] })).toBeUndefined();
+    expect(reportedAttributes(attrs, null)).toBeUndefined();
+    expect(reportedAttributes(attrs, undefined)).toEqual({ 'customer.tier': 'free', 'host.name': 'worker-1' });
+    const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`k${i}`, 'v']));
+    expect(Object.keys(reportedAttributes(many, undefined)!)).toHaveLength(32);
   });
 });

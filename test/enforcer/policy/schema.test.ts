@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../../common/errors';
-import { compilePolicyText, readPolicyFile } from '../../../enforcer/policy/compile';
+import { compilePolicyText, readPolicyFile, toolPolicy } from '../../../enforcer/policy/compile';
 import { resolveToolName } from '../../../enforcer/policy/tool-map';
 import { ROOT, tempDir } from '../../helpers/custody';
 
@@ -127,5 +127,68 @@ describe('tool_map', () => {
     expect(resolveToolName('search')).toEqual({ tool: 'search', action: 'call', mapped: false });
     expect(resolveToolName('.hidden')).toEqual({ tool: '.hidden', action: 'call', mapped: false });
     expect(resolveToolName('constructor', p.config.tool_map)).toEqual({ tool: 'constructor', action: 'call', mapped: false });
+  });
+});
+
+describe('audit sampling in the policy', () => {
+  const withTools = (tools: string[]) =>
+    ['tools:', ...tools, 'rules:', '  - id: a', '    role: support', '    tool: search'].join('\n');
+
+  it('takes a per-tool rate on a low- or medium-risk tool; every other tool keeps all its calls', () => {
+    const p = compilePolicyText(withTools(['  search:', '    risk: low', '    audit: { sample: 0.01 }', '  notes:', '    risk: medium']), 'p.yaml');
+    expect(p.tools.get('search')!.auditSample).toBe(0.01);
+    expect(p.tools.get('notes')!.auditSample).toBe(1);
+  });
+
+  it.each(['high', 'critical'])('refuses a rate below 1 on a %s-risk tool', (risk) => {
+    const msg = refusal(withTools(['  search:', `    risk: ${risk}`, '    audit: { sample: 0.5 }']));
+    expect(msg).toContain("field 'tools.search.audit.sample'");
+    expect(msg).toContain(`${risk}-risk tool's calls are never sampled`);
+  });
+
+  it.each(['0', '1.5', '-0.1'])('refuses a rate of %s', (rate) => {
+    const msg = refusal(withTools(['  search:', '    risk: low', `    audit: { sample: ${rate} }`]));
+    expect(msg).toContain("field 'tools.search.audit.sample'");
+  });
+
+  it('refuses an unknown audit field', () => {
+    expect(refusal(withTools(['  search:', '    audit: { rate: 0.5 }']))).toContain('rate');
+  });
+});
+
+describe('rollout.scope in the policy', () => {
+  const withRollout = (rollout: string[]) => ['rules:', '  - id: a', '    role: support', '    tool: search', 'rollout:', '  percent: 10', ...rollout].join('\n');
+
+  it('takes attribute names and the values that put a call in the canary (one value is a list of one)', () => {
+    const p = compilePolicyText(withRollout(['  scope:', '    customer.tier: [free, trial]', '    region: eu']), 'p.yaml');
+    expect(p.rollout.scope).toEqual({ 'customer.tier': ['free', 'trial'], region: ['eu'] });
+  });
+
+  it('refuses an empty scope, an empty value list and a bad attribute name', () => {
+    expect(refusal(withRollout(['  scope: {}']))).toContain("field 'rollout.scope'");
+    expect(refusal(withRollout(['  scope: { customer.tier: [] }']))).toContain('expected at least one value');
+    expect(refusal(withRollout(['  scope: { "customer tier": [free] }']))).toContain("field 'rollout.scope.customer tier'");
+  });
+});
+
+describe('audit sampling per risk', () => {
+  it("sets a default per risk; a tool's own rate wins; a tool outside the table is low risk", () => {
+    const p = compilePolicyText(
+      [
+        'audit: { sample: { low: 0.01, medium: 0.5 } }',
+        'tools:', '  search: { risk: low }', '  notes: { risk: medium }', '  kb: { risk: low, audit: { sample: 0.2 } }', '  billing: { risk: high }',
+        'rules:', '  - id: a', '    role: support', '    tool: search',
+      ].join('\n'),
+      'p.yaml',
+    );
+    expect(['search', 'notes', 'kb', 'billing'].map((t) => p.tools.get(t)!.auditSample)).toEqual([0.01, 0.5, 0.2, 1]);
+    const open = compilePolicyText(['audit: { sample: { low: 0.05 } }', 'rules:', '  - id: a', '    role: support', '    tool: search'].join('\n'), 'p.yaml');
+    expect(toolPolicy(open, 'anything').auditSample).toBe(0.05);
+  });
+
+  it.each(['high', 'critical'])('refuses a %s-risk default below 1', (risk) => {
+    const msg = refusal([`audit: { sample: { ${risk}: 0.5 } }`, 'rules:', '  - id: a', '    role: support', '    tool: search'].join('\n'));
+    expect(msg).toContain(`field 'audit.sample.${risk}'`);
+    expect(msg).toContain("calls are never sampled");
   });
 });
