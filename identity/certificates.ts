@@ -197,7 +197,7 @@ export function peerCertificateOf(socket: unknown): Buffer | undefined {
 }
 
 /** Certificates read before, by their SHA-256: a connection presents its certificate on every request. */
-const parsed = new Map<string, { payload: unknown } | { error: TokenError }>();
+const parsed = new Map<string, ReadCertificate>();
 const PARSED_MAX = 10_000;
 
 /**
@@ -215,13 +215,15 @@ export function certificateClaims(der: Buffer, authorities: readonly NodeCertifi
     parsed.set(key, known);
   }
   if ('error' in known) throw known.error;
-  const cert = new NodeCertificate(der);
-  if (Date.parse(cert.validTo) + graceMs <= nowMs) throw new TokenError(TOKEN_ERROR.EXPIRED, `the client certificate expired at ${new Date(cert.validTo).toISOString()}`);
-  if (Date.parse(cert.validFrom) > nowMs + 5_000) throw new TokenError(TOKEN_ERROR.NOT_YET_VALID, `the client certificate is not valid before ${new Date(cert.validFrom).toISOString()}`);
+  if (known.validTo + graceMs <= nowMs) throw new TokenError(TOKEN_ERROR.EXPIRED, `the client certificate expired at ${new Date(known.validTo).toISOString()}`);
+  if (known.validFrom > nowMs + 5_000) throw new TokenError(TOKEN_ERROR.NOT_YET_VALID, `the client certificate is not valid before ${new Date(known.validFrom).toISOString()}`);
   return known.payload;
 }
 
-function readClaims(der: Buffer, authorities: readonly NodeCertificate[]): { payload: unknown } | { error: TokenError } {
+/** A certificate read once: its claims and validity (epoch ms), or why it is refused. */
+type ReadCertificate = { payload: unknown; validFrom: number; validTo: number } | { error: TokenError };
+
+function readClaims(der: Buffer, authorities: readonly NodeCertificate[]): ReadCertificate {
   let cert: NodeCertificate;
   try {
     cert = new NodeCertificate(der);
@@ -235,7 +237,7 @@ function readClaims(der: Buffer, authorities: readonly NodeCertificate[]): { pay
   const asn = fromBER(ext.value);
   if (asn.offset === -1 || !(asn.result instanceof Utf8String)) return { error: new TokenError(TOKEN_ERROR.CLAIMS, "the certificate's custody claims are not a UTF8String") };
   try {
-    return { payload: JSON.parse(asn.result.getValue()) };
+    return { payload: JSON.parse(asn.result.getValue()), validFrom: Date.parse(cert.validFrom), validTo: Date.parse(cert.validTo) };
   } catch {
     return { error: new TokenError(TOKEN_ERROR.CLAIMS, "the certificate's custody claims are not JSON") };
   }

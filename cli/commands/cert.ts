@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 // @peculiar/x509 resolves its parts through tsyringe, which needs the Reflect metadata API
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
@@ -12,6 +12,7 @@ import type { TokenClaims } from '../../identity/claims';
 import { TokenRequestError } from '../../identity/errors';
 import { TOKEN_PATHS } from '../../identity/routes';
 import { cliEnv, withClientOptions } from '../options';
+import { list, seconds } from './token';
 
 /**
  * `custody cert issue|ca`: short-lived mTLS client certificates from the token service (POST
@@ -19,12 +20,6 @@ import { cliEnv, withClientOptions } from '../options';
  * machine: the service sees a certificate request signed with it. Exit codes: 0 done, 1 refused,
  * 2 usage or connection error.
  */
-
-const seconds = (v: string): number => {
-  if (!/^\d+$/.test(v) || Number(v) <= 0) throw new InvalidArgumentError(`'${v}' is not a whole number of seconds`);
-  return Number(v);
-};
-const list = (v: string): string[] => v.split(/[\s,]+/).filter(Boolean);
 
 const KEY = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 

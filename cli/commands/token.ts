@@ -26,11 +26,13 @@ import { cliEnv, commonOptions, serverEnv, withClientOptions, withServerOptions,
  * verify), 2 usage or connection error.
  */
 
-const seconds = (v: string): number => {
+/** A --ttl value: whole seconds, more than 0. */
+export const seconds = (v: string): number => {
   if (!/^\d+$/.test(v) || Number(v) <= 0) throw new InvalidArgumentError(`'${v}' is not a whole number of seconds`);
   return Number(v);
 };
-const list = (v: string): string[] => v.split(/[\s,]+/).filter(Boolean);
+/** A comma- or space-separated list flag. */
+export const list = (v: string): string[] => v.split(/[\s,]+/).filter(Boolean);
 
 /** A refusal exits 1 with the service's code; anything else propagates (exit 2). */
 async function refusalsExit1(run: () => Promise<void>): Promise<void> {
